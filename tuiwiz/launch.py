@@ -1,0 +1,170 @@
+"""Checking a profile against the world, creating its run dir, and starting the runner.
+
+The runner is a subprocess in its own session (a terminal hangup does not reach
+it) whose output goes to ``train.log``: no pipe that a front end must drain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+from .profile import Profile
+from .profile_io import LoadedProfile, dump_profile, is_local_data
+from .runs import FINISHED, RunDir, RunnerLock, RunState, process_alive, read_state, register, update_state, write_state
+
+# Environment the runner always gets: NVML and CUDA agree on GPU numbering.
+RUNNER_ENV = {
+    "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    "PYTHONUNBUFFERED": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+
+def _check_model(profile: Profile, source: str) -> None:
+    name = profile.model.name_or_path
+    if name == "demo":
+        return
+    path = Path(name)
+    if path.is_absolute():
+        if not path.exists():
+            raise UserError(
+                f"model folder {name} does not exist", hint="give a local folder, a hub id, or 'demo'",
+                file=source, field="model.name_or_path", kind="model",
+            )
+        if not (path / "config.json").is_file():
+            raise UserError(
+                f"model folder {name} has no config.json",
+                hint="point model.name_or_path at the folder that holds config.json and the weights",
+                file=source, field="model.name_or_path", kind="model",
+            )
+
+
+def _check_data(profile: Profile, source: str) -> None:
+    from . import data as datamod
+    from .demo import resolve_demo_uri
+
+    columns = datamod.ColumnMap(**profile.data.columns.model_dump())
+    for field_name, value in (("data.path", profile.data.path), ("data.validation_path", profile.data.validation_path)):
+        if not value:
+            continue
+        if value.startswith("demo:"):
+            try:
+                resolve_demo_uri(value, build=False)
+            except UserError as exc:
+                raise UserError(exc.message, hint=exc.hint, file=source, field=field_name, kind="data") from None
+            continue
+        if not is_local_data(value):
+            continue  # a hub dataset: the runner loads it
+        datamod.load_dataset_file(
+            Path(value), format=profile.data.format, columns=columns, task=profile.task, limit=profile.data.limit
+        )
+
+
+def preflight(loaded: LoadedProfile) -> None:
+    """Everything that can be checked before a run dir exists. Raises UserError."""
+    source = str(loaded.source) if loaded.source else "<profile>"
+    _check_model(loaded.profile, source)
+    _check_data(loaded.profile, source)
+
+
+def new_run_id(profile: Profile, source: Path | None) -> str:
+    stem = profile.output.run_name or (source.stem if source else "run")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stem}-{stamp}-{secrets.token_hex(2)}"
+
+
+def create_run(loaded: LoadedProfile) -> RunDir:
+    """Check the profile, then make its run dir in one step (no half-made runs)."""
+    preflight(loaded)
+    runs_dir = Path(loaded.profile.output.runs_dir)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create the runs folder {runs_dir}: {exc.strerror}",
+            hint="set output.runs_dir to a folder you can write", field="output.runs_dir", kind="run",
+        ) from None
+    run_id = new_run_id(loaded.profile, loaded.source)
+    final = runs_dir / run_id
+    staging = runs_dir / f".{run_id}.tmp"
+    staging.mkdir()
+    try:
+        header = f"# tuiwiz run {run_id}\n# from {loaded.source}\n" if loaded.source else f"# tuiwiz run {run_id}\n"
+        (staging / "profile.yaml").write_text(header + dump_profile(loaded.profile), encoding="utf-8")
+        write_state(RunDir(staging), RunState(run_id=run_id, status="created"))
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    run = RunDir(final.resolve())
+    register(run)
+    return run
+
+
+def start_runner(run: RunDir, *, resume: bool = False, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start the training subprocess for ``run``; returns at once."""
+    if RunnerLock(run).held_elsewhere():
+        raise UserError(f"run {run.run_id} already has a runner", hint=f"`tuiwiz attach {run.run_id}` follows it", kind="run")
+    env = {**os.environ, **RUNNER_ENV, **(extra_env or {})}
+    argv = [sys.executable, "-m", "tuiwiz.train", str(run.path)]
+    if resume:
+        argv.append("--resume")
+    update_state(run, status="starting", pid=None, pgid=None, exit_code=None, error=None)
+    with open(run.log, "ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=run.path, env=env, start_new_session=True, close_fds=True,
+        )
+    import psutil
+
+    try:
+        created = psutil.Process(proc.pid).create_time()
+    except psutil.NoSuchProcess:
+        created = None
+    # The runner records itself too; this covers the moment before it does.
+    update_state(run, only_from=("starting",), pid=proc.pid, pgid=proc.pid, create_time=created)
+    return proc
+
+
+def stop_run(run: RunDir, *, force: bool = False) -> bool:
+    """Ask the runner to checkpoint and stop (SIGTERM), or kill its process group.
+
+    Returns False when the run has no live process.
+    """
+    state = read_state(run)
+    if state is None or state.status in FINISHED or not process_alive(state):
+        return False
+    if force:
+        try:
+            os.killpg(state.pgid or state.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        update_state(run, status="stopped", error="killed by the user")
+        return True
+    update_state(run, only_from=("starting", "loading", "running"), status="stopping")
+    try:
+        os.kill(state.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_finished(run: RunDir, timeout: float, poll: float = 0.2) -> str | None:
+    """Wait until the runner process is gone; returns the final status or None on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = read_state(run)
+        if state is None or not process_alive(state):
+            return read_state(run).status if read_state(run) else None
+        time.sleep(poll)
+    return None

@@ -1,0 +1,288 @@
+"""The profile: every choice of a fine-tune, as a versioned pydantic schema.
+
+Field names follow transformers' ``TrainingArguments`` and peft's configs where
+those exist. Loading, saving and error reporting live in ``profile_io``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PROFILE_VERSION = 1
+
+TargetModules = Union[Literal["auto", "all-linear"], list[str]]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name_or_path: str = Field(
+        "demo",
+        description="'demo' (the built-in tiny model), a local folder, or a Hugging Face hub id.",
+    )
+    revision: str | None = Field(None, description="Hub branch, tag or commit.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Dtype the weights are loaded in; 'auto' follows the precision."
+    )
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with the model. Only for models you trust."
+    )
+
+
+class ColumnsConfig(_Strict):
+    """Names of your dataset's columns, where they differ from the defaults."""
+
+    instruction: str | None = None
+    input: str | None = None
+    output: str | None = None
+    system: str | None = None
+    messages: str | None = None
+    text: str | None = None
+    label: str | None = None
+
+
+class DataConfig(_Strict):
+    path: str = Field(
+        "demo:alpaca",
+        description="A JSON/JSONL/CSV/TSV/Parquet file, a hub dataset id, or demo:NAME.",
+    )
+    format: Literal["auto", "alpaca", "messages", "text", "classification"] = "auto"
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    validation_split: float = Field(
+        0.0, ge=0.0, lt=0.5, description="Fraction of rows held out for evaluation."
+    )
+    validation_path: str | None = Field(None, description="A separate evaluation file.")
+    max_length: int = Field(512, ge=8, le=1_048_576, description="Maximum tokens per example.")
+    packing: bool = Field(False, description="Pack several examples into each sequence.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N rows.")
+
+    @model_validator(mode="after")
+    def _one_validation_source(self) -> "DataConfig":
+        if self.validation_split and self.validation_path:
+            raise ValueError("set validation_split or validation_path, not both")
+        return self
+
+
+class _LoraParams(_Strict):
+    r: int = Field(16, ge=1, le=4096)
+    lora_alpha: float = Field(32, gt=0)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: TargetModules = Field(
+        "auto", description="'auto' picks the linear layers for the architecture."
+    )
+    use_dora: bool = False
+    use_rslora: bool = False
+    modules_to_save: list[str] | None = None
+
+
+class FullMethod(_Strict):
+    type: Literal["full"] = "full"
+
+
+class LoraMethod(_LoraParams):
+    type: Literal["lora"] = "lora"
+
+
+class QLoraMethod(_LoraParams):
+    type: Literal["qlora"] = "qlora"
+    bits: Literal[4, 8] = 4
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_use_double_quant: bool = True
+    bnb_4bit_compute_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+
+class _VirtualTokens(_Strict):
+    num_virtual_tokens: int = Field(20, ge=1, le=4096)
+
+
+class PromptTuningMethod(_VirtualTokens):
+    type: Literal["prompt_tuning"] = "prompt_tuning"
+    prompt_tuning_init: Literal["RANDOM", "TEXT"] = "RANDOM"
+    prompt_tuning_init_text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_needs_text(self) -> "PromptTuningMethod":
+        if self.prompt_tuning_init == "TEXT" and not self.prompt_tuning_init_text:
+            raise ValueError("prompt_tuning_init TEXT needs prompt_tuning_init_text")
+        return self
+
+
+class PrefixTuningMethod(_VirtualTokens):
+    type: Literal["prefix_tuning"] = "prefix_tuning"
+    prefix_projection: bool = False
+    encoder_hidden_size: int | None = Field(None, ge=1)
+
+
+class PTuningMethod(_VirtualTokens):
+    type: Literal["p_tuning"] = "p_tuning"
+    encoder_reparameterization_type: Literal["MLP", "LSTM"] = "MLP"
+    encoder_hidden_size: int | None = Field(None, ge=1)
+    encoder_num_layers: int = Field(2, ge=1)
+    encoder_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class IA3Method(_Strict):
+    type: Literal["ia3"] = "ia3"
+    target_modules: TargetModules = "auto"
+    feedforward_modules: Literal["auto"] | list[str] = "auto"
+
+
+class AdaLoraMethod(_Strict):
+    type: Literal["adalora"] = "adalora"
+    init_r: int = Field(12, ge=1)
+    target_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(32, gt=0)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    tinit: int = Field(0, ge=0, description="Warm-up steps before the rank is pruned.")
+    tfinal: int = Field(0, ge=0, description="Final steps at the target rank.")
+    deltaT: int = Field(1, ge=1, description="Steps between two rank allocations.")
+    orth_reg_weight: float = Field(0.5, ge=0.0)
+    target_modules: TargetModules = "auto"
+
+    @model_validator(mode="after")
+    def _ranks(self) -> "AdaLoraMethod":
+        if self.target_r > self.init_r:
+            raise ValueError("target_r must not exceed init_r")
+        return self
+
+
+class BitFitMethod(_Strict):
+    """Train the bias terms only (Ben Zaken et al., 2021)."""
+
+    type: Literal["bitfit"] = "bitfit"
+
+
+Method = Annotated[
+    Union[
+        FullMethod,
+        LoraMethod,
+        QLoraMethod,
+        PromptTuningMethod,
+        PrefixTuningMethod,
+        PTuningMethod,
+        IA3Method,
+        AdaLoraMethod,
+        BitFitMethod,
+    ],
+    Field(discriminator="type"),
+]
+
+METHOD_TYPES = (
+    "full", "lora", "qlora", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3", "adalora", "bitfit",
+)
+
+# Learning rates that work for each method when the profile leaves it unset.
+DEFAULT_LEARNING_RATE = {
+    "full": 2e-5,
+    "lora": 2e-4,
+    "qlora": 2e-4,
+    "prompt_tuning": 3e-2,
+    "prefix_tuning": 1e-2,
+    "p_tuning": 1e-2,
+    "ia3": 3e-3,
+    "adalora": 1e-3,
+    "bitfit": 1e-3,
+}
+
+Optimizer = Literal[
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adafactor",
+    "sgd",
+    "lion_8bit",
+    "paged_lion_8bit",
+]
+Scheduler = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "cosine_with_min_lr",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+]
+
+
+class TrainingConfig(_Strict):
+    num_train_epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, ge=-1, description="Overrides num_train_epochs when positive.")
+    learning_rate: float | None = Field(
+        None, gt=0, lt=1, description="Unset: a default that suits the method."
+    )
+    per_device_train_batch_size: int = Field(4, ge=1)
+    per_device_eval_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    lr_scheduler_type: Scheduler = "cosine"
+    warmup_steps: float = Field(
+        0.0, ge=0, description="Steps of linear warmup, or a fraction of all steps when below 1."
+    )
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, ge=0.0)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="'auto': bf16 where the GPU has it, else fp16 on GPU, fp32 on CPU."
+    )
+    gradient_checkpointing: bool = False
+    optim: Optimizer = "adamw_torch"
+    seed: int = 42
+    logging_steps: int = Field(10, ge=1)
+    eval_steps: int | None = Field(None, ge=1, description="Unset: evaluate once per epoch.")
+    save_steps: int = Field(500, ge=1)
+    save_total_limit: int | None = Field(2, ge=1)
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _warmup_whole_or_fraction(cls, value: float) -> float:
+        if value >= 1 and value != int(value):
+            raise ValueError("use a whole number of steps, or a fraction below 1")
+        return value
+
+
+class OutputConfig(_Strict):
+    runs_dir: str = Field("runs", description="Folder that holds one folder per run.")
+    run_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="Prefix of the run id; letters, digits, '.', '_' and '-'.",
+    )
+
+
+class Profile(_Strict):
+    version: Literal[1] = PROFILE_VERSION
+    task: Literal["sft", "pretrain", "classification"] = "sft"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: Method = Field(default_factory=LoraMethod)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _combinations(self) -> "Profile":
+        fmt = self.data.format
+        if self.task == "classification" and fmt not in ("auto", "classification"):
+            raise ValueError(f"task classification needs data.format classification, not {fmt}")
+        if self.task == "pretrain" and fmt not in ("auto", "text"):
+            raise ValueError(f"task pretrain trains on raw text: data.format must be text, not {fmt}")
+        if self.task != "classification" and fmt == "classification":
+            raise ValueError("data.format classification needs task: classification")
+        if self.training.eval_steps and not (self.data.validation_split or self.data.validation_path):
+            raise ValueError(
+                "training.eval_steps is set but there is no evaluation data: "
+                "set data.validation_split or data.validation_path"
+            )
+        if self.task == "classification" and self.data.packing:
+            raise ValueError("data.packing does not apply to classification")
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate in force: the profile's, or the method's default."""
+        return self.training.learning_rate or DEFAULT_LEARNING_RATE[self.method.type]

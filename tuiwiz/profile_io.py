@@ -1,0 +1,263 @@
+"""Reading, checking and writing profiles.
+
+Errors name the file, the line and the field, and suggest the nearest valid key
+for a typo. Relative paths resolve against the profile file's folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .atomic import write_text_atomic
+from .errors import UserError
+from .profile import Profile
+
+DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
+_SECRET_KEY = re.compile(r"(^|_)(token|api_key|apikey|password|secret)$", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,})$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class LoadedProfile:
+    """A validated profile with its paths made absolute, and where it came from."""
+
+    profile: Profile
+    source: Path | None
+
+
+def _mark_line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _node_at(root: yaml.Node | None, loc: tuple) -> tuple[yaml.Node | None, bool]:
+    """The YAML node for a pydantic error location, and whether it is the key itself.
+
+    Location parts that name no key (a union's tag) are skipped.
+    """
+    node = root
+    for i, part in enumerate(loc):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    if i == len(loc) - 1:
+                        return key, True
+                    node = value
+                    break
+            # else: a tag or a missing key; stay on this node
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part < len(node.value):
+                node = node.value[part]
+    return node, False
+
+
+def _model_classes(annotation) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        found.extend(_model_classes(arg))
+    return found
+
+
+def _valid_keys(loc: tuple) -> list[str]:
+    """The keys allowed in the mapping that holds ``loc``'s last part."""
+    classes: list[type[BaseModel]] = [Profile]
+    for part in loc[:-1]:
+        narrowed = [c for c in classes if c.model_fields.get("type") and c.model_fields["type"].default == part]
+        if narrowed:
+            classes = narrowed
+            continue
+        following: list[type[BaseModel]] = []
+        for cls in classes:
+            field = cls.model_fields.get(str(part))
+            if field is not None:
+                following.extend(_model_classes(field.annotation))
+        classes = following or classes
+    keys: list[str] = []
+    for cls in classes:
+        keys.extend(k for k in cls.model_fields if k not in keys)
+    return keys
+
+
+def _dotted(loc: tuple, root_keys: list[str] | None = None) -> str:
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    # Drop a union tag (method.lora.r -> method.r): the tag is the value of `type`.
+    if len(parts) >= 2 and parts[0] == "method":
+        from .profile import METHOD_TYPES
+
+        if parts[1] in METHOD_TYPES:
+            parts.pop(1)
+    return ".".join(parts)
+
+
+def _hint_for(error: dict) -> str | None:
+    kind = error["type"]
+    loc = error["loc"]
+    if kind == "extra_forbidden":
+        valid = _valid_keys(loc)
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+        if close:
+            return f"did you mean '{close[0]}'? Valid keys here: {', '.join(valid)}"
+        return f"valid keys here: {', '.join(valid)}"
+    if kind == "union_tag_invalid":
+        from .profile import METHOD_TYPES
+
+        tag = str(error.get("input", {}).get("type", "")) if isinstance(error.get("input"), dict) else ""
+        close = difflib.get_close_matches(tag, METHOD_TYPES, n=1)
+        prefix = f"did you mean '{close[0]}'? " if close else ""
+        return prefix + "method.type is one of: " + ", ".join(METHOD_TYPES)
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        close = difflib.get_close_matches(str(error.get("input")), re.findall(r"'([^']*)'", expected), n=1)
+        if close:
+            return f"did you mean '{close[0]}'?"
+    return None
+
+
+def _error_from_validation(exc: ValidationError, root: yaml.Node | None, file: str) -> UserError:
+    error = exc.errors()[0]
+    loc = tuple(error["loc"])
+    node, _ = _node_at(root, loc)
+    line = _mark_line(node) if node is not None else None
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = f"unknown key '{loc[-1]}'"
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    more = len(exc.errors()) - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''} after this one)"
+    return UserError(message, hint=_hint_for(error), file=file, line=line, field=_dotted(loc) or None, kind="profile")
+
+
+def _check_secrets(root: yaml.Node | None, file: str, path: str = "") -> None:
+    """Tokens belong in the environment, never in a profile that people share."""
+    if isinstance(root, yaml.MappingNode):
+        for key, value in root.value:
+            field = f"{path}.{key.value}" if path else str(key.value)
+            if _SECRET_KEY.search(str(key.value)):
+                raise UserError(
+                    f"'{key.value}' looks like a secret; profiles never hold tokens",
+                    hint="remove it and set HF_TOKEN in the environment (or run `hf auth login`)",
+                    file=file, line=_mark_line(key), field=field, kind="profile",
+                )
+            _check_secrets(value, file, field)
+    elif isinstance(root, yaml.SequenceNode):
+        for item in root.value:
+            _check_secrets(item, file, path)
+    elif isinstance(root, yaml.ScalarNode) and _SECRET_VALUE.match(str(root.value)):
+        raise UserError(
+            "this value looks like an access token; profiles never hold tokens",
+            hint="remove it and set HF_TOKEN in the environment",
+            file=file, line=_mark_line(root), field=path or None, kind="profile",
+        )
+
+
+def parse_profile_text(text: str, file: str = "<profile>") -> Profile:
+    """Validate YAML text as a profile, without resolving paths."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UserError(
+            f"not valid YAML: {problem}",
+            hint="check the indentation and quoting near this line",
+            file=file, line=mark.line + 1 if mark else None, kind="profile",
+        ) from None
+    if data is None:
+        raise UserError("the profile is empty", hint="start from profiles/quickstart.yaml", file=file, kind="profile")
+    if not isinstance(data, dict):
+        raise UserError(
+            f"a profile is a mapping of sections (model, data, method, training, output), not a {type(data).__name__}",
+            hint="start from profiles/quickstart.yaml", file=file, line=1, kind="profile",
+        )
+    _check_secrets(root, file)
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        raise _error_from_validation(exc, root, file) from None
+
+
+def _read_text(path: Path) -> str:
+    if not path.exists():
+        raise UserError("no such profile", hint="check the path; examples are in profiles/", file=path, kind="profile")
+    if path.is_dir():
+        raise UserError("this is a folder, not a profile file", hint="name a .yaml file", file=path, kind="profile")
+    raw = path.read_bytes()
+    if b"\x00" in raw[:8192]:
+        raise UserError("this is a binary file, not a YAML profile", file=path, kind="profile")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"not UTF-8 text (byte {exc.start})", hint="save the profile as UTF-8",
+            file=path, line=line, kind="profile",
+        ) from None
+
+
+def is_local_data(path: str) -> bool:
+    return path.lower().endswith(DATA_SUFFIXES) or path.startswith((".", "/", "~"))
+
+
+def _resolve(value: str, base: Path) -> str:
+    return str((base / Path(value).expanduser()).resolve())
+
+
+def resolve_paths(profile: Profile, base: Path) -> Profile:
+    """Make the profile's local paths absolute, relative to ``base``."""
+    model = profile.model.name_or_path
+    if model != "demo" and (model.startswith((".", "/", "~")) or (base / model).exists()):
+        model = _resolve(model, base)
+    data = profile.data.path
+    if not data.startswith("demo:") and is_local_data(data):
+        data = _resolve(data, base)
+    validation = profile.data.validation_path
+    if validation and is_local_data(validation):
+        validation = _resolve(validation, base)
+    return profile.model_copy(
+        update={
+            "model": profile.model.model_copy(update={"name_or_path": model}),
+            "data": profile.data.model_copy(update={"path": data, "validation_path": validation}),
+            "output": profile.output.model_copy(update={"runs_dir": _resolve(profile.output.runs_dir, base)}),
+        }
+    )
+
+
+def load_profile(path: str | Path) -> LoadedProfile:
+    """Read, validate and resolve a profile file. Raises UserError on bad input."""
+    path = Path(path)
+    profile = parse_profile_text(_read_text(path), file=str(path))
+    return LoadedProfile(resolve_paths(profile, path.resolve().parent), path.resolve())
+
+
+def dump_profile(profile: Profile) -> str:
+    data = profile.model_dump(mode="json", exclude_none=True)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def save_profile(profile: Profile, path: str | Path) -> None:
+    """Write a profile atomically. Profiles hold no secrets by construction."""
+    write_text_atomic(path, dump_profile(profile))
+
+
+def profile_json_schema() -> str:
+    schema = Profile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "tuiwiz profile"
+    return json.dumps(schema, indent=2)
+
+
+def is_hub_id(value: str) -> bool:
+    return bool(_HUB_ID.match(value))

@@ -1,0 +1,1 @@
+"""The training subprocess. Imported only by ``python -m tuiwiz.train``: it pulls in torch."""

@@ -1,0 +1,90 @@
+"""Trainer callbacks: events to the run dir, graceful stop, non-finite loss, AdaLoRA budget."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import psutil
+import torch
+from transformers import TrainerCallback
+
+from ..events import EventWriter
+from .failures import NonFiniteLoss
+
+
+def memory_snapshot() -> dict:
+    snap = {"rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1)}
+    if torch.cuda.is_available():
+        snap["gpu_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        snap["gpu_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+    return snap
+
+
+class StopFlag:
+    """Set from the SIGTERM handler; read between optimizer steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+
+class RunnerCallback(TrainerCallback):
+    def __init__(self, events: EventWriter | None, stop: StopFlag) -> None:
+        self.events = events  # None on ranks other than 0
+        self.stop = stop
+        self.failure: NonFiniteLoss | None = None
+        self._last_time: float | None = None
+        self._last_tokens = 0
+        self.start_tokens = 0
+
+    def _emit(self, type: str, **fields) -> None:
+        if self.events is not None:
+            self.events.emit(type, **fields)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_time = time.perf_counter()
+        self._last_tokens = self.start_tokens = state.num_input_tokens_seen or 0
+        self._emit("status", status="running", step=state.global_step, max_steps=state.max_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            loss = float(logs["loss"])
+            now = time.perf_counter()
+            tokens = state.num_input_tokens_seen or 0
+            elapsed = now - (self._last_time or now)
+            tps = (tokens - self._last_tokens) / elapsed if elapsed > 0 else None
+            self._last_time, self._last_tokens = now, tokens
+            self._emit(
+                "log", step=state.global_step, max_steps=state.max_steps, epoch=round(state.epoch or 0, 4),
+                loss=loss, learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                tokens_seen=tokens, tokens_per_second=round(tps, 1) if tps else None, memory=memory_snapshot(),
+            )
+            if not math.isfinite(loss):
+                self.failure = NonFiniteLoss(state.global_step, loss)
+                control.should_training_stop = True
+        eval_metrics = {k: v for k, v in logs.items() if k.startswith("eval_")}
+        if eval_metrics:
+            self._emit("eval", step=state.global_step, **eval_metrics)
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        path = f"{args.output_dir}/checkpoint-{state.global_step}"
+        if self.events is not None:
+            self.events.emit("checkpoint", durable=True, step=state.global_step, path=path)
+
+
+class AdaLoraCallback(TrainerCallback):
+    """AdaLoRA reallocates ranks after each optimizer step; the Trainer does not call it."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.model.base_model.update_and_allocate(state.global_step)

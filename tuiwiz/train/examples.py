@@ -1,0 +1,72 @@
+"""From normalised records (tuiwiz.data) to the datasets the trainers take."""
+
+from __future__ import annotations
+
+from ..data import LoadedData
+from ..errors import UserError
+from ..profile import Profile
+
+# The prompt layout for models without a chat template (Alpaca's own).
+ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
+ALPACA_PROMPT_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+
+
+def alpaca_user_text(record: dict) -> str:
+    return f"{record['instruction']}\n\n{record['input']}" if record.get("input") else record["instruction"]
+
+
+def _alpaca_rows(records, tokenizer) -> list[dict]:
+    if tokenizer.chat_template:
+        rows = []
+        for r in records:
+            prompt = ([{"role": "system", "content": r["system"]}] if r.get("system") else [])
+            prompt.append({"role": "user", "content": alpaca_user_text(r)})
+            rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": r["output"]}]})
+        return rows
+    eos = tokenizer.eos_token or ""
+    return [
+        {
+            "prompt": (ALPACA_PROMPT_INPUT if r.get("input") else ALPACA_PROMPT).format(**r),
+            "completion": r["output"] + eos,
+        }
+        for r in records
+    ]
+
+
+def sft_rows(data: LoadedData, tokenizer, profile: Profile) -> tuple[list[dict], dict]:
+    """Rows for TRL's SFTTrainer and the SFTConfig options that go with them."""
+    if data.format == "alpaca":
+        return _alpaca_rows(data.records, tokenizer), {"completion_only_loss": True}
+    if data.format == "messages":
+        if not tokenizer.chat_template:
+            raise UserError(
+                f"{data.path} holds chat messages, but the model's tokenizer has no chat template",
+                hint="use a chat (instruct) model, or convert the data to alpaca or text format",
+                file=data.path, field="data.format", kind="data",
+            )
+        return [{"messages": r["messages"]} for r in data.records], {"assistant_only_loss": True}
+    if data.format == "text":
+        return [{"text": r["text"]} for r in data.records], {"dataset_text_field": "text"}
+    raise UserError(
+        f"data format {data.format} does not fit task {profile.task}",
+        hint="task classification takes text+label data; sft takes alpaca, messages or text",
+        file=data.path, field="data.format", kind="data",
+    )
+
+
+def classification_dataset(data: LoadedData, tokenizer, profile: Profile, labels: tuple[str, ...]):
+    from datasets import Dataset
+
+    index = {label: i for i, label in enumerate(labels)}
+    for record, line in zip(data.records, data.source_lines):
+        if record["label"] not in index:
+            raise UserError(
+                f"label '{record['label']}' is not among the training labels ({', '.join(labels)})",
+                hint="every evaluation label must also occur in the training data",
+                file=data.path, line=line, field="label", kind="data",
+            )
+    encoded = tokenizer(
+        [r["text"] for r in data.records], truncation=True, max_length=profile.data.max_length
+    )
+    encoded["labels"] = [index[r["label"]] for r in data.records]
+    return Dataset.from_dict(dict(encoded))

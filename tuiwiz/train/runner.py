@@ -1,0 +1,289 @@
+"""The runner: one training run, top to bottom.
+
+setup (state, signals, profile, data, model) -> trainer -> train -> save -> final status.
+Its only outputs are files in the run dir; stdout and stderr go to train.log.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+import psutil
+
+from .. import __version__
+from ..errors import UserError
+from ..events import EventWriter
+from ..profile import Profile
+from ..profile_io import load_profile
+from ..runs import RunDir, RunnerLock, update_state
+from .failures import Failure, classify
+
+
+class StopRequested(Exception):
+    """SIGTERM before training started: nothing to checkpoint yet."""
+
+
+def _load_data(profile: Profile):
+    from ..data import ColumnMap, load_dataset_file, split_validation
+    from ..demo import resolve_demo_uri
+
+    columns = ColumnMap(**profile.data.columns.model_dump())
+
+    def load(value: str):
+        path = resolve_demo_uri(value) if value.startswith("demo:") else Path(value)
+        return load_dataset_file(path, format=profile.data.format, columns=columns, task=profile.task,
+                                 limit=profile.data.limit)
+
+    train = load(profile.data.path)
+    evaluation = None
+    if profile.data.validation_path:
+        evaluation = load(profile.data.validation_path)
+    elif profile.data.validation_split:
+        train, evaluation = split_validation(train, profile.data.validation_split, profile.training.seed)
+    return train, evaluation
+
+
+def _total_steps(profile: Profile, n_rows: int, world_size: int) -> int:
+    t = profile.training
+    if t.max_steps > 0:
+        return t.max_steps
+    batches = math.ceil(n_rows / (t.per_device_train_batch_size * world_size))
+    return max(1, math.ceil(math.ceil(batches / t.gradient_accumulation_steps) * t.num_train_epochs))
+
+
+def _training_kwargs(profile: Profile, precision, run: RunDir, has_eval: bool) -> dict:
+    t = profile.training
+    kwargs = dict(
+        output_dir=str(run.checkpoints),
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        learning_rate=profile.learning_rate,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=int(t.warmup_steps) if t.warmup_steps >= 1 else t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy=("steps" if t.eval_steps else "epoch") if has_eval else "no",
+        eval_steps=t.eval_steps,
+        bf16=precision.name == "bf16",
+        fp16=precision.name == "fp16",
+        use_cpu=precision.device == "cpu",
+        report_to=[],
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        dataloader_num_workers=0,
+    )
+    return kwargs
+
+
+def _build_trainer(profile: Profile, run: RunDir, callbacks: list):
+    """Everything from the frozen profile to a ready Trainer. Returns (trainer, info)."""
+    import transformers
+    from datasets import Dataset
+
+    from ..demo import ensure_demo_model
+    from .callbacks import AdaLoraCallback
+    from .examples import classification_dataset, sft_rows
+    from .modeling import apply_method, count_parameters, load_model, load_tokenizer, resolve_precision
+
+    transformers.logging.set_verbosity_warning()
+    precision = resolve_precision(profile)
+    model_path = str(ensure_demo_model()) if profile.model.name_or_path == "demo" else profile.model.name_or_path
+    train_data, eval_data = _load_data(profile)
+    tokenizer = load_tokenizer(model_path, profile)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    total_steps = _total_steps(profile, len(train_data.records), world_size)
+    labels = train_data.labels if profile.task == "classification" else None
+
+    model = load_model(model_path, profile, precision, labels)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model = apply_method(model, profile, total_steps, model_path)
+    total, trainable = count_parameters(model)
+    if profile.method.type == "adalora":
+        callbacks.append(AdaLoraCallback(model))
+    kwargs = _training_kwargs(profile, precision, run, eval_data is not None)
+
+    if profile.task == "classification":
+        import numpy as np
+
+        def accuracy(prediction):
+            return {"accuracy": float((np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).mean())}
+
+        trainer = transformers.Trainer(
+            model=model,
+            args=transformers.TrainingArguments(**kwargs),
+            train_dataset=classification_dataset(train_data, tokenizer, profile, labels),
+            eval_dataset=classification_dataset(eval_data, tokenizer, profile, labels) if eval_data else None,
+            processing_class=tokenizer,
+            data_collator=transformers.DataCollatorWithPadding(tokenizer),
+            compute_metrics=accuracy,
+            callbacks=callbacks,
+        )
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        rows, options = sft_rows(train_data, tokenizer, profile)
+        eval_rows = sft_rows(eval_data, tokenizer, profile)[0] if eval_data else None
+        packing = profile.data.packing
+        # Packing without cross-document attention needs flash attention; otherwise wrap.
+        strategy = "bfd" if profile.model.attn_implementation == "flash_attention_2" else "wrapped"
+        config = SFTConfig(
+            **kwargs, max_length=profile.data.max_length, packing=packing, packing_strategy=strategy,
+            dataset_num_proc=None, **options,
+        )
+        trainer = SFTTrainer(
+            model=model, args=config, train_dataset=Dataset.from_list(rows),
+            eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+            processing_class=tokenizer, callbacks=callbacks,
+        )
+        if len(trainer.train_dataset) == 0:
+            raise UserError(
+                f"no example of {train_data.path} fits in data.max_length={profile.data.max_length} tokens",
+                hint="raise data.max_length", file=train_data.path, field="data.max_length", kind="data",
+            )
+    info = {
+        "model_path": model_path,
+        "precision": precision.name,
+        "device": precision.device,
+        "world_size": trainer.args.world_size,
+        "params_total": total,
+        "params_trainable": trainable,
+        "train_examples": len(trainer.train_dataset),
+        "eval_examples": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+        "data_format": train_data.format,
+        "labels": list(labels) if labels else None,
+        "tokenizer": tokenizer,
+    }
+    return trainer, info
+
+
+def _save_output(trainer, info: dict, profile: Profile, run: RunDir) -> None:
+    import json
+
+    trainer.save_model(str(run.output))
+    info["tokenizer"].save_pretrained(str(run.output))
+    meta = {
+        "base_model": info["model_path"],
+        "model": profile.model.name_or_path,
+        "method": profile.method.type,
+        "task": profile.task,
+        "labels": info["labels"],
+        "tuiwiz_version": __version__,
+    }
+    (run.output / "tuiwiz.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    found = {}
+    for name in ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes"):
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return found
+
+
+def run_training(run_dir: str, *, resume: bool = False) -> int:
+    from .callbacks import RunnerCallback, StopFlag
+
+    run = RunDir(Path(run_dir).resolve())
+    lock = RunnerLock(run)
+    if not lock.acquire():
+        print(f"another runner already holds {run.path}", file=sys.stderr)
+        return 3
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    events = EventWriter(run.events) if is_main else None
+    stop = StopFlag()
+    training = [False]
+
+    def on_signal(signum, frame):
+        stop.requested = True
+        if not training[0]:
+            raise StopRequested()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def finish(status: str, exit_code: int, failure: Failure | None = None, **fields) -> int:
+        if failure is not None and events is not None:
+            events.emit("error", durable=True, **failure.to_event())
+        if events is not None:
+            events.emit("status", status=status, durable=True, **fields)
+        update_state(run, status=status, exit_code=exit_code, error=failure.message if failure else None)
+        return exit_code
+
+    me = psutil.Process()
+    update_state(run, status="loading", pid=me.pid, pgid=os.getpgid(0), create_time=me.create_time(),
+                 exit_code=None, error=None)
+    try:
+        if events is not None:
+            events.emit("status", status="loading", resume=resume)
+        profile = load_profile(run.profile).profile
+        callback = RunnerCallback(events, stop)
+        trainer, info = _build_trainer(profile, run, [callback])
+        checkpoint = run.last_checkpoint() if resume else None
+        if resume and checkpoint is None and events is not None:
+            events.emit("status", status="loading", message="no checkpoint yet: starting from step 0")
+        if events is not None:
+            public = {k: v for k, v in info.items() if k != "tokenizer"}
+            events.emit(
+                "run_start", durable=True, run_id=run.run_id, tuiwiz_version=__version__, versions=_versions(),
+                task=profile.task, method=profile.method.type, model=profile.model.name_or_path,
+                learning_rate=profile.learning_rate, resumed_from=str(checkpoint) if checkpoint else None,
+                pid=os.getpid(), **public,
+            )
+        update_state(run, status="running")
+        training[0] = True
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if callback.failure is not None:
+            return finish("failed", 1, classify(callback.failure))
+        if stop.requested:
+            return finish("stopped", 0, step=trainer.state.global_step,
+                          checkpoint=str(run.last_checkpoint()) if run.last_checkpoint() else None)
+        if trainer.eval_dataset is not None:
+            trainer.evaluate()
+        if is_main:
+            _save_output(trainer, info, profile, run)
+        metrics = dict(result.metrics)
+        tokens = trainer.state.num_input_tokens_seen
+        metrics["tokens_seen"] = tokens
+        if metrics.get("train_runtime"):
+            start_tokens = callback.start_tokens
+            metrics["train_tokens_per_second"] = round((tokens - start_tokens) / metrics["train_runtime"], 1)
+        if events is not None:
+            events.emit("run_end", durable=True, status="completed", step=trainer.state.global_step,
+                        metrics=metrics, output=str(run.output))
+        return finish("completed", 0)
+    except StopRequested:
+        return finish("stopped", 0, message="stopped before training began; nothing to checkpoint")
+    except BaseException as exc:  # every failure is recorded, then the process ends
+        traceback.print_exc()
+        failure = classify(exc)
+        if events is not None:
+            events.emit("run_end", status="failed", error_kind=failure.kind)
+        return finish("failed", 1, failure)
+    finally:
+        if events is not None:
+            events.close()
+        lock.release()
