@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from .builtin_models import is_builtin, resolve_builtin
 from .errors import UserError
 from .profile import Profile
 from .profile_io import LoadedProfile, dump_profile, is_local_data
@@ -32,7 +33,8 @@ RUNNER_ENV = {
 
 def _check_model(profile: Profile, source: str) -> None:
     name = profile.model.name_or_path
-    if name == "demo":
+    if is_builtin(name):
+        resolve_builtin(name, build=False)
         return
     path = Path(name)
     if path.is_absolute():

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .atomic import write_text_atomic
+from .builtin_models import is_builtin
 from .errors import UserError
 from .profile import Profile
 
@@ -88,7 +89,7 @@ def _valid_keys(loc: tuple) -> list[str]:
     return keys
 
 
-def _dotted(loc: tuple, root_keys: list[str] | None = None) -> str:
+def _dotted(loc: tuple) -> str:
     parts = [str(p) for p in loc if not isinstance(p, int)]
     # Drop a union tag (method.lora.r -> method.r): the tag is the value of `type`.
     if len(parts) >= 2 and parts[0] == "method":
@@ -218,7 +219,7 @@ def _resolve(value: str, base: Path) -> str:
 def resolve_paths(profile: Profile, base: Path) -> Profile:
     """Make the profile's local paths absolute, relative to ``base``."""
     model = profile.model.name_or_path
-    if model != "demo" and (model.startswith((".", "/", "~")) or (base / model).exists()):
+    if not is_builtin(model) and (model.startswith((".", "/", "~")) or (base / model).exists()):
         model = _resolve(model, base)
     data = profile.data.path
     if not data.startswith("demo:") and is_local_data(data):

@@ -98,14 +98,15 @@ def _build_trainer(profile: Profile, run: RunDir, callbacks: list):
     import transformers
     from datasets import Dataset
 
-    from ..demo import ensure_demo_model
+    from ..builtin_models import is_builtin, resolve_builtin
     from .callbacks import AdaLoraCallback
     from .examples import classification_dataset, sft_rows
     from .modeling import apply_method, count_parameters, load_model, load_tokenizer, resolve_precision
 
     transformers.logging.set_verbosity_warning()
     precision = resolve_precision(profile)
-    model_path = str(ensure_demo_model()) if profile.model.name_or_path == "demo" else profile.model.name_or_path
+    name = profile.model.name_or_path
+    model_path = str(resolve_builtin(name)) if is_builtin(name) else name
     train_data, eval_data = _load_data(profile)
     tokenizer = load_tokenizer(model_path, profile)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,0 +1,36 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ROOT / "profiles"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch):
+    """Each test gets its own registry; the demo cache is shared per session (it is deterministic)."""
+    monkeypatch.setenv("TUIWIZ_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    monkeypatch.setenv("TUIWIZ_CACHE_DIR", str(_shared_cache(tmp_path_factory)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+
+
+_CACHE: list[Path] = []
+
+
+def _shared_cache(factory) -> Path:
+    if not _CACHE:
+        _CACHE.append(factory.mktemp("cache"))
+    return _CACHE[0]
+
+
+def run_cli(*args, cwd=None, env=None, timeout=300):
+    """Run the real `tuiwiz` entry point in a fresh interpreter."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "tuiwiz", *map(str, args)],
+        cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+    )

@@ -1,0 +1,114 @@
+"""The event log reader and the run state, checked against real processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tuiwiz.events import EventTail, EventWriter, iter_tail_events, read_events
+from tuiwiz.runs import RunDir, RunnerLock, RunState, effective_status, find_run, register, registered_runs, summarize, update_state, write_state
+from tuiwiz.errors import UserError
+
+
+def test_torn_last_line_is_left_for_the_next_read(tmp_path):
+    path = tmp_path / "events.jsonl"
+    writer = EventWriter(path)
+    writer.emit("status", status="running")
+    with open(path, "a") as handle:
+        handle.write('{"type": "log", "step": 1')  # a writer caught mid-line
+    tail = EventTail(path)
+    assert [e["type"] for e in tail.read()] == ["status"]
+    with open(path, "a") as handle:
+        handle.write(', "loss": 2.0}\n')
+    assert tail.read() == [{"type": "log", "step": 1, "loss": 2.0}]
+    assert tail.read() == []
+
+
+def test_garbage_lines_are_skipped_and_counted(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"type": "status"}\nnot json\n[1, 2]\n{"type": "log", "step": 3}\n')
+    tail = EventTail(path)
+    assert [e["type"] for e in tail.read()] == ["status", "log"]
+    assert tail.skipped == 2
+
+
+def test_tail_of_a_long_log_reads_only_whole_events(tmp_path):
+    path = tmp_path / "events.jsonl"
+    writer = EventWriter(path)
+    for step in range(5000):
+        writer.emit("log", step=step, loss=1.0 / (step + 1))
+    events = list(iter_tail_events(path, nbytes=4096))
+    assert events and events[-1]["step"] == 4999
+    steps = [e["step"] for e in events]
+    assert steps == list(range(steps[0], 5000))
+    assert len(read_events(path)) == 5000
+
+
+def test_unknown_event_type_is_a_bug(tmp_path):
+    with pytest.raises(ValueError):
+        EventWriter(tmp_path / "e.jsonl").emit("nonsense")
+
+
+def _run(tmp_path, name="r1") -> RunDir:
+    run = RunDir(tmp_path / name)
+    run.path.mkdir()
+    write_state(run, RunState(run_id=name, status="created"))
+    return run
+
+
+def test_running_status_is_checked_against_the_process(tmp_path):
+    import psutil
+
+    run = _run(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        update_state(run, status="running", pid=proc.pid, create_time=psutil.Process(proc.pid).create_time())
+        assert effective_status(run) == "running"
+        proc.kill()
+        proc.wait()
+        assert effective_status(run) == "failed"
+        assert "gone" in summarize(run).error
+    finally:
+        proc.kill()
+
+
+def test_reused_pid_is_not_mistaken_for_the_runner(tmp_path):
+    run = _run(tmp_path)
+    update_state(run, status="running", pid=os.getpid(), create_time=1.0)  # this process, but a different start
+    assert effective_status(run) == "failed"
+
+
+def test_update_state_only_from_keeps_newer_status(tmp_path):
+    run = _run(tmp_path)
+    update_state(run, status="completed")
+    assert update_state(run, only_from=("starting",), status="running") is None
+    assert effective_status(run) == "completed"
+
+
+def test_registry_and_find_run(tmp_path):
+    a, b = _run(tmp_path, "alpha-1"), _run(tmp_path, "beta-1")
+    register(a)
+    register(b)
+    register(a)
+    assert [r.run_id for r in registered_runs()] == ["alpha-1", "beta-1"]
+    assert find_run("alpha-1") == a
+    assert find_run("bet") == b  # a unique prefix
+    assert find_run(str(b.path)) == b
+    with pytest.raises(UserError, match="no run 'gamma'"):
+        find_run("gamma")
+
+
+def test_one_runner_per_run_dir(tmp_path):
+    run = _run(tmp_path)
+    first = RunnerLock(run)
+    assert first.acquire()
+    code = f"from tuiwiz.runs import RunDir, RunnerLock; from pathlib import Path; print(RunnerLock(RunDir(Path({str(run.path)!r}))).acquire())"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert other.stdout.strip() == "False"
+    first.release()
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert other.stdout.strip() == "True"
