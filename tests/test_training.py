@@ -1,0 +1,113 @@
+"""End to end on the demo model: the real CLI, the real detached runner, real transformers/peft/trl.
+
+Each method trains a few dozen steps; the loss must fall and the output must reload and generate.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tuiwiz.events import read_events
+from tuiwiz.runs import RunDir, read_state
+
+from .conftest import PROFILES, ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def write_profile(tmp_path: Path, base: str, **overrides) -> Path:
+    """A shipped profile with its runs sent to tmp_path and some fields changed."""
+    data = yaml.safe_load((PROFILES / base).read_text())
+    data.setdefault("output", {})["runs_dir"] = str(tmp_path / "runs")
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        data.setdefault(section, {})[key] = value
+    path = tmp_path / base
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def only_run(tmp_path: Path) -> RunDir:
+    runs = [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]
+    assert len(runs) == 1, runs
+    return RunDir(runs[0])
+
+
+def losses(run: RunDir) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in read_events(run.events) if e["type"] == "log"}
+
+
+def assert_trained(result, run: RunDir, fall: float = 0.7):
+    assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
+    assert read_state(run).status == "completed"
+    curve = losses(run)
+    first, last = curve[min(curve)], curve[max(curve)]
+    assert last < fall * first, f"loss did not fall enough: {first:.3f} -> {last:.3f}"
+    events = read_events(run.events)
+    start = next(e for e in events if e["type"] == "run_start")
+    assert 0 < start["params_trainable"] <= start["params_total"]
+    assert start["world_size"] == 1
+    assert any(e["type"] == "run_end" and e["status"] == "completed" for e in events)
+    return start
+
+
+def generate(output: Path, prompt: str = "Hello") -> str:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    if (output / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(output)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(output)
+    inputs = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+    return tokenizer.decode(out[0][inputs["input_ids"].shape[1]:])
+
+
+METHOD_PROFILES = [
+    "demo-full.yaml", "demo-lora-dora.yaml", "demo-qlora-4bit.yaml", "demo-qlora-8bit.yaml",
+    "demo-prompt-tuning.yaml", "demo-prefix-tuning.yaml", "demo-p-tuning.yaml", "demo-ia3.yaml",
+    "demo-adalora.yaml", "demo-bitfit.yaml", "demo-chat-lora.yaml", "demo-pretrain-lora.yaml",
+]
+
+
+@pytest.mark.parametrize("base", METHOD_PROFILES)
+def test_every_method_trains_and_reloads(tmp_path, base):
+    profile = write_profile(tmp_path, base)
+    result = run_cli("--profile", profile, env={"OMP_NUM_THREADS": "2"})
+    run = only_run(tmp_path)
+    start = assert_trained(result, run)
+    meta = json.loads((run.output / "tuiwiz.json").read_text())
+    assert meta["method"] == start["method"]
+    generate(run.output)
+
+
+def test_classification_on_pretrained_minilm(tmp_path):
+    profile = write_profile(tmp_path, "minilm-classification.yaml")
+    result = run_cli("--profile", profile)
+    run = only_run(tmp_path)
+    assert_trained(result, run, fall=0.9)
+    evals = [e for e in read_events(run.events) if e["type"] == "eval"]
+    assert evals and evals[-1]["eval_accuracy"] > 0.8
+
+    import torch
+    from peft import AutoPeftModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    model = AutoPeftModelForSequenceClassification.from_pretrained(run.output)
+    tokenizer = AutoTokenizer.from_pretrained(run.output)
+    with torch.no_grad():
+        logits = model(**tokenizer(["a test sentence"], return_tensors="pt")).logits
+    assert logits.shape[-1] == len(json.loads((run.output / "tuiwiz.json").read_text())["labels"])
