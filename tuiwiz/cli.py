@@ -49,7 +49,24 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--detach", action="store_true", help="return at once")
 
     sub.add_parser("demo", help="build the demo model and datasets, print where they are")
+    parser.add_argument("--plain", action="store_true", help="the wizard as plain prompts instead of a full-screen app")
+    for module in _command_modules():
+        module.add_commands(sub)
     return parser
+
+
+def _command_modules() -> list:
+    """The command groups that live beside this file (fit check, post-training)."""
+    import importlib
+
+    found = []
+    for name in ("fit_cli", "post_cli"):
+        try:
+            found.append(importlib.import_module(f"{__package__}.{name}"))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{name}":
+                raise
+    return found
 
 
 def _cmd_validate(path: str) -> int:
@@ -185,9 +202,16 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_resume(args.run, args.detach)
         if args.command == "demo":
             return _cmd_demo()
+        for module in _command_modules():
+            code = module.dispatch(args)
+            if code is not None:
+                return code
+        if args.command is None:
+            from .ui import run_wizard
+
+            return run_wizard(plain=args.plain)
         parser.print_help()
-        print("\nThe interactive wizard is not part of this version yet; use --profile.", file=sys.stderr)
-        return 0
+        return 2
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
