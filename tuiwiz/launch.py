@@ -51,11 +51,38 @@ def _check_model(profile: Profile, source: str) -> None:
             )
 
 
+def _local_model_folder(profile: Profile) -> Path | None:
+    """The model's folder when it is already on this machine (its tokenizer is read from there)."""
+    name = profile.model.name_or_path
+    folder = resolve_builtin(name, build=False) if is_builtin(name) else Path(name)
+    return folder if (folder / "tokenizer.json").is_file() else None
+
+
+def _check_lengths(profile: Profile, data, folder: Path) -> None:
+    """Refuse data whose every example leaves nothing to learn within max_length."""
+    from .rendering import ModelText, length_stats
+
+    if data.format not in ("alpaca", "messages"):
+        return  # text and classification rows are truncated, never emptied
+    try:
+        stats = length_stats(data.records, data.format, ModelText(folder), profile.data.max_length)
+    except UserError:
+        return  # no fast tokenizer here: the runner checks after tokenizing
+    if stats.sampled and stats.prompt_too_long >= stats.rows:
+        raise UserError(
+            f"every example's prompt is at least data.max_length={profile.data.max_length} tokens "
+            f"(examples run to {stats.p50} tokens at the median, {stats.max} at most), so no answer token would be trained",
+            hint=f"raise data.max_length to about {stats.p95 + 64}, or shorten the prompts",
+            file=data.path, field="data.max_length", kind="data",
+        )
+
+
 def _check_data(profile: Profile, source: str) -> None:
     from . import data as datamod
     from .demo import resolve_demo_uri
 
     columns = datamod.ColumnMap(**profile.data.columns.model_dump())
+    folder = _local_model_folder(profile)
     for field_name, value in (("data.path", profile.data.path), ("data.validation_path", profile.data.validation_path)):
         if not value:
             continue
@@ -67,9 +94,11 @@ def _check_data(profile: Profile, source: str) -> None:
             continue
         if not is_local_data(value):
             continue  # a hub dataset: the runner loads it
-        datamod.load_dataset_file(
+        data = datamod.load_dataset_file(
             Path(value), format=profile.data.format, columns=columns, task=profile.task, limit=profile.data.limit
         )
+        if folder is not None and field_name == "data.path":
+            _check_lengths(profile, data, folder)
 
 
 def preflight(loaded: LoadedProfile) -> None:

@@ -5,23 +5,15 @@ from __future__ import annotations
 from ..data import LoadedData
 from ..errors import UserError
 from ..profile import Profile
-
-# The prompt layout for models without a chat template (Alpaca's own).
-ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
-ALPACA_PROMPT_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-
-
-def alpaca_user_text(record: dict) -> str:
-    return f"{record['instruction']}\n\n{record['input']}" if record.get("input") else record["instruction"]
+from ..rendering import ALPACA_PROMPT, ALPACA_PROMPT_INPUT, alpaca_messages
 
 
 def _alpaca_rows(records, tokenizer) -> list[dict]:
     if tokenizer.chat_template:
         rows = []
         for r in records:
-            prompt = ([{"role": "system", "content": r["system"]}] if r.get("system") else [])
-            prompt.append({"role": "user", "content": alpaca_user_text(r)})
-            rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": r["output"]}]})
+            prompt, completion = alpaca_messages(r)
+            rows.append({"prompt": prompt, "completion": completion})
         return rows
     eos = tokenizer.eos_token or ""
     return [

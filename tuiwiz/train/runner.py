@@ -29,15 +29,20 @@ class StopRequested(Exception):
 
 
 def _load_data(profile: Profile):
-    from ..data import ColumnMap, load_dataset_file, split_validation
+    from ..data import ColumnMap, load_dataset_file, load_hub_dataset, split_validation
     from ..demo import resolve_demo_uri
+    from ..profile_io import is_local_data
 
     columns = ColumnMap(**profile.data.columns.model_dump())
+    options = dict(format=profile.data.format, columns=columns, task=profile.task, limit=profile.data.limit)
 
     def load(value: str):
-        path = resolve_demo_uri(value) if value.startswith("demo:") else Path(value)
-        return load_dataset_file(path, format=profile.data.format, columns=columns, task=profile.task,
-                                 limit=profile.data.limit)
+        if value.startswith("demo:"):
+            return load_dataset_file(resolve_demo_uri(value), **options)
+        if is_local_data(value):
+            return load_dataset_file(Path(value), **options)
+        name, _, split = value.partition(":")  # org/name or org/name:split
+        return load_hub_dataset(name, split=split or "train", **options)
 
     train = load(profile.data.path)
     evaluation = None
