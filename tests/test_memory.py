@@ -1,0 +1,252 @@
+"""The memory estimate: trainable counts against peft, byte terms against real tensors, the calibration file."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from tuiwiz.errors import UserError
+from tuiwiz.memory import CONSTANTS, Plan, estimate, trainable_parameters
+from tuiwiz.modelinfo import model_from_config
+
+from .test_modelinfo import load_config, tiny, torch_count, torch_model
+
+ROOT = Path(__file__).resolve().parent.parent
+CALIBRATION = ROOT / "bench" / "results" / "calibration-cpu.json"
+ARCHS = ["llama3-8b", "qwen2.5-0.5b", "qwen3-0.6b", "gemma2-2b", "phi3-mini-4k", "gpt2", "pythia-410m"]
+
+
+def peft_trainable(config: dict, peft_config) -> int:
+    import peft
+
+    model = peft.get_peft_model(torch_model(config, "cpu"), peft_config)
+    return model.get_nb_trainable_parameters()[0]
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_lora_count_matches_peft(name):
+    import peft
+
+    config = tiny(load_config(name))
+    info = model_from_config(config)
+    for r, targets, dora in ((8, None, False), (4, ("v_proj", "c_attn", "query_key_value", "qkv_proj"), False),
+                             (2, None, True)):
+        present = tuple(t for t in targets or () if t in info.linear_modules) or None
+        if targets and not present:
+            continue
+        expected = peft_trainable(config, peft.LoraConfig(task_type="CAUSAL_LM", r=r, use_dora=dora,
+                                                          target_modules=list(present) if present else "all-linear"))
+        plan = Plan(method="lora", lora_r=r, lora_targets=present, use_dora=dora)
+        assert trainable_parameters(info, plan) == expected, (name, r, present, dora)
+
+
+def test_lora_on_the_real_llama3_8b_shape_meta_device():
+    import peft
+
+    config = load_config("llama3-8b")
+    expected = peft.get_peft_model(torch_model(config), peft.LoraConfig(task_type="CAUSAL_LM", r=16,
+                                                                         target_modules="all-linear"))
+    plan = Plan(method="qlora", lora_r=16)
+    assert trainable_parameters(model_from_config(config), plan) == expected.get_nb_trainable_parameters()[0]
+
+
+@pytest.mark.parametrize("name", ["llama3-8b", "qwen2.5-0.5b", "gpt2", "gemma2-2b"])
+def test_other_peft_methods_match_peft(name):
+    import peft
+
+    config = tiny(load_config(name))
+    info = model_from_config(config)
+    cases = [
+        (Plan(method="adalora", adalora_init_r=6),
+         peft.AdaLoraConfig(task_type="CAUSAL_LM", init_r=6, target_r=2, target_modules="all-linear", total_step=10)),
+        (Plan(method="ia3"), peft.IA3Config(task_type="CAUSAL_LM")),
+        (Plan(method="prompt_tuning", num_virtual_tokens=7),
+         peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=7)),
+        (Plan(method="prefix_tuning", num_virtual_tokens=5),
+         peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5)),
+        (Plan(method="prefix_tuning", num_virtual_tokens=5, prefix_projection=True, encoder_hidden_size=16),
+         peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, prefix_projection=True,
+                                 encoder_hidden_size=16)),
+        (Plan(method="p_tuning", num_virtual_tokens=6, encoder_hidden_size=32),
+         peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=6, encoder_hidden_size=32)),
+    ]
+    for plan, peft_config in cases:
+        assert trainable_parameters(info, plan) == peft_trainable(config, peft_config), (name, plan.method)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "qwen2.5-0.5b", "bert-base-uncased"])
+def test_full_and_bitfit_counts(name):
+    config = tiny(load_config(name))
+    model, info = torch_model(config, "cpu"), model_from_config(config)
+    assert trainable_parameters(info, Plan(method="full")) == torch_count(model)
+    # the runner's BitFit: every parameter whose name ends in .bias
+    assert trainable_parameters(info, Plan(method="bitfit")) == sum(
+        p.numel() for n, p in model.named_parameters() if n.endswith(".bias"))
+
+
+def test_unknown_lora_target_is_a_user_error():
+    info = model_from_config(load_config("llama3-8b"))
+    with pytest.raises(UserError, match="no linear layer"):
+        trainable_parameters(info, Plan(method="lora", lora_targets=("c_attn",)))
+    with pytest.raises(UserError, match="IA3"):
+        trainable_parameters(model_from_config(load_config("phi3-mini-4k")), Plan(method="ia3"))
+
+
+def _step(model, params, optimizer_cls, **kw):
+    import torch
+
+    optimizer = optimizer_cls(params, **kw)
+    ids = torch.randint(0, 320, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = sum(p.grad.nbytes for p in params if p.grad is not None)
+    optimizer.step()
+    states = sum(t.nbytes for s in optimizer.state.values() for t in s.values() if hasattr(t, "nbytes")
+                 and t.dim() > 0)
+    return grads, states
+
+
+def test_gradient_and_adamw_bytes_full_fp32():
+    import torch
+
+    config = tiny(load_config("llama3-8b"))
+    model = torch_model(config, "cpu")
+    grads, states = _step(model, list(model.parameters()), torch.optim.AdamW)
+    est = estimate(model_from_config(config), Plan(method="full", device="cpu", precision="fp32"))
+    assert est.per_device.gradients == grads
+    assert est.per_device.optimizer == states
+    assert est.per_device.weights == sum(p.nbytes for p in model.parameters())
+
+
+def test_gradient_and_adamw_bytes_lora():
+    import peft
+    import torch
+
+    config = tiny(load_config("qwen2.5-0.5b"))
+    model = peft.get_peft_model(torch_model(config, "cpu").to(torch.bfloat16),
+                                peft.LoraConfig(task_type="CAUSAL_LM", r=8, target_modules="all-linear"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert {p.dtype for p in params} == {torch.float32}  # peft upcasts adapters: the estimate's 4 bytes
+    grads, states = _step(model, params, torch.optim.AdamW)
+    est = estimate(model_from_config(config), Plan(method="lora", lora_r=8, precision="bf16"))
+    b = est.per_device
+    assert (b.gradients, b.optimizer, b.adapter) == (grads, states, sum(p.nbytes for p in params))
+    assert b.weights == sum(p.nbytes for p in model.parameters() if not p.requires_grad)
+
+
+def test_qlora_weight_bytes_match_bitsandbytes(tmp_path):
+    """Load a tiny Llama in NF4 with double quantization (bitsandbytes works on the CPU) and weigh it."""
+    import peft
+    import torch
+    import transformers
+
+    config = tiny(load_config("llama3-8b"))
+    config.update(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
+                  head_dim=64)
+    torch_model(config, "cpu").save_pretrained(tmp_path)
+    quant = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                            bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quant,
+                                                              dtype=torch.bfloat16)
+    model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    measured = 0
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            measured += param.nbytes
+            state = getattr(param, "quant_state", None)
+            if state is not None:
+                measured += state.absmax.nbytes + state.state2.absmax.nbytes + state.state2.code.nbytes
+    est = estimate(model_from_config(config), Plan(method="qlora", qlora_bits=4, double_quant=True))
+    assert est.per_device.weights == pytest.approx(measured, rel=0.02)
+
+
+def test_more_gpus_less_memory_with_zero():
+    info = model_from_config(load_config("llama3-8b"))
+    plan = Plan(method="full", seq_len=2048, gradient_checkpointing=True)
+    single = estimate(info, plan).total
+    zero2 = [estimate(info, dataclasses.replace(plan, strategy="zero2"), n).total for n in (2, 4, 8)]
+    zero3 = [estimate(info, dataclasses.replace(plan, strategy="zero3"), n).total for n in (2, 4, 8)]
+    assert single > zero2[0] > zero2[1] > zero2[2]
+    assert zero2[0] > zero3[0] and zero3[0] > zero3[1] > zero3[2]
+    offload = estimate(info, dataclasses.replace(plan, strategy="zero3_offload_optimizer"), 8)
+    assert offload.total < zero3[2] and offload.cpu_ram > 16 * info.num_parameters
+    ddp = estimate(info, dataclasses.replace(plan, strategy="ddp"), 8)
+    assert ddp.total > single  # DDP keeps its own copy of the gradients
+
+
+def test_activation_knobs_move_the_estimate_the_right_way():
+    info = model_from_config(load_config("qwen2.5-7b"))
+    plan = Plan(method="lora", seq_len=1024, micro_batch=4)
+    acts = estimate(info, plan).per_device.activations
+    assert estimate(info, dataclasses.replace(plan, gradient_checkpointing=True)).per_device.activations < acts / 5
+    eager = estimate(info, dataclasses.replace(plan, attn_implementation="eager")).per_device.activations
+    eager2 = estimate(info, dataclasses.replace(plan, attn_implementation="eager", seq_len=2048)).per_device
+    sdpa2 = estimate(info, dataclasses.replace(plan, seq_len=2048)).per_device.activations
+    assert eager > acts and (eager2.activations - sdpa2) == pytest.approx(4 * (eager - acts), rel=1e-6)
+    flash = estimate(info, dataclasses.replace(plan, attn_implementation="flash_attention_2")).per_device
+    assert flash.activations < acts  # no repeated key/value heads
+    unfused = estimate(info, dataclasses.replace(plan, fused_loss=False)).per_device.logits
+    assert unfused >= 4 * 1024 * info.vocab_size * 12 * 0.99  # full logits, their fp32 copies and gradient
+
+
+def test_breakdown_total_and_disk():
+    info = model_from_config(load_config("qwen2.5-0.5b"))
+    est = estimate(info, Plan(method="full", precision="bf16", micro_batch=2, gradient_accumulation=4))
+    b = est.per_device
+    assert b.total == sum(v for k, v in b.terms().items() if k not in ("activations", "logits", "gradients",
+                                                                        "optimizer_step")) + b.peak_dynamic
+    assert est.disk_output == 4 * info.num_parameters  # the runner trains and saves full fine-tunes in fp32
+    assert est.disk_total == est.disk_output + 2 * est.disk_checkpoint
+    lora = estimate(info, Plan(method="lora"))
+    assert lora.disk_output == 4 * lora.trainable_parameters and lora.cpu_ram_merge > 2 * info.num_parameters
+
+
+def test_plan_from_profiles():
+    from tuiwiz.profile_io import load_profile
+
+    for path in sorted((ROOT / "profiles").glob("*.yaml")):
+        profile = load_profile(path).profile
+        info = model_from_config(load_config("llama3-8b"))
+        plan = Plan.from_profile(profile, info, device="cuda", bf16=False)
+        assert plan.method == profile.method.type
+        assert plan.micro_batch == profile.training.per_device_train_batch_size
+        assert plan.seq_len == profile.data.max_length
+        assert plan.precision == (profile.training.precision if profile.training.precision != "auto" else "fp16")
+    cpu = Plan.from_profile(load_profile(ROOT / "profiles" / "quickstart.yaml").profile, info, device="cpu")
+    assert cpu.precision == "fp32" and cpu.device == "cpu"
+
+
+def _calibration():
+    if not CALIBRATION.is_file():
+        pytest.skip("no calibration file yet: run bench/calibrate.py")
+    return json.loads(CALIBRATION.read_text())
+
+
+def test_estimate_within_25_percent_of_every_calibration_point():
+    """The estimate, recomputed now, against RAM measured by bench/calibrate.py (CPU, fp32, tiny models)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import calibrate
+
+    report = _calibration()
+    assert report["device"] == "cpu" and len(report["results"]) >= 15
+    for result in report["results"]:
+        est = calibrate.estimate_point(result["point"])["estimate"]
+        error = (est - result["measured"]) / result["measured"]
+        assert -0.15 <= error <= 0.25, (result["point"], f"{error:+.1%}")
+    assert report["constants"]["activation_scale"] == CONSTANTS.activation_scale
+    assert report["constants"]["cpu_tile_copies"] == CONSTANTS.cpu_tile_copies
+
+
+def test_process_runtime_constant_covers_the_measured_baseline():
+    report = _calibration()
+    assert CONSTANTS.cpu_runtime >= report["baseline_rss_max"]
+    assert CONSTANTS.cuda_context == 500 * 2**20
+
+
+def test_plan_rejects_nonsense():
+    with pytest.raises(ValueError):
+        Plan(method="nope")
+    with pytest.raises(ValueError):
+        Plan(micro_batch=0)

@@ -1,0 +1,225 @@
+"""Recommendations for the recorded machines, profiles built from them, OOM step-down, and the light CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tuiwiz.errors import UserError
+from tuiwiz.hardware import probe
+from tuiwiz.memory import estimate
+from tuiwiz.modelinfo import model_from_config
+from tuiwiz.profile import DEFAULT_LEARNING_RATE, Profile
+from tuiwiz.recommend import DataStats, choose_seq_len, recommend, step_down, to_profile
+
+from .conftest import ROOT
+from .test_modelinfo import load_config
+
+CHAT_2K = DataStats.from_lengths([300 + (i * 37) % 1700 for i in range(999)] + [2000])  # up to 2,000 tokens
+
+
+def model(name):
+    return model_from_config(load_config(name), name)
+
+
+def test_data_stats_from_lengths():
+    stats = DataStats.from_lengths([10] * 90 + [100] * 9 + [1000])
+    assert (stats.rows, stats.p50, stats.p95, stats.max) == (100, 10, 100, 1000)
+    assert stats.truncated_at(100) == 1 and stats.truncated_at(1000) == 0 and stats.truncated_at(9) == 100
+    with pytest.raises(UserError):
+        DataStats.from_lengths([])
+
+
+def test_max_length_follows_the_data():
+    llama = model("llama3-8b")
+    seq, why, _ = choose_seq_len(CHAT_2K, llama)
+    assert seq == 2048 and seq % 64 == 0 and "every example" in why
+    long_tail = DataStats.from_lengths([200] * 96 + [5000] * 4)
+    seq, why, _ = choose_seq_len(long_tail, llama)
+    assert seq == 256 and "4 longer ones are truncated" in why
+    seq, _, warnings = choose_seq_len(DataStats.from_lengths([20000]), llama)
+    assert seq == 8192 and "context" in warnings[0]
+    assert choose_seq_len(None, llama)[0] == 512
+
+
+def test_llama3_8b_on_rtx4090_gets_lora_or_qlora_never_full():
+    rec = recommend(probe(snapshot="rtx4090-24gb"), model("llama3-8b"), CHAT_2K)
+    best = rec.best
+    assert best.key in ("lora", "qlora")
+    assert best.plan.gradient_checkpointing or best.key == "qlora"
+    assert best.plan.seq_len == 2048 and best.plan.precision == "bf16"
+    assert best.effective_batch == 16
+    full = rec.option("full")
+    assert not full.fits and "the card has 22.9 GiB free" in full.rejected
+    assert all(not o.fits for o in rec.options if o.plan.method == "full")
+    qlora = rec.option("qlora")
+    assert qlora.plan.optimizer == "paged_adamw_8bit"
+    assert qlora.fits and qlora.estimate.per_device.weights < rec.option("lora").estimate.per_device.weights
+
+
+def test_qwen_small_on_h100_gets_full_fine_tuning():
+    rec = recommend(probe(snapshot="h100-80gb"), model("qwen2.5-0.5b"), CHAT_2K)
+    assert rec.best.key == "full" and rec.best.plan.strategy == "single"
+    assert rec.best.learning_rate == DEFAULT_LEARNING_RATE["full"]
+    assert rec.best.effective_batch == 16
+
+
+def test_llama3_8b_on_8x_a100_can_do_full_with_zero():
+    machine = probe(snapshot="8x-a100-80gb")
+    rec = recommend(machine, model("llama3-8b"), CHAT_2K)
+    assert not rec.option("full").fits  # one 80 GB card is not enough for 16 bytes a parameter
+    zero = [o for o in rec.fitting if o.plan.strategy in ("zero2", "zero3")]
+    assert zero and rec.best.plan.method == "full" and rec.best.plan.strategy in ("zero2", "zero3")
+    assert len(rec.best.gpu_indices) == 8 and rec.best.effective_batch >= 16
+    # GPU 3 is busy: every per-GPU fit is checked against its own free memory
+    fit3 = next(f for f in rec.best.fit if f.index == 3)
+    assert fit3.available < next(f for f in rec.best.fit if f.index == 0).available
+
+
+def test_t4_has_no_bf16_and_only_qlora_fits_a_7b():
+    rec = recommend(probe(snapshot="t4-16gb"), model("mistral-7b"), CHAT_2K)
+    assert rec.best.key == "qlora" and rec.best.plan.precision == "fp16"
+    assert "GiB free" in rec.option("lora").rejected
+
+
+def test_cpu_only_machine_gets_a_cpu_plan():
+    machine = probe(snapshot="cpu-only")
+    rec = recommend(machine, model("qwen2.5-0.5b"), DataStats.from_lengths([100, 150, 200, 230]))
+    assert rec.best.key.startswith("cpu-") and rec.best.plan.device == "cpu" and rec.best.plan.precision == "fp32"
+    assert rec.best.fit[0].index is None
+    assert rec.best.needed <= machine.ram_available_mb * 2**20
+    assert "NVIDIA GPU" in rec.option("cpu-qlora").rejected
+    assert any("no GPU" in w for w in rec.warnings)
+
+
+def test_unknown_architecture_warns_and_errs_high():
+    config = dict(load_config("llama3-8b"), model_type="mystery", architectures=["MysteryForCausalLM"])
+    unknown = model_from_config(config)
+    rec = recommend(probe(snapshot="a100-40gb"), unknown, CHAT_2K)
+    assert any("unknown architecture" in w for w in rec.warnings)
+    known = recommend(probe(snapshot="a100-40gb"), model("llama3-8b"), CHAT_2K)
+    same_plan = known.option("lora").plan
+    assert estimate(unknown, same_plan).total > estimate(model("llama3-8b"), same_plan).total
+    assert rec.option("lora").plan.micro_batch <= same_plan.micro_batch
+
+
+def test_experts_add_peft_methods():
+    rec = recommend(probe(snapshot="a100-40gb"), model("qwen2.5-7b"), CHAT_2K, experts=True)
+    assert {"ia3", "adalora", "prefix_tuning", "p_tuning", "bitfit"} <= {o.key for o in rec.options}
+    assert {"ia3", "adalora"}.isdisjoint(o.key for o in recommend(probe(snapshot="a100-40gb"),
+                                                                   model("qwen2.5-7b"), CHAT_2K).options)
+
+
+def test_rejections_are_ranked_after_fits():
+    rec = recommend(probe(snapshot="t4-16gb"), model("llama3-8b"), CHAT_2K)
+    flags = [o.fits for o in rec.options]
+    assert flags == sorted(flags, reverse=True)
+    assert all(o.rejected for o in rec.options if not o.fits)
+
+
+@pytest.mark.parametrize("snapshot, name", [("rtx4090-24gb", "llama3-8b"), ("h100-80gb", "qwen2.5-0.5b"),
+                                            ("cpu-only", "qwen2.5-0.5b"), ("a100-40gb", "phi3-mini-4k")])
+def test_to_profile_is_valid_and_matches_the_option(snapshot, name):
+    rec = recommend(probe(snapshot=snapshot), model(name), CHAT_2K, experts=True)
+    for option in rec.fitting:
+        profile = to_profile(option, name, "train.jsonl", "sft")
+        assert Profile.model_validate(profile.model_dump()) == profile
+        t = profile.training
+        assert profile.method.type == option.plan.method
+        assert (t.per_device_train_batch_size, t.gradient_accumulation_steps) == (
+            option.plan.micro_batch, option.plan.gradient_accumulation)
+        assert profile.data.max_length == rec.seq_len and t.precision == option.plan.precision
+        assert profile.learning_rate == DEFAULT_LEARNING_RATE[option.plan.method]
+        if option.plan.method in ("lora", "qlora"):
+            assert profile.method.target_modules == list(model(name).linear_modules)
+            assert profile.method.lora_alpha == 2 * profile.method.r
+
+
+def test_step_down_sequence():
+    machine, info = probe(snapshot="rtx4090-24gb"), model("llama3-8b")
+    option = recommend(probe(snapshot="h100-80gb"), model("qwen2.5-0.5b"), CHAT_2K).best
+    profile = to_profile(option, "llama", "train.jsonl").model_copy(deep=True)
+    profile.training.per_device_train_batch_size = 8
+    profile.training.gradient_accumulation_steps = 2
+    profile.training.gradient_checkpointing = False
+    kinds = []
+    while True:
+        step = step_down(profile, info, machine)
+        if step is None:
+            break
+        new, reason = step  # unpacks as (profile, reason)
+        kinds.append(step.kind)
+        t = new.training
+        if step.kind == "micro_batch":
+            assert t.per_device_train_batch_size * t.gradient_accumulation_steps == 16
+        assert step.needs_consent == (step.kind == "max_length") and reason
+        profile = new
+    assert kinds == ["micro_batch"] * 3 + ["checkpointing"] + ["max_length"] * 4 + ["method", "method"]
+    assert profile.method.type == "qlora" and profile.training.optim == "paged_adamw_8bit"
+    assert profile.data.max_length == 128 and profile.training.per_device_train_batch_size == 1
+
+
+def test_step_down_without_consent_and_on_cpu():
+    info = model("qwen2.5-0.5b")
+    profile = Profile.model_validate({"method": {"type": "lora"}, "data": {"max_length": 1024},
+                                      "training": {"per_device_train_batch_size": 1,
+                                                   "gradient_checkpointing": True}})
+    assert step_down(profile, info, probe(snapshot="cpu-only"), allow_truncation=False) is None
+    step = step_down(profile, info, probe(snapshot="a100-40gb"), allow_truncation=False)
+    assert step.kind == "method" and step.profile.method.type == "qlora"
+
+
+HEAVY = ("torch", "transformers", "peft", "trl", "bitsandbytes", "deepspeed", "datasets", "textual")
+CHECK = """
+import json, sys
+from tuiwiz import fit_cli
+code = fit_cli.main({argv!r})
+print(json.dumps([code, sorted(m for m in {heavy!r} if m in sys.modules)]), file=sys.stderr)
+"""
+
+
+def run_fit_cli(*argv, env=None):
+    import os
+
+    result = subprocess.run([sys.executable, "-c", CHECK.format(argv=list(argv), heavy=HEAVY)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    code, loaded = json.loads(result.stderr.strip().splitlines()[-1])
+    return code, loaded, result.stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["hw"], ["hw", "--json"], ["inspect", "minilm", "--json"],
+    ["recommend", "--model", "minilm", "--seq-len", "128", "--hardware", "rtx4090-24gb", "--json"],
+    ["recommend", "--model", "minilm", "--seq-len", "200"],
+])
+def test_fit_commands_stay_light(argv):
+    code, loaded, _ = run_fit_cli(*argv)
+    assert code == 0 and loaded == []
+
+
+def test_fit_commands_output(tmp_path):
+    code, _, out = run_fit_cli("hw", "--json", "--save", str(tmp_path / "m.json"),
+                               env={"TUIWIZ_HARDWARE": "h100-80gb"})
+    assert code == 0 and json.loads(out)["gpus"][0]["memory_total_mb"] == 81559
+    assert json.loads((tmp_path / "m.json").read_text())["gpus"][0]["name"] == "NVIDIA H100 80GB HBM3"
+    code, _, out = run_fit_cli("recommend", "--model", "minilm", "--seq-len", "128", "--hardware",
+                               str(tmp_path / "m.json"), "--json", "--data", "d.jsonl",
+                               "--write", str(tmp_path / "p.yaml"))
+    report = json.loads(out)
+    assert code == 0 and report["options"][0]["fits"] and report["seq_len"] == 128
+    from tuiwiz.profile_io import load_profile
+
+    written = load_profile(tmp_path / "p.yaml").profile
+    assert written.method.type == report["options"][0]["plan"]["method"] and written.model.name_or_path == "minilm"
+    code, _, _ = run_fit_cli("inspect", str(tmp_path / "missing") + "/")
+    assert code == 2
+
+
+@pytest.mark.parametrize("module", ["tuiwiz.hardware", "tuiwiz.modelinfo", "tuiwiz.memory", "tuiwiz.recommend",
+                                    "tuiwiz.fit_cli"])
+def test_modules_import_light(module):
+    code = f"import sys, {module}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
