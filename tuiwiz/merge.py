@@ -479,6 +479,24 @@ def verify_merge(plan: MergePlan, merged: Path) -> tuple[float, float, float]:
     return _largest_gap(after, with_adapter), _largest_gap(after, base), tolerance
 
 
+def _judge(plan: MergePlan, max_diff: float, changed_diff: float, tolerance: float) -> None:
+    """A merge that changes nothing, or not what the adapter does, is an error."""
+    if not changed_diff > tolerance:  # also catches NaN
+        raise UserError(
+            f"the merged model equals the base (logits within {changed_diff:.3g}, tolerance {tolerance:.0e}): "
+            f"the merge changed nothing; nothing was written",
+            hint="if the adapter is untrained (its loss did not fall) there is nothing to merge; "
+                 "otherwise report this with the run's adapter_config.json", kind="verify",
+        )
+    if not max_diff <= tolerance:
+        raise UserError(
+            f"the merged model does not match base + adapter: logits differ by up to {max_diff:.3g} "
+            f"(tolerance {tolerance:.0e}); nothing was written",
+            hint="this is a bug in the merge for this adapter; report it with the run's adapter_config.json",
+            kind="verify",
+        )
+
+
 def merge_run(ref: str | RunDir | RunOutput | MergePlan, out: str | Path | None = None, *, overwrite: bool = False,
               memory_budget_mb: float | None = None, disk_budget_mb: float | None = None,
               progress: Progress | None = None) -> MergeResult:
@@ -510,20 +528,7 @@ def merge_run(ref: str | RunDir | RunOutput | MergePlan, out: str | Path | None 
             max_diff, changed_diff, tolerance = verify_merge(plan, staging)
         if progress:
             progress("verify", 1, 1)
-        run_id = plan.source.run.run_id
-        if not max_diff <= tolerance:  # also catches NaN
-            raise UserError(
-                f"the merged model does not match base + adapter: logits differ by up to {max_diff:.3g} "
-                f"(tolerance {tolerance:.0e}); nothing was written",
-                hint="this is a bug in the merge for this adapter; report it with the run's adapter_config.json",
-                kind="verify",
-            )
-        if not changed_diff > tolerance:
-            raise UserError(
-                f"the merged model equals the base (logits within {changed_diff:.3g}): the adapter of run {run_id} "
-                "changes nothing; nothing was written",
-                hint="the adapter's weights are zero or untrained; check that the run's loss fell", kind="verify",
-            )
+        _judge(plan, max_diff, changed_diff, tolerance)
         meta = json.loads((plan.source.path / "tuiwiz.json").read_text(encoding="utf-8"))
         meta.update(merged_from=str(plan.source.path), max_logit_diff=max_diff, note=plan.note)
         (staging / "tuiwiz.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")

@@ -1,0 +1,226 @@
+"""Shard-by-shard merge: equal to peft's merge_and_unload, verified, refused when it cannot work.
+
+The runs train on the demo base saved in several shards. They are trained once per test
+session and shared with test_export.py and test_chat.py through ``trained_run``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tuiwiz.errors import UserError
+from tuiwiz.runs import RunDir, read_state
+
+from .conftest import PROFILES, run_cli
+
+# name -> (shipped profile, overrides); steps kept small: the suite must stay fast
+RECIPES = {
+    "lora": ("quickstart.yaml", {"training": {"max_steps": 30, "save_steps": 1000}}),
+    "dora": ("demo-lora-dora.yaml", {"training": {"max_steps": 15, "save_steps": 1000}}),
+    "ia3": ("demo-ia3.yaml", {"training": {"max_steps": 15, "save_steps": 1000}}),
+}
+
+
+def sharded_demo_base(root: Path) -> Path:
+    """The demo model saved again in at least four shards."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuiwiz.demo import ensure_demo_model
+
+    folder = root / "demo-sharded"
+    if not (folder / "model.safetensors.index.json").exists():
+        source = ensure_demo_model()
+        staging = root / "demo-sharded.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        AutoModelForCausalLM.from_pretrained(source).save_pretrained(staging, max_shard_size="1MB")
+        AutoTokenizer.from_pretrained(source).save_pretrained(staging)
+        staging.rename(folder)
+    return folder
+
+
+def trained_run(tmp_path_factory, name: str) -> RunDir:
+    """A completed run of RECIPES[name] on the sharded demo base, trained once per session."""
+    root = tmp_path_factory.getbasetemp() / "post-training"
+    root.mkdir(exist_ok=True)
+    with open(root / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        base = sharded_demo_base(root)
+        runs = root / name / "runs"
+        done = [p for p in runs.glob("*") if (p / "state.json").exists()] if runs.exists() else []
+        if done and read_state(RunDir(done[0])).status == "completed":
+            return RunDir(done[0])
+        shutil.rmtree(root / name, ignore_errors=True)
+        profile_name, overrides = RECIPES[name]
+        data = yaml.safe_load((PROFILES / profile_name).read_text())
+        data["model"]["name_or_path"] = str(base)
+        data["output"]["runs_dir"] = str(runs)
+        for section, values in overrides.items():
+            data.setdefault(section, {}).update(values)
+        data["training"].pop("num_train_epochs", None)
+        (root / name).mkdir(parents=True)
+        profile = root / name / "profile.yaml"
+        profile.write_text(yaml.safe_dump(data))
+        result = run_cli("--profile", profile, env={"OMP_NUM_THREADS": "2"})
+        run = RunDir(next(runs.glob("*")))
+        assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
+        return run
+
+
+def copy_run(run: RunDir, dest: Path, **meta_changes) -> RunDir:
+    """A copy of a run whose output/tuiwiz.json has some fields changed (for refusal tests)."""
+    shutil.copytree(run.path, dest, ignore=shutil.ignore_patterns("checkpoints", "merged*", "export*"))
+    meta_path = dest / "output" / "tuiwiz.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update(meta_changes)
+    meta_path.write_text(json.dumps(meta))
+    return RunDir(dest)
+
+
+def peft_merged_state(run: RunDir) -> dict:
+    from peft import AutoPeftModelForCausalLM
+
+    model = AutoPeftModelForCausalLM.from_pretrained(run.output)
+    return {k: v.detach().clone() for k, v in model.merge_and_unload().state_dict().items()}
+
+
+def merged_tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(shard))
+    return tensors
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_shard_merge_equals_peft_merge_and_unload(tmp_path_factory, tmp_path, name):
+    import torch
+
+    from tuiwiz.merge import merge_run, plan_merge
+
+    run = trained_run(tmp_path_factory, name)
+    plan = plan_merge(str(run.path))
+    assert len(plan.shards) >= 4
+    result = merge_run(plan, tmp_path / "merged")
+    assert result.out == tmp_path / "merged" and result.shards == len(plan.shards)
+    assert result.max_diff <= 1e-4 < result.changed_diff
+    assert result.peak_rss_mb > 0 and result.seconds > 0
+
+    ours = merged_tensors(result.out)
+    index = json.loads((result.out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(ours)
+    assert sorted(set(index["weight_map"].values())) == sorted(p.name for p in plan.shards)
+    reference = peft_merged_state(run)
+    assert set(reference) <= set(ours)
+    changed = 0
+    for key, expected in reference.items():
+        assert ours[key].dtype == expected.dtype, key
+        torch.testing.assert_close(ours[key], expected, rtol=1e-5, atol=1e-6, msg=key)
+        changed += key.endswith("_proj.weight")
+    assert changed > 0
+    for name_ in ("config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja", "README.md"):
+        assert (result.out / name_).exists(), name_
+
+
+def test_merged_model_reloads_and_generates_through_cli(tmp_path_factory, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = trained_run(tmp_path_factory, "lora")
+    out = tmp_path / "cli-merged"
+    result = run_cli("merge", run.path, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "verified" in result.stdout and str(out) in result.stdout
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.chat_template  # the run's chat template came along
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What sound does the cow make?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        tokens = model.generate(**prompt, max_new_tokens=6, do_sample=False)
+    assert tokens.shape[1] > prompt["input_ids"].shape[1]
+    again = run_cli("merge", run.path, "--out", out)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def _no_leftovers(parent: Path, name: str) -> None:
+    assert not (parent / name).exists()
+    assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+@pytest.mark.parametrize("fault", ["double-scale", "skip-one-module", "skip-all"])
+def test_verification_catches_a_wrong_merge(tmp_path_factory, tmp_path, monkeypatch, fault):
+    import tuiwiz.merge as merge
+
+    run = trained_run(tmp_path_factory, "lora")
+    if fault == "double-scale":
+        right = merge._lora_scaling
+        monkeypatch.setattr(merge, "_lora_scaling", lambda config, module, rank: 2 * right(config, module, rank))
+    else:
+        right_weight = merge._merged_weight
+
+        def faulty(weight, adapter, module, config):
+            if fault == "skip-all" or module.endswith("layers.2.mlp.down_proj"):
+                return weight
+            return right_weight(weight, adapter, module, config)
+
+        monkeypatch.setattr(merge, "_merged_weight", faulty)
+    with pytest.raises(UserError) as info:
+        merge.merge_run(str(run.path), tmp_path / "merged")
+    assert info.value.kind == "verify"
+    expected = "changed nothing" if fault == "skip-all" else "does not match"
+    assert expected in info.value.message
+    _no_leftovers(tmp_path, "merged")
+
+
+def test_refuses_when_memory_or_disk_is_short(tmp_path_factory, tmp_path, monkeypatch):
+    from tuiwiz.merge import merge_run, plan_merge
+
+    run = trained_run(tmp_path_factory, "lora")
+    plan = plan_merge(str(run.path))
+    monkeypatch.setenv("TUIWIZ_MEMORY_BUDGET_MB", "1")
+    with pytest.raises(UserError) as info:
+        merge_run(plan, tmp_path / "merged")
+    assert info.value.kind == "resources" and "free memory" in info.value.message
+    monkeypatch.delenv("TUIWIZ_MEMORY_BUDGET_MB")
+    with pytest.raises(UserError) as info:
+        merge_run(plan, tmp_path / "merged", disk_budget_mb=plan.base_bytes / 2**20 / 2)
+    assert "on disk" in info.value.message
+    _no_leftovers(tmp_path, "merged")
+    result = run_cli("merge", run.path, "--out", tmp_path / "m", env={"TUIWIZ_MEMORY_BUDGET_MB": "1"})
+    assert result.returncode == 2 and "free memory" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("prompt_tuning", "cannot be merged"), ("p_tuning", "cannot be merged"),
+    ("full", "nothing to merge"), ("bitfit", "nothing to merge"),
+])
+def test_refuses_methods_that_do_not_merge(tmp_path_factory, tmp_path, method, expected):
+    from tuiwiz.merge import plan_merge
+
+    run = copy_run(trained_run(tmp_path_factory, "lora"), tmp_path / "copy", method=method)
+    with pytest.raises(UserError) as info:
+        plan_merge(str(run.path))
+    assert expected in info.value.message and info.value.hint
+
+
+def test_refuses_unfinished_runs_and_notes_qlora(tmp_path_factory, tmp_path):
+    from tuiwiz.merge import plan_merge
+
+    source = trained_run(tmp_path_factory, "lora")
+    qlora = copy_run(source, tmp_path / "qlora", method="qlora")
+    assert "not the 4-bit" in plan_merge(str(qlora.path)).note
+    assert plan_merge(str(source.path)).note is None
+    failed = copy_run(source, tmp_path / "failed")
+    state = json.loads(failed.state_file.read_text())
+    failed.state_file.write_text(json.dumps({**state, "status": "stopped"}))
+    with pytest.raises(UserError, match="not completed"):
+        plan_merge(str(failed.path))
+    result = run_cli("merge", "no-such-run")
+    assert result.returncode == 2 and "no run" in result.stderr
