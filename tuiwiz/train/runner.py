@@ -118,6 +118,9 @@ def _build_trainer(profile: Profile, run: RunDir, callbacks: list):
     total_steps = _total_steps(profile, len(train_data.records), world_size)
     labels = train_data.labels if profile.task == "classification" else None
 
+    # Seed before the model exists: adapter weights (LoRA's A, prompt embeddings) and new heads are
+    # drawn at creation, before the Trainer would seed anything.
+    transformers.set_seed(profile.training.seed)
     model = load_model(model_path, profile, precision, labels)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
