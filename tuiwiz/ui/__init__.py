@@ -1,0 +1,22 @@
+"""The wizard: a Textual app, or the same steps as plain prompts (``--plain``).
+
+Nothing heavy is imported here: the app module loads when the wizard starts,
+each screen when it is first shown, and the training stack never.
+"""
+
+from __future__ import annotations
+
+
+def run_wizard(plain: bool = False) -> int:
+    """Run the wizard in this terminal; returns the process exit code."""
+    if plain:
+        from .plain import run_plain
+
+        return run_plain()
+    from .app import TuiwizApp
+
+    app = TuiwizApp()
+    code = app.run()
+    for line in app.farewell():
+        print(line)
+    return code if isinstance(code, int) else 0

@@ -1,0 +1,362 @@
+"""The wizard's choices and how they become a profile. No Textual here.
+
+The full-screen app and the plain prompts walk the same steps over a
+``WizardState`` and build, check, save and launch the profile with the same
+functions, so both produce the same profile and start the same runner.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+
+STEPS = ("hardware", "model", "data", "method", "settings", "review")
+STEP_TITLES = {"hardware": "Hardware", "model": "Model", "data": "Data", "method": "Method",
+               "settings": "Settings", "review": "Review"}
+TASKS = ("sft", "pretrain", "classification")
+FORMATS = ("auto", "alpaca", "messages", "text", "classification")
+COLUMN_ROLES = ("instruction", "input", "output", "system", "messages", "text", "label")
+DEMO_DATA_FOR_TASK = {"sft": "demo:alpaca", "pretrain": "demo:text", "classification": "demo:classification"}
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass
+class WizardState:
+    """What the user chose so far. Screens read and fill it in; nothing here is Textual."""
+
+    workdir: Path = field(default_factory=Path.cwd)  # profiles/ and runs/ go here
+    machine: object | None = None  # hardware.Machine
+    model_name: str = "demo"
+    model_info: object | None = None  # modelinfo.ModelInfo
+    task: str = "sft"
+    data_path: str = "demo:alpaca"
+    data_format: str = "auto"
+    columns: dict[str, str | None] = field(default_factory=dict)
+    data: object | None = None  # data.LoadedData
+    data_error: UserError | None = None
+    length_stats: object | None = None  # rendering.LengthStats
+    max_length: int | None = None  # the user's choice; None: the recommender's
+    recommendation: object | None = None  # recommend.Recommendation
+    option_key: str | None = None
+    profile: object | None = None  # profile.Profile, from the settings step
+    profile_name: str | None = None
+
+    @property
+    def profiles_dir(self) -> Path:
+        return self.workdir / "profiles"
+
+    def option(self):
+        rec = self.recommendation
+        if rec is None:
+            return None
+        return rec.option(self.option_key) if self.option_key else rec.best
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DataCheck:
+    """A dataset read for the wizard: the records, token lengths, or the first problem."""
+
+    data: object | None  # data.LoadedData
+    stats: object | None  # rendering.LengthStats
+    error: UserError | None
+    note: str | None = None  # e.g. why there is no preview
+
+
+def is_hub_dataset(path: str) -> bool:
+    from ..profile_io import is_hub_id, is_local_data
+
+    return not path.startswith("demo:") and not is_local_data(path) and is_hub_id(path.partition(":")[0])
+
+
+def column_map(columns: dict[str, str | None]):
+    from ..data import ColumnMap
+
+    return ColumnMap(**{role: (columns.get(role) or None) for role in COLUMN_ROLES})
+
+
+def check_data(state: WizardState, max_length: int = 512) -> DataCheck:
+    """Read ``state.data_path`` as the runner will, and count tokens with the model's tokenizer."""
+    from ..data import load_dataset_file
+    from ..demo import resolve_demo_uri
+
+    path = state.data_path.strip()
+    if not path:
+        return DataCheck(None, None, UserError("give a data file, a hub dataset id or demo:NAME", field="data.path",
+                                               kind="data"))
+    if is_hub_dataset(path):
+        return DataCheck(None, None, None, note=f"{path} is a hub dataset: the runner downloads and reads it, "
+                                                "so there is no preview here")
+    try:
+        file = resolve_demo_uri(path) if path.startswith("demo:") else Path(path).expanduser()
+        if not file.is_absolute():
+            file = state.workdir / file
+        loaded = load_dataset_file(file, format=state.data_format, columns=column_map(state.columns),
+                                   task=state.task)
+    except UserError as exc:
+        return DataCheck(None, None, exc)
+    stats = None
+    note = None
+    folder = getattr(state.model_info, "path", None)
+    if folder:
+        from ..rendering import ModelText, length_stats
+
+        try:
+            stats = length_stats(loaded.records, loaded.format, ModelText(folder), max_length)
+        except UserError as exc:
+            note = f"{exc.message}" + (f" ({exc.hint})" if exc.hint else "")
+        except Exception as exc:  # a chat template that fails on this data is the user's to see
+            note = f"cannot render the examples with this model's template: {exc}"
+    return DataCheck(loaded, stats, None, note)
+
+
+def data_stats(state: WizardState):
+    """DataStats for the recommender: the measured lengths, or the user's max length as given."""
+    from ..recommend import DataStats
+
+    if state.max_length:
+        return DataStats.assumed(state.max_length)
+    stats = state.length_stats
+    if stats is None or not stats.lengths:
+        return None
+    return DataStats.from_lengths(stats.lengths, source=state.data_path)
+
+
+def suggested_max_length(state: WizardState) -> int:
+    """The max length the recommender would choose for this data and model."""
+    if state.model_info is None:
+        return 512
+    from ..recommend import choose_seq_len
+
+    stats = state.length_stats
+    ds = None
+    if stats is not None and stats.lengths:
+        from ..recommend import DataStats
+
+        ds = DataStats.from_lengths(stats.lengths)
+    return choose_seq_len(ds, state.model_info)[0]
+
+
+# ---------------------------------------------------------------- method and profile
+
+
+def recommend_for(state: WizardState):
+    from ..recommend import recommend
+
+    return recommend(state.machine, state.model_info, data_stats(state), state.task)
+
+
+def draft_profile(state: WizardState):
+    """The profile for the chosen option, with the data choices of the data step."""
+    from ..profile import ColumnsConfig, OutputConfig
+    from ..recommend import to_profile
+
+    option = state.option()
+    if option is None:
+        raise UserError("no method chosen", hint="pick one on the Method step", kind="input")
+    profile = to_profile(option, state.model_name, state.data_path, state.task)
+    fmt = state.data_format
+    if fmt == "auto" and state.data is not None:
+        fmt = state.data.format
+    columns = {k: v for k, v in state.columns.items() if v}
+    data = profile.data.model_copy(update={
+        "format": fmt, "columns": ColumnsConfig(**columns),
+        "max_length": state.max_length or profile.data.max_length,
+    })
+    # Saved under profiles/, so runs land in the working folder's runs/.
+    output = OutputConfig(runs_dir="../runs")
+    return profile.model_copy(update={"data": data, "output": output})
+
+
+def default_profile_name(state: WizardState, profile) -> str:
+    model = Path(state.model_name.rstrip("/")).name or "model"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model}-{profile.method.type}").strip("-.") or "profile"
+    stem = stem[:56]
+    name, n = stem, 2
+    while (state.profiles_dir / f"{name}.yaml").exists():
+        name, n = f"{stem}-{n}", n + 1
+    return name
+
+
+# ---------------------------------------------------------------- the settings form
+
+
+@dataclass(frozen=True)
+class FormField:
+    key: str  # dotted profile path, e.g. training.learning_rate
+    label: str
+    kind: str  # text / choice / flag
+    choices: tuple[str, ...] = ()
+    advanced: bool = False
+    help: str = ""
+
+    @property
+    def widget_id(self) -> str:
+        return "f-" + self.key.replace(".", "-").replace("_", "-")
+
+
+_BASIC = (
+    ("training.num_train_epochs", "Epochs"),
+    ("training.max_steps", "Max steps"),
+    ("training.learning_rate", "Learning rate"),
+    ("training.per_device_train_batch_size", "Micro-batch"),
+    ("training.gradient_accumulation_steps", "Grad. accumulation"),
+    ("data.max_length", "Max length"),
+)
+_ADVANCED = (
+    "data.validation_split", "training.eval_steps", "training.lr_scheduler_type", "training.warmup_steps",
+    "training.weight_decay", "training.max_grad_norm", "training.precision", "training.gradient_checkpointing",
+    "training.optim", "training.logging_steps", "training.save_steps", "training.save_total_limit",
+    "training.seed", "data.packing", "data.limit", "model.dtype", "model.attn_implementation",
+)
+
+
+def _field_info(profile, key: str):
+    section, name = key.split(".", 1)
+    model = getattr(profile, section)
+    return type(model).model_fields[name]
+
+
+def _kind(annotation) -> tuple[str, tuple[str, ...]]:
+    if annotation is bool:
+        return "flag", ()
+    if typing.get_origin(annotation) is typing.Literal:
+        return "choice", tuple(str(a) for a in typing.get_args(annotation))
+    return "text", ()
+
+
+def form_fields(profile) -> tuple[FormField, ...]:
+    """The settings form for this profile: common fields, the method's own, then the advanced ones."""
+    out = []
+    for key, label in _BASIC:
+        info = _field_info(profile, key)
+        out.append(FormField(key, label, "text", help=info.description or ""))
+    method_cls = type(profile.method)
+    for name, info in method_cls.model_fields.items():
+        kind, choices = _kind(info.annotation)
+        if name == "type" or (kind == "text" and info.annotation not in (int, float, int | None, float | None)):
+            continue  # lists and free-form module names stay in the YAML
+        out.append(FormField(f"method.{name}", name, kind, choices, help=info.description or ""))
+    for key in _ADVANCED:
+        info = _field_info(profile, key)
+        kind, choices = _kind(info.annotation)
+        out.append(FormField(key, key.split(".", 1)[1], kind, choices, advanced=True, help=info.description or ""))
+    return tuple(out)
+
+
+def _get(data: dict, key: str):
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def form_values(profile, fields: tuple[FormField, ...]) -> dict[str, object]:
+    """The profile's current values for the form: text as strings, flags as bools."""
+    data = profile.model_dump(mode="json")
+    values = {}
+    for f in fields:
+        value = _get(data, f.key)
+        if f.kind == "flag":
+            values[f.key] = bool(value)
+        else:
+            values[f.key] = "" if value is None else str(value)
+    return values
+
+
+def _parse_scalar(text: str):
+    """A form entry as YAML would read it: 3 -> int, 2e-4 -> float, empty -> None."""
+    import yaml
+
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value) if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value) else value
+        except ValueError:
+            return value
+    return value
+
+
+def profile_from_form(base, values: dict[str, object]):
+    """``base`` with the form's values, validated by the profile schema. Raises UserError naming the field."""
+    import yaml
+
+    from ..profile_io import parse_profile_text
+
+    data = base.model_dump(mode="json", exclude_none=True)
+    for key, raw in values.items():
+        value = raw if isinstance(raw, bool) else _parse_scalar(str(raw))
+        *parents, name = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(name, None)
+        else:
+            node[name] = value
+    return parse_profile_text(yaml.safe_dump(data, sort_keys=False), file="settings")
+
+
+def check_profile_name(name: str) -> str | None:
+    """Why ``name`` cannot be a profile file name, or None."""
+    if not PROFILE_NAME.match(name or ""):
+        return "letters, digits, '.', '_' and '-', starting with a letter or digit (at most 64)"
+    return None
+
+
+# ---------------------------------------------------------------- review and launch
+
+
+def profile_path(state: WizardState, name: str) -> Path:
+    return state.profiles_dir / f"{name}.yaml"
+
+
+def relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def headless_command(state: WizardState, name: str) -> str:
+    return f"tuiwiz --profile {relative(profile_path(state, name), state.workdir)}"
+
+
+def save_and_launch(state: WizardState, profile, name: str):
+    """Save the profile under profiles/, make its run dir and start the runner. Returns (run, proc, path)."""
+    from ..launch import create_run, start_runner
+    from ..profile_io import load_profile, save_profile
+
+    problem = check_profile_name(name)
+    if problem:
+        raise UserError(f"profile name '{name}': {problem}", field="name", kind="input")
+    path = profile_path(state, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_profile(profile, path)
+    run = create_run(load_profile(path))
+    proc = start_runner(run)
+    return run, proc, path
+
+
+def ensure_demo_model_subprocess(timeout: float = 300) -> None:
+    """Build the demo model in a child process: building it imports torch, which this process never does."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "tuiwiz", "demo"], capture_output=True, text=True,
+                            timeout=timeout, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise UserError("building the demo model failed: " + " / ".join(tail), kind="model",
+                        hint="run `tuiwiz demo` to see the whole error")

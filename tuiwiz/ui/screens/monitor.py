@@ -1,0 +1,318 @@
+"""The train monitor: follows a run from its run dir, never through a pipe to the trainer.
+
+A thread worker reads events.jsonl and train.log incrementally (and GPUs at
+about 1 Hz) and posts a coalescing message; the screen redraws at most twice
+a second inside batch_update, whatever the event rate. Stop asks the runner to
+checkpoint and end; Detach leaves it running.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Group
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Log, Static
+
+from ..runview import RunReader, RunSnapshot
+from ..units import bar, duration, mib, number
+from ..widgets import StepBar, meter
+
+REDRAW_SECONDS = 0.5  # charts and panels at most 2 Hz
+LOG_MAX_LINES = 1000
+STATUS_STYLE = {"running": "bold green", "completed": "bold green", "failed": "bold red", "stopped": "bold yellow",
+                "stopping": "bold yellow", "loading": "bold cyan", "starting": "bold cyan", "created": "cyan"}
+POST_TRAINING = ("merge", "export", "chat")
+
+
+class RunUpdated(Message):
+    """The reader has news. One pending message stands for all: they coalesce."""
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, RunUpdated)
+
+
+def status_lines(s: RunSnapshot, width: int) -> Group:
+    """Progress, metrics, memory: the top of the monitor."""
+    bar_width = max(10, min(40, width - 56))
+    status = Text(f" {s.status.upper()} ", style=STATUS_STYLE.get(s.status.rstrip("?"), "bold"))
+    line1 = Text.assemble(status, " ")
+    if s.max_steps:
+        line1.append(f"step {s.step:,}/{s.max_steps:,} ")
+        line1.append(bar(s.progress or 0.0, bar_width), style="cyan")
+        line1.append(f" {100 * (s.progress or 0):.0f}%")
+    else:
+        line1.append(f"step {s.step:,}")
+    if s.eta_s is not None:
+        line1.append(f"  ETA {duration(s.eta_s)}")
+    line1.append(f"  elapsed {duration(s.elapsed_s)}")
+    line2 = Text()
+    line2.append("loss ", style="bold")
+    line2.append(number(s.loss))
+    if s.eval_loss is not None:
+        line2.append("  eval ", style="bold")
+        line2.append(number(s.eval_loss))
+    line2.append("  lr ", style="bold")
+    line2.append(number(s.learning_rate))
+    line2.append("  tok/s ", style="bold")
+    line2.append(f"{s.tokens_per_second:,.0f}" if s.tokens_per_second else "-")
+    if s.epoch is not None:
+        line2.append("  epoch ", style="bold")
+        line2.append(f"{s.epoch:.2f}")
+    lines = [line1, line2]
+    mem = Text()
+    if s.ram_total_mb:
+        mem.append("RAM ", style="bold")
+        mem.append_text(meter(s.ram_used_mb or 0, s.ram_total_mb, 10))
+        mem.append(f" {mib(s.ram_used_mb)}/{mib(s.ram_total_mb)}")
+    if s.rss_mb:
+        mem.append("  runner ", style="bold")
+        mem.append(mib(s.rss_mb))
+    if s.gpu_allocated_mb:
+        mem.append("  torch peak ", style="bold")
+        mem.append(mib(s.gpu_allocated_mb))
+    if s.device or s.method:
+        mem.append(f"  {s.method or '?'} on {s.device or '?'}", style="dim")
+    lines.append(mem)
+    for gpu in s.gpus[:8]:
+        g = Text(f"GPU {gpu.index} ", style="bold")
+        g.append_text(meter(gpu.memory_used_mb, gpu.memory_total_mb, 10))
+        g.append(f" {mib(gpu.memory_used_mb)}/{mib(gpu.memory_total_mb)}")
+        g.append(f"  util {gpu.utilization_pct}%" if gpu.utilization_pct is not None else "  util ?")
+        if gpu.temperature_c is not None:
+            g.append(f"  {gpu.temperature_c}°C")
+        lines.append(g)
+    if len(s.gpus) > 8:
+        lines.append(Text(f"… and {len(s.gpus) - 8} more GPUs", style="dim"))
+    return Group(*lines)
+
+
+def result_text(s: RunSnapshot) -> Text:
+    """How the run ended, and what to do next."""
+    if s.status == "completed":
+        metrics = (s.run_end or {}).get("metrics", {})
+        text = Text("✓ Completed", style="bold green")
+        text.append(f" at step {s.step:,}")
+        if metrics.get("train_loss") is not None:
+            text.append(f": train loss {number(metrics['train_loss'])}")
+        if s.eval_loss is not None:
+            text.append(f", eval loss {number(s.eval_loss)}")
+        if metrics.get("train_runtime"):
+            text.append(f", {duration(metrics['train_runtime'])}")
+        if metrics.get("train_tokens_per_second"):
+            text.append(f", {metrics['train_tokens_per_second']:,.0f} tok/s")
+        text.append(f"\nThe model is in {s.run_id}/output.")
+        text.append("\nNext: m merge · e export · c chat · n new run · f2 runs", style="cyan")
+        return text
+    if s.status == "stopped":
+        text = Text("■ Stopped", style="bold yellow")
+        text.append(f" at step {s.step:,}")
+        if s.last_checkpoint:
+            text.append(f"; checkpoint {s.last_checkpoint.rsplit('/', 1)[-1]} saved")
+        text.append(f".\nContinue with `tuiwiz resume {s.run_id}` or from the runs list (f2, then r).")
+        text.append("\nNext: n new run · f2 runs", style="cyan")
+        return text
+    text = Text("✗ Failed", style="bold red")
+    error = s.errors[-1] if s.errors else None
+    if error:
+        text.append(f" ({error.get('kind', 'error')}): {error.get('message', '')}")
+        if error.get("hint"):
+            text.append(f"\nhint: {error['hint']}", style="yellow")
+    else:
+        text.append(f": {s.state_error or 'the runner ended without a final status (killed, or it crashed)'}")
+    text.append(f"\nThe whole log is {s.run_id}/train.log.")
+    text.append("\nNext: n new run · f2 runs (resume from the last checkpoint)", style="cyan")
+    return text
+
+
+class MonitorScreen(Screen[str]):
+    """Follow one run. Answers "detach", "new" or "runs"."""
+
+    BINDINGS = [
+        Binding("s", "stop", "Stop", id="stop"),
+        Binding("k", "kill", "Kill", id="kill"),
+        Binding("d,escape", "detach", "Detach", id="detach"),
+        Binding("m", "post('merge')", "Merge", id="merge"),
+        Binding("e", "post('export')", "Export", id="export"),
+        Binding("c", "post('chat')", "Chat", id="chat"),
+        Binding("n", "new_run", "New run", id="new-run"),
+    ]
+
+    def __init__(self, run) -> None:
+        super().__init__()
+        self.run = run
+        self.snapshot: RunSnapshot | None = None
+        self.redraws = 0  # chart redraws, for tests and bench/ui_events.py
+        self._dirty = False
+        self._chart_key = None
+
+    def compose(self) -> ComposeResult:
+        yield StepBar(title=f"Train monitor · {self.run.run_id}")
+        yield Static("Opening the run…", id="mon-status")
+        with Horizontal(id="mon-charts"):
+            yield Vertical(id="mon-loss-box")
+            yield Vertical(id="mon-lr-box")
+        yield Static("", id="mon-result")
+        yield Log(max_lines=LOG_MAX_LINES, id="mon-log", auto_scroll=True)
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        from textual_plotext import PlotextPlot
+
+        self.loss_plot = PlotextPlot(id="mon-loss")
+        self.lr_plot = PlotextPlot(id="mon-lr")
+        self.query_one("#mon-loss-box").mount(self.loss_plot)
+        self.query_one("#mon-lr-box").mount(self.lr_plot)
+        self.query_one("#mon-result").display = False
+        self.query_one("#mon-log", Log).border_title = "train.log"
+        self.reader = RunReader(self.run, clock=getattr(self.app, "clock", time.time))
+        self.set_interval(REDRAW_SECONDS, self._redraw)
+        self._follow()
+
+    # ---------------------------------------------------------------- reading (worker thread)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="reader")
+    def _follow(self) -> None:
+        from textual.worker import get_current_worker
+
+        worker = get_current_worker()
+        interval = getattr(self.app, "watch_interval", 0.5)
+        while not worker.is_cancelled:
+            if self.reader.poll():
+                self.post_message(RunUpdated())
+            for proc in getattr(self.app, "processes", ()):
+                proc.poll()  # reap a runner that ended, so it is not left a zombie
+            time.sleep(interval)
+
+    def on_run_updated(self, message: RunUpdated) -> None:
+        self._dirty = True
+        if self.snapshot is None:
+            self._redraw()  # the first frame of a run comes at once
+
+    # ---------------------------------------------------------------- drawing (at most 2 Hz)
+
+    def _redraw(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        snapshot, lines = self.reader.take()
+        if snapshot is None:
+            return
+        before = self.snapshot
+        self.snapshot = snapshot
+        width = self.size.width or 80
+        with self.app.batch_update():
+            self.query_one("#mon-status", Static).update(status_lines(snapshot, width))
+            self._draw_charts(snapshot)
+            if lines:
+                self.query_one("#mon-log", Log).write_lines(lines)
+            result = self.query_one("#mon-result", Static)
+            if snapshot.finished:
+                result.update(result_text(snapshot))
+                result.display = True
+                result.set_class(snapshot.status == "failed", "failed")
+            else:
+                result.display = False
+        if before is None or before.status != snapshot.status:
+            self.refresh_bindings()
+
+    def _draw_charts(self, s: RunSnapshot) -> None:
+        key = (s.loss_points[0][-1:], len(s.loss_points[0]), len(s.eval_points[0]), self.size)
+        if key == self._chart_key:
+            return
+        self._chart_key = key
+        self.redraws += 1
+        plt = self.loss_plot.plt
+        plt.clear_data()
+        plt.clear_figure()
+        xs, ys = s.loss_points
+        if xs:
+            plt.plot(list(xs), list(ys), label="train", color="cyan", marker="braille")
+        exs, eys = s.eval_points
+        if exs:
+            plt.plot(list(exs), list(eys), label="eval", color="magenta", marker="braille")
+        plt.title("loss" + ("  (history sampled)" if s.sampled else ""))
+        self.loss_plot.refresh()
+        lxs, lys = s.lr_points
+        lr = self.lr_plot.plt
+        lr.clear_data()
+        lr.clear_figure()
+        if lxs:
+            lr.plot(list(lxs), list(lys), color="yellow", marker="braille")
+        lr.title("learning rate")
+        self.lr_plot.refresh()
+
+    # ---------------------------------------------------------------- keys
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        s = self.snapshot
+        status = s.status if s else "unknown"
+        if action == "stop":
+            return status in ("starting", "loading", "running")
+        if action == "kill":
+            return status == "stopping"
+        if action == "post":
+            if status != "completed":
+                return False
+            # merging needs an adapter; a full fine-tune's output is already a whole model
+            return not (parameters and parameters[0] == "merge" and s.method in (None, "full"))
+        if action == "new_run":
+            return s is not None and s.finished
+        return True
+
+    @work
+    async def action_stop(self) -> None:
+        from .dialogs import ConfirmDialog
+
+        sure = await self.app.push_screen_wait(ConfirmDialog(
+            "Stop the run?", "The runner saves a checkpoint at the end of the current step and stops. "
+            f"`tuiwiz resume {self.run.run_id}` continues it later.", yes="Stop", danger=True))
+        if sure:
+            self._stop(False)
+
+    @work
+    async def action_kill(self) -> None:
+        from .dialogs import ConfirmDialog
+
+        sure = await self.app.push_screen_wait(ConfirmDialog(
+            "Kill the run now?", "The runner is killed at once, without saving a checkpoint: the steps since the "
+            "last checkpoint are lost.", yes="Kill", danger=True))
+        if sure:
+            self._stop(True)
+
+    @work(thread=True, exit_on_error=False, group="stop")
+    def _stop(self, force: bool) -> None:
+        from ...launch import stop_run
+
+        asked = stop_run(self.run, force=force)
+        message = ("killed" if force else "asked the runner to checkpoint and stop") if asked else "not running"
+        self.app.call_from_thread(self.notify, message, title=self.run.run_id)
+
+    def action_detach(self) -> None:
+        self.dismiss("detach")
+
+    def action_new_run(self) -> None:
+        self.dismiss("new")
+
+    def action_post(self, what: str) -> None:
+        """Merge, export or chat: the post-training commands, run in this terminal while the app waits."""
+        import subprocess
+        import sys
+
+        argv = [sys.executable, "-m", "tuiwiz", what, str(self.run.path)]
+        if what == "export":
+            argv += ["--format", "merged"]
+        try:
+            with self.app.suspend():
+                print(f"$ tuiwiz {' '.join(argv[3:])}\n", flush=True)
+                code = subprocess.call(argv)
+                input(f"\n[{'done' if code == 0 else f'exit code {code}'}] press Enter to return to tuiwiz ")
+        except Exception as exc:  # no terminal to hand over (headless, some Windows consoles)
+            self.notify(f"run it in a shell: tuiwiz {' '.join(argv[3:])} ({type(exc).__name__})",
+                        severity="warning")
