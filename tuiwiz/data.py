@@ -84,16 +84,74 @@ def _error(message: str, path: Path | str, line: int | None = None, field: str |
 
 # --- reading rows ----------------------------------------------------------------
 
-def _decode(path: Path, raw: bytes) -> str:
-    if b"\x00" in raw[:65536]:
-        raise _error("this is a binary file, not JSON, JSONL or CSV text", path,
-                     hint="give a .json, .jsonl, .csv, .tsv or .parquet file")
+_UTF16_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16",
+               b"\xfe\xff": "UTF-16"}
+
+
+def _utf16_without_bom(sample: bytes) -> bool:
+    """ASCII text saved as UTF-16: a zero byte in nearly every other position, and only there."""
+    if len(sample) < 8:
+        return False
+    even, odd = sample[0::2], sample[1::2]
+    return any(half.count(0) > 0.9 * len(half) and other.count(0) == 0
+               for half, other in ((even, odd), (odd, even)))
+
+
+def read_file_bytes(path: Path, kind: str = "data") -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read this file: {exc.strerror or exc}", file=path, kind=kind,
+                        hint="check the file's permissions") from None
+
+
+def decode_text(raw: bytes, path: Path | str, *, kind: str = "data",
+                what: str = "JSON, JSONL or CSV text") -> str:
+    """UTF-8 text (a BOM is skipped), or a UserError that names the encoding the file has.
+
+    UTF-16 is refused rather than guessed: without a BOM it cannot be told apart reliably,
+    and every other tool in the chain (tokenizers, the hub) expects UTF-8.
+    """
+    def refuse(message: str, line: int | None = None, hint: str | None = None) -> UserError:
+        return UserError(message, hint=hint, file=path, line=line, kind=kind)
+
+    head = raw[:4]
+    for bom, name in _UTF16_BOMS.items():
+        if head.startswith(bom):
+            raise refuse(f"this file is {name} text (it starts with a {name} byte-order mark); tuiwiz reads UTF-8",
+                         hint=f"convert it: iconv -f {name} -t UTF-8 FILE > NEW (or save as UTF-8 in your editor)")
+    sample = raw[:65536]
+    if _utf16_without_bom(sample):
+        raise refuse("this file looks like UTF-16 text (a zero byte after every character); tuiwiz reads UTF-8",
+                     hint="convert it: iconv -f UTF-16LE -t UTF-8 FILE > NEW")
+    if b"\x00" in sample:
+        raise refuse(f"this is a binary file, not {what}",
+                     hint="give a .json, .jsonl, .csv, .tsv or .parquet file" if kind == "data" else None)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise _error(f"not UTF-8 text (byte {exc.start})", path, line,
-                     hint="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+        raise refuse(f"not UTF-8 text (byte {exc.start})", line,
+                     hint="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 FILE > NEW)") from None
+
+
+class _BadJSON(Exception):
+    def __init__(self, message: str, lineno: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.lineno = lineno  # in the decoded string, where the json module knows it
+
+
+def _json_value(decode, *args):
+    """``decode(*args)``, with every way the json module fails turned into _BadJSON."""
+    try:
+        return decode(*args)
+    except json.JSONDecodeError as exc:
+        raise _BadJSON(f"not valid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
+    except RecursionError:
+        raise _BadJSON("not valid JSON here: nested too deeply") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise _BadJSON(f"not valid JSON here: {exc}".split(";")[0]) from None
 
 
 def _jsonl_rows(path: Path, text: str) -> list[tuple[int, object]]:
@@ -102,9 +160,9 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[int, object]]:
         if not line.strip():
             continue
         try:
-            rows.append((number, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise _error(f"not valid JSON: {exc.msg} (column {exc.colno})", path, number,
+            rows.append((number, _json_value(json.loads, line)))
+        except _BadJSON as exc:
+            raise _error(exc.message, path, number,
                          hint="each line of a .jsonl file is one complete JSON object") from None
     return rows
 
@@ -115,11 +173,11 @@ def _json_rows(path: Path, text: str) -> list[tuple[int, object]]:
     start = len(text) - len(text.lstrip())
     if text[start:start + 1] != "[":
         try:
-            whole = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if exc.msg == "Extra data":  # JSON Lines saved as .json
+            whole = _json_value(json.loads, text)
+        except _BadJSON as exc:
+            if exc.message.startswith("not valid JSON: Extra data"):  # JSON Lines saved as .json
                 return _jsonl_rows(path, text)
-            raise _error(f"not valid JSON: {exc.msg} (column {exc.colno})", path, exc.lineno) from None
+            raise _error(exc.message, path, exc.lineno or 1) from None
         if isinstance(whole, dict):
             lists = [key for key, value in whole.items() if isinstance(value, list)]
             if len(lists) == 1:
@@ -128,46 +186,69 @@ def _json_rows(path: Path, text: str) -> list[tuple[int, object]]:
                      hint='write [{"instruction": ..., "output": ...}, ...] or use JSON Lines')
     rows = []
     position = start + 1
+    line, counted = 1, 0  # line number at text[counted]; counted forward only (a big array stays linear)
     while True:
         while position < len(text) and text[position] in " \t\r\n,":
             position += 1
+        line += text.count("\n", counted, position)
+        counted = position
         if position >= len(text):
-            raise _error("the JSON array is not closed", path, text.count("\n") + 1, hint="end the file with ]")
+            raise _error("the JSON array is not closed", path, line, hint="end the file with ]")
         if text[position] == "]":
             break
-        line = text.count("\n", 0, position) + 1
         try:
-            item, position = decoder.raw_decode(text, position)
-        except json.JSONDecodeError as exc:
-            raise _error(f"not valid JSON: {exc.msg} (column {exc.colno})", path, exc.lineno) from None
+            item, position = _json_value(decoder.raw_decode, text, position)
+        except _BadJSON as exc:
+            raise _error(exc.message, path, exc.lineno or line) from None
         rows.append((line, item))
+    rest = text[position + 1:]
+    if rest.strip():
+        line += text.count("\n", counted, position + 1 + len(rest) - len(rest.lstrip()))
+        raise _error("unexpected text after the JSON array's closing ]", path, line,
+                     hint="a .json dataset is one array; remove what follows it")
     return rows
 
 
 def _csv_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, object]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # A long text cell is normal in a dataset: lift the csv module's 128 KiB cell limit.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    start = 1
+
+    def bad_csv(exc: csv.Error) -> UserError:
+        hint = None
+        if "end of data" in str(exc):
+            hint = f"a quoted field that starts on line {start} is never closed with a \""
+        elif "expected after" in str(exc):
+            hint = 'a quote inside a quoted field is written twice: "say ""hi"""'
+        return _error(f"not valid CSV: {exc}", path, start, hint=hint)
+
     try:
         header = next(reader)
     except StopIteration:
         return []
     except csv.Error as exc:
-        raise _error(f"not valid CSV: {exc}", path, 1) from None
+        raise bad_csv(exc) from None
     header = [name.strip() for name in header]
     if len(set(header)) != len(header) or not all(header):
         raise _error("the header row has empty or repeated column names", path, 1, hint="name every column once")
     rows = []
-    try:
-        for values in reader:
-            if not any(v.strip() for v in values):
-                continue
-            if len(values) != len(header):
-                raise _error(
-                    f"this row has {len(values)} fields, the header has {len(header)}", path, reader.line_num,
-                    hint="quote fields that contain the delimiter or line breaks",
-                )
-            rows.append((reader.line_num, dict(zip(header, values))))
-    except csv.Error as exc:
-        raise _error(f"not valid CSV: {exc}", path, reader.line_num) from None
+    while True:
+        start = reader.line_num + 1  # the line a record starts on (a quoted cell may span lines)
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise bad_csv(exc) from None
+        if not any(v.strip() for v in values):
+            continue
+        if len(values) != len(header):
+            raise _error(
+                f"this row has {len(values)} fields, the header has {len(header)}", path, start,
+                hint="quote fields that contain the delimiter or line breaks",
+            )
+        rows.append((start, dict(zip(header, values))))
     return rows
 
 
@@ -189,10 +270,12 @@ def read_rows(path: Path) -> list[tuple[int, object]]:
         raise _error("no such dataset file", path, hint="check data.path; relative paths start at the profile's folder")
     if path.is_dir():
         raise _error("this is a folder, not a dataset file", path, hint="name a .jsonl, .json, .csv or .parquet file")
+    if not path.is_file():
+        raise _error("this is not a regular file (a device or a pipe)", path, hint="name a dataset file")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _parquet_rows(path)
-    text = _decode(path, path.read_bytes())
+    text = decode_text(read_file_bytes(path), path)
     if not text.strip():
         raise _error("the dataset file is empty", path, hint="add records, one per line for .jsonl")
     if suffix in (".csv", ".tsv"):
@@ -220,12 +303,27 @@ def sniff_format(keys: list[str], columns: ColumnMap, task: str) -> str | None:
     return None
 
 
+def _kind_of(value) -> str:
+    """What a JSON-ish value is, in the words a user would use."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {dict: "an object", list: "a list", str: "text", int: "a number", float: "a number",
+            bytes: "binary data"}.get(type(value), f"a {type(value).__name__}")
+
+
 def _text(value, path, line, field) -> str:
     if value is None or (isinstance(value, float) and value != value):
         raise _error(f"'{field}' is empty", path, line, field)
-    if isinstance(value, (dict, list)):
-        raise _error(f"'{field}' should be text, not a {type(value).__name__}", path, line, field)
-    text = str(value)
+    if isinstance(value, (dict, list, tuple, bytes, bytearray)):
+        raise _error(f"'{field}' should be text, not {_kind_of(value)}", path, line, field)
+    try:
+        text = str(value)
+        text.encode("utf-8")
+    except (UnicodeEncodeError, ValueError):  # a lone surrogate (JSON "\ud800"); an int too long to print
+        raise _error(f"'{field}' holds a value that is not valid text (a lone \\u surrogate escape, or a "
+                     "number thousands of digits long)", path, line, field) from None
     if not text.strip():
         raise _error(f"'{field}' is empty", path, line, field, hint="remove the row or fill in the field")
     return text
@@ -247,11 +345,12 @@ def _messages(value, path, line, field) -> list[dict]:
             raise _error(f"{where} should be an object with role and content", path, line, where)
         role = message.get("role", message.get("from"))
         content = message.get("content", message.get("value"))
-        if role not in SHAREGPT_ROLES:
+        if not isinstance(role, str) or role not in SHAREGPT_ROLES:
             raise _error(f"{where} has an unknown role {role!r}", path, line, f"{where}.role",
                          hint="roles are " + ", ".join(ROLES) + " (ShareGPT's human/gpt work too)")
         if not isinstance(content, str):
             raise _error(f"{where} has no text content", path, line, f"{where}.content")
+        content = _text(content, path, line, f"{where}.content") if content.strip() else content
         out.append({"role": SHAREGPT_ROLES[role], "content": content})
     if not any(m["role"] == "assistant" for m in out):
         raise _error("this conversation has no assistant message to learn from", path, line, field,
@@ -261,7 +360,7 @@ def _messages(value, path, line, field) -> list[dict]:
 
 def _normalise(item, fmt: str, columns: ColumnMap, path: Path, line: int) -> dict:
     if not isinstance(item, dict):
-        raise _error(f"a record should be an object, not a {type(item).__name__}", path, line)
+        raise _error(f"a record should be an object, not {_kind_of(item)}", path, line)
     keys = list(item)
     col = {role: columns.find(role, keys) for role in DEFAULT_COLUMNS}
     missing = [role for role in NEEDED[fmt] if col[role] is None]
@@ -288,7 +387,7 @@ def _normalise(item, fmt: str, columns: ColumnMap, path: Path, line: int) -> dic
     if fmt == "text":
         return {"text": _text(item[col["text"]], path, line, col["text"])}
     label = item[col["label"]]
-    if isinstance(label, float) and label == int(label):
+    if isinstance(label, float) and label.is_integer():  # 1.0 from a CSV or pandas is the label "1"
         label = int(label)
     return {"text": _text(item[col["text"]], path, line, col["text"]), "label": _text(label, path, line, col["label"])}
 
@@ -305,7 +404,7 @@ def normalise_rows(rows: list[tuple[int, object]], path: Path | str, *, format: 
     first_line, first = rows[0]
     if format == "auto":
         if not isinstance(first, dict):
-            raise _error(f"a record should be an object, not a {type(first).__name__}", path, first_line)
+            raise _error(f"a record should be an object, not {_kind_of(first)}", path, first_line)
         format = sniff_format(list(first), columns, task)
         if format is None:
             expected = {"classification": "text and label", "pretrain": "text"}.get(

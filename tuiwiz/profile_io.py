@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from .atomic import write_text_atomic
 from .builtin_models import is_builtin
+from .data import decode_text, read_file_bytes
 from .errors import UserError
 from .profile import Profile
 
@@ -89,8 +90,13 @@ def _valid_keys(loc: tuple) -> list[str]:
     return keys
 
 
+def _is_member_tag(part) -> bool:
+    """A union member's name in a pydantic location (``literal['auto']``, ``list[str]``), not a key."""
+    return isinstance(part, str) and not part.isidentifier()
+
+
 def _dotted(loc: tuple) -> str:
-    parts = [str(p) for p in loc if not isinstance(p, int)]
+    parts = [str(p) for p in loc if not isinstance(p, int) and not _is_member_tag(p)]
     # Drop a union tag (method.lora.r -> method.r): the tag is the value of `type`.
     if len(parts) >= 2 and parts[0] == "method":
         from .profile import METHOD_TYPES
@@ -98,6 +104,20 @@ def _dotted(loc: tuple) -> str:
         if parts[1] in METHOD_TYPES:
             parts.pop(1)
     return ".".join(parts)
+
+
+def _describe(value) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return f"the value {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    return f"the text {str(value)[:40]!r}"
 
 
 def _hint_for(error: dict) -> str | None:
@@ -109,7 +129,7 @@ def _hint_for(error: dict) -> str | None:
         if close:
             return f"did you mean '{close[0]}'? Valid keys here: {', '.join(valid)}"
         return f"valid keys here: {', '.join(valid)}"
-    if kind == "union_tag_invalid":
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
         from .profile import METHOD_TYPES
 
         tag = str(error.get("input", {}).get("type", "")) if isinstance(error.get("input"), dict) else ""
@@ -121,20 +141,42 @@ def _hint_for(error: dict) -> str | None:
         close = difflib.get_close_matches(str(error.get("input")), re.findall(r"'([^']*)'", expected), n=1)
         if close:
             return f"did you mean '{close[0]}'?"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        name = _dotted(loc).rpartition(".")[2] or "section"
+        return f"indent the section's keys under its name:  {name}:  then  KEY: VALUE  on the lines below, two spaces in"
+    if kind == "string_pattern_mismatch" and _dotted(loc) == "output.run_name":
+        return "letters, digits, '.', '_' and '-', starting with a letter or digit: it names a folder in output.runs_dir"
     return None
 
 
+def _message_for(error: dict, same_place: list[dict]) -> str:
+    kind, loc = error["type"], error["loc"]
+    if kind == "extra_forbidden":
+        return f"unknown key '{loc[-1]}'"
+    if kind == "union_tag_not_found":
+        return "the method has no type"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"'{_dotted(loc)}' is a section of keys, not {_describe(error.get('input'))}"
+    messages = []
+    for item in same_place:  # one per member of a union (target_modules: 'auto' or a list)
+        text = item["msg"]
+        text = text[len("Value error, "):] if text.startswith("Value error, ") else text
+        if messages and text.startswith("Input should be "):
+            text = text[len("Input should be "):]
+        if text not in messages:
+            messages.append(text)
+    return "; or ".join(messages)
+
+
 def _error_from_validation(exc: ValidationError, root: yaml.Node | None, file: str) -> UserError:
-    error = exc.errors()[0]
+    errors = exc.errors()
+    error = errors[0]
     loc = tuple(error["loc"])
+    same_place = [e for e in errors if _dotted(e["loc"]) == _dotted(loc)]
     node, _ = _node_at(root, loc)
     line = _mark_line(node) if node is not None else None
-    message = error["msg"]
-    if error["type"] == "extra_forbidden":
-        message = f"unknown key '{loc[-1]}'"
-    elif message.startswith("Value error, "):
-        message = message[len("Value error, "):]
-    more = len(exc.errors()) - 1
+    message = _message_for(error, same_place)
+    more = len({_dotted(e["loc"]) for e in errors}) - 1
     if more:
         message += f" (and {more} more problem{'s' if more > 1 else ''} after this one)"
     return UserError(message, hint=_hint_for(error), file=file, line=line, field=_dotted(loc) or None, kind="profile")
@@ -163,24 +205,134 @@ def _check_secrets(root: yaml.Node | None, file: str, path: str = "") -> None:
         )
 
 
-def parse_profile_text(text: str, file: str = "<profile>") -> Profile:
-    """Validate YAML text as a profile, without resolving paths."""
+# A profile has about a hundred values, four levels deep. Anchors and aliases are allowed,
+# but what they expand to is bounded: a "billion laughs" file is refused before it is built.
+MAX_VALUES = 10_000
+MAX_DEPTH = 32
+_TAG = "tag:yaml.org,2002:"
+_PLAIN_TAGS = {_TAG + name for name in ("str", "int", "float", "bool", "null", "seq", "map", "merge", "timestamp")}
+
+
+def _profile_error(message: str, file: str, node: yaml.Node | None = None, hint: str | None = None,
+                   field: str | None = None) -> UserError:
+    line = _mark_line(node) if node is not None else None
+    return UserError(message, hint=hint, file=file, line=line, field=field, kind="profile")
+
+
+def _check_tree(root: yaml.Node, file: str) -> None:
+    """Refuse what YAML allows but a profile must not hold, before anything is constructed.
+
+    Each node is examined once (aliases share nodes), so this is linear in the file's size
+    whatever its aliases expand to.
+    """
+    measured: dict[int, tuple[int, int]] = {}  # id -> (values it expands to, levels below it)
+    open_nodes: set[int] = set()
+
+    def measure(node: yaml.Node, depth: int, path: str) -> tuple[int, int]:
+        key = id(node)
+        if key in open_nodes:
+            raise _profile_error("an alias refers to the anchor that contains it (a recursive structure)", file,
+                                 node, hint="a profile is a tree: remove the alias")
+        if key not in measured:
+            if depth > MAX_DEPTH:
+                raise _profile_error(f"nested more than {MAX_DEPTH} levels deep", file, node,
+                                     hint="a profile's sections are at most four levels deep")
+            open_nodes.add(key)
+            measured[key] = _measure_new(node, depth, path, measure, file)
+            open_nodes.discard(key)
+        size, height = measured[key]
+        if depth + height > MAX_DEPTH:
+            raise _profile_error(f"nested more than {MAX_DEPTH} levels deep", file, node,
+                                 hint="a profile's sections are at most four levels deep")
+        return size, height
+
+    size, _ = measure(root, 0, "")
+    if size > MAX_VALUES:
+        raise _profile_error(
+            f"the profile expands to more than {MAX_VALUES:,} values: its aliases (*name) repeat "
+            "anchors (&name) that themselves hold aliases", file, root,
+            hint="write the values out; a profile needs no aliases",
+        )
+
+
+def _measure_new(node: yaml.Node, depth: int, path: str, measure, file: str) -> tuple[int, int]:
+    field = path or None
+    if node.tag not in _PLAIN_TAGS:
+        tag = node.tag.replace(_TAG, "!!")
+        raise _profile_error(
+            f"the YAML tag {tag} is not allowed: a profile holds plain values (text, numbers, true/false, lists, "
+            "mappings), never objects", file, node, hint=f"remove {tag}", field=field,
+        )
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag == _TAG + "int" and len(node.value) > 40:
+            raise _profile_error(f"the number {node.value[:20]}... is too large", file, node, field=field)
+        try:
+            node.value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _profile_error("this value holds an invalid character (a lone surrogate escape like \\ud800)",
+                                 file, node, hint="remove the \\u escape", field=field) from None
+        return 1, 0
+    children: list[tuple[yaml.Node, str]] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = [(item, path) for item in node.value]
+    else:
+        seen: dict[object, yaml.Node] = {}
+        for key, value in node.value:
+            inner = path
+            if isinstance(key, yaml.ScalarNode) and key.tag != _TAG + "merge":
+                inner = f"{path}.{key.value}" if path else str(key.value)
+                if key.value in seen:
+                    first = _mark_line(seen[key.value])
+                    raise _profile_error(
+                        f"'{key.value}' is set twice in this section (first on line {first}); YAML would silently "
+                        "keep only the last one", file, key, hint="remove one of the two", field=inner,
+                    )
+                seen[key.value] = key
+            children += [(key, inner), (value, inner)]
+    size, height = 1, 0
+    for child, child_path in children:
+        child_size, child_height = measure(child, depth + 1, child_path)
+        size += child_size
+        height = max(height, child_height + 1)
+        if size > MAX_VALUES:
+            break  # the caller reports it
+    return size, height
+
+
+def _compose(text: str, file: str):
+    """(root node, plain data) of YAML text, checked before it is constructed. Raises UserError."""
+    loader = yaml.SafeLoader(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = loader.get_single_node()
+        if root is None:
+            return None, None
+        _check_tree(root, file)
+        return root, loader.construct_document(root)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise UserError(
-            f"not valid YAML: {problem}",
-            hint="check the indentation and quoting near this line",
-            file=file, line=mark.line + 1 if mark else None, kind="profile",
-        ) from None
+        hint = "check the indentation and quoting near this line"
+        if "'\\t'" in problem:
+            hint = "YAML indents with spaces, never tabs: replace the tabs with spaces"
+        elif "another document" in problem:
+            hint = "a profile is one YAML document: remove the second '---' and what follows, or merge them"
+        raise UserError(f"not valid YAML: {problem}", hint=hint, file=file,
+                        line=mark.line + 1 if mark else None, kind="profile") from None
+    except RecursionError:  # the composer recurses: hundreds of levels end here, before _check_tree
+        raise UserError(f"nested more than {MAX_DEPTH} levels deep", hint="a profile's sections are at most four "
+                        "levels deep", file=file, line=loader.line + 1, kind="profile") from None
+    finally:
+        loader.dispose()
+
+
+def parse_profile_text(text: str, file: str = "<profile>") -> Profile:
+    """Validate YAML text as a profile, without resolving paths."""
+    root, data = _compose(text, file)
     if data is None:
         raise UserError("the profile is empty", hint="start from profiles/quickstart.yaml", file=file, kind="profile")
     if not isinstance(data, dict):
         raise UserError(
-            f"a profile is a mapping of sections (model, data, method, training, output), not a {type(data).__name__}",
+            f"a profile is a mapping of sections (model, data, method, training, output), not {_describe(data)}",
             hint="start from profiles/quickstart.yaml", file=file, line=1, kind="profile",
         )
     _check_secrets(root, file)
@@ -195,17 +347,9 @@ def _read_text(path: Path) -> str:
         raise UserError("no such profile", hint="check the path; examples are in profiles/", file=path, kind="profile")
     if path.is_dir():
         raise UserError("this is a folder, not a profile file", hint="name a .yaml file", file=path, kind="profile")
-    raw = path.read_bytes()
-    if b"\x00" in raw[:8192]:
-        raise UserError("this is a binary file, not a YAML profile", file=path, kind="profile")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise UserError(
-            f"not UTF-8 text (byte {exc.start})", hint="save the profile as UTF-8",
-            file=path, line=line, kind="profile",
-        ) from None
+    if not path.is_file():
+        raise UserError("this is not a regular file (a device or a pipe)", file=path, kind="profile")
+    return decode_text(read_file_bytes(path, "profile"), path, kind="profile", what="a YAML profile")
 
 
 def is_local_data(path: str) -> bool:
