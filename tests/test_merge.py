@@ -72,6 +72,17 @@ def trained_run(tmp_path_factory, name: str) -> RunDir:
         return run
 
 
+def merged_once(run: RunDir) -> Path:
+    """The run's verified merge in RUN/merged (where exports look for it), made once."""
+    from tuiwiz.merge import merge_run
+
+    with open(run.path / ".merge-test.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (run.path / "merged" / "tuiwiz.json").exists():
+            merge_run(str(run.path))
+    return run.path / "merged"
+
+
 def copy_run(run: RunDir, dest: Path, **meta_changes) -> RunDir:
     """A copy of a run whose output/tuiwiz.json has some fields changed (for refusal tests)."""
     shutil.copytree(run.path, dest, ignore=shutil.ignore_patterns("checkpoints", "merged*", "export*"))
