@@ -30,11 +30,22 @@ def screen_text(app) -> str:
     return console.export_text()
 
 
+def widget_text(widget, width: int = 400) -> str:
+    """A Static's content as plain text, unwrapped (lines as wide as ``width``)."""
+    from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO(), record=True, color_system=None, legacy_windows=False)
+    content = getattr(widget, "content", None)
+    console.print(content if content is not None and not isinstance(content, str) else widget.render())
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines())
+
+
 async def wait_for(pilot, predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> None:
     """Pause the pilot until ``predicate()`` holds; fail with the screen's text when it never does."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
+            await pilot.pause()  # let the screen draw what made the predicate true
             return
         await pilot.pause(step)
     raise AssertionError(f"timed out after {timeout} s; the screen shows:\n{screen_text(pilot.app)}")
@@ -119,3 +130,36 @@ def hold_running(run_dir: Path, pid: int, create_time: float) -> None:
     state = json.loads(state_file.read_text(encoding="utf-8"))
     state.update(status="running", pid=pid, pgid=pid, create_time=create_time, exit_code=None, error=None)
     state_file.write_text(json.dumps(state, indent=2), encoding="utf-8")
+
+
+def prepared_state(workdir: Path, *, until: str = "review", model: str = "demo", data: str = "demo:alpaca",
+                   option: str | None = None, max_steps: int | None = None):
+    """A WizardState filled in up to (not including) the step ``until``, by the functions the steps use.
+
+    Needs the demo model built (``tuiwiz demo``) when ``model`` is "demo".
+    """
+    from ..hardware import probe
+    from ..modelinfo import inspect_model
+    from .choices import STEPS, WizardState, check_data, default_profile_name, draft_profile, recommend_for
+
+    state = WizardState(workdir=Path(workdir))
+    stop = STEPS.index(until)
+    if stop > 0:
+        state.machine = probe(state.workdir)
+    if stop > 1:
+        state.model_name, state.model_info = model, inspect_model(model)
+    if stop > 2:
+        state.data_path = data
+        check = check_data(state, max_length=128)
+        state.data, state.length_stats = check.data, check.stats
+    if stop > 3:
+        state.recommendation = recommend_for(state)
+        state.option_key = option or state.recommendation.best.key
+    if stop > 4:
+        profile = draft_profile(state)
+        if max_steps is not None:
+            profile = profile.model_copy(update={"training": profile.training.model_copy(
+                update={"max_steps": max_steps, "logging_steps": 1})})
+        state.profile = profile
+        state.profile_name = default_profile_name(state, profile)
+    return state

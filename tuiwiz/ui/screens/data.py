@@ -16,30 +16,10 @@ from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static, TabbedContent, TabPane
 
 from ..choices import COLUMN_ROLES, DEMO_DATA_FOR_TASK, FORMATS, TASKS, check_data, suggested_max_length
+from ..render import PROMPT_STYLE, TRAINED_STYLE, problem_text, rendered_text
 from .base import StepScreen
 
-PROMPT_STYLE = "dim"
-TRAINED_STYLE = "bold green"
 SAMPLES = 3
-
-
-def rendered_text(rendered) -> Text:
-    """An example's pieces: the prompt dim, what carries the loss highlighted. Data is never markup."""
-    text = Text()
-    for piece, trained in rendered.pieces:
-        text.append(piece, style=TRAINED_STYLE if trained else PROMPT_STYLE)
-    return text
-
-
-def problem_text(exc) -> Text:
-    text = Text()
-    if exc.where:
-        text.append(exc.where, style="bold")
-        text.append("\n")
-    text.append(exc.message, style="red")
-    if exc.hint:
-        text.append(f"\nhint: {exc.hint}")
-    return text
 
 
 class DataScreen(StepScreen):
@@ -154,6 +134,7 @@ class DataScreen(StepScreen):
     def _show_samples(self, check) -> None:
         legend = self.query_one("#data-legend", Static)
         samples = [self.query_one(f"#sample-{i}", Static) for i in range(SAMPLES)]
+        self.sample_texts: list[Text] = []
         if check.data is None:
             legend.update(Text(check.note or (check.error.message if check.error else ""), style="italic"))
             for s in samples:
@@ -177,6 +158,7 @@ class DataScreen(StepScreen):
                 body = rendered_text(model_text.render(record, check.data.format)) if model_text else Text(str(record))
             except Exception as exc:  # a template that rejects this record: say so, in place
                 body = Text(f"cannot render: {exc}", style="red")
+            self.sample_texts.append(body)
             widget.update(Group(head, body))
 
     def _show_lengths(self, check, chosen: int | None, suggested: int | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 from rich.text import Text
-from textual.app import ComposeResult
+from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
@@ -40,6 +40,9 @@ class HelpScreen(ModalScreen[None]):
         seen = set()
         for key, active in self.below.active_bindings.items():
             binding = active.binding
+            # the screen's and the app's own keys; widgets' scrolling keys are the usual ones
+            if not isinstance(active.node, (App, Screen)):
+                continue
             if not binding.description or (binding.action, binding.description) in seen:
                 continue
             seen.add((binding.action, binding.description))
@@ -56,9 +59,9 @@ class HelpScreen(ModalScreen[None]):
             box.border_title = "Help"
             box.border_subtitle = "Escape closes"
             yield Static(Text("Keys on this screen", style="bold"))
-            yield Static(self._keys())
+            yield Static(self._keys(), id="help-keys")
             yield Static(Text("\nHow it works", style="bold"))
-            yield Static(ABOUT, markup=False)
+            yield Static(ABOUT, markup=False, id="help-about")
 
     def action_close(self) -> None:
         self.dismiss(None)

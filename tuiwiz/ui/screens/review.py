@@ -40,13 +40,20 @@ class ReviewScreen(StepScreen):
             return
         from ...profile_io import dump_profile
 
-        where = Text.assemble(("Saved as ", "bold"), relative(profile_path(self.state, name), self.state.workdir),
-                              ("   Runs again with ", "bold"), (headless_command(self.state, name), "cyan"))
+        where = Text.assemble(("Saved as    ", "bold"), relative(profile_path(self.state, name), self.state.workdir),
+                              ("\nHeadless    ", "bold"), (headless_command(self.state, name), "cyan"),
+                              ("\nRuns go to  ", "bold"), self._runs_dir(profile))
         self.query_one("#review-where", Static).update(where)
         self.query_one("#review-profile", Static).update(
             Syntax(dump_profile(profile), "yaml", theme="ansi_dark", background_color="default"))
         self.say("Launch saves the profile and starts the run; it keeps going if you quit")
         self.update_nav()
+
+    def _runs_dir(self, profile) -> str:
+        from pathlib import Path
+
+        folder = (self.state.profiles_dir / Path(profile.output.runs_dir)).resolve()
+        return relative(folder, self.state.workdir.resolve()) + "/"
 
     def ready(self) -> bool:
         return self.state.profile is not None and not getattr(self, "launching", False)

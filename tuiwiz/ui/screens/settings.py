@@ -98,6 +98,11 @@ class SettingsScreen(StepScreen):
                 problem = exc
         if problem is not None:
             target = next((f.widget_id for f in self.fields if f.key == problem.field), None)
+            if target is None and not problem.field:
+                # a rule across fields names them in its message: show it at the first one named
+                named = [f for f in self.fields if f.key in problem.message]
+                if named:
+                    target = min(named, key=lambda f: problem.message.index(f.key)).widget_id
             message = problem.message + (f" ({problem.hint})" if problem.hint else "")
             if target:
                 self._error(target, message)

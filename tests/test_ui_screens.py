@@ -1,0 +1,318 @@
+"""Pilot tests of each screen at 80x24: what it shows, what its keys do, when Next is allowed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tuiwiz.ui.app import TuiwizApp
+from tuiwiz.ui.testing import fixed_clock, prepared_state, screen_text, wait_for, widget_text, write_fixture_run
+
+from .test_ui_support import demo_built, ui_env  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.asyncio
+SIZE = (80, 24)
+
+
+def app_at(state, step: str, **kwargs) -> TuiwizApp:
+    return TuiwizApp(state, start=step, offer_attach=False, blink=False, clock=fixed_clock, **kwargs)
+
+
+def on(app, name: str) -> bool:
+    return type(app.screen).__name__ == name
+
+
+async def test_hardware_screen_shows_gpus_and_back_is_disabled(ui_env, monkeypatch):
+    monkeypatch.setenv("TUIWIZ_HARDWARE", "rtx4090-24gb")
+    app = app_at(prepared_state(ui_env, until="hardware"), "hardware")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "HardwareScreen") and app.screen.ready())
+        text = screen_text(app)
+        assert "NVIDIA GeForce RTX 4090" in text
+        assert "compute 8.9" in text and "bf16 yes" in text
+        assert "VRAM" in text and "24.0 GiB" in text
+        assert "firefox (40112, 493 MiB)" in text  # processes on the GPU
+        assert "AMD Ryzen 9 7950X" in text and "RAM" in text and "free" in text
+        assert app.screen.check_action("back", ()) is None  # the first step has no Back
+        await pilot.press("escape")
+        assert on(app, "HardwareScreen")
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: on(app, "ModelScreen"))
+
+
+async def test_hardware_screen_cpu_only_notice(ui_env):
+    app = app_at(prepared_state(ui_env, until="hardware"), "hardware")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "HardwareScreen") and app.screen.ready())
+        text = screen_text(app)
+        assert "CPU only." in text and "training runs on" in text
+        assert "GPU 0" not in text
+
+
+async def test_model_screen_details_and_unknown_hub_id(ui_env):
+    app = app_at(prepared_state(ui_env, until="model"), "model")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "ModelScreen") and app.screen.ready(), timeout=60)
+        text = screen_text(app)
+        for expected in ("LlamaForCausalLM", "Parameters", "1.1M", "Size on disk", "float32", "512 tokens",
+                         "apache-2.0"):
+            assert expected in text, expected
+        # a hub id that is not in the (empty) cache: explained, and Next is refused
+        entry = app.screen.query_one("#model-entry")
+        entry.focus()
+        await pilot.press(*"someorg/not-here", "enter")
+        info = app.screen.query_one("#model-info")
+        await wait_for(pilot, lambda: "not in the Hugging Face cache" in widget_text(info))
+        assert "hint: download it first" in widget_text(info)
+        assert not app.screen.ready()
+        assert app.screen.query_one("#nav-next").disabled
+        await pilot.press("ctrl+n")
+        assert on(app, "ModelScreen")
+
+
+async def test_model_screen_local_folder_picker(ui_env):
+    from tuiwiz.demo import demo_model_dir
+
+    state = prepared_state(ui_env, until="model")
+    state.workdir = demo_model_dir().parent
+    app = app_at(state, "model")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "ModelScreen") and app.screen.ready(), timeout=60)
+        options = app.screen.query_one("#model-list")
+        options.highlighted = options.option_count - 2  # "Local folder…"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: on(app, "PathPicker"))
+        tree = app.screen.query_one("#picker-tree")
+        await wait_for(pilot, lambda: any(n.data and n.data.path.name == demo_model_dir().name
+                                          for n in tree.root.children))
+        index = next(i for i, n in enumerate(tree.root.children) if n.data.path.name == demo_model_dir().name)
+        for _ in range(index + 1):
+            await pilot.press("down")
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: on(app, "ModelScreen") and app.screen.ready(), timeout=30)
+        assert app.state.model_info.source == "local"
+        assert app.state.model_name == str(demo_model_dir())
+
+
+async def test_data_screen_samples_lengths_and_trained_part(ui_env):
+    app = app_at(prepared_state(ui_env, until="data"), "data")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "DataScreen") and app.screen.ready(), timeout=30)
+        text = screen_text(app)
+        assert "153 rows, alpaca" in text
+        assert "example 1 · line 1" in text
+        assert "<|im_start|>assistant" in text  # the chat template was applied
+        sample = app.screen.sample_texts[0]
+        trained = [sample.plain[span.start:span.end] for span in sample.spans if "green" in str(span.style)]
+        assert trained and trained[0].endswith("<|im_end|>\n")  # the answer, not the prompt, is trained
+        assert app.state.length_stats.max > 0
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: on(app, "MethodScreen"))
+        assert app.state.data is not None and app.state.data.format == "alpaca"
+
+
+async def test_data_screen_reports_the_bad_line(ui_env):
+    bad = ui_env / "bad.jsonl"
+    bad.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + "{not json\n", encoding="utf-8")
+    state = prepared_state(ui_env, until="data")
+    state.data_path = str(bad)
+    app = app_at(state, "data")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "DataScreen") and app.screen.checked is not None)
+        await wait_for(pilot, lambda: "Problems (1)" in screen_text(app))
+        text = screen_text(app)
+        assert f"{bad}:2" in text.replace("\n", "") or "bad.jsonl:2" in text
+        assert "not valid JSON" in text
+        assert not app.screen.ready()
+        # fix the file and read it again: the problem goes away
+        bad.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n", encoding="utf-8")
+        field = app.screen.query_one("#data-path")
+        field.focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen.ready(), timeout=20)
+
+
+async def test_data_screen_column_mapping(ui_env):
+    custom = ui_env / "qa.jsonl"
+    custom.write_text("".join(json.dumps({"q": f"question {i}", "a": f"answer {i}"}) + "\n" for i in range(5)),
+                      encoding="utf-8")
+    state = prepared_state(ui_env, until="data")
+    state.data_path = str(custom)
+    app = app_at(state, "data")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "DataScreen") and app.screen.checked is not None)
+        assert app.screen.checked.error is not None  # q/a are not known names
+        app.screen.query_one("#data-tabs").active = "tab-columns"
+        await pilot.pause()
+        for role, column in (("instruction", "q"), ("output", "a")):
+            app.screen.query_one(f"#col-{role}").focus()
+            await pilot.press(*column)
+        await wait_for(pilot, lambda: app.screen.ready(), timeout=20)
+        assert app.state.data.records[0]["instruction"] == "question 0"
+        assert app.state.columns == {"instruction": "q", "output": "a"}
+
+
+async def test_method_screen_ranks_and_explains(ui_env, monkeypatch):
+    monkeypatch.setenv("TUIWIZ_HARDWARE", "cpu-only")
+    app = app_at(prepared_state(ui_env, until="method"), "method")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "MethodScreen") and app.state.recommendation is not None)
+        rec = app.state.recommendation
+        assert app.state.option_key == rec.best.key  # the recommended one is selected
+        text = screen_text(app)
+        assert "★" in text and "✗" in text
+        # move to the option that does not fit: its reason shows and Next is refused
+        keys = [o.key for o in rec.options]
+        for _ in range(keys.index("cpu-qlora")):
+            await pilot.press("down")
+        await wait_for(pilot, lambda: app.state.option_key == "cpu-qlora")
+        assert "Why not: QLoRA needs an NVIDIA GPU" in screen_text(app)
+        assert not app.screen.ready()
+        await pilot.press("up")
+        await wait_for(pilot, lambda: app.screen.ready())
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: on(app, "SettingsScreen"))
+
+
+async def test_method_screen_gpu_fit_and_breakdown(ui_env, monkeypatch):
+    monkeypatch.setenv("TUIWIZ_HARDWARE", "h100-80gb")
+    app = app_at(prepared_state(ui_env, until="method"), "method")
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, lambda: on(app, "MethodScreen") and app.state.recommendation is not None)
+        text = screen_text(app)
+        assert "GPU 0" in text and "usable" in text
+        assert "Memory at the peak of a step" in text and "CUDA context" in text and "activations" in text
+        assert "trainable" in text
+
+
+async def test_settings_validate_as_you_type(ui_env):
+    app = app_at(prepared_state(ui_env, until="settings", option="cpu-lora"), "settings")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "SettingsScreen") and app.screen.ready())
+        field = app.screen.query_one("#f-training-learning-rate")
+        field.focus()
+        await pilot.press("home", "ctrl+k", *"fast")
+        await wait_for(pilot, lambda: not app.screen.ready())
+        error = app.screen.query_one("#f-training-learning-rate-error")
+        assert error.display and "valid number" in widget_text(error)
+        assert app.screen.check_action("next", ()) is None  # shown disabled in the footer
+        await pilot.press("ctrl+n")
+        assert on(app, "SettingsScreen")
+        await pilot.press("home", "ctrl+k", *"2")  # the schema says lt=1
+        await wait_for(pilot, lambda: "less than 1" in widget_text(error))
+        await pilot.press("home", "ctrl+k", *"0.002")
+        await wait_for(pilot, lambda: app.screen.ready())
+        assert app.state.profile.training.learning_rate == 0.002
+        # a rule across fields: eval_steps needs evaluation data; the message shows at eval_steps
+        app.screen.query_one("#settings-advanced CollapsibleTitle").focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not app.screen.query_one("#settings-advanced").collapsed)
+        app.screen.query_one("#f-training-eval-steps").focus()
+        await pilot.press(*"5")
+        await wait_for(pilot, lambda: not app.screen.ready())
+        eval_error = app.screen.query_one("#f-training-eval-steps-error")
+        assert eval_error.display and "no evaluation data" in widget_text(eval_error)
+        await pilot.press("backspace")
+        await wait_for(pilot, lambda: app.screen.ready())
+        name = app.screen.query_one("#f-name")
+        name.focus()
+        await pilot.press("home", "ctrl+k", *"bad name!")
+        await wait_for(pilot, lambda: not app.screen.ready())
+
+
+async def test_review_shows_profile_path_and_command(ui_env):
+    app = app_at(prepared_state(ui_env, until="review", option="cpu-lora"), "review")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "ReviewScreen"))
+        await pilot.pause()
+        text = screen_text(app)
+        assert "profiles/demo-lora.yaml" in text
+        assert "tuiwiz --profile profiles/demo-lora.yaml" in text
+        assert "name_or_path: demo" in text
+        assert "Launch" in text
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: on(app, "SettingsScreen"))
+
+
+async def test_runs_screen_lists_attaches_and_deletes(ui_env):
+    runs = ui_env / "runs"
+    done = write_fixture_run(runs, "demo-lora-20260101-000000-beef", status="completed")
+    failed = write_fixture_run(runs, "demo-full-20260101-000100-0001", status="failed")
+    app = TuiwizApp(offer_attach=False, blink=False, clock=fixed_clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: on(app, "RunsScreen") and len(app.screen.summaries) == 2)
+        text = screen_text(app)
+        assert "completed" in text and "failed" in text and "120/120" in text
+        assert "CUDA out of memory" in text  # the first row (newest) is the failed run
+        assert app.screen.check_action("resume", ()) is True
+        assert app.screen.check_action("stop", ()) is None  # not running
+        # delete asks first; "no" keeps it
+        await pilot.press("x")
+        await wait_for(pilot, lambda: on(app, "ConfirmDialog"))
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: on(app, "RunsScreen"))
+        assert failed.exists()
+        await pilot.press("x")
+        await wait_for(pilot, lambda: on(app, "ConfirmDialog"))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: on(app, "RunsScreen") and len(app.screen.summaries) == 1)
+        assert not failed.exists() and done.exists()
+        # attach: the monitor of the remaining run
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: on(app, "MonitorScreen") and app.screen.snapshot is not None)
+        assert app.screen.run.path == done
+        await pilot.press("d")
+        await wait_for(pilot, lambda: on(app, "RunsScreen"))
+
+
+async def test_monitor_of_a_finished_run(ui_env):
+    path = write_fixture_run(ui_env / "runs", status="failed")
+    app = TuiwizApp(attach=str(path), offer_attach=False, blink=False, clock=fixed_clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "MonitorScreen") and app.screen.snapshot is not None)
+        await pilot.pause(0.6)
+        text = screen_text(app)
+        assert "FAILED" in text and "step 120/200" in text
+        assert "CUDA out of memory at step 120" in text and "hint: lower training" in text
+        assert "loss" in text and "train.log" in text
+        assert app.screen.check_action("stop", ()) is False  # nothing to stop
+        assert app.screen.check_action("post", ("merge",)) is False  # nothing to merge
+        assert app.screen.check_action("new_run", ()) is True
+
+
+async def test_help_lists_the_keys_of_the_screen_below(ui_env):
+    app = app_at(prepared_state(ui_env, until="hardware"), "hardware")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "HardwareScreen") and app.screen.ready())
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: on(app, "HelpScreen"))
+        text = widget_text(app.screen.query_one("#help-keys")) + widget_text(app.screen.query_one("#help-about"))
+        assert "Back  (not now)" in text  # the first step has no Back
+        for expected in ("Next", "Re-probe", "Runs", "Quit", "Ctrl+P", "never stops it"):
+            assert expected in text, expected
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: on(app, "HardwareScreen"))
+
+
+async def test_command_palette_has_the_app_commands(ui_env):
+    app = app_at(prepared_state(ui_env, until="hardware"), "hardware")
+    async with app.run_test(size=SIZE) as pilot:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert {"Runs", "New run", "Help", "Hardware", "Quit"} <= set(titles)
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CommandPalette")
+        await pilot.press(*"runs")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: on(app, "RunsScreen"))
+
+
+async def test_quit_without_runs_exits_at_once(ui_env):
+    app = app_at(prepared_state(ui_env, until="hardware"), "hardware")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+    assert app.return_value == 0
+    assert app.farewell() == []
