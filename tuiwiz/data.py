@@ -393,8 +393,13 @@ def _normalise(item, fmt: str, columns: ColumnMap, path: Path, line: int) -> dic
 
 
 def normalise_rows(rows: list[tuple[int, object]], path: Path | str, *, format: str = "auto",
-                   columns: ColumnMap | None = None, task: str = "sft", limit: int | None = None) -> LoadedData:
-    """Sniff the format (unless given) and normalise every row. Raises UserError."""
+                   columns: ColumnMap | None = None, task: str = "sft", limit: int | None = None,
+                   evaluation: bool = False) -> LoadedData:
+    """Sniff the format (unless given) and normalise every row. Raises UserError.
+
+    ``evaluation``: a validation file, whose labels need not number two or more
+    (check_validation_labels compares them with the training labels).
+    """
     path = Path(path)
     columns = columns or ColumnMap()
     if limit is not None:
@@ -418,17 +423,32 @@ def normalise_rows(rows: list[tuple[int, object]], path: Path | str, *, format: 
     labels: tuple[str, ...] = ()
     if format == "classification":
         labels = tuple(sorted({r["label"] for r in records}))
-        if len(labels) < 2:
+        if len(labels) < 2 and not evaluation:
             raise _error(f"classification needs at least two labels; every row is '{labels[0]}'", path,
                          field=columns.label or "label")
     return LoadedData(str(path), format, records, [line for line, _ in rows], labels)
 
 
 def load_dataset_file(path: Path | str, *, format: str = "auto", columns: ColumnMap | None = None,
-                      task: str = "sft", limit: int | None = None) -> LoadedData:
+                      task: str = "sft", limit: int | None = None, evaluation: bool = False) -> LoadedData:
     """Read, sniff and normalise a dataset file. Raises UserError on bad data."""
     path = Path(path)
-    return normalise_rows(read_rows(path), path, format=format, columns=columns, task=task, limit=limit)
+    return normalise_rows(read_rows(path), path, format=format, columns=columns, task=task, limit=limit,
+                          evaluation=evaluation)
+
+
+def check_validation_labels(train: LoadedData, evaluation: LoadedData, *, label_column: str | None = None) -> None:
+    """Every evaluation label must be one the classifier is trained on: its head has no output for others."""
+    if train.format != "classification" or evaluation.format != "classification":
+        return
+    known = set(train.labels)
+    for record, line in zip(evaluation.records, evaluation.source_lines):
+        if record["label"] not in known:
+            raise _error(
+                f"label '{record['label']}' is not among the training labels ({', '.join(train.labels)})",
+                evaluation.path, line, label_column or "label",
+                hint=f"every evaluation label must also occur in the training data ({train.path})",
+            )
 
 
 def load_hub_dataset(name: str, *, revision: str | None = None, split: str = "train", format: str = "auto",

@@ -23,8 +23,13 @@ from .errors import UserError
 from .profile import Profile
 
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
-_SECRET_KEY = re.compile(r"(^|_)(token|api_key|apikey|password|secret)$", re.IGNORECASE)
-_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,})$")
+_SECRET_KEY = re.compile(r"(^|_)(token|api_key|apikey|access_key|password|passwd|secret|credentials)$", re.IGNORECASE)
+# Token shapes that are never anything else: Hugging Face, OpenAI/Anthropic, GitHub, AWS access keys.
+# Searched anywhere in a value (a token pasted into a URL counts too).
+_SECRET_VALUE = re.compile(
+    r"(?<![A-Za-z0-9])(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{40,}|gh[pousr]_[A-Za-z0-9]{30,}"
+    r"|github_pat_[A-Za-z0-9_]{30,}|AKIA[0-9A-Z]{16})"
+)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -197,7 +202,7 @@ def _check_secrets(root: yaml.Node | None, file: str, path: str = "") -> None:
     elif isinstance(root, yaml.SequenceNode):
         for item in root.value:
             _check_secrets(item, file, path)
-    elif isinstance(root, yaml.ScalarNode) and _SECRET_VALUE.match(str(root.value)):
+    elif isinstance(root, yaml.ScalarNode) and _SECRET_VALUE.search(str(root.value)):
         raise UserError(
             "this value looks like an access token; profiles never hold tokens",
             hint="remove it and set HF_TOKEN in the environment",
@@ -209,6 +214,7 @@ def _check_secrets(root: yaml.Node | None, file: str, path: str = "") -> None:
 # but what they expand to is bounded: a "billion laughs" file is refused before it is built.
 MAX_VALUES = 10_000
 MAX_DEPTH = 32
+MAX_PROFILE_BYTES = 2**20
 _TAG = "tag:yaml.org,2002:"
 _PLAIN_TAGS = {_TAG + name for name in ("str", "int", "float", "bool", "null", "seq", "map", "merge", "timestamp")}
 
@@ -325,8 +331,15 @@ def _compose(text: str, file: str):
         loader.dispose()
 
 
+def _too_big(size: int, file: str | Path) -> UserError:
+    return UserError(f"this file is {size / 2**20:.1f} MiB; a profile is a few hundred bytes of YAML",
+                     hint="is this really the profile? Datasets go in data.path", file=file, kind="profile")
+
+
 def parse_profile_text(text: str, file: str = "<profile>") -> Profile:
     """Validate YAML text as a profile, without resolving paths."""
+    if len(text) > MAX_PROFILE_BYTES:
+        raise _too_big(len(text.encode("utf-8", "replace")), file)
     root, data = _compose(text, file)
     if data is None:
         raise UserError("the profile is empty", hint="start from profiles/quickstart.yaml", file=file, kind="profile")
@@ -349,6 +362,8 @@ def _read_text(path: Path) -> str:
         raise UserError("this is a folder, not a profile file", hint="name a .yaml file", file=path, kind="profile")
     if not path.is_file():
         raise UserError("this is not a regular file (a device or a pipe)", file=path, kind="profile")
+    if path.stat().st_size > MAX_PROFILE_BYTES:
+        raise _too_big(path.stat().st_size, path)
     return decode_text(read_file_bytes(path, "profile"), path, kind="profile", what="a YAML profile")
 
 
