@@ -27,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tuiwiz {__version__}")
     parser.add_argument("--profile", metavar="FILE", help="run this profile headlessly")
     parser.add_argument("--detach", action="store_true", help="with --profile: start the run and return at once")
+    parser.add_argument("--node-rank", type=int, metavar="N",
+                        help="with --profile: start this machine's part of a multi-node run")
+    parser.add_argument("--print-launch", action="store_true",
+                        help="with --profile: print the command for every node (and the accelerate config) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     profile = sub.add_parser("profile", help="check profiles, print the profile JSON Schema")
@@ -118,13 +122,35 @@ def _follow_and_report(run, proc=None) -> int:
     return result.exit_code
 
 
-def _cmd_train(profile_path: str, detach: bool) -> int:
+def _cmd_print_launch(profile_path: str) -> int:
+    from .distributed import accelerate_config, deepspeed_config, node_commands
+    from .profile_io import load_profile
+
+    profile = load_profile(profile_path).profile
+    for rank, command in enumerate(node_commands(profile, profile_path)):
+        print(f"# node {rank}\n{command}")
+    if profile.distributed.world_size > 1:
+        import yaml
+
+        print("\n# accelerate config written into the run folder (node 0):")
+        print(yaml.safe_dump(accelerate_config(profile, 0), sort_keys=False).rstrip())
+    ds = deepspeed_config(profile)
+    if ds is not None:
+        print("\n# deepspeed.json:\n" + json.dumps(ds, indent=2))
+    return 0
+
+
+def _cmd_train(profile_path: str, detach: bool, node_rank: int | None = None) -> int:
     from .launch import create_run, start_runner
     from .profile_io import load_profile
 
     loaded = load_profile(profile_path)
+    nodes = loaded.profile.distributed.nodes
+    if node_rank is not None and not 0 <= node_rank < nodes.count:
+        raise UserError(f"--node-rank {node_rank} is outside 0..{nodes.count - 1}", file=profile_path,
+                        field="distributed.nodes.count", hint="each machine takes one rank below nodes.count")
     run = create_run(loaded)
-    proc = start_runner(run)
+    proc = start_runner(run, node_rank=node_rank)
     if detach:
         print(run.run_id)
         print(f"started in {run.path}; follow with: tuiwiz attach {run.run_id}", file=sys.stderr)
@@ -189,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             if args.command:
                 parser.error("--profile runs a profile; it does not combine with a command")
-            return _cmd_train(args.profile, args.detach)
+            if args.print_launch:
+                return _cmd_print_launch(args.profile)
+            return _cmd_train(args.profile, args.detach, args.node_rank)
         if args.command == "profile":
             return _cmd_validate(args.file) if args.profile_command == "validate" else _cmd_schema()
         if args.command == "runs":

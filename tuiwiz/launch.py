@@ -142,7 +142,8 @@ def create_run(loaded: LoadedProfile) -> RunDir:
     return run
 
 
-def start_runner(run: RunDir, *, resume: bool = False, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_runner(run: RunDir, *, resume: bool = False, extra_env: dict[str, str] | None = None,
+                 node_rank: int | None = None) -> subprocess.Popen:
     """Start the training subprocess for ``run``; returns at once."""
     if RunnerLock(run).held_elsewhere():
         raise UserError(f"run {run.run_id} already has a runner", hint=f"`tuiwiz attach {run.run_id}` follows it", kind="run")
@@ -150,6 +151,8 @@ def start_runner(run: RunDir, *, resume: bool = False, extra_env: dict[str, str]
     argv = [sys.executable, "-m", "tuiwiz.train", str(run.path)]
     if resume:
         argv.append("--resume")
+    if node_rank is not None:
+        argv += ["--node-rank", str(node_rank)]
     update_state(run, status="starting", pid=None, pgid=None, exit_code=None, error=None)
     with open(run.log, "ab") as log:
         proc = subprocess.Popen(
@@ -167,6 +170,28 @@ def start_runner(run: RunDir, *, resume: bool = False, extra_env: dict[str, str]
     return proc
 
 
+def kill_tree(pid: int, pgid: int | None = None) -> bool:
+    """SIGKILL a runner, its process group, and every descendant (ranks live in sessions of their own)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.killpg(pgid or pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    psutil.wait_procs(procs, timeout=10)
+    return True
+
+
 def stop_run(run: RunDir, *, force: bool = False) -> bool:
     """Ask the runner to checkpoint and stop (SIGTERM), or kill its process group.
 
@@ -176,9 +201,7 @@ def stop_run(run: RunDir, *, force: bool = False) -> bool:
     if state is None or state.status in FINISHED or not process_alive(state):
         return False
     if force:
-        try:
-            os.killpg(state.pgid or state.pid, signal.SIGKILL)
-        except ProcessLookupError:
+        if not kill_tree(state.pid, state.pgid):
             return False
         update_state(run, status="stopped", error="killed by the user")
         return True

@@ -255,6 +255,57 @@ class OutputConfig(_Strict):
     )
 
 
+class NodesConfig(_Strict):
+    """Several machines: the same profile on each, with this node's rank."""
+
+    count: int = Field(1, ge=1, le=1024, description="How many machines take part.")
+    rank: int = Field(0, ge=0, description="This machine's rank; `--node-rank N` overrides it.")
+    main_address: str = Field("127.0.0.1", description="Address of the rank-0 machine, reachable from all.")
+    main_port: int = Field(29500, ge=1024, le=65535)
+
+    @model_validator(mode="after")
+    def _rank_in_range(self) -> "NodesConfig":
+        if self.rank >= self.count:
+            raise ValueError(f"nodes.rank {self.rank} must be below nodes.count {self.count}")
+        return self
+
+
+class DistributedConfig(_Strict):
+    """Several processes: DDP or DeepSpeed ZeRO through `accelerate launch`."""
+
+    strategy: Literal["single", "ddp", "zero2", "zero3"] = Field(
+        "single", description="single process, DDP (a full copy per GPU), or DeepSpeed ZeRO stage 2 or 3."
+    )
+    num_processes: int = Field(1, ge=1, le=64, description="Processes on each machine, one per GPU.")
+    gpus: list[int] | None = Field(None, description="NVML indices of the GPUs to use (CUDA_VISIBLE_DEVICES).")
+    offload_optimizer: bool = Field(False, description="ZeRO: keep optimizer states in CPU RAM.")
+    offload_params: bool = Field(False, description="ZeRO-3: keep parameters in CPU RAM too.")
+    omp_num_threads: int | None = Field(None, ge=1, description="CPU threads per process; unset: cores / processes.")
+    nodes: NodesConfig = Field(default_factory=NodesConfig)
+
+    @property
+    def world_size(self) -> int:
+        return self.num_processes * self.nodes.count
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DistributedConfig":
+        if self.strategy == "single" and self.world_size > 1:
+            raise ValueError("strategy single runs one process: set strategy ddp, zero2 or zero3 for several")
+        if self.offload_params and self.strategy != "zero3":
+            raise ValueError("offload_params needs strategy zero3 (ZeRO-2 does not partition parameters)")
+        if self.offload_optimizer and self.strategy not in ("zero2", "zero3"):
+            raise ValueError("offload_optimizer needs strategy zero2 or zero3")
+        if self.gpus is not None:
+            if len(set(self.gpus)) != len(self.gpus):
+                raise ValueError("distributed.gpus lists a GPU twice")
+            if self.num_processes > len(self.gpus):
+                raise ValueError(
+                    f"{self.num_processes} processes but only {len(self.gpus)} GPUs in distributed.gpus: "
+                    "one process per GPU"
+                )
+        return self
+
+
 class Profile(_Strict):
     version: Literal[1] = PROFILE_VERSION
     task: Literal["sft", "pretrain", "classification"] = "sft"
@@ -262,6 +313,7 @@ class Profile(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     method: Method = Field(default_factory=LoraMethod)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -280,6 +332,17 @@ class Profile(_Strict):
             )
         if self.task == "classification" and self.data.packing:
             raise ValueError("data.packing does not apply to classification")
+        dist = self.distributed
+        if self.method.type == "qlora" and dist.strategy == "zero3":
+            raise ValueError(
+                "qlora cannot shard its 4-bit weights with ZeRO-3: use strategy ddp or zero2, or method lora"
+            )
+        if self.method.type == "qlora" and (dist.offload_optimizer or dist.offload_params):
+            raise ValueError("qlora with DeepSpeed offload is not supported: its paged optimizer already spills")
+        if dist.strategy in ("zero2", "zero3") and self.training.optim not in ("adamw_torch", "adamw_torch_fused"):
+            raise ValueError(
+                f"DeepSpeed ZeRO brings its own AdamW; training.optim {self.training.optim} does not combine with it"
+            )
         return self
 
     @property

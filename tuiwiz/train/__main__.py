@@ -1,4 +1,7 @@
-"""``python -m tuiwiz.train RUN_DIR [--resume]``: the detached runner."""
+"""``python -m tuiwiz.train RUN_DIR [--resume] [--node-rank N]``: the detached runner.
+
+``--worker`` marks one rank of a multi-process run, started by ``accelerate launch``.
+"""
 
 import argparse
 import sys
@@ -10,8 +13,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tuiwiz.train")
     parser.add_argument("run_dir")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--worker", action="store_true", help="one rank under accelerate launch")
+    parser.add_argument("--node-rank", type=int, help="this machine's rank (multi-node runs)")
     args = parser.parse_args()
-    return run_training(args.run_dir, resume=args.resume)
+    return run_training(args.run_dir, resume=args.resume, worker=args.worker, node_rank=args.node_rank)
 
 
 if __name__ == "__main__":

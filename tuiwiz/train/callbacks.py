@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import psutil
 import torch
@@ -22,10 +23,27 @@ def memory_snapshot() -> dict:
 
 
 class StopFlag:
-    """Set from the SIGTERM handler; read between optimizer steps."""
+    """A stop request, read between optimizer steps.
 
-    def __init__(self) -> None:
+    One process: set from the SIGTERM handler. Several: the supervisor writes
+    ``request_file``, and the ranks agree (all-reduce) so that all stop at the same step.
+    """
+
+    def __init__(self, request_file: Path | None = None) -> None:
         self.requested = False
+        self.request_file = request_file
+
+    def poll(self) -> bool:
+        local = self.requested or bool(self.request_file and self.request_file.exists())
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+            flag = torch.tensor([1.0 if local else 0.0], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            local = bool(flag.item() > 0)
+        self.requested = local
+        return local
 
 
 class RunnerCallback(TrainerCallback):
@@ -47,7 +65,7 @@ class RunnerCallback(TrainerCallback):
         self._emit("status", status="running", step=state.global_step, max_steps=state.max_steps)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stop.requested:
+        if self.stop.poll():
             control.should_save = True
             control.should_training_stop = True
         return control

@@ -95,6 +95,13 @@ def _training_kwargs(profile: Profile, precision, run: RunDir, has_eval: bool) -
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         dataloader_num_workers=0,
     )
+    from ..distributed import DEEPSPEED_CONFIG, deepspeed_config
+
+    if deepspeed_config(profile) is not None:
+        kwargs["deepspeed"] = str(run.path / DEEPSPEED_CONFIG)
+    elif profile.distributed.strategy == "ddp":
+        # Frozen base weights get no gradient; DDP must not wait for them.
+        kwargs["ddp_find_unused_parameters"] = profile.method.type in ("prompt_tuning", "prefix_tuning", "p_tuning")
     return kwargs
 
 
@@ -187,7 +194,9 @@ def _build_trainer(profile: Profile, run: RunDir, callbacks: list):
 def _save_output(trainer, info: dict, profile: Profile, run: RunDir) -> None:
     import json
 
-    trainer.save_model(str(run.output))
+    trainer.save_model(str(run.output))  # every rank: ZeRO-3 gathers the shards here
+    if not trainer.is_world_process_zero():
+        return
     info["tokenizer"].save_pretrained(str(run.output))
     meta = {
         "base_model": info["model_path"],
@@ -212,16 +221,91 @@ def _versions() -> dict:
     return found
 
 
-def run_training(run_dir: str, *, resume: bool = False) -> int:
-    from .callbacks import RunnerCallback, StopFlag
+def _train(run: RunDir, profile: Profile, *, resume: bool, events: EventWriter | None, stop,
+           training: list[bool]) -> tuple[str, dict]:
+    """Build, train, save. Returns (status, fields): completed, or stopped with the checkpoint."""
+    from .callbacks import RunnerCallback
 
+    callback = RunnerCallback(events, stop)
+    trainer, info = _build_trainer(profile, run, [callback])
+    checkpoint = run.last_checkpoint() if resume else None
+    if resume and checkpoint is None and events is not None:
+        events.emit("status", status="loading", message="no checkpoint yet: starting from step 0")
+    if events is not None:
+        public = {k: v for k, v in info.items() if k != "tokenizer"}
+        events.emit(
+            "run_start", durable=True, run_id=run.run_id, tuiwiz_version=__version__, versions=_versions(),
+            task=profile.task, method=profile.method.type, model=profile.model.name_or_path,
+            learning_rate=profile.learning_rate, resumed_from=str(checkpoint) if checkpoint else None,
+            pid=os.getpid(), **public,
+        )
+        update_state(run, only_from=("loading", "starting"), status="running")
+    training[0] = True
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if callback.failure is not None:
+        raise callback.failure
+    if stop.requested:
+        last = run.last_checkpoint()
+        return "stopped", {"step": trainer.state.global_step, "checkpoint": str(last) if last else None}
+    if trainer.eval_dataset is not None:
+        trainer.evaluate()
+    _save_output(trainer, info, profile, run)
+    metrics = dict(result.metrics)
+    tokens = trainer.state.num_input_tokens_seen
+    metrics["tokens_seen"] = tokens
+    if metrics.get("train_runtime"):
+        metrics["train_tokens_per_second"] = round((tokens - callback.start_tokens) / metrics["train_runtime"], 1)
+    if events is not None:
+        events.emit("run_end", durable=True, status="completed", step=trainer.state.global_step,
+                    metrics=metrics, output=str(run.output))
+    return "completed", {}
+
+
+def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, node_rank: int | None = None) -> int:
+    """The runner's entry point: one process, a rank under accelerate, or the supervisor of the ranks."""
     run = RunDir(Path(run_dir).resolve())
+    if worker:
+        from .worker import run_worker
+
+        return run_worker(run, resume=resume)
     lock = RunnerLock(run)
     if not lock.acquire():
         print(f"another runner already holds {run.path}", file=sys.stderr)
         return 3
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    events = EventWriter(run.events) if is_main else None
+    events = EventWriter(run.events)
+    me = psutil.Process()
+    update_state(run, status="loading", pid=me.pid, pgid=os.getpgid(0), create_time=me.create_time(),
+                 exit_code=None, error=None)
+
+    def finish(status: str, exit_code: int, failure: Failure | None = None, **fields) -> int:
+        if failure is not None:
+            events.emit("error", durable=True, **failure.to_event())
+            events.emit("run_end", status="failed", error_kind=failure.kind)
+        events.emit("status", status=status, durable=True, **fields)
+        update_state(run, status=status, exit_code=exit_code, error=failure.message if failure else None)
+        return exit_code
+
+    try:
+        events.emit("status", status="loading", resume=resume)
+        profile = load_profile(run.profile).profile
+        from ..distributed import is_distributed
+
+        if is_distributed(profile):
+            from .supervisor import supervise
+
+            return supervise(run, profile, events, finish, resume=resume, node_rank=node_rank)
+        return _run_single(run, profile, events, finish, resume=resume)
+    except BaseException as exc:  # every failure is recorded, then the process ends
+        traceback.print_exc()
+        return finish("failed", 1, classify(exc))
+    finally:
+        events.close()
+        lock.release()
+
+
+def _run_single(run: RunDir, profile: Profile, events: EventWriter, finish, *, resume: bool) -> int:
+    from .callbacks import StopFlag
+
     stop = StopFlag()
     training = [False]
 
@@ -233,66 +317,8 @@ def run_training(run_dir: str, *, resume: bool = False) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-    def finish(status: str, exit_code: int, failure: Failure | None = None, **fields) -> int:
-        if failure is not None and events is not None:
-            events.emit("error", durable=True, **failure.to_event())
-        if events is not None:
-            events.emit("status", status=status, durable=True, **fields)
-        update_state(run, status=status, exit_code=exit_code, error=failure.message if failure else None)
-        return exit_code
-
-    me = psutil.Process()
-    update_state(run, status="loading", pid=me.pid, pgid=os.getpgid(0), create_time=me.create_time(),
-                 exit_code=None, error=None)
     try:
-        if events is not None:
-            events.emit("status", status="loading", resume=resume)
-        profile = load_profile(run.profile).profile
-        callback = RunnerCallback(events, stop)
-        trainer, info = _build_trainer(profile, run, [callback])
-        checkpoint = run.last_checkpoint() if resume else None
-        if resume and checkpoint is None and events is not None:
-            events.emit("status", status="loading", message="no checkpoint yet: starting from step 0")
-        if events is not None:
-            public = {k: v for k, v in info.items() if k != "tokenizer"}
-            events.emit(
-                "run_start", durable=True, run_id=run.run_id, tuiwiz_version=__version__, versions=_versions(),
-                task=profile.task, method=profile.method.type, model=profile.model.name_or_path,
-                learning_rate=profile.learning_rate, resumed_from=str(checkpoint) if checkpoint else None,
-                pid=os.getpid(), **public,
-            )
-        update_state(run, status="running")
-        training[0] = True
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        if callback.failure is not None:
-            return finish("failed", 1, classify(callback.failure))
-        if stop.requested:
-            return finish("stopped", 0, step=trainer.state.global_step,
-                          checkpoint=str(run.last_checkpoint()) if run.last_checkpoint() else None)
-        if trainer.eval_dataset is not None:
-            trainer.evaluate()
-        if is_main:
-            _save_output(trainer, info, profile, run)
-        metrics = dict(result.metrics)
-        tokens = trainer.state.num_input_tokens_seen
-        metrics["tokens_seen"] = tokens
-        if metrics.get("train_runtime"):
-            start_tokens = callback.start_tokens
-            metrics["train_tokens_per_second"] = round((tokens - start_tokens) / metrics["train_runtime"], 1)
-        if events is not None:
-            events.emit("run_end", durable=True, status="completed", step=trainer.state.global_step,
-                        metrics=metrics, output=str(run.output))
-        return finish("completed", 0)
+        status, fields = _train(run, profile, resume=resume, events=events, stop=stop, training=training)
     except StopRequested:
         return finish("stopped", 0, message="stopped before training began; nothing to checkpoint")
-    except BaseException as exc:  # every failure is recorded, then the process ends
-        traceback.print_exc()
-        failure = classify(exc)
-        if events is not None:
-            events.emit("run_end", status="failed", error_kind=failure.kind)
-        return finish("failed", 1, failure)
-    finally:
-        if events is not None:
-            events.close()
-        lock.release()
+    return finish(status, 0, **fields)
