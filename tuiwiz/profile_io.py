@@ -154,6 +154,9 @@ def _hint_for(error: dict) -> str | None:
     return None
 
 
+_NAMED_FIELD = re.compile(r"\b(model|data|method|training|distributed|output)\.[a-z_]+(\.[a-z_]+)?")
+
+
 def _message_for(error: dict, same_place: list[dict]) -> str:
     kind, loc = error["type"], error["loc"]
     if kind == "extra_forbidden":
@@ -178,13 +181,18 @@ def _error_from_validation(exc: ValidationError, root: yaml.Node | None, file: s
     error = errors[0]
     loc = tuple(error["loc"])
     same_place = [e for e in errors if _dotted(e["loc"]) == _dotted(loc)]
+    field = _dotted(loc)
+    if not field:  # a check across sections: point at the first field its message names
+        named = _NAMED_FIELD.search(error["msg"])
+        if named:
+            field, loc = named.group(), tuple(named.group().split("."))
     node, _ = _node_at(root, loc)
     line = _mark_line(node) if node is not None else None
     message = _message_for(error, same_place)
     more = len({_dotted(e["loc"]) for e in errors}) - 1
     if more:
         message += f" (and {more} more problem{'s' if more > 1 else ''} after this one)"
-    return UserError(message, hint=_hint_for(error), file=file, line=line, field=_dotted(loc) or None, kind="profile")
+    return UserError(message, hint=_hint_for(error), file=file, line=line, field=field or None, kind="profile")
 
 
 def _check_secrets(root: yaml.Node | None, file: str, path: str = "") -> None:
@@ -305,8 +313,35 @@ def _measure_new(node: yaml.Node, depth: int, path: str, measure, file: str) -> 
     return size, height
 
 
+_FLOW = re.compile(r"[\[\]{}]|^[^\s#\[\]{}-]", re.M)
+
+
+def _deep_flow_line(text: str) -> int | None:
+    """The line where [ and { brackets first nest past MAX_DEPTH, if they do.
+
+    PyYAML's scanner is quadratic in flow nesting (seconds for a few thousand brackets), so
+    this is counted first. Brackets in quoted text count too; a key at column 0 ends any flow.
+    """
+    depth = 0
+    for match in _FLOW.finditer(text):
+        char = match.group()
+        if char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return text.count("\n", 0, match.start()) + 1
+        elif char in "]}":
+            depth = max(0, depth - 1)
+        else:
+            depth = 0
+    return None
+
+
 def _compose(text: str, file: str):
     """(root node, plain data) of YAML text, checked before it is constructed. Raises UserError."""
+    deep = _deep_flow_line(text)
+    if deep is not None:
+        raise UserError(f"nested more than {MAX_DEPTH} levels deep", hint="a profile's sections are at most four "
+                        "levels deep", file=file, line=deep, kind="profile")
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
