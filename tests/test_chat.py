@@ -1,0 +1,125 @@
+"""The chat engine (streaming, stop, base vs fine-tuned, several adapters, memory check) and the REPL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tuiwiz.errors import UserError
+
+from .conftest import ROOT
+from .test_merge import merged_once, trained_run
+
+QUESTION = [{"role": "user", "content": "What sound does the cow make?"}]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    from tuiwiz.chat import ChatEngine
+
+    return ChatEngine(str(trained_run(tmp_path_factory, "lora").path)).load()
+
+
+def test_stream_yields_pieces_while_generating(engine):
+    import time
+
+    arrivals = []
+    for piece in engine.stream(QUESTION, adapter=None, temperature=0, max_new_tokens=40):
+        arrivals.append((time.perf_counter(), piece, engine.generating))
+    end = time.perf_counter()
+    stats = engine.last_stats
+    assert len(arrivals) >= 3
+    assert arrivals[0][2], "the first piece came after generation had ended"
+    assert arrivals[0][0] < end and stats.first_token_s is not None and stats.first_token_s < stats.seconds
+    assert stats.new_tokens >= len(arrivals) and not stats.stopped
+    assert not engine.generating
+
+
+def test_stop_ends_a_generation_early(engine):
+    pieces = []
+    for piece in engine.stream(QUESTION, adapter=None, temperature=0, max_new_tokens=300):
+        pieces.append(piece)
+        if len(pieces) == 2:
+            engine.stop()
+    assert engine.last_stats.stopped and engine.last_stats.new_tokens < 20
+    # leaving the loop early stops it too, and the engine is free for the next answer
+    for _ in engine.stream(QUESTION, adapter=None, temperature=0, max_new_tokens=300):
+        break
+    assert engine.last_stats.stopped and not engine.generating
+    assert engine.answer(QUESTION, temperature=0, max_new_tokens=8)
+
+
+def test_base_and_fine_tuned_answer_differently_and_the_fine_tuned_learned(engine):
+    base, tuned = engine.compare(QUESTION, temperature=0, max_new_tokens=16)
+    assert base != tuned
+    # 30 steps teach the answers' shape ("The cow says moo."), not yet every fact
+    assert tuned.startswith("The") and not base.startswith("The"), (base, tuned)
+    assert engine.active_adapter == engine.source.label  # compare leaves the adapter on
+
+
+def test_several_adapters_on_one_base(tmp_path_factory, engine):
+    from tuiwiz.chat import ChatEngine
+
+    dora = trained_run(tmp_path_factory, "dora")
+    name = engine.add_adapter(str(dora.path), name="dora")
+    assert set(engine.adapters) == {engine.source.label, "dora"}
+    settings = {"temperature": 0, "max_new_tokens": 12}
+    first = engine.answer(QUESTION, **settings)
+    second = engine.answer(QUESTION, adapter=name, **settings)
+    assert engine.active_adapter == engine.source.label  # a per-call adapter is put back
+    alone = ChatEngine(str(dora.path)).load()
+    assert second == alone.answer(QUESTION, **settings)  # the same answer as the DoRA run loaded by itself
+    engine.set_adapter("dora")
+    assert engine.answer(QUESTION, **settings) == second
+    engine.set_adapter(engine.source.label)
+    assert engine.answer(QUESTION, **settings) == first
+    with pytest.raises(UserError, match="no adapter"):
+        engine.set_adapter("nope")
+    with pytest.raises(UserError, match="already loaded"):
+        engine.add_adapter(str(dora.path), name="dora")
+
+
+def test_a_merged_model_answers_as_base_plus_adapter(tmp_path_factory, engine):
+    from tuiwiz.chat import ChatEngine
+
+    run = trained_run(tmp_path_factory, "lora")
+    merged = ChatEngine(str(merged_once(run))).load()
+    assert merged.adapters == ()
+    settings = {"temperature": 0, "max_new_tokens": 12}
+    assert merged.answer(QUESTION, **settings) == engine.answer(QUESTION, adapter=run.run_id, **settings)
+    with pytest.raises(UserError, match="no adapter to switch off"):
+        merged.answer(QUESTION, adapter=None)
+
+
+def test_refuses_a_model_that_does_not_fit(tmp_path_factory):
+    from tuiwiz.chat import ChatEngine
+
+    run = trained_run(tmp_path_factory, "lora")
+    small = ChatEngine(str(run.path), memory_budget_mb=1)
+    with pytest.raises(UserError) as info:
+        small.load()
+    assert info.value.kind == "resources" and "MiB" in info.value.message
+    assert not small.loaded
+
+
+def _repl(args, stdin: str, env=None):
+    import os
+
+    return subprocess.run([sys.executable, "-m", "tuiwiz", "chat", *map(str, args)], input=stdin, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120)
+
+
+def test_repl_through_stdin(tmp_path_factory):
+    run = trained_run(tmp_path_factory, "lora")
+    result = _repl([run.path, "--compare", "--temperature", "0", "--max-new-tokens", "12"],
+                   "What sound does the cow make?\n/clear\nWhat color is the cat?\n/quit\n")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("base> ") == 2 and out.count(f"{run.run_id}> ") == 2
+    assert "(conversation cleared)" in out
+    assert out.split(f"{run.run_id}> ")[1].startswith("The"), out
+
+    refused = _repl([run.path], "hello\n", env={"TUIWIZ_MEMORY_BUDGET_MB": "1"})
+    assert refused.returncode == 2 and "free" in refused.stderr and "Traceback" not in refused.stderr
