@@ -342,7 +342,12 @@ def _compose(text: str, file: str):
     if deep is not None:
         raise UserError(f"nested more than {MAX_DEPTH} levels deep", hint="a profile's sections are at most four "
                         "levels deep", file=file, line=deep, kind="profile")
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:  # checked on construction: control characters
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        raise UserError(f"not valid YAML: the control character #x{exc.character:04x} is not allowed", file=file,
+                        line=line, hint="remove it; only tabs and line breaks may appear", kind="profile") from None
     try:
         root = loader.get_single_node()
         if root is None:
