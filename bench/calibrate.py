@@ -38,6 +38,10 @@ SHRINK = {
                       num_key_value_heads=2, vocab_size=32000, max_position_embeddings=4096),
     "qwen2.5-0.5b": dict(hidden_size=448, intermediate_size=1216, num_hidden_layers=4, num_attention_heads=7,
                          num_key_value_heads=1, vocab_size=32000, max_position_embeddings=4096),
+    "gemma2-2b": dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=128, vocab_size=32000, max_position_embeddings=4096),
+    "phi3-mini-4k": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
+                         num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096),
 }
 DROP = ("bos_token_id", "eos_token_id", "pad_token_id", "rope_scaling")
 
@@ -45,17 +49,20 @@ DROP = ("bos_token_id", "eos_token_id", "pad_token_id", "rope_scaling")
 def cpu_matrix() -> list[dict]:
     points = []
     for method in ("full", "lora", "qlora"):
-        for seq in (256, 1024):
-            for mb in (1, 4):
-                points.append(dict(arch="llama3-8b", method=method, seq=seq, mb=mb))
+        for seq, mb in ((256, 1), (256, 4), (1024, 4)):
+            points.append(dict(arch="llama3-8b", method=method, seq=seq, mb=mb))
     points += [
         dict(arch="llama3-8b", method="full", seq=1024, mb=4, gc=True),
-        dict(arch="llama3-8b", method="lora", seq=1024, mb=4, gc=True),
+        dict(arch="llama3-8b", method="lora", seq=1024, mb=2, gc=True),
         dict(arch="llama3-8b", method="lora", seq=512, mb=2, attn="eager"),
         dict(arch="llama3-8b", method="lora", seq=512, mb=4, fused=False),
         dict(arch="llama3-8b", method="full", seq=512, mb=2, fused=False),
         dict(arch="qwen2.5-0.5b", method="full", seq=512, mb=4),
         dict(arch="qwen2.5-0.5b", method="lora", seq=512, mb=4),
+        # held out: not used by --fit, they check the fitted constants on other shapes
+        dict(arch="gemma2-2b", method="full", seq=768, mb=2, attn="eager", held_out=True),  # no SDPA for Gemma 2
+        dict(arch="phi3-mini-4k", method="lora", seq=512, mb=3, held_out=True),
+        dict(arch="qwen2.5-0.5b", method="lora", seq=768, mb=4, gc=True, held_out=True),
     ]
     return [dict(dict(gc=False, attn="sdpa", fused=True, device="cpu", steps=2), **p) for p in points]
 
@@ -74,8 +81,8 @@ def point_config(point: dict) -> dict:
     config = json.loads((CONFIGS / f"{point['arch']}.json").read_text())
     if point["device"] == "cpu":
         config.update(SHRINK[point["arch"]])
-        for key in DROP:
-            config.pop(key, None)
+        for key in DROP:  # token ids past the small vocabulary, rope scaling past the short context
+            config[key] = None
     return config
 
 
@@ -167,15 +174,14 @@ def run_point(point: dict, checkpoint: str) -> dict:
         mask = torch.ones_like(ids)
         mask[0, -max(1, point["seq"] // 8):] = 0  # padding, as in real batches: attention gets a mask
         labels = ids.masked_fill(mask == 0, -100)
+        # like Trainer.compute_loss: only the loss outlives the forward (the logits are gone by backward)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
-            if point["fused"]:
-                out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
-            else:
-                out = model(input_ids=ids, attention_mask=mask, labels=labels)
-        out.loss.backward()
+            extra_kwargs = {"fused_lm_head": True} if point["fused"] else {}
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels, **extra_kwargs).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        del out
+        del loss
         timings.append(time.perf_counter() - t0)
     if cuda:
         torch.cuda.synchronize()
@@ -222,14 +228,20 @@ def estimate_point(point: dict, constants=None) -> dict:
 
 
 def summarize(results: list[dict]) -> dict:
-    errors = [r["error"] for r in results]
-    return {
-        "points": len(results),
-        "mean_abs_error": round(sum(abs(e) for e in errors) / len(errors), 4),
-        "max_abs_error": round(max(abs(e) for e in errors), 4),
-        "mean_error": round(sum(errors) / len(errors), 4),
-        "underestimates": sum(1 for e in errors if e < 0),
-    }
+    def stats(errors):
+        return {
+            "points": len(errors),
+            "mean_abs_error": round(sum(abs(e) for e in errors) / len(errors), 4),
+            "max_abs_error": round(max(abs(e) for e in errors), 4),
+            "mean_error": round(sum(errors) / len(errors), 4),
+            "underestimates": sum(1 for e in errors if e < 0),
+        }
+
+    summary = stats([r["error"] for r in results])
+    held = [r["error"] for r in results if r["point"].get("held_out")]
+    if held:
+        summary["held_out"] = stats(held)
+    return summary
 
 
 def attach_estimates(results: list[dict], constants=None) -> list[dict]:
@@ -244,13 +256,14 @@ def fit(results: list[dict]):
     """Grid-search the fitted constants: smallest worst-case error, underestimates penalised."""
     from tuiwiz.memory import CONSTANTS
 
+    fit_set = [r for r in results if not r["point"].get("held_out")]
     best = None
-    for scale in [x / 100 for x in range(70, 131, 5)]:
-        for copies in (3.0, 4.0, 5.0, 6.0, 7.0, 8.0):
-            for slack in (0.0, 0.05, 0.1):
+    for scale in [x / 100 for x in range(80, 161, 5)]:
+        for copies in (4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0):
+            for workspace in (0, 50, 100, 150, 200, 250):
                 c = dataclasses.replace(CONSTANTS, activation_scale=scale, cpu_tile_copies=copies,
-                                        cpu_allocator_fraction=slack)
-                errs = [e["error"] for e in attach_estimates(results, c)]
+                                        cpu_workspace=workspace * 2**20, cpu_allocator_fraction=0.0)
+                errs = [e["error"] for e in attach_estimates(fit_set, c)]
                 score = max(max(-e * 2 for e in errs), max(errs))  # an underestimate costs twice as much
                 if best is None or score < best[0]:
                     best = (score, c)
@@ -263,6 +276,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--fit", action="store_true", help="search the constants that fit best and print them")
     parser.add_argument("--quick", action="store_true", help="only the first four points")
+    parser.add_argument("--missing", action="store_true",
+                        help="measure only the points that --out does not hold yet, keep the others")
+    parser.add_argument("--reestimate", action="store_true",
+                        help="keep the measurements in --out, recompute the estimates with the current constants")
     parser.add_argument("--point", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -275,7 +292,19 @@ def main(argv=None) -> int:
     if args.quick:
         points = points[:4]
     out = args.out or ROOT / "bench" / "results" / f"calibration-{args.device}.json"
-    results = []
+    if args.reestimate:
+        previous = json.loads(out.read_text())
+        results = [{k: v for k, v in r.items() if k not in ("estimate", "terms", "error")}
+                   for r in previous["results"]]
+        return _report(args, out, results, previous["seconds"])
+    order = list(points)
+    results, spent = [], 0
+    if args.missing and out.is_file():
+        previous = json.loads(out.read_text())
+        results = [{k: v for k, v in r.items() if k not in ("estimate", "terms", "error")}
+                   for r in previous["results"] if r["point"] in points]
+        spent = previous["seconds"]
+        points = [p for p in points if p not in [r["point"] for r in results]]
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoints = build_checkpoints(points, Path(tmp))
@@ -293,7 +322,11 @@ def main(argv=None) -> int:
             measured = json.loads(proc.stdout.strip().splitlines()[-1])
             results.append({"point": point, **measured})
             print(f"{point}: {measured['measured'] / 2**20:.0f} MiB measured ({time.time() - t0:.0f} s)", flush=True)
+    results.sort(key=lambda r: order.index(r["point"]))
+    return _report(args, out, results, spent + round(time.time() - started))
 
+
+def _report(args, out: Path, results: list[dict], seconds: int) -> int:
     results = attach_estimates(results)
     import importlib.metadata as md
 
@@ -303,7 +336,7 @@ def main(argv=None) -> int:
         "device": args.device,
         "versions": {p: md.version(p) for p in ("torch", "transformers", "peft", "trl", "bitsandbytes")},
         "cpu_count": os.cpu_count(),
-        "seconds": round(time.time() - started),
+        "seconds": seconds,
         "constants": {k: v for k, v in dataclasses.asdict(CONSTANTS).items()},
         "summary": summarize(results),
         "baseline_rss_max": max(r["baseline_rss"] for r in results),

@@ -183,7 +183,7 @@ def _cmd_recommend(args) -> int:
             raise UserError("--write needs --data: the profile names the dataset", field="--data")
         from .profile_io import save_profile
 
-        save_profile(to_profile(result.best, args.model, args.data, args.task, model), args.write)
+        save_profile(to_profile(result.best, args.model, args.data, args.task), args.write)
         print(f"wrote {args.write} ({result.best.title})", file=sys.stderr)
     if args.json:
         print(json.dumps({

@@ -33,6 +33,7 @@ class Constants:
     activation_scale: float  # multiplies the counted saved tensors of the layers (fitted on CPU)
     cpu_tile_copies: float  # live fp32 copies of a fused-loss tile on CPU (torch fallback, fitted)
     cpu_runtime: int  # RSS of the trainer process before the model is built (measured)
+    cpu_workspace: int  # what the first training step adds on CPU beyond tensors: kernels, threads (fitted)
     cpu_allocator_fraction: float  # malloc slack on CPU (fitted)
     cuda_context: int  # CUDA context, cuBLAS workspaces (assumed; not measurable here)
     cuda_allocator_fraction: float  # caching-allocator fragmentation (assumed; not measurable here)
@@ -43,10 +44,11 @@ class Constants:
 
 # Fitted by bench/calibrate.py (bench/results/calibration-cpu.json); CUDA numbers are assumptions.
 CONSTANTS = Constants(
-    activation_scale=1.0,
-    cpu_tile_copies=6.0,
+    activation_scale=1.15,
+    cpu_tile_copies=9.0,
     cpu_runtime=700 * MiB,
-    cpu_allocator_fraction=0.05,
+    cpu_workspace=50 * MiB,
+    cpu_allocator_fraction=0.0,
     cuda_context=500 * MiB,
     cuda_allocator_fraction=0.08,
     unknown_architecture_margin=1.25,
@@ -304,9 +306,19 @@ def _layer_activation_bytes(model: ModelInfo, plan: Plan, a: int, r: int, c: Con
     return (norms + attention + mlp) * c.activation_scale + extra
 
 
+# Architectures whose transformers implementation has no SDPA path: "auto" means eager for them.
+EAGER_ONLY = ("gemma2",)
+
+
+def attention_implementation(model: ModelInfo, plan: Plan) -> str:
+    if plan.attn_implementation == "sdpa" and model.model_type in EAGER_ONLY:
+        return "eager"
+    return plan.attn_implementation
+
+
 def _eager_scores_bytes(model: ModelInfo, plan: Plan, a: int, seq: int) -> int:
     """Per token per layer: eager attention keeps the softmax (fp32) and its 16-bit cast, heads x keys."""
-    if plan.attn_implementation != "eager":
+    if attention_implementation(model, plan) != "eager":
         return 0
     per_score = 4 + (a if a != 4 else 0)
     return per_score * model.num_heads * seq
@@ -406,11 +418,16 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
     kv_len = tokens_per_seq + (plan.num_virtual_tokens if plan.method == "prefix_tuning" else 0)
     r = 4 if (a == 4 or plan.method == "qlora" or (full and wb == 4)) else a
     layer = _layer_activation_bytes(model, plan, a, r, c) + _eager_scores_bytes(model, plan, a, kv_len)
+    if attention_implementation(model, plan) != plan.attn_implementation:
+        notes.append(f"{model.model_type} has no SDPA attention in transformers: eager attention keeps "
+                     "every layer's attention scores")
     head = (4 + r + 2 * a) * model.hidden_size  # embeddings out, final norm, LM-head input
+    # the backward pass holds one layer's activation gradients besides what is saved; checkpointing
+    # keeps each layer's input and recomputes one layer at a time
     if plan.gradient_checkpointing:
         activations = tokens * (model.num_layers * r * model.hidden_size + 2 * layer + head)
     else:
-        activations = tokens * (model.num_layers * layer + head)
+        activations = tokens * ((model.num_layers + 1) * layer + head)
     if not model.known_architecture:
         activations *= c.unknown_architecture_margin
         notes.append(f"unknown architecture {model.model_type}: activations raised by "
@@ -419,15 +436,13 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
     logits = _logits_bytes(model, plan, plan.micro_batch * max(tokens_per_seq - 1, 1), a, wb, lm_head_trained, c)
 
     if cpu:
-        context = c.cpu_runtime
-        fraction = c.cpu_allocator_fraction
+        context, workspace, fraction = c.cpu_runtime, c.cpu_workspace, c.cpu_allocator_fraction
     else:
-        context = c.cuda_context
-        fraction = c.cuda_allocator_fraction
+        context, workspace, fraction = c.cuda_context, 0, c.cuda_allocator_fraction
     accumulate = plan.gradient_accumulation > 1 or (plan.strategy == "ddp" and n > 1)
     partial = Breakdown(weights, adapter, gradients, optimizer, int(activations), logits, step_temp, buffers, 0,
                         context, gradients_during_backward=accumulate)
-    overhead = int(fraction * (partial.total - context))
+    overhead = workspace + int(fraction * (partial.total - context))
     breakdown = Breakdown(weights, adapter, gradients, optimizer, int(activations), logits, step_temp, buffers,
                           overhead, context, gradients_during_backward=accumulate)
 

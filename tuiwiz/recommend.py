@@ -205,9 +205,7 @@ def _precision(machine: Machine, gpus: tuple[int, ...]) -> str:
 
 
 def _optimizer(method: str, strategy: str) -> str:
-    if method == "qlora":
-        return "paged_adamw_8bit"
-    return "adamw_torch"
+    return "paged_adamw_8bit" if method == "qlora" else "adamw_torch"
 
 
 def _fit(machine: Machine, cand: _Candidate, est: MemoryEstimate) -> tuple[tuple[DeviceFit, ...], str | None]:
@@ -233,11 +231,12 @@ def _fit(machine: Machine, cand: _Candidate, est: MemoryEstimate) -> tuple[tuple
     return fits, None
 
 
-def _search(machine, model, cand, seq, target_batch, precision):
+def _search(machine, model, cand, seq, target_batch, precision, task):
     """The largest micro-batch that fits; checkpointing only when it buys a 4x larger one or is needed."""
     n = max(1, len(cand.gpus))
     base = Plan(method=cand.method, device="cuda" if cand.gpus else "cpu", precision=precision, seq_len=seq,
-                strategy=cand.strategy, optimizer=_optimizer(cand.method, cand.strategy),
+                strategy=cand.strategy, optimizer=_optimizer(cand.method, cand.strategy), task=task,
+                fused_loss=task != "classification",
                 lora_targets=_lora_targets(model) if cand.method in ("lora", "qlora", "adalora") else None)
     top = 1 << max(0, int(math.log2(max(1, target_batch // n))))
     found = {}
@@ -312,18 +311,17 @@ def recommend(machine: Machine, model: ModelInfo, data_stats: DataStats | None, 
         precision = _precision(machine, cand.gpus)
         option_warnings = []
         if cand.method == "qlora" and not cand.gpus:
-            plan = Plan(method="qlora", device="cpu", precision="fp32", seq_len=seq)
+            plan = Plan(method="qlora", device="cpu", precision="fp32", seq_len=seq, task=task)
             est = estimate(model, plan)
             options.append((rank, Option(cand.key, cand.title, plan, (), est, (), False, target_batch,
                                          DEFAULT_LEARNING_RATE["qlora"], None, _REASONS["qlora"] + ".",
                                          "QLoRA needs an NVIDIA GPU (bitsandbytes 4-bit kernels)")))
             continue
         try:
-            plan, est, fit, rejected = _search(machine, model, cand, seq, target_batch, precision)
+            plan, est, fit, rejected = _search(machine, model, cand, seq, target_batch, precision, task)
         except UserError as exc:  # e.g. IA3 has no default targets for this architecture
             warnings.append(f"{cand.title}: {exc.message}")
             continue
-        plan = replace(plan, task=task, fused_loss=task != "classification")
         if est.disk_total > (machine.disk_free_mb or 0) * 2**20 and machine.disk_free_mb is not None:
             option_warnings.append(f"checkpoints and output need {est.disk_total / GiB:.0f} GiB of disk, "
                                    f"{machine.disk_free_mb / 1024:.0f} GiB free")
@@ -351,7 +349,7 @@ def recommend(machine: Machine, model: ModelInfo, data_stats: DataStats | None, 
 # ---------------------------------------------------------------- to a profile, and back down
 
 
-def _method_config(option: Option, model: ModelInfo):
+def _method_config(option: Option):
     from . import profile as p
 
     plan = option.plan
@@ -369,8 +367,7 @@ def _method_config(option: Option, model: ModelInfo):
             "p_tuning": p.PTuningMethod, "ia3": p.IA3Method, "bitfit": p.BitFitMethod}[plan.method]()
 
 
-def to_profile(option: Option, model_name: str, data_path: str, task: str = "sft",
-               model: ModelInfo | None = None) -> Profile:
+def to_profile(option: Option, model_name: str, data_path: str, task: str = "sft") -> Profile:
     """A valid profile for ``option``. Distributed strategies need the launcher (not in the profile yet)."""
     from .profile import DataConfig, ModelConfig, TrainingConfig
 
@@ -381,7 +378,7 @@ def to_profile(option: Option, model_name: str, data_path: str, task: str = "sft
                           attn_implementation="auto" if plan.attn_implementation == "sdpa"
                           else plan.attn_implementation),
         data=DataConfig(path=data_path, max_length=plan.seq_len),
-        method=_method_config(option, model),
+        method=_method_config(option),
         training=TrainingConfig(
             per_device_train_batch_size=plan.micro_batch, gradient_accumulation_steps=plan.gradient_accumulation,
             gradient_checkpointing=plan.gradient_checkpointing, precision=plan.precision, optim=plan.optimizer,
