@@ -199,14 +199,17 @@ def test_merged_and_adapter_exports_reload_and_carry_a_model_card(lora_run, tmp_
 
     from tuiwiz.events import read_events
 
-    result = run_cli("export", lora_run.path, "--format", "merged", "--out", tmp_path / "merged")
-    assert result.returncode == 0, result.stderr
+    from tuiwiz.export import export_run
+
+    merged = export_run(str(lora_run.path), "merged", tmp_path / "merged")
+    assert merged.location == str(tmp_path / "merged") and any("verified" in note for note in merged.notes)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     out = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=False)
     assert out.shape[1] > 3
 
-    result = run_cli("export", lora_run.path, "--format", "adapter", "--out", tmp_path / "adapter")
-    assert result.returncode == 0, result.stderr
+    adapter = export_run(str(lora_run.path), "adapter", tmp_path / "adapter")
+    assert {p.name for p in adapter.files} >= {"adapter_config.json", "adapter_model.safetensors", "README.md",
+                                                 "tokenizer.json", "chat_template.jinja"}
     assert AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter") is not None
 
     end = next(e for e in read_events(lora_run.events) if e["type"] == "run_end")

@@ -89,12 +89,18 @@ def model_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in files if f.name != "training_args.bin")
 
 
-def check_fits(source: ChatSource, *, device: str, memory_budget_mb: float | None = None) -> int:
-    """The bytes the model needs; a UserError when free VRAM (or RAM on CPU) is less."""
+def check_fits(source: ChatSource, *, device: str | None, memory_budget_mb: float | None = None) -> int:
+    """The bytes the model needs; a UserError when free VRAM (or RAM on CPU) is less.
+
+    A budget (the argument or ``TUIWIZ_MEMORY_BUDGET_MB``) replaces the measurement, whatever the device.
+    """
+    import os
+
     need = model_bytes(source.weights) + sum(model_bytes(path) for _, path in source.adapters)
     need = int(need * 1.1) + 64 * 2**20  # activations, the KV cache, the libraries' buffers
-    if memory_budget_mb is not None or device == "cpu":
-        free, where = available_ram_bytes(memory_budget_mb), "RAM" if device == "cpu" else "memory"
+    budget = memory_budget_mb is not None or bool(os.environ.get("TUIWIZ_MEMORY_BUDGET_MB"))
+    if budget or device == "cpu":
+        free, where = available_ram_bytes(memory_budget_mb), "memory" if budget else "RAM"
     else:
         import torch
 
@@ -125,12 +131,18 @@ class ChatEngine:
 
     # --- loading ------------------------------------------------------------------
     def load(self) -> ChatEngine:
+        import os
+
+        budget = self.memory_budget_mb is not None or bool(os.environ.get("TUIWIZ_MEMORY_BUDGET_MB"))
+        if budget:  # checked before torch is imported: a refusal comes at once
+            check_fits(self.source, device=self.device, memory_budget_mb=self.memory_budget_mb)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        check_fits(self.source, device=self.device, memory_budget_mb=self.memory_budget_mb)
+        if not budget:
+            check_fits(self.source, device=self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.source.tokenizer)
         kwargs = {"dtype": "auto"}
         if self.device != "cpu":
