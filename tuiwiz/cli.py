@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         if name == "resume":
             command.add_argument("--detach", action="store_true", help="return at once")
 
+    probe = sub.add_parser("probe", help="run a few real steps at full length: does the profile fit?")
+    probe.add_argument("file", metavar="PROFILE")
+    probe.add_argument("--steps", type=int, default=3, help="optimizer steps to run (default 3)")
+    probe.add_argument("--allow-truncation", action="store_true",
+                       help="may shorten data.max_length if nothing else fits")
+    probe.add_argument("--write", metavar="FILE", help="save the fitting profile, with its fit record, here")
     sub.add_parser("demo", help="build the demo model and datasets, print where they are")
     parser.add_argument("--plain", action="store_true", help="the wizard as plain prompts instead of a full-screen app")
     for module in _command_modules():
@@ -199,6 +205,33 @@ def _cmd_resume(ref: str, detach: bool) -> int:
     return _follow_and_report(run, proc)
 
 
+def _cmd_probe(path: str, steps: int, allow_truncation: bool, write: str | None) -> int:
+    from .probe import probe
+    from .profile_io import load_profile, save_profile
+
+    result = probe(load_profile(path), steps=steps, allow_truncation=allow_truncation)
+    for attempt in result.attempts:
+        t = attempt.profile.training
+        measured = f"{attempt.measured_mb:,.0f} MiB" if attempt.measured_mb is not None else "-"
+        outcome = attempt.status if not attempt.error_kind else f"{attempt.status} ({attempt.error_kind})"
+        print(f"micro-batch {t.per_device_train_batch_size} x{t.gradient_accumulation_steps}, "
+              f"max_length {attempt.profile.data.max_length}, checkpointing {t.gradient_checkpointing}, "
+              f"{attempt.profile.method.type}: estimated {attempt.estimated_mb:,.0f} MiB, measured {measured}, "
+              f"{outcome}")
+    for change in result.changes:
+        print(f"stepped down: {change}")
+    budget = f"{result.budget_mb:,.0f} MiB {'free on the GPU' if result.device == 'cuda' else 'of RAM available'}"
+    if not result.fits:
+        hint = (f"{result.needs_consent}; rerun with --allow-truncation to accept" if result.needs_consent
+                else "choose a smaller model or a lighter method (qlora)")
+        raise UserError(f"{path}: no setting tried fits in {budget}", hint=hint, kind="fit")
+    print(f"fits: peak {result.profile.fit.measured_peak_mb:,.0f} MiB of {budget}")
+    if write:
+        save_profile(result.profile, write)
+        print(f"saved to {write}")
+    return 0
+
+
 def _cmd_demo() -> int:
     from .demo import DEMO_DATASETS, ensure_demo_dataset, ensure_demo_model
 
@@ -228,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_stop(args.run, args.force, args.no_wait)
         if args.command == "resume":
             return _cmd_resume(args.run, args.detach)
+        if args.command == "probe":
+            return _cmd_probe(args.file, args.steps, args.allow_truncation, args.write)
         if args.command == "demo":
             return _cmd_demo()
         for module in _command_modules():

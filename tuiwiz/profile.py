@@ -237,6 +237,9 @@ class TrainingConfig(_Strict):
     eval_steps: int | None = Field(None, ge=1, description="Unset: evaluate once per epoch.")
     save_steps: int = Field(500, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
+    pad_to_max_length: bool = Field(
+        False, description="Pad every batch to data.max_length (the probe run measures the worst case so)."
+    )
 
     @field_validator("warmup_steps")
     @classmethod
@@ -306,6 +309,17 @@ class DistributedConfig(_Strict):
         return self
 
 
+class FitRecord(_Strict):
+    """What the probe run measured for this profile, written back by `tuiwiz probe`."""
+
+    device: str
+    estimated_peak_mb: float
+    measured_peak_mb: float
+    budget_mb: float | None = None
+    probed_at: str | None = None
+    changes: list[str] = Field(default_factory=list, description="Step-downs the probe applied.")
+
+
 class Profile(_Strict):
     version: Literal[1] = PROFILE_VERSION
     task: Literal["sft", "pretrain", "classification"] = "sft"
@@ -315,6 +329,7 @@ class Profile(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    fit: FitRecord | None = None
 
     @model_validator(mode="after")
     def _combinations(self) -> "Profile":

@@ -15,7 +15,12 @@ from .failures import NonFiniteLoss
 
 
 def memory_snapshot() -> dict:
-    snap = {"rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1)}
+    import resource
+
+    snap = {
+        "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1),  # Linux: KiB
+    }
     if torch.cuda.is_available():
         snap["gpu_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         snap["gpu_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)

@@ -149,7 +149,9 @@ def _build_trainer(profile: Profile, run: RunDir, callbacks: list):
             train_dataset=classification_dataset(train_data, tokenizer, profile, labels),
             eval_dataset=classification_dataset(eval_data, tokenizer, profile, labels) if eval_data else None,
             processing_class=tokenizer,
-            data_collator=transformers.DataCollatorWithPadding(tokenizer),
+            data_collator=transformers.DataCollatorWithPadding(
+                tokenizer, padding="max_length" if profile.training.pad_to_max_length else True,
+                max_length=profile.data.max_length),
             compute_metrics=accuracy,
             callbacks=callbacks,
         )
@@ -163,7 +165,8 @@ def _build_trainer(profile: Profile, run: RunDir, callbacks: list):
         strategy = "bfd" if profile.model.attn_implementation == "flash_attention_2" else "wrapped"
         config = SFTConfig(
             **kwargs, max_length=profile.data.max_length, packing=packing, packing_strategy=strategy,
-            dataset_num_proc=None, **options,
+            dataset_num_proc=None,
+            pad_to_multiple_of=profile.data.max_length if profile.training.pad_to_max_length else None, **options,
         )
         trainer = SFTTrainer(
             model=model, args=config, train_dataset=Dataset.from_list(rows),
