@@ -223,7 +223,10 @@ def _fit(machine: Machine, cand: _Candidate, est: MemoryEstimate) -> tuple[tuple
         worst = min(short, key=lambda f: f.available)
         free = next(g for g in machine.gpus if g.index == worst.index).memory_free_mb / 1024
         where = "the card has" if len(machine.gpus) == 1 else f"GPU {worst.index} has"
-        return fits, f"needs {est.total / GiB:.1f} GiB per GPU, {where} {free:.1f} GiB free"
+        text = f"needs {est.total / GiB:.1f} GiB per GPU, {where} {free:.1f} GiB free"
+        if est.total <= free * GiB:
+            text += f" ({worst.available / GiB:.1f} GiB usable: the estimate keeps {1 - GPU_HEADROOM:.0%} spare)"
+        return fits, text
     ram = int(machine.ram_available_mb * 2**20 * RAM_HEADROOM)
     if est.cpu_ram > ram:
         return fits, (f"needs {est.cpu_ram / GiB:.0f} GiB of CPU RAM for the offloaded states, the machine has "
