@@ -1,9 +1,16 @@
-"""Turning an exception in the runner into a failure kind, a message and a hint."""
+"""Turning an exception in the runner into a failure kind, a message and a hint.
+
+Libraries wrap the error that matters (transformers re-raises a failed import as a bare
+ModuleNotFoundError; safetensors reports a full disk as a SafetensorError), so the whole
+chain of causes is read, and what the machine ran out of is told apart from what is broken.
+"""
 
 from __future__ import annotations
 
 import errno
+import re
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -26,43 +33,93 @@ class NonFiniteLoss(RuntimeError):
         self.step = step
 
 
+# Extras that bring a package in, for the hint.
+EXTRAS = {"bitsandbytes": "qlora", "deepspeed": "deepspeed"}
+_NO_MODULE = re.compile(r"No module named '([\w.]+)'")
+_PIP_INSTALL = re.compile(r"pip install (?:-U |--upgrade )?'?([A-Za-z][\w.-]*)")
+_CPU_OOM = ("DefaultCPUAllocator: can't allocate memory", "Cannot allocate memory", "std::bad_alloc")
+_DISK_FULL = ("No space left on device", "(os error 28)", "StorageFull")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and its causes, outermost first."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _missing_package(chain: list[BaseException]) -> str | None:
+    """The package a failed import names, or None when no import failed."""
+    for exc in chain:
+        if isinstance(exc, ImportError):
+            name = getattr(exc, "name", None)
+            match = _NO_MODULE.search(str(exc)) or _PIP_INSTALL.search(str(exc))
+            found = name or (match.group(1) if match else None)
+            if found and not found.startswith("tuiwiz"):
+                return found.split(".")[0]
+    return None
+
+
+def _text(chain: list[BaseException]) -> str:
+    return "\n".join(f"{type(e).__name__}: {e}" for e in chain)
+
+
 def classify(exc: BaseException) -> Failure:
     tail = "".join(traceback.format_exception(exc)[-6:])
-    text = f"{type(exc).__name__}: {exc}"
+    chain = list(_chain(exc))
+    text = _text(chain)
+    names = {type(e).__name__ for e in chain}
     if isinstance(exc, UserError):
         where = f"{exc.where}: " if exc.where else ""
         return Failure(exc.kind, where + exc.message, exc.hint)
-    if isinstance(exc, NonFiniteLoss):
+    loss = next((e for e in chain if isinstance(e, NonFiniteLoss)), None)
+    if loss is not None:
         return Failure(
-            "nan_loss", str(exc),
+            "nan_loss", str(loss),
             "lower training.learning_rate (try a third of it), keep max_grad_norm at 1.0, "
             "or use precision bf16 instead of fp16", tail,
         )
-    name = type(exc).__name__
-    if name == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
+    if "OutOfMemoryError" in names or "CUDA out of memory" in text:
         return Failure(
             "oom_gpu", "the GPU ran out of memory",
             "lower training.per_device_train_batch_size (raise gradient_accumulation_steps to keep the "
             "effective batch), set training.gradient_checkpointing: true, lower data.max_length, or use qlora",
             tail,
         )
-    if isinstance(exc, MemoryError):
+    if (any(isinstance(e, MemoryError) for e in chain) or any(s in text for s in _CPU_OOM)
+            or any(isinstance(e, OSError) and e.errno == errno.ENOMEM for e in chain)):
         return Failure(
             "oom_cpu", "the machine ran out of RAM",
             "lower the micro-batch or data.max_length, or close other programs", tail,
         )
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return Failure("disk_full", f"the disk is full: {exc}", "free space, or lower training.save_total_limit", tail)
-    if isinstance(exc, ModuleNotFoundError):
+    if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain) or any(s in text for s in _DISK_FULL):
+        return Failure("disk_full", f"the disk is full: {exc}",
+                       "free space, lower training.save_total_limit, or set output.runs_dir to a bigger disk", tail)
+    if "file write failed" in text:  # torch.save's PytorchStreamWriter hides the errno
+        return Failure("disk_full", f"writing a checkpoint failed (the disk is probably full): {exc}",
+                       "check the free space of output.runs_dir's disk; free space or lower "
+                       "training.save_total_limit", tail)
+    package = _missing_package(chain)
+    if package is not None:
+        extra = f"  (or pip install 'tuiwiz[{EXTRAS[package]}]')" if package in EXTRAS else ""
         return Failure(
-            "dependency_missing", f"a package this method needs is not installed: {exc.name}",
-            f"pip install {exc.name}  (bitsandbytes for qlora: pip install 'tuiwiz[qlora]')", tail,
+            "dependency_missing", f"a package this run needs is not installed or cannot be imported: {package}",
+            f"pip install {package}{extra}", tail,
         )
-    if "safetensors" in name.lower() or "HeaderTooLarge" in str(exc) or "invalid header" in str(exc).lower():
+    if any("safetensor" in name.lower() for name in names) or "HeaderTooLarge" in text \
+            or "invalid header" in text.lower():
         return Failure("model_corrupt", f"the model's weights cannot be read: {exc}",
                        "download the model again; the file may be truncated", tail)
-    if isinstance(exc, OSError) and ("does not appear to have" in str(exc) or "is not a local folder" in str(exc)
-                                     or "couldn't connect" in str(exc).lower() or "offline" in str(exc).lower()):
+    if any(isinstance(e, OSError) for e in chain) and ("Error no file named" in text or "no file named" in text):
+        return Failure("model_missing", f"the model's weights are missing: {exc}",
+                       "the model folder needs model.safetensors (or its shards and index): download it again", tail)
+    if any(isinstance(e, OSError) for e in chain) and (
+            "does not appear to have" in text or "is not a local folder" in text
+            or "couldn't connect" in text.lower() or "offline" in text.lower()):
         return Failure("model_missing", f"the model could not be found: {exc}",
                        "check model.name_or_path; hub models must be in the local cache when offline", tail)
-    return Failure("crash", text, "this looks like a bug; see train.log in the run folder", tail)
+    return Failure("crash", f"{type(exc).__name__}: {exc}", "this looks like a bug; see train.log in the run folder",
+                   tail)
