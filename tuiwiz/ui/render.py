@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.text import Text
 
 PROMPT_STYLE = "dim"
@@ -16,11 +18,18 @@ def rendered_text(rendered) -> Text:
     return text
 
 
-def problem_text(exc) -> Text:
-    """A UserError: where (file:line, field), what, and the hint."""
+def problem_text(exc, base: Path | None = None) -> Text:
+    """A UserError: where (file:line, field; the file relative to ``base``), what, and the hint."""
     text = Text()
-    if exc.where:
-        text.append(exc.where, style="bold")
+    where = exc.where
+    if exc.file and base is not None:
+        try:
+            shown = str(Path(exc.file).resolve().relative_to(Path(base).resolve()))
+        except ValueError:
+            shown = exc.file
+        where = where.replace(exc.file, shown, 1)
+    if where:
+        text.append(where, style="bold")
         text.append("\n")
     text.append(exc.message, style="red")
     if exc.hint:

@@ -19,6 +19,7 @@ from ..widgets import NavBar, StepBar
 class StepScreen(Screen[str]):
     STEP = "hardware"
     NEXT_LABEL = "Next ›"
+    AUTO_FOCUS = "*"  # each step names its first control (Textual focuses it when the screen starts)
     BINDINGS = [
         Binding("escape", "back", "Back", id="back"),
         Binding("ctrl+n", "next", "Next", id="next"),

@@ -24,6 +24,7 @@ SAMPLES = 3
 
 class DataScreen(StepScreen):
     STEP = "data"
+    AUTO_FOCUS = "#data-path"
     BINDINGS = [Binding("ctrl+o", "browse", "Browse", id="browse")]
 
     def body(self) -> ComposeResult:
@@ -64,12 +65,16 @@ class DataScreen(StepScreen):
                 with VerticalScroll():
                     yield Static("", id="data-problems")
 
-    def on_mount(self) -> None:
-        super().on_mount()
+    def __init__(self, state) -> None:
+        super().__init__(state)
         self.checked = None  # DataCheck of the current choices
         self.loading = False
+        self.suggested = None
+        self.sample_texts = []
         self._plot = None
-        self.query_one("#data-path", Input).focus()
+
+    def on_mount(self) -> None:
+        super().on_mount()
         self.reload()
 
     # ---------------------------------------------------------------- reading
@@ -100,6 +105,8 @@ class DataScreen(StepScreen):
         self.app.call_from_thread(self._show, check, chosen, suggested)
 
     def _show(self, check, chosen: int | None, suggested: int | None) -> None:
+        if not self.is_attached:
+            return
         self.checked = check
         self.loading = False
         self.state.data = check.data
@@ -205,7 +212,7 @@ class DataScreen(StepScreen):
         tabs = self.query_one("#data-tabs", TabbedContent)
         problems = []
         if check.error is not None:
-            problems.append(problem_text(check.error))
+            problems.append(problem_text(check.error, self.state.workdir))
         stats = check.stats
         if stats is not None and stats.prompt_too_long:
             problems.append(Text(f"{stats.prompt_too_long} example(s) have a prompt of at least the max length: "

@@ -56,7 +56,7 @@ class AttachDialog(ModalScreen[str]):
     BINDINGS = [Binding("escape", "choose('new')", "New run", id="new")]
     DEFAULT_CSS = """
     AttachDialog { align: center middle; }
-    AttachDialog > Vertical { width: 70; max-width: 95%; height: auto; border: thick $primary; background: $surface;
+    AttachDialog > Vertical { width: 60; max-width: 95%; height: auto; border: thick $primary; background: $surface;
                               padding: 0 1; }
     AttachDialog Horizontal { height: auto; align: right middle; margin-top: 1; }
     AttachDialog Button { margin-left: 2; }
@@ -69,12 +69,12 @@ class AttachDialog(ModalScreen[str]):
     def compose(self) -> ComposeResult:
         n = len(self.run_ids)
         with Vertical():
-            yield Label(f"{n} run{'s are' if n > 1 else ' is'} training", classes="bold")
+            yield Label(f"{n} run{'s are' if n > 1 else ' is'} training; attach to the newest?", classes="bold")
             yield Static("\n".join(self.run_ids[:5]) + ("\n…" if n > 5 else ""), markup=False)
             with Horizontal():
                 yield Button("New run", id="new", compact=True)
                 yield Button("All runs", id="runs", compact=True)
-                yield Button(f"Attach to {self.run_ids[0][:24]}", id="attach", compact=True, variant="primary")
+                yield Button("Attach", id="attach", compact=True, variant="primary")
 
     def on_mount(self) -> None:
         self.query_one("#attach", Button).focus()

@@ -60,6 +60,7 @@ def host_table(machine, width: int) -> Table:
 
 class HardwareScreen(StepScreen):
     STEP = "hardware"
+    AUTO_FOCUS = "#hardware"
     BINDINGS = [Binding("r", "probe", "Re-probe", id="probe")]
 
     def body(self) -> ComposeResult:
@@ -70,7 +71,6 @@ class HardwareScreen(StepScreen):
 
     def on_mount(self) -> None:
         super().on_mount()
-        self.query_one("#hardware").focus()
         if self.state.machine is None:
             self.action_probe()
         else:
@@ -91,6 +91,8 @@ class HardwareScreen(StepScreen):
         self.app.call_from_thread(self.show, machine)
 
     def show(self, machine) -> None:
+        if not self.is_attached:
+            return
         self.state.machine = machine
         width = self.size.width or 80
         self.query_one("#hw-host", Static).update(host_table(machine, width))

@@ -84,6 +84,7 @@ def option_detail(option, recommendation, machine) -> Group:
 
 class MethodScreen(StepScreen):
     STEP = "method"
+    AUTO_FOCUS = "#method-table"
 
     def body(self) -> ComposeResult:
         with Vertical(id="method-main"):
@@ -100,7 +101,6 @@ class MethodScreen(StepScreen):
         table.add_column("Fit", key="fit", width=12)
         table.add_column("Needs", key="needs")
         table.add_column("Trainable", key="trainable")
-        table.focus()
         if self.state.recommendation is None:
             self._plan()
         else:
@@ -124,6 +124,8 @@ class MethodScreen(StepScreen):
         self.say("no plan")
 
     def _fill(self, rec) -> None:
+        if not self.is_attached:
+            return
         self.state.recommendation = rec
         table = self.query_one("#method-table", DataTable)
         table.clear()

@@ -68,6 +68,7 @@ def _builtin_options() -> list[Option]:
 
 class ModelScreen(StepScreen):
     STEP = "model"
+    AUTO_FOCUS = "#model-list"
 
     def body(self) -> ComposeResult:
         with Horizontal(id="model-main"):
@@ -83,7 +84,6 @@ class ModelScreen(StepScreen):
         super().on_mount()
         options = self.query_one("#model-list", OptionList)
         options.add_options([Option(Text("Local folder…"), id=FOLDER), Option(Text("Hub id or path…"), id=HUB)])
-        options.focus()
         self._select(self.state.model_name)
         self._scan_cache()
 
@@ -173,6 +173,8 @@ class ModelScreen(StepScreen):
         self.app.run_worker(job, thread=True, group="build-demo", exclusive=True, exit_on_error=False)
 
     def _show(self, name: str, info) -> None:
+        if not self.is_attached:
+            return
         if name != self.state.model_name:
             return
         self.state.model_info = info
@@ -181,6 +183,8 @@ class ModelScreen(StepScreen):
         self.update_nav()
 
     def _show_error(self, name: str, exc: UserError) -> None:
+        if not self.is_attached:
+            return
         if name != self.state.model_name:
             return
         text = Text(exc.message, style="bold red")
@@ -204,6 +208,8 @@ class ModelScreen(StepScreen):
             self.app.call_from_thread(self._add_cached, found)
 
     def _add_cached(self, found) -> None:
+        if not self.is_attached:
+            return
         options = self.query_one("#model-list", OptionList)
         for key in (FOLDER, HUB):  # cache entries go above these two
             options.remove_option(key)

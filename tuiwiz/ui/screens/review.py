@@ -18,6 +18,7 @@ from .base import StepScreen
 
 class ReviewScreen(StepScreen):
     STEP = "review"
+    AUTO_FOCUS = "#review-yaml"
     NEXT_LABEL = "Launch ▶"
 
     def body(self) -> ComposeResult:
@@ -30,7 +31,6 @@ class ReviewScreen(StepScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self.launching = False
-        self.query_one("#review-yaml").focus()
         profile = self.state.profile
         name = self.state.profile_name or "profile"
         if profile is None:

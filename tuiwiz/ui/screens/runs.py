@@ -22,6 +22,7 @@ REFRESH_SECONDS = 2.0
 
 
 class RunsScreen(Screen[str]):
+    AUTO_FOCUS = "#runs-table"
     BINDINGS = [
         Binding("enter", "attach", "Attach", id="attach", show=True),
         Binding("r", "resume", "Resume", id="resume"),
@@ -47,7 +48,6 @@ class RunsScreen(Screen[str]):
         for label, key in (("Run", "run"), ("State", "state"), ("Model", "model"), ("Method", "method"),
                            ("Progress", "progress"), ("Loss", "loss"), ("Started", "started")):
             table.add_column(label, key=key, width=run_width if key == "run" else None)
-        table.focus()
         self.refresh_runs()
         self.set_interval(REFRESH_SECONDS, self.refresh_runs)
 
@@ -66,6 +66,8 @@ class RunsScreen(Screen[str]):
         self.app.call_from_thread(self._fill, summaries)
 
     def _fill(self, summaries) -> None:
+        if not self.is_attached:
+            return
         table = self.query_one("#runs-table", DataTable)
         now = getattr(self.app, "clock", time.time)()
         selected = self.selected_path()

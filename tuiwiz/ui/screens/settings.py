@@ -18,6 +18,7 @@ from .base import StepScreen
 
 class SettingsScreen(StepScreen):
     STEP = "settings"
+    AUTO_FOCUS = "#f-name"
 
     def __init__(self, state) -> None:
         super().__init__(state)
@@ -47,7 +48,7 @@ class SettingsScreen(StepScreen):
         yield Static("", id=f"{f.widget_id}-error", classes="form-error")
 
     def body(self) -> ComposeResult:
-        with VerticalScroll(id="settings-form"):
+        with VerticalScroll(id="settings-form", can_focus=False):
             yield Static("", id="settings-problem", classes="form-error")
             with Horizontal(classes="form-row"):
                 yield Label("Profile name", classes="form-label")
@@ -63,7 +64,6 @@ class SettingsScreen(StepScreen):
 
     def on_mount(self) -> None:
         super().on_mount()
-        self.query_one("#f-name", Input).focus()
         self.validate()
 
     # ---------------------------------------------------------------- checking as you type
@@ -136,5 +136,5 @@ class SettingsScreen(StepScreen):
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
         widget_id = event.widget.id or ""
         f = next((f for f in self.fields if f.widget_id == widget_id), None)
-        if f is not None and f.help and not self.query_one(f"#{widget_id}-error", Static).display:
-            self.say(f"{f.key}: {f.help}")
+        if f is not None and not self.query_one(f"#{widget_id}-error", Static).display:
+            self.say(f"{f.key}: {f.help}" if f.help else f.key)

@@ -1,0 +1,36 @@
+"""Snapshot SVGs of every screen at 80x24 and 140x40: recorded machines, fixed runs, a fixed clock.
+
+Update after an intended change with: pytest tests/test_ui_snapshots.py --snapshot-update
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tuiwiz.ui.scenes import SCENES, scene_environment, stop_sleepers
+
+from .test_ui_support import demo_built  # noqa: F401  (fixture)
+
+SIZES = {"80x24": (80, 24), "140x40": (140, 40)}
+
+
+@pytest.fixture
+def scene_env(monkeypatch, tmp_path, demo_built):
+    def use(name: str):
+        for key, value in scene_environment(SCENES[name].hardware, tmp_path).items():
+            monkeypatch.setenv(key, value)
+        work = tmp_path / "work"
+        work.mkdir(exist_ok=True)
+        monkeypatch.chdir(work)
+        return work
+
+    yield use
+    stop_sleepers()
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("name", SCENES)
+def test_screen_snapshot(name, size, scene_env, snap_compare):
+    work = scene_env(name)
+    app, ready = SCENES[name].build(work)
+    assert snap_compare(app, terminal_size=SIZES[size], run_before=ready)

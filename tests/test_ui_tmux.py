@@ -1,0 +1,103 @@
+"""A real terminal: tmux runs `tuiwiz`, keys walk the wizard on the demo model, the pane shows training.
+
+CI needs tmux installed (apt-get install -y tmux); without it the test is skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .test_ui_support import demo_built  # noqa: F401  (fixture)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install -y tmux)"),
+]
+
+
+def tuiwiz_command() -> list[str]:
+    script = Path(sys.executable).parent / "tuiwiz"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "tuiwiz"]
+
+
+class Pane:
+    def __init__(self, name: str, socket: Path) -> None:
+        self.name, self.socket = name, str(socket)
+
+    def tmux(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True, check=check)
+
+    def text(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", self.name).stdout
+
+    def keys(self, *keys: str, gap: float = 0.3) -> None:
+        """Type like a person: a key at a time (a burst can outrun a focus change in any Textual app)."""
+        for key in keys:
+            self.tmux("send-keys", "-t", self.name, key)
+            time.sleep(gap)
+
+    def wait(self, *needles: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.text()
+            if all(n in text for n in needles):
+                return text
+            time.sleep(0.2)
+        raise AssertionError(f"{needles} not on the pane after {timeout} s:\n{text}")
+
+    def alive(self) -> bool:
+        return self.tmux("has-session", "-t", self.name, check=False).returncode == 0
+
+
+def test_tuiwiz_in_tmux_trains_the_demo(tmp_path, demo_built):
+    work = tmp_path / "work"
+    work.mkdir()
+    hub = tmp_path / "hf"
+    hub.mkdir()
+    env = {"TUIWIZ_HARDWARE": "cpu-only", "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1",
+           "TEXTUAL_ANIMATIONS": "none", "TUIWIZ_STATE_DIR": os.environ["TUIWIZ_STATE_DIR"],
+           "TUIWIZ_CACHE_DIR": os.environ["TUIWIZ_CACHE_DIR"], "TERM": "xterm-256color"}
+    command = " ".join(["env", *(f"{k}={v}" for k, v in env.items()), *tuiwiz_command()])
+    pane = Pane("tuiwiz-test", tmp_path / "tmux.sock")
+    pane.tmux("new-session", "-d", "-s", pane.name, "-x", "80", "-y", "24", "-c", str(work), command)
+    try:
+        pane.wait("1 Hardware", "no GPU: CPU training", timeout=30)
+        pane.keys("C-n")
+        pane.wait("2 Model", "LlamaForCausalLM", timeout=60)
+        pane.keys("C-n")
+        pane.wait("3 Data", "153 rows, alpaca", timeout=60)
+        pane.keys("C-n")
+        pane.wait("4 Method", "LoRA on the CPU", "★", timeout=30)
+        pane.keys("Down")
+        pane.wait("LoRA on the CPU  fits")
+        pane.keys("C-n")
+        pane.wait("5 Settings", "the profile is valid")
+        pane.keys("Tab")  # profile name -> epochs: the status line names the focused field
+        pane.wait("training.num_train_epochs")
+        pane.keys("Tab")
+        pane.wait("training.max_steps")
+        pane.keys("Home", "C-k", "3")
+        pane.wait("the profile is valid")
+        pane.keys("C-n")
+        pane.wait("6 Review", "tuiwiz --profile profiles/demo-lora.yaml", "Launch")
+        pane.keys("C-n")
+        pane.wait("Train monitor", timeout=60)
+        pane.wait("step 1/3", timeout=180)  # a step reached the monitor
+        text = pane.wait("COMPLETED", "✓ Completed", timeout=180)
+        assert "step 3/3" in text
+        assert "max_steps: 3" in (work / "profiles" / "demo-lora.yaml").read_text()
+        pane.keys("C-q")
+        deadline = time.monotonic() + 20
+        while pane.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not pane.alive(), pane.text()
+    finally:
+        pane.tmux("kill-server", check=False)
