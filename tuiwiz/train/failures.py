@@ -38,7 +38,15 @@ EXTRAS = {"bitsandbytes": "qlora", "deepspeed": "deepspeed"}
 _NO_MODULE = re.compile(r"No module named '([\w.]+)'")
 _PIP_INSTALL = re.compile(r"pip install (?:-U |--upgrade )?'?([A-Za-z][\w.-]*)")
 _CPU_OOM = ("DefaultCPUAllocator: can't allocate memory", "Cannot allocate memory", "std::bad_alloc")
-_DISK_FULL = ("No space left on device", "(os error 28)", "StorageFull")
+# What a full disk (ENOSPC), a used-up quota (EDQUOT) or a file-size limit (EFBIG: FAT32's 4 GiB, ulimit -f)
+# look like once a library has wrapped the OSError: in text only.
+_DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                errno.EFBIG: "a file grew past the size the file system (or a limit) allows"}
+_DISK_TEXT = {"No space left on device": errno.ENOSPC, "(os error 28)": errno.ENOSPC, "StorageFull": errno.ENOSPC,
+              "Disk quota exceeded": errno.EDQUOT, "(os error 122)": errno.EDQUOT,
+              "File too large": errno.EFBIG, "(os error 27)": errno.EFBIG}
+# torch.save's PytorchStreamWriter reports a short write without its errno.
+_SHORT_WRITE = ("file write failed", "unexpected pos")
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -95,10 +103,12 @@ def classify(exc: BaseException) -> Failure:
             "oom_cpu", "the machine ran out of RAM",
             "lower the micro-batch or data.max_length, or close other programs", tail,
         )
-    if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain) or any(s in text for s in _DISK_FULL):
-        return Failure("disk_full", f"the disk is full: {exc}",
+    code = next((e.errno for e in chain if isinstance(e, OSError) and e.errno in _DISK_ERRNOS), None)
+    code = code or next((c for t, c in _DISK_TEXT.items() if t in text), None)
+    if code is not None:
+        return Failure("disk_full", f"{_DISK_ERRNOS[code]}: {exc}",
                        "free space, lower training.save_total_limit, or set output.runs_dir to a bigger disk", tail)
-    if "file write failed" in text:  # torch.save's PytorchStreamWriter hides the errno
+    if "inline_container" in text and any(s in text for s in _SHORT_WRITE):
         return Failure("disk_full", f"writing a checkpoint failed (the disk is probably full): {exc}",
                        "check the free space of output.runs_dir's disk; free space or lower "
                        "training.save_total_limit", tail)
