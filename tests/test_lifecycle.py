@@ -8,6 +8,7 @@ import sys
 import time
 
 import psutil
+import yaml
 import pytest
 
 from tuiwiz.events import read_events
@@ -108,3 +109,34 @@ def test_killing_the_launcher_leaves_the_run_going(tmp_path):
     wait_for(runner_gone, timeout=30)  # it ends by itself once the output is written
     attached = run_cli("attach", run.run_id)
     assert attached.returncode == 0 and "step 120/120" in attached.stdout
+
+
+def test_auto_recover_resumes_with_a_lighter_setting_after_out_of_memory(tmp_path):
+    profile = write_profile(tmp_path, "quickstart.yaml", training__max_steps=12, training__logging_steps=1,
+                            training__save_steps=2, training__auto_recover=2)
+    # An injected CUDA OOM whenever the micro-batch is above 4 (from step 2 on): the first try fails after
+    # its step-2 checkpoint; the recovery halves the micro-batch into gradient accumulation and resumes.
+    result = run_cli("--profile", profile, env={"TUIWIZ_INJECT_OOM_ABOVE_BATCH": "4"})
+    run = only_run(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
+    assert read_state(run).status == "completed"
+    events = read_events(run.events)
+    recovering = [e for e in events if e["type"] == "status" and e["status"] == "recovering"]
+    assert len(recovering) == 1 and "micro-batch" in recovering[0]["message"].lower()
+    assert [e["kind"] for e in events if e["type"] == "error"] == ["oom_gpu"]
+    starts = [e for e in events if e["type"] == "run_start"]
+    assert starts[-1]["resumed_from"].endswith("checkpoint-2")
+    frozen = yaml.safe_load(run.profile.read_text())["training"]
+    assert frozen["per_device_train_batch_size"] == 4 and frozen["gradient_accumulation_steps"] == 2
+    assert (run.path / "profile.before-recovery-1.yaml").exists()
+    assert max(losses(run)) == 12 and "recovering" in result.stdout
+
+
+def test_without_auto_recover_out_of_memory_fails_with_a_hint(tmp_path):
+    profile = write_profile(tmp_path, "quickstart.yaml", training__max_steps=6, training__save_steps=2)
+    result = run_cli("--profile", profile, env={"TUIWIZ_INJECT_OOM_ABOVE_BATCH": "4"})
+    run = only_run(tmp_path)
+    assert result.returncode == 1
+    assert read_state(run).status == "failed"
+    error = [e for e in read_events(run.events) if e["type"] == "error"][-1]
+    assert error["kind"] == "oom_gpu" and "gradient_accumulation_steps" in error["hint"]

@@ -237,6 +237,11 @@ class TrainingConfig(_Strict):
     eval_steps: int | None = Field(None, ge=1, description="Unset: evaluate once per epoch.")
     save_steps: int = Field(500, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
+    auto_recover: int = Field(
+        0, ge=0, le=10,
+        description="After running out of memory, resume from the last checkpoint with a lighter setting, "
+                    "at most this many times.",
+    )
     pad_to_max_length: bool = Field(
         False, description="Pad every batch to data.max_length (the probe run measures the worst case so)."
     )

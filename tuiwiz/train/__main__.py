@@ -15,8 +15,10 @@ def main() -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--worker", action="store_true", help="one rank under accelerate launch")
     parser.add_argument("--node-rank", type=int, help="this machine's rank (multi-node runs)")
+    parser.add_argument("--recovered", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    return run_training(args.run_dir, resume=args.resume, worker=args.worker, node_rank=args.node_rank)
+    return run_training(args.run_dir, resume=args.resume, worker=args.worker, node_rank=args.node_rank,
+                        recovered=args.recovered)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -68,6 +69,12 @@ class RunnerCallback(TrainerCallback):
         self._last_time = time.perf_counter()
         self._last_tokens = self.start_tokens = state.num_input_tokens_seen or 0
         self._emit("status", status="running", step=state.global_step, max_steps=state.max_steps)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        # Fault injection for the recovery tests: an OOM above a micro-batch, from a given step.
+        limit = os.environ.get("TUIWIZ_INJECT_OOM_ABOVE_BATCH")
+        if limit and args.per_device_train_batch_size > int(limit) and state.global_step >= 2:
+            raise torch.OutOfMemoryError("injected: CUDA out of memory (TUIWIZ_INJECT_OOM_ABOVE_BATCH)")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.stop.poll():

@@ -264,7 +264,39 @@ def _train(run: RunDir, profile: Profile, *, resume: bool, events: EventWriter |
     return "completed", {}
 
 
-def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, node_rank: int | None = None) -> int:
+OOM_KINDS = ("oom_gpu", "oom_cpu")
+
+
+def _recover(run: RunDir, profile: Profile, events: EventWriter, failure: Failure, recovered: int) -> None:
+    """After an out-of-memory failure: a lighter profile, then this process replaced by a resuming runner.
+
+    Returns only when there is nothing to recover to.
+    """
+    from ..hardware import probe as probe_hardware
+    from ..modelinfo import inspect_model
+    from ..profile_io import dump_profile
+    from ..recommend import step_down
+
+    step = step_down(profile, inspect_model(profile.model.name_or_path, profile.model.revision, build_demo=True),
+                     probe_hardware(run.path), allow_truncation=False)
+    if step is None:
+        return
+    lighter, reason = step
+    os.replace(run.profile, run.path / f"profile.before-recovery-{recovered + 1}.yaml")
+    header = f"# tuiwiz run {run.run_id}, after out-of-memory recovery {recovered + 1}: {reason}\n"
+    (run.path / "profile.yaml").write_text(header + dump_profile(lighter), encoding="utf-8")
+    events.emit("error", durable=True, **failure.to_event())
+    events.emit("status", status="recovering", durable=True, message=reason, recovery=recovered + 1,
+                checkpoint=str(run.last_checkpoint()) if run.last_checkpoint() else None)
+    events.close()
+    sys.stdout.flush(), sys.stderr.flush()
+    # A fresh process: the failed one's memory (and a CUDA context after an OOM) is best let go whole.
+    os.execv(sys.executable, [sys.executable, "-m", "tuiwiz.train", str(run.path), "--resume",
+                              "--recovered", str(recovered + 1)])
+
+
+def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, node_rank: int | None = None,
+                 recovered: int = 0) -> int:
     """The runner's entry point: one process, a rank under accelerate, or the supervisor of the ranks."""
     run = RunDir(Path(run_dir).resolve())
     if worker:
@@ -288,6 +320,7 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
         update_state(run, status=status, exit_code=exit_code, error=failure.message if failure else None)
         return exit_code
 
+    profile = None
     try:
         events.emit("status", status="loading", resume=resume)
         profile = load_profile(run.profile).profile
@@ -300,7 +333,12 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
         return _run_single(run, profile, events, finish, resume=resume)
     except BaseException as exc:  # every failure is recorded, then the process ends
         traceback.print_exc()
-        return finish("failed", 1, classify(exc))
+        failure = classify(exc)
+        if profile is not None and failure.kind in OOM_KINDS and recovered < profile.training.auto_recover:
+            lock.release()
+            _recover(run, profile, events, failure, recovered)  # replaces this process when it can
+            lock.acquire()
+        return finish("failed", 1, failure)
     finally:
         events.close()
         lock.release()
