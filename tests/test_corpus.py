@@ -90,6 +90,7 @@ PROFILES = [
         "remove !!python/object/apply:os.system", cli=True),
     Bad("python-name.yaml", "the YAML tag !!python/name:os.system is not allowed", 2, "training.optim"),
     Bad("custom-tag.yaml", "the YAML tag !include is not allowed", 1, "data"),
+    Bad("tagged-value.yaml", "the value 'twelve' cannot be read as !!int", 2, None, "remove the !! tag"),
     Bad("token-key.yaml", "'hf_token' looks like a secret", 3, "model.hf_token", "HF_TOKEN", cli=True),
     Bad("token-value.yaml", "this value looks like an access token", 2, "model.name_or_path", "HF_TOKEN"),
     Bad("two-documents.yaml", "not valid YAML: but found another document", 3, None, "one YAML document"),

@@ -336,6 +336,26 @@ def _deep_flow_line(text: str) -> int | None:
     return None
 
 
+def _unreadable_scalar(loader: yaml.SafeLoader, root: yaml.Node) -> yaml.ScalarNode | None:
+    """The first scalar whose tag's constructor fails on its text (only looked for after a failure)."""
+    todo, seen = [root], set()
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                loader.yaml_constructors[node.tag](loader, node)
+            except Exception:
+                return node
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend(reversed(node.value))
+        else:
+            todo.extend(n for pair in reversed(node.value) for n in reversed(pair))
+    return None
+
+
 def _compose(text: str, file: str):
     """(root node, plain data) of YAML text, checked before it is constructed. Raises UserError."""
     deep = _deep_flow_line(text)
@@ -353,7 +373,14 @@ def _compose(text: str, file: str):
         if root is None:
             return None, None
         _check_tree(root, file)
-        return root, loader.construct_document(root)
+        try:
+            return root, loader.construct_document(root)
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError):  # `!!int x`, `!!int ` (PyYAML)
+            node = _unreadable_scalar(loader, root)
+            raise _profile_error(
+                f"the value {node.value!r} cannot be read as {node.tag.replace(_TAG, '!!')}" if node else
+                "a value cannot be read as the type its tag names", file, node, hint="remove the !! tag",
+            ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
