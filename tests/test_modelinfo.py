@@ -77,6 +77,7 @@ def test_saved_weights_are_read_from_safetensors_headers(name, tmp_path):
     from_config = model_from_config(config)
     # module names and shapes found in the weights agree with the per-architecture table
     assert set(info.linear_layers) == set(from_config.linear_layers)
+    assert info.linear_modules == from_config.linear_modules
     assert info.bias_parameters == from_config.bias_parameters == sum(
         p.numel() for n, p in model.named_parameters() if n.endswith(".bias"))
     import torch

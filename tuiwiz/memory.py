@@ -266,7 +266,8 @@ def _quantized_bytes_per_param(plan: Plan) -> float:
     return 0.5 + ((1 + 4 / 256) / 64 if plan.double_quant else 4 / 64)
 
 
-def _optimizer_bytes_per_param(optimizer: str, state_bytes: int) -> float:
+def optimizer_bytes_per_param(optimizer: str, state_bytes: int) -> float:
+    """Optimizer-state bytes per trainable parameter whose dtype has ``state_bytes`` bytes."""
     if optimizer in ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit"):
         return 2 * state_bytes
     if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
@@ -289,7 +290,8 @@ def _layer_activation_bytes(model: ModelInfo, plan: Plan, a: int, r: int, c: Con
     H, q, kv, inter = model.hidden_size, model.q_dim, model.kv_dim, model.intermediate_size
     fused_qkv = any(layer.name in ("qkv_proj", "c_attn", "query_key_value") for layer in model.linear_layers)
     attn_inputs = 1 if (r == a or fused_qkv) else 3
-    mlp_inputs = 1 if (r == a or not model.gated_mlp or any(lr.name == "gate_up_proj" for lr in model.linear_layers)) else 2
+    fused_mlp = any(layer.name == "gate_up_proj" for layer in model.linear_layers)
+    mlp_inputs = 1 if (r == a or not model.gated_mlp or fused_mlp) else 2
     kv_saved = kv if plan.attn_implementation == "flash_attention_2" else q  # sdpa/eager repeat GQA heads
     norms = (4 if model.model_type == "gemma2" else 2) * (4 + r) * H
     attention = a * (attn_inputs * H + q + 2 * kv_saved + q + q)  # inputs, q/k/v, output, o_proj input
@@ -395,7 +397,7 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
         step_temp = 0
     else:
         gradients = T * param_bytes
-        optimizer = int(T * _optimizer_bytes_per_param(plan.optimizer, param_bytes))
+        optimizer = int(T * optimizer_bytes_per_param(plan.optimizer, param_bytes))
         if plan.method == "full" and plan.optimizer == "adafactor":
             optimizer = 4 * (sum(lr.count * (lr.in_features + lr.out_features) for lr in model.linear_layers)
                              + model.vocab_size + model.hidden_size)
@@ -454,11 +456,11 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
         checkpoint = 16 * N  # 16-bit weights, fp32 master and Adam states, and a 16-bit export
         output = 2 * N
     elif full:
-        checkpoint = N * wb + int(N * _optimizer_bytes_per_param(plan.optimizer, wb)) if plan.method == "full" \
-            else N * wb + int(T * _optimizer_bytes_per_param(plan.optimizer, wb))
+        checkpoint = N * wb + int(N * optimizer_bytes_per_param(plan.optimizer, wb)) if plan.method == "full" \
+            else N * wb + int(T * optimizer_bytes_per_param(plan.optimizer, wb))
         output = N * wb
     else:
-        checkpoint = T * 4 + int(T * _optimizer_bytes_per_param(plan.optimizer, 4))
+        checkpoint = T * 4 + int(T * optimizer_bytes_per_param(plan.optimizer, 4))
         output = T * 4
     if full and wb == 4 and plan.precision != "fp32":
         notes.append("the runner saves full fine-tunes in fp32 (the dtype it trains in)")
@@ -467,6 +469,9 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
         cpu_ram=int(cpu_ram), cpu_ram_merge=merge, disk_checkpoint=checkpoint, disk_output=output,
         disk_total=output + plan.save_total_limit * checkpoint, notes=tuple(dict.fromkeys(notes)),
     )
+
+
+_optimizer_bytes_per_param = optimizer_bytes_per_param  # the name tuiwiz/preflight.py imports
 
 
 def gib(n: int | float) -> str:

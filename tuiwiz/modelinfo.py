@@ -12,7 +12,7 @@ import json
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import UserError
@@ -293,8 +293,6 @@ _LAYOUTS = {"decoder": _decoder_layout, "phi3": _phi3_layout, "gpt2": _gpt2_layo
 
 def _with_sequence_classifier(layout: _Layout, config: dict, d: _Dims) -> _Layout:
     """A decoder loaded for classification: ``score`` (no bias) replaces the LM head."""
-    from dataclasses import replace
-
     return replace(layout, lm_head=_num_labels(config) * d.hidden)
 
 
@@ -548,73 +546,59 @@ def inspect_model(name_or_path: str, revision: str | None = None, *, build_demo:
         raise UserError(f"{folder} has no config.json", file=folder, kind="model",
                         hint="point at the folder that holds config.json and the weights")
     raw = _read_json(config_file)
-    config = _text_config(raw)
-    model_type = str(config.get("model_type") or raw.get("model_type") or "")
     try:
-        layout, d, known = config_layout(config)
+        info = model_from_config(raw, name_or_path)
     except KeyError as exc:
         raise UserError(f"config.json lacks the model's shape ({exc.args[0]})", file=config_file, kind="model",
                         hint="is this a transformer language model's config.json?") from None
-    warnings: list[str] = []
-    if not known:
-        warnings.append(f"unknown architecture '{model_type or '?'}': shapes are guessed, the estimate errs high")
-    if config is not raw:
-        warnings.append("multimodal model: the estimate covers its language model")
-    quant = raw.get("quantization_config", {}).get("quant_method") if isinstance(
-        raw.get("quantization_config"), dict) else None
-
+    warnings = list(info.warnings)
+    quant = raw["quantization_config"].get("quant_method") if isinstance(raw.get("quantization_config"),
+                                                                           dict) else None
     files = _weight_files(folder)
-    tensors = tuple(t for f in files for t in read_safetensors_header(f))
-    params = [t for t in tensors if not _is_buffer(t.name)]
-    dtype = config.get("torch_dtype") or config.get("dtype")
-    linears, bias, source_of_count = layout.linears, layout.bias, "config" if known else "estimate"
-    count = layout.total
+    params = [t for f in files for t in read_safetensors_header(f) if not _is_buffer(t.name)]
+    found: dict = {}
     if params and not quant:
-        count = sum(t.numel for t in params)
-        source_of_count = "safetensors"
-        bias = sum(t.numel for t in params if t.name.endswith(".bias"))
-        from_weights = _linears_from_weights(params, conv1d=model_type == "gpt2")
-        if from_weights:
-            linears = from_weights
-        if not dtype:
+        found = dict(num_parameters=sum(t.numel for t in params), parameter_source="safetensors",
+                     bias_parameters=sum(t.numel for t in params if t.name.endswith(".bias")))
+        from_weights = _linears_from_weights(params, conv1d=info.model_type == "gpt2")
+        if from_weights:  # in the table's order where the table knows the module
+            order = [layer.path for layer in info.linear_layers]
+            found["linear_layers"] = tuple(sorted(
+                from_weights, key=lambda lr: order.index(lr.path) if lr.path in order else len(order)))
+        if not info.dtype:
             by_dtype = Counter()
             for t in params:
                 by_dtype[t.dtype] += t.numel
-            dtype = _DTYPE_NAMES.get(by_dtype.most_common(1)[0][0])
+            found["dtype"] = _DTYPE_NAMES.get(by_dtype.most_common(1)[0][0])
     elif quant:
         warnings.append(f"pre-quantized checkpoint ({quant}): parameter count from config.json")
     elif not files:
         warnings.append("no .safetensors weights: parameter count from config.json")
-
-    return ModelInfo(
-        name=name_or_path, path=str(folder), source=source, revision=revision,
-        architecture=(config.get("architectures") or [None])[0], model_type=model_type or "unknown",
-        known_architecture=known, num_layers=d.layers, hidden_size=d.hidden, num_heads=d.heads,
-        num_kv_heads=d.kv_heads, head_dim=d.head_dim, intermediate_size=d.intermediate, vocab_size=d.vocab,
-        tie_word_embeddings=d.tie, dtype=str(dtype) if dtype else None, max_position_embeddings=d.context,
-        license=_license(folder), size_on_disk=_size_on_disk(folder), num_parameters=count,
-        parameter_source=source_of_count, config_parameters=layout.total, linear_layers=linears,
-        embedding_parameters=layout.embedding, lm_head_parameters=layout.lm_head, bias_parameters=bias,
-        gated_mlp=layout.gated_mlp, weight_files=tuple(f.name for f in files), quantization=quant,
-        warnings=tuple(warnings),
-    )
+    return replace(info, path=str(folder), source=source, revision=revision, license=_license(folder),
+                   size_on_disk=_size_on_disk(folder), weight_files=tuple(f.name for f in files),
+                   quantization=quant, warnings=tuple(warnings), **found)
 
 
 def model_from_config(config: dict, name: str = "config") -> ModelInfo:
-    """A ModelInfo from a config dict alone (no files): for planning and tests."""
-    config = _text_config(config)
-    layout, d, known = config_layout(config)
+    """A ModelInfo from a config dict alone (no files): for planning and tests. KeyError without shapes."""
+    text = _text_config(config)
+    layout, d, known = config_layout(text)
+    model_type = str(text.get("model_type") or "unknown")
+    warnings = []
+    if not known:
+        warnings.append(f"unknown architecture '{model_type}': shapes are guessed, the estimate errs high")
+    if text is not config:
+        warnings.append("multimodal model: the estimate covers its language model")
+    dtype = text.get("torch_dtype") or text.get("dtype")
     return ModelInfo(
-        name=name, path=None, source="config", revision=None,
-        architecture=(config.get("architectures") or [None])[0], model_type=str(config.get("model_type", "unknown")),
-        known_architecture=known, num_layers=d.layers, hidden_size=d.hidden, num_heads=d.heads,
-        num_kv_heads=d.kv_heads, head_dim=d.head_dim, intermediate_size=d.intermediate, vocab_size=d.vocab,
-        tie_word_embeddings=d.tie, dtype=config.get("torch_dtype") or config.get("dtype"),
+        name=name, path=None, source="config", revision=None, architecture=(text.get("architectures") or [None])[0],
+        model_type=model_type, known_architecture=known, num_layers=d.layers, hidden_size=d.hidden,
+        num_heads=d.heads, num_kv_heads=d.kv_heads, head_dim=d.head_dim, intermediate_size=d.intermediate,
+        vocab_size=d.vocab, tie_word_embeddings=d.tie, dtype=str(dtype) if dtype else None,
         max_position_embeddings=d.context, license=None, size_on_disk=0, num_parameters=layout.total,
         parameter_source="config" if known else "estimate", config_parameters=layout.total,
         linear_layers=layout.linears, embedding_parameters=layout.embedding, lm_head_parameters=layout.lm_head,
-        bias_parameters=layout.bias, gated_mlp=layout.gated_mlp,
-        warnings=() if known else (f"unknown architecture '{config.get('model_type', '?')}': shapes are guessed",),
+        bias_parameters=layout.bias, gated_mlp=layout.gated_mlp, warnings=tuple(warnings),
     )
 
 

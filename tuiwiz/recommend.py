@@ -204,7 +204,7 @@ def _precision(machine: Machine, gpus: tuple[int, ...]) -> str:
     return "bf16" if all(g.bf16 for g in chosen) else "fp16"
 
 
-def _optimizer(method: str, strategy: str) -> str:
+def _optimizer(method: str) -> str:
     return "paged_adamw_8bit" if method == "qlora" else "adamw_torch"
 
 
@@ -238,7 +238,7 @@ def _search(machine, model, cand, seq, target_batch, precision, task):
     """The largest micro-batch that fits; checkpointing only when it buys a 4x larger one or is needed."""
     n = max(1, len(cand.gpus))
     base = Plan(method=cand.method, device="cuda" if cand.gpus else "cpu", precision=precision, seq_len=seq,
-                strategy=cand.strategy, optimizer=_optimizer(cand.method, cand.strategy), task=task,
+                strategy=cand.strategy, optimizer=_optimizer(cand.method), task=task,
                 fused_loss=task != "classification",
                 lora_targets=_lora_targets(model) if cand.method in ("lora", "qlora", "adalora") else None)
     top = 1 << max(0, int(math.log2(max(1, target_batch // n))))
