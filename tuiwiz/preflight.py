@@ -229,3 +229,26 @@ def check_chat_template(data: LoadedData, model_folder: str | Path, *, field: st
         hint="use a chat (instruct) model, or convert the data to alpaca (instruction/output) or text format",
         file=data.path, field=field, kind="data",
     )
+
+
+# --- model files -------------------------------------------------------------------
+
+
+def check_model_files(model_folder: str | Path, *, field: str = "model.name_or_path") -> None:
+    """Refuse a model folder whose weights are missing, truncated or not safetensors at all.
+
+    Reads the safetensors headers only (a few KB); a folder with pytorch .bin weights alone passes
+    (they cannot be checked without torch).
+    """
+    from .modelinfo import _weight_files, read_safetensors_header
+
+    folder = Path(model_folder)
+    files = _weight_files(folder)
+    if not files and not list(folder.glob("*.bin")):
+        raise UserError(
+            f"the model folder {folder} has no weights (no model.safetensors, no shards, no .bin)",
+            hint="download the model again; the weights are the large files beside config.json",
+            field=field, kind="model",
+        )
+    for path in files:
+        read_safetensors_header(path)

@@ -66,7 +66,7 @@ def _missing_package(chain: list[BaseException]) -> str | None:
             name = getattr(exc, "name", None)
             match = _NO_MODULE.search(str(exc)) or _PIP_INSTALL.search(str(exc))
             found = name or (match.group(1) if match else None)
-            if found and not found.startswith("tuiwiz"):
+            if found and found.split(".")[0] != "tuiwiz":
                 return found.split(".")[0]
     return None
 
