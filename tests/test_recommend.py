@@ -89,7 +89,7 @@ def test_cpu_only_machine_gets_a_cpu_plan():
     assert rec.best.key.startswith("cpu-") and rec.best.plan.device == "cpu" and rec.best.plan.precision == "fp32"
     assert rec.best.fit[0].index is None
     assert rec.best.needed <= machine.ram_available_mb * 2**20
-    assert "NVIDIA GPU" in rec.option("cpu-qlora").rejected
+    assert "dequantising makes every step slower" in rec.option("cpu-qlora").rejected
     assert any("no GPU" in w for w in rec.warnings)
 
 
@@ -223,3 +223,19 @@ def test_modules_import_light(module):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_to_profile_carries_the_distributed_strategy():
+    rec = recommend(probe(snapshot="8x-a100-80gb"), model("llama3-8b"), CHAT_2K, "sft")
+    zero = next(o for o in rec.fitting if o.plan.strategy in ("zero2", "zero3"))
+    profile = to_profile(zero, "meta-llama/Llama-3.1-8B", "data.jsonl")
+    assert profile.distributed.strategy == zero.plan.strategy
+    assert profile.distributed.num_processes == len(zero.gpu_indices) > 1
+
+
+def test_token_stats_of_the_demo_data():
+    from tuiwiz.modelinfo import inspect_model
+    from tuiwiz.rendering import token_stats
+
+    stats = token_stats("demo:alpaca", inspect_model("demo", build_demo=True))
+    assert stats.rows == 153 and 10 < stats.p50 <= stats.p95 <= stats.max < 64

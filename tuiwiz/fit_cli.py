@@ -142,12 +142,8 @@ def _data_stats(args, model):
         return DataStats.assumed(args.seq_len)
     if not args.data:
         return None
-    from . import data
+    from .rendering import token_stats
 
-    token_stats = getattr(data, "token_stats", None)
-    if token_stats is None:
-        raise UserError("token statistics of --data are not available in this version",
-                        hint="pass --seq-len N with your examples' typical length in tokens", field="--data")
     return token_stats(args.data, model, task=args.task)
 
 

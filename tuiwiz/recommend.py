@@ -318,7 +318,7 @@ def recommend(machine: Machine, model: ModelInfo, data_stats: DataStats | None, 
             est = estimate(model, plan)
             options.append((rank, Option(cand.key, cand.title, plan, (), est, (), False, target_batch,
                                          DEFAULT_LEARNING_RATE["qlora"], None, _REASONS["qlora"] + ".",
-                                         "QLoRA needs an NVIDIA GPU (bitsandbytes 4-bit kernels)")))
+                                         "on a CPU 4-bit weights save RAM but dequantising makes every step slower; LoRA fits")))
             continue
         try:
             plan, est, fit, rejected = _search(machine, model, cand, seq, target_batch, precision, task)
@@ -371,10 +371,18 @@ def _method_config(option: Option):
 
 
 def to_profile(option: Option, model_name: str, data_path: str, task: str = "sft") -> Profile:
-    """A valid profile for ``option``. Distributed strategies need the launcher (not in the profile yet)."""
-    from .profile import DataConfig, ModelConfig, TrainingConfig
+    """A valid profile for ``option``, its distributed strategy included."""
+    from .profile import DataConfig, DistributedConfig, ModelConfig, TrainingConfig
 
     plan = option.plan
+    strategy = {"zero3_offload_optimizer": "zero3", "zero3_offload_all": "zero3"}.get(plan.strategy, plan.strategy)
+    n = max(1, len(option.gpu_indices))
+    distributed = DistributedConfig(
+        strategy="single" if strategy == "single" and n == 1 else strategy, num_processes=n,
+        gpus=list(option.gpu_indices) if option.gpu_indices else None,
+        offload_optimizer=plan.strategy in ("zero3_offload_optimizer", "zero3_offload_all"),
+        offload_params=plan.strategy == "zero3_offload_all",
+    )
     return Profile(
         task=task,
         model=ModelConfig(name_or_path=model_name,
@@ -387,6 +395,7 @@ def to_profile(option: Option, model_name: str, data_path: str, task: str = "sft
             gradient_checkpointing=plan.gradient_checkpointing, precision=plan.precision, optim=plan.optimizer,
             learning_rate=option.learning_rate,
         ),
+        distributed=distributed,
     )
 
 

@@ -235,3 +235,27 @@ def length_stats(records: list[dict], format: str, model: ModelText, max_length:
         prompt_too_long=round(prompt_too_long * scale), truncated=round(sum(t > max_length for t in totals) * scale),
         max_length=max_length, lengths=tuple(totals),
     )
+
+
+def token_stats(data_ref: str, model, *, task: str = "sft", columns=None, format: str = "auto"):
+    """The token lengths of a dataset for the planner (``recommend.DataStats``), read light.
+
+    ``data_ref`` is a file or ``demo:NAME``; ``model`` a ``modelinfo.ModelInfo`` whose folder has a tokenizer.
+    """
+    from pathlib import Path as _Path
+
+    from .data import load_dataset_file
+    from .demo import resolve_demo_uri
+    from .profile_io import is_local_data
+    from .recommend import DataStats
+
+    if data_ref.startswith("demo:"):
+        path = resolve_demo_uri(data_ref)
+    elif is_local_data(data_ref):
+        path = _Path(data_ref).expanduser()
+    else:
+        raise UserError(f"token statistics need the data on this machine; '{data_ref}' looks like a hub id",
+                        hint="download it to a file, or pass --seq-len N", field="--data", kind="data")
+    data = load_dataset_file(path, format=format, columns=columns, task=task)
+    stats = length_stats(data.records, data.format, ModelText(model.path), max_length=1 << 30)
+    return DataStats.from_lengths(stats.lengths, source=str(path))
