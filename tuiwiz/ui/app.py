@@ -75,7 +75,7 @@ class TuiwizApp(App[int]):
             return
         self.wizard(self.start_step)
         if self.offer_attach:
-            self._offer_attach()
+            self.set_timer(0.2, self._offer_attach)  # after the first frame: it scans every run
 
     @work(group="wizard", exclusive=True)
     async def wizard(self, start: str = "hardware") -> None:

@@ -218,36 +218,47 @@ class RunReader:
 
     def _open_events(self) -> None:
         path = self.run.events
+        self._tail = EventTail(path)
         try:
             size = path.stat().st_size
         except FileNotFoundError:
-            self._tail = EventTail(path)
             return
-        if size <= SMALL_LOG:
-            self._tail = EventTail(path)
-            for event in self._tail.read():
-                self.apply(event)
-            return
-        self.sampled = True
-        tail_start = size - TAIL_BYTES
-        with open(path, "rb") as handle:
-            head = handle.read(HEAD_BYTES)
+        if size > SMALL_LOG:
+            with open(path, "rb") as handle:
+                head = handle.read(HEAD_BYTES)
             for event in _parse(head[: head.rfind(b"\n") + 1]):
                 self.apply(event)
-            span = tail_start - HEAD_BYTES
+            self._catch_up(HEAD_BYTES, size)
+        self._read_events()
+
+    def _catch_up(self, start: int, size: int) -> None:
+        """Skip a long stretch of the log: sample its lines evenly, then follow from its last TAIL_BYTES."""
+        self.sampled = True
+        tail_start = size - TAIL_BYTES
+        span = tail_start - start
+        with open(self.run.events, "rb") as handle:
             for i in range(STRIDE_SAMPLES):
-                handle.seek(HEAD_BYTES + span * i // STRIDE_SAMPLES)
-                handle.readline()  # the rest of a line cut by the seek
+                handle.seek(start + span * i // STRIDE_SAMPLES)
+                if i or start:
+                    handle.readline()  # the rest of a line cut by the seek
                 line = handle.readline()
                 if line.endswith(b"\n"):
                     for event in _parse(line):
-                        if event.get("type") in ("log", "eval", "checkpoint"):
+                        if event.get("type") in ("log", "eval", "checkpoint", "run_start", "error"):
                             self.apply(event)
-            handle.seek(tail_start)
+            handle.seek(tail_start - 1)
             handle.readline()
-            offset = handle.tell()
-        self._tail = EventTail(path, offset=offset)
-        for event in self._tail.read():
+            self._tail.offset = handle.tell()
+
+    def _read_events(self) -> None:
+        """What is new in events.jsonl; a backlog longer than the tail (a flood, a long absence) is skipped over."""
+        try:
+            size = self.run.events.stat().st_size
+        except FileNotFoundError:
+            return
+        if size - self._tail.offset > 2 * TAIL_BYTES:
+            self._catch_up(self._tail.offset, size)
+        for event in self._tail.read(max_bytes=2 * TAIL_BYTES):
             self.apply(event)
 
     def _read_log(self) -> None:
@@ -262,9 +273,11 @@ class RunReader:
             self._log_offset, self._log_partial = 0, b""
         if size == self._log_offset:
             return
+        if size - self._log_offset > LOG_TAIL_BYTES:  # only the last lines can show: skip the rest
+            self._log_offset, self._log_partial = size - LOG_TAIL_BYTES, b""
         with open(path, "rb") as handle:
             handle.seek(self._log_offset)
-            chunk = handle.read(min(size - self._log_offset, 4 * 1024 * 1024))
+            chunk = handle.read(size - self._log_offset)
         self._log_offset += len(chunk)
         data = self._log_partial + chunk
         cut = data.rfind(b"\n")
@@ -306,8 +319,7 @@ class RunReader:
         if first:
             self._open_events()
         else:
-            for event in self._tail.read():
-                self.apply(event)
+            self._read_events()
         self._read_log()
         self._poll_machine()
         snapshot = self._build()

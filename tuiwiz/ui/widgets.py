@@ -74,3 +74,32 @@ def fit_bar(needed: float, available: float, width: int = 16) -> Text:
     fraction = needed / available
     style = "green" if fraction <= 0.8 else "yellow" if fraction <= 1.0 else "red"
     return Text().append(bar(min(1.0, fraction), width), style=style)
+
+
+def cached_plot(**kwargs):
+    """A textual-plotext plot that builds its picture once per data change or size, not on every repaint.
+
+    PlotextPlot.render rebuilds the whole chart each time the screen repaints (a dialog over it, a
+    neighbour updating): with a few hundred points that is tens of milliseconds a time.
+    """
+    from textual_plotext import PlotextPlot
+
+    class CachedPlot(PlotextPlot):
+        def __init__(self, **options) -> None:
+            super().__init__(**options)
+            self.version = 0
+            self._picture = None
+            self._key = None
+
+        def replot(self) -> None:
+            """Call after changing the data through ``plt``."""
+            self.version += 1
+            self.refresh()
+
+        def render(self):
+            key = (self.version, self.size, self.app.theme)
+            if key != self._key:
+                self._picture, self._key = super().render(), key
+            return self._picture
+
+    return CachedPlot(**kwargs)

@@ -16,6 +16,7 @@ from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static, TabbedContent, TabPane
 
 from ..choices import COLUMN_ROLES, DEMO_DATA_FOR_TASK, FORMATS, TASKS, check_data, suggested_max_length
+from ..widgets import cached_plot
 from ..render import PROMPT_STYLE, TRAINED_STYLE, problem_text, rendered_text
 from .base import StepScreen
 
@@ -192,10 +193,8 @@ class DataScreen(StepScreen):
         self._draw_histogram(holder, stats.lengths, limit)
 
     def _draw_histogram(self, holder, lengths, limit: int) -> None:
-        from textual_plotext import PlotextPlot
-
         if self._plot is None:
-            self._plot = PlotextPlot(id="length-plot")
+            self._plot = cached_plot(id="length-plot")
             holder.display = False
             holder.parent.mount(self._plot)
         plot = self._plot
@@ -205,7 +204,7 @@ class DataScreen(StepScreen):
         plt.hist(list(lengths), bins=min(30, max(5, len(set(lengths)))), color="cyan")
         plt.vertical_line(limit, color="red")
         plt.xlabel(f"tokens per example (red: max length {limit})")
-        plot.refresh()
+        plot.replot()
 
     def _show_problems(self, check) -> None:
         pane = self.query_one("#data-problems", Static)

@@ -72,7 +72,7 @@ class HardwareScreen(StepScreen):
     def on_mount(self) -> None:
         super().on_mount()
         if self.state.machine is None:
-            self.action_probe()
+            self.call_after_refresh(self.action_probe)  # the first frame first; NVML can take a moment
         else:
             self.show(self.state.machine)
 

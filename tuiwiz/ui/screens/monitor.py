@@ -22,7 +22,7 @@ from textual.widgets import Footer, Log, Static
 
 from ..runview import RunReader, RunSnapshot
 from ..units import bar, duration, mib, number
-from ..widgets import StepBar, meter
+from ..widgets import StepBar, cached_plot, meter
 
 REDRAW_SECONDS = 0.5  # charts and panels at most 2 Hz
 LOG_MAX_LINES = 1000
@@ -163,10 +163,8 @@ class MonitorScreen(Screen[str]):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        from textual_plotext import PlotextPlot
-
-        self.loss_plot = PlotextPlot(id="mon-loss")
-        self.lr_plot = PlotextPlot(id="mon-lr")
+        self.loss_plot = cached_plot(id="mon-loss")
+        self.lr_plot = cached_plot(id="mon-lr")
         self.query_one("#mon-loss-box").mount(self.loss_plot)
         self.query_one("#mon-lr-box").mount(self.lr_plot)
         self.query_one("#mon-result").display = False
@@ -238,7 +236,7 @@ class MonitorScreen(Screen[str]):
         if exs:
             plt.plot(list(exs), list(eys), label="eval", color="magenta", marker="braille")
         plt.title("loss" + ("  (history sampled)" if s.sampled else ""))
-        self.loss_plot.refresh()
+        self.loss_plot.replot()
         lxs, lys = s.lr_points
         lr = self.lr_plot.plt
         lr.clear_data()
@@ -246,7 +244,7 @@ class MonitorScreen(Screen[str]):
         if lxs:
             lr.plot(list(lxs), list(lys), color="yellow", marker="braille")
         lr.title("learning rate")
-        self.lr_plot.refresh()
+        self.lr_plot.replot()
 
     # ---------------------------------------------------------------- keys
 
