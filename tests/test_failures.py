@@ -33,6 +33,7 @@ import pytest
 import yaml
 
 from tuiwiz.errors import UserError
+from tuiwiz.profile_io import load_profile
 from tuiwiz.events import read_events
 from tuiwiz.runs import RunDir, read_state
 from tuiwiz.train.failures import NonFiniteLoss, classify
@@ -113,8 +114,8 @@ def assert_failed(result, run: RunDir, kind: str, hint: str) -> dict:
 def test_diverging_loss_stops_the_run_as_nan_loss(tmp_path):
     profile = make_profile(
         tmp_path, "quickstart.yaml", data={"max_length": 64}, method={"type": "full"},
-        training={"max_steps": 4, "learning_rate": 0.9, "weight_decay": 1e6, "max_grad_norm": 0.0,
-                  "per_device_train_batch_size": 2, "logging_steps": 1, "save_steps": 100},
+        training={"max_steps": 6, "warmup_steps": 0, "learning_rate": 0.9, "weight_decay": 1e6,
+                  "max_grad_norm": 0.0, "per_device_train_batch_size": 2, "logging_steps": 1, "save_steps": 100},
     )
     result = run_cli("--profile", profile)
     run = only_run(tmp_path)
@@ -364,3 +365,90 @@ def test_check_model_files(tmp_path, demo_model):
     with pytest.raises(UserError, match="has no weights") as info:
         check_model_files(model)
     assert info.value.field == "model.name_or_path"
+
+
+# --- preflight: disk and RAM a run would run out of -------------------------------------------
+
+GB = 10**9
+
+
+def _profile(**sections):
+    from tuiwiz.profile import Profile
+
+    return Profile.model_validate(sections)
+
+
+def test_disk_need_for_full_fine_tuning_counts_weights_and_adam_states():
+    from tuiwiz.preflight import SMALL_FILES, estimate_disk
+
+    profile = _profile(method={"type": "full"}, training={"save_total_limit": 2})
+    need = estimate_disk(profile, 14 * GB, parameters=7 * GB)  # a 7B model stored in bf16
+    # fp32 weights (the runner trains full fine-tunes in fp32) and two fp32 Adam moments per parameter
+    assert need.checkpoint == 7 * GB * 4 + 7 * GB * 8 + SMALL_FILES
+    assert need.output == 7 * GB * 4 + SMALL_FILES
+    assert need.checkpoints == 3  # the Trainer writes the new checkpoint before it deletes the oldest
+    assert need.total == 3 * need.checkpoint + need.output
+    sgd = estimate_disk(_profile(method={"type": "full"}, training={"optim": "sgd"}), 14 * GB, parameters=7 * GB)
+    assert sgd.checkpoint == 7 * GB * 4 + SMALL_FILES
+
+
+def test_disk_need_for_an_adapter_is_small_and_counts_saves():
+    from tuiwiz.preflight import SMALL_FILES, estimate_disk
+
+    lora = _profile(method={"type": "lora"}, training={"max_steps": 1000, "save_steps": 500})
+    need = estimate_disk(lora, 14 * GB, parameters=7 * GB, trainable=40_000_000)
+    assert need.checkpoint == 40_000_000 * (4 + 8) + SMALL_FILES  # fp32 adapter and its Adam moments
+    assert need.output == 40_000_000 * 4 + SMALL_FILES
+    assert need.checkpoints == 3  # 2 saves + a stop's, but at most save_total_limit + 1
+    few = estimate_disk(_profile(training={"max_steps": 10, "save_steps": 500}), 14 * GB)
+    assert few.checkpoints == 1
+    unbounded = estimate_disk(_profile(training={"save_total_limit": None}), 14 * GB)
+    assert (unbounded.checkpoints, unbounded.exact_count) == (1, False)
+
+
+def test_check_disk_refuses_with_the_numbers(tmp_path):
+    from tuiwiz.preflight import check_disk
+
+    profile = _profile(method={"type": "full"})
+    with pytest.raises(UserError) as info:
+        check_disk(profile, 988 * 10**6, tmp_path / "runs", parameters=494 * 10**6, free_bytes=5 * GB)
+    error = info.value
+    assert error.message == (f"the run needs 20.0 GB free on the disk of {tmp_path / 'runs'} (3 checkpoints of "
+                             "6.0 GB at once, and a 2.0 GB output); 5.0 GB is free")
+    assert (error.field, error.kind) == ("output.runs_dir", "resources")
+    assert "lower training.save_total_limit (now 2)" in error.hint
+    assert check_disk(profile, 988 * 10**6, tmp_path / "runs", parameters=494 * 10**6, free_bytes=21 * GB)
+    check_disk(_profile(), 4_000_000, tmp_path / "not" / "yet")  # the real disk; the folder need not exist
+
+
+def test_check_ram_refuses_with_the_numbers():
+    from tuiwiz.preflight import RUNTIME_RAM, check_ram, estimate_ram
+
+    full = _profile(method={"type": "full"})
+    n = 494 * 10**6
+    assert estimate_ram(full, 0, device="cpu", parameters=n) == RUNTIME_RAM + n * 4 + n * 4 + n * 8
+    assert estimate_ram(_profile(), 0, device="cuda", parameters=n) == RUNTIME_RAM + n * 2
+    qlora = _profile(method={"type": "qlora", "bits": 4})
+    assert estimate_ram(qlora, 0, device="cuda", parameters=n) == RUNTIME_RAM + n // 2
+    with pytest.raises(UserError) as info:
+        check_ram(full, 0, device="cpu", parameters=n, available_bytes=2 * GB)
+    assert info.value.message == "the run needs 8.6 GB of RAM to train on the CPU; 2.0 GB is available"
+    assert info.value.kind == "resources" and "lora or qlora instead of full" in info.value.hint
+    with pytest.raises(UserError, match="to load the model before it moves to the GPU"):
+        check_ram(_profile(), 0, device="cuda", needed_bytes=3 * GB, available_bytes=GB)
+    assert check_ram(full, 0, parameters=n, available_bytes=9 * GB) == RUNTIME_RAM + 16 * n
+
+
+def test_check_resources_on_a_real_model_folder(tmp_path, demo_model, monkeypatch):
+    from tuiwiz import preflight
+
+    profile = load_profile(PROFILES / "demo-full.yaml").profile
+    preflight.check_resources(profile, demo_model, tmp_path / "runs", device="cpu")
+    real = shutil.disk_usage
+
+    def tiny(path):
+        return real(path)._replace(free=10 * 2**20)
+
+    monkeypatch.setattr(preflight.shutil, "disk_usage", tiny)
+    with pytest.raises(UserError, match=r"the run needs 0\.3 GB free .* 0\.0 GB is free"):
+        preflight.check_resources(profile, demo_model, tmp_path / "runs", device="cpu")
