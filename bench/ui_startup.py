@@ -2,8 +2,8 @@
 
 Each trial starts a fresh interpreter in a pseudo-terminal of 80x24, reads what
 it writes until a marker of the first screen appears, then ends it. A Textual
-hello-world is measured the same way for reference. Writes the medians to
-bench/results/ui-startup.json.
+hello-world is measured the same way, trials interleaved, for reference. Writes
+the medians to bench/results/ui-startup.json.
 
     python bench/ui_startup.py [--trials 10]
 """
@@ -93,9 +93,13 @@ def main() -> int:
                "TUIWIZ_STATE_DIR": os.path.join(home, "state"), "TUIWIZ_CACHE_DIR": os.path.join(home, "cache"),
                "TUIWIZ_HARDWARE": os.environ.get("TUIWIZ_HARDWARE", "rtx4090-24gb"), "HF_HUB_OFFLINE": "1"}
         results = {}
-        for name, (argv, marker) in CASES.items():
+        times_of = {name: [] for name in CASES}
+        for argv, marker in CASES.values():
             first_frame(argv, marker, env)  # warm the file cache and .pyc files
-            times = [first_frame(argv, marker, env) for _ in range(args.trials)]
+        for _ in range(args.trials):  # interleaved, so a busy machine weighs on both alike
+            for name, (argv, marker) in CASES.items():
+                times_of[name].append(first_frame(argv, marker, env))
+        for name, times in times_of.items():
             results[name] = {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
                              "max_s": round(max(times), 3), "trials": args.trials}
             print(f"{name:22s} median {results[name]['median_s']:.3f} s  "
@@ -105,6 +109,7 @@ def main() -> int:
         "what": "seconds from spawning the process in an 80x24 pseudo-terminal to its first screen on it",
         "target_s": 0.45,
         "cpu_count": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
         "results": results,
     }

@@ -24,6 +24,63 @@ SAMPLES = 3
 
 
 class DataScreen(StepScreen):
+    SCOPED_CSS = False  # its rules name the screen: loaded with it, not at start-up
+    DEFAULT_CSS = """
+    #data-source, #data-options, #length-row {
+        height: 1;
+        margin: 0 1;
+    }
+
+    #data-path {
+        width: 1fr;
+    }
+
+    #data-browse {
+        margin-left: 1;
+    }
+
+    #data-options Select {
+        width: 20;
+    }
+
+    #data-summary {
+        width: 1fr;
+        color: $text-muted;
+    }
+
+    #data-tabs {
+        height: 1fr;
+    }
+
+    #data-tabs TabPane {
+        padding: 0 1;
+    }
+
+    .sample {
+        margin-top: 1;
+    }
+
+    #data-max-length {
+        width: 12;
+    }
+
+    #length-stats {
+        width: 1fr;
+    }
+
+    #length-plot {
+        height: 1fr;
+    }
+
+    #columns-grid {
+        grid-size: 2;
+        grid-columns: 14 1fr;
+        grid-rows: 1;
+        grid-gutter: 0 1;
+        height: auto;
+        margin-top: 1;
+    }
+    """
     STEP = "data"
     AUTO_FOCUS = "#data-path"
     BINDINGS = [Binding("ctrl+o", "browse", "Browse", id="browse")]

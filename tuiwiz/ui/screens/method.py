@@ -83,6 +83,35 @@ def option_detail(option, recommendation, machine) -> Group:
 
 
 class MethodScreen(StepScreen):
+    SCOPED_CSS = False  # its rules name the screen: loaded with it, not at start-up
+    DEFAULT_CSS = """
+    #method-main {
+        height: 1fr;
+    }
+
+    #method-table {
+        height: auto;
+        max-height: 9;
+        margin: 0 1;
+    }
+
+    #method-detail {
+        height: 1fr;
+    }
+
+    MethodScreen.-wide #method-main {
+        layout: horizontal;
+    }
+
+    MethodScreen.-wide #method-table {
+        width: 1fr;
+        max-height: 100%;
+    }
+
+    MethodScreen.-wide #method-detail {
+        width: 1fr;
+    }
+    """
     STEP = "method"
     AUTO_FOCUS = "#method-table"
 

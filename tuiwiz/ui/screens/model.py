@@ -67,6 +67,33 @@ def _builtin_options() -> list[Option]:
 
 
 class ModelScreen(StepScreen):
+    SCOPED_CSS = False  # its rules name the screen: loaded with it, not at start-up
+    DEFAULT_CSS = """
+    #model-main {
+        height: 1fr;
+    }
+
+    #model-left {
+        width: 34;
+    }
+
+    #model-list {
+        height: 1fr;
+        border: round $surface-lighten-2;
+    }
+
+    #model-right {
+        width: 1fr;
+    }
+
+    #model-entry {
+        margin: 0 1;
+    }
+
+    ModelScreen.-wide #model-left {
+        width: 50;
+    }
+    """
     STEP = "model"
     AUTO_FOCUS = "#model-list"
 

@@ -133,6 +133,61 @@ def result_text(s: RunSnapshot) -> Text:
 
 class MonitorScreen(Screen[str]):
     """Follow one run. Answers "detach", "new" or "runs"."""
+    SCOPED_CSS = False  # its rules name the screen: loaded with it, not at start-up
+    DEFAULT_CSS = """
+    #mon-status {
+        height: auto;
+        padding: 0 1;
+    }
+
+    #mon-charts {
+        height: 1fr;
+        min-height: 6;
+    }
+
+    #mon-loss-box {
+        width: 1fr;
+    }
+
+    #mon-lr-box {
+        display: none;
+        width: 1fr;
+    }
+
+    MonitorScreen.-wide #mon-lr-box {
+        display: block;
+        width: 2fr;
+    }
+
+    MonitorScreen.-wide #mon-loss-box {
+        width: 3fr;
+    }
+
+    #mon-result {
+        height: auto;
+        border: round $success;
+        padding: 0 1;
+    }
+
+    #mon-result.failed {
+        border: round $error;
+    }
+
+    #mon-log {
+        height: 6;
+        border: round $surface-lighten-2;
+        border-title-color: $text-muted;
+    }
+
+    MonitorScreen.-tall #mon-log {
+        height: 12;
+    }
+
+    MonitorScreen.-short #mon-result {
+        border: none;
+        background: $boost;
+    }
+    """
 
     BINDINGS = [
         Binding("s", "stop", "Stop", id="stop"),

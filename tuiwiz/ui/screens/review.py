@@ -17,6 +17,23 @@ from .base import StepScreen
 
 
 class ReviewScreen(StepScreen):
+    SCOPED_CSS = False  # its rules name the screen: loaded with it, not at start-up
+    DEFAULT_CSS = """
+    #review-where {
+        height: auto;
+        padding: 0 1;
+    }
+
+    #review-yaml {
+        height: 1fr;
+    }
+
+    #review-problem {
+        height: auto;
+        max-height: 6;
+        padding: 0 1;
+    }
+    """
     STEP = "review"
     AUTO_FOCUS = "#review-yaml"
     NEXT_LABEL = "Launch ▶"

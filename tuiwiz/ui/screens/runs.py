@@ -22,6 +22,19 @@ REFRESH_SECONDS = 2.0
 
 
 class RunsScreen(Screen[str]):
+    SCOPED_CSS = False  # its rules name the screen: loaded with it, not at start-up
+    DEFAULT_CSS = """
+    #runs-table {
+        height: 1fr;
+    }
+
+    #runs-detail {
+        height: auto;
+        max-height: 4;
+        padding: 0 1;
+        border-top: solid $surface-lighten-2;
+    }
+    """
     AUTO_FOCUS = "#runs-table"
     BINDINGS = [
         Binding("enter", "attach", "Attach", id="attach", show=True),

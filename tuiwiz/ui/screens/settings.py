@@ -17,6 +17,57 @@ from .base import StepScreen
 
 
 class SettingsScreen(StepScreen):
+    SCOPED_CSS = False  # its rules name the screen: loaded with it, not at start-up
+    DEFAULT_CSS = """
+    #settings-form {
+        height: 1fr;
+        padding: 0 1;
+    }
+
+    .form-row {
+        height: 1;
+    }
+
+    .form-label {
+        width: 26;
+        color: $text-muted;
+    }
+
+    .form-row Input {
+        width: 1fr;
+        max-width: 40;
+    }
+
+    .form-row Select {
+        width: 30;
+    }
+
+    .form-error {
+        display: none;
+        padding-left: 26;
+        height: auto;
+    }
+
+    #settings-problem {
+        padding-left: 0;
+    }
+
+    #settings-advanced {
+        padding: 0;
+        margin-top: 1;
+        border: none;
+    }
+
+    #settings-advanced Contents {
+        padding: 0;
+    }
+
+    .form-row Checkbox {
+        width: 8;
+        padding: 0;
+        border: none;
+    }
+    """
     STEP = "settings"
     AUTO_FOCUS = "#f-name"
 
