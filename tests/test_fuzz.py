@@ -259,7 +259,8 @@ def test_random_json_lines(lines, options):
 @FAST
 @given(st.lists(RECORD, max_size=6), st.sampled_from(["array", "wrapped", "mangled"]), st.data(), OPTIONS)
 def test_random_json_arrays(records, shape, data, options):
-    text = json.dumps(records if shape != "wrapped" else {"data": records}, indent=data.draw(st.sampled_from([None, 2])))
+    indent = data.draw(st.sampled_from([None, 2]))
+    text = json.dumps(records if shape != "wrapped" else {"data": records}, indent=indent)
     if shape == "mangled" and text:
         cut = data.draw(st.integers(0, len(text)))
         text = text[:cut] + data.draw(st.sampled_from(["", ",", "]", "}", "\n", "x", '"'])) + text[cut:]

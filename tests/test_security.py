@@ -273,7 +273,7 @@ def test_the_package_loads_no_pickle_but_torch_load_with_weights_only():
 
 
 def test_installed_transformers_trainer_loads_checkpoints_with_weights_only():
-    """Every torch.load in transformers' Trainer (resume: optimizer, scheduler, scaler, RNG) passes weights_only=True."""
+    """Every torch.load in transformers' Trainer (resume: optimizer, scheduler, scaler, RNG) has weights_only=True."""
     import transformers.trainer as trainer_module
     from peft.utils import save_and_load
     from transformers.modeling_utils import load_state_dict

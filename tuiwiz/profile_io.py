@@ -148,9 +148,10 @@ def _hint_for(error: dict) -> str | None:
             return f"did you mean '{close[0]}'?"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         name = _dotted(loc).rpartition(".")[2] or "section"
-        return f"indent the section's keys under its name:  {name}:  then  KEY: VALUE  on the lines below, two spaces in"
+        return f"write the section's name alone,  {name}:  and its KEY: VALUE lines below it, indented two spaces"
     if kind == "string_pattern_mismatch" and _dotted(loc) == "output.run_name":
-        return "letters, digits, '.', '_' and '-', starting with a letter or digit: it names a folder in output.runs_dir"
+        return ("letters, digits, '.', '_' and '-', starting with a letter or digit: "
+                "it names a folder in output.runs_dir")
     return None
 
 
