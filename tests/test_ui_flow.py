@@ -10,7 +10,7 @@ import pytest
 from tuiwiz.runs import ACTIVE, effective_status
 from tuiwiz.ui.app import TuiwizApp
 from tuiwiz.ui.choices import WizardState, save_and_launch
-from tuiwiz.ui.testing import prepared_state, screen_text, wait_for
+from tuiwiz.ui.testing import prepared_state, screen_text, wait_for, widget_text
 
 from .test_ui_support import demo_built, ui_env  # noqa: F401  (fixtures)
 
@@ -54,6 +54,14 @@ async def test_wizard_from_hardware_to_a_completed_run(ui_env):
         await pilot.press("ctrl+n")
         await wait_for(pilot, lambda: on(app, "ReviewScreen"))
         assert "profiles/demo-lora.yaml" in screen_text(app)
+        # the probe run: real steps at full length in the runner, measured peak against the estimate
+        await pilot.press("p")
+        await wait_for(pilot, lambda: app.screen.probe_result is not None, timeout=180)
+        result = app.screen.probe_result
+        assert result.fits and result.last.measured_mb > 0
+        probe_panel = widget_text(app.screen.query_one("#review-probe"))
+        assert "Probe run: fits" in probe_panel and "estimated" in probe_panel and "measured" in probe_panel
+        assert app.state.profile.fit is not None  # the measurement goes into the saved profile
         await pilot.press("ctrl+n")
         await wait_for(pilot, lambda: on(app, "MonitorScreen"), timeout=60)
         monitor = app.screen

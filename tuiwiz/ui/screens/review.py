@@ -8,12 +8,36 @@ from rich.syntax import Syntax
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from ...errors import UserError
 from ..choices import headless_command, profile_path, relative
 from .base import StepScreen
+
+
+PROBE_STEPS = 3
+
+
+def probe_text(result) -> Text:
+    """Estimated against measured peak memory, per attempt, and what was changed to fit."""
+    where = "GPU" if result.device == "cuda" else "RAM"
+    text = Text("Probe run: ", style="bold")
+    text.append("fits" if result.fits else "does not fit", style="bold green" if result.fits else "bold red")
+    text.append(f" ({result.budget_mb:,.0f} MiB of {where} available)")
+    for attempt in result.attempts:
+        measured = f"{attempt.measured_mb:,.0f} MiB" if attempt.measured_mb is not None else "-"
+        t = attempt.profile.training
+        text.append(f"\n  estimated {attempt.estimated_mb:,.0f} MiB, measured {measured} "
+                    f"(micro-batch {t.per_device_train_batch_size}, max length {attempt.profile.data.max_length})")
+        if attempt.error_kind:
+            text.append(f" {attempt.error_kind}", style="red")
+    for change in result.changes:
+        text.append(f"\n  changed: {change}", style="yellow")
+    if result.needs_consent:
+        text.append(f"\n  would need: {result.needs_consent} (go Back to Settings to shorten it)", style="yellow")
+    return text
 
 
 class ReviewScreen(StepScreen):
@@ -28,6 +52,12 @@ class ReviewScreen(StepScreen):
         height: 1fr;
     }
 
+    #review-probe {
+        height: auto;
+        max-height: 8;
+        padding: 0 1;
+    }
+
     #review-problem {
         height: auto;
         max-height: 6;
@@ -36,6 +66,7 @@ class ReviewScreen(StepScreen):
     """
     STEP = "review"
     AUTO_FOCUS = "#review-yaml"
+    BINDINGS = [Binding("p", "probe", "Probe run", id="probe")]
     NEXT_LABEL = "Launch ▶"
 
     def body(self) -> ComposeResult:
@@ -43,28 +74,34 @@ class ReviewScreen(StepScreen):
         with VerticalScroll(id="review-yaml", classes="panel") as box:
             box.border_title = "Profile"
             yield Static("", id="review-profile")
+        yield Static("", id="review-probe")
         yield Static("", id="review-problem")
 
     def on_mount(self) -> None:
         super().on_mount()
         self.launching = False
-        profile = self.state.profile
-        name = self.state.profile_name or "profile"
-        if profile is None:
+        self.probing = False
+        self.probe_result = None
+        if self.state.profile is None:
             self.query_one("#review-profile", Static).update(Text("No valid profile yet: go back to Settings.",
                                                                   style="red"))
             self.update_nav()
             return
+        self._show_profile()
+        self.say("Launch saves the profile and starts the run (p first: a probe run checks it fits)")
+        self.update_nav()
+
+    def _show_profile(self) -> None:
         from ...profile_io import dump_profile
 
+        profile = self.state.profile
+        name = self.state.profile_name or "profile"
         where = Text.assemble(("Saved as    ", "bold"), relative(profile_path(self.state, name), self.state.workdir),
                               ("\nHeadless    ", "bold"), (headless_command(self.state, name), "cyan"),
                               ("\nRuns go to  ", "bold"), self._runs_dir(profile))
         self.query_one("#review-where", Static).update(where)
         self.query_one("#review-profile", Static).update(
             Syntax(dump_profile(profile), "yaml", theme="ansi_dark", background_color="default"))
-        self.say("Launch saves the profile and starts the run; it keeps going if you quit")
-        self.update_nav()
 
     def _runs_dir(self, profile) -> str:
         from pathlib import Path
@@ -73,7 +110,62 @@ class ReviewScreen(StepScreen):
         return relative(folder, self.state.workdir.resolve()) + "/"
 
     def ready(self) -> bool:
-        return self.state.profile is not None and not getattr(self, "launching", False)
+        return (self.state.profile is not None and not getattr(self, "launching", False)
+                and not getattr(self, "probing", False))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "probe":
+            return (self.state.profile is not None and not getattr(self, "probing", False)
+                    and not getattr(self, "launching", False)) or None
+        return super().check_action(action, parameters)
+
+    # ---------------------------------------------------------------- the probe run
+
+    def action_probe(self) -> None:
+        """A few real steps at full length in the real runner: the measured peak against the estimate."""
+        self.probing = True
+        self.update_nav()
+        self.query_one("#review-probe", Static).update(Text(
+            "Probe run: a few real steps at the longest length, in the runner…", style="italic"))
+        self.say("probing: this runs the real trainer for a few steps")
+        state, profile, name = self.state, self.state.profile, self.state.profile_name
+
+        def job() -> None:
+            from ...probe import probe
+            from ...profile_io import LoadedProfile, resolve_paths
+
+            loaded = LoadedProfile(resolve_paths(profile, state.profiles_dir), profile_path(state, name))
+            try:
+                result = probe(loaded, steps=PROBE_STEPS)
+            except UserError as exc:
+                self.app.call_from_thread(self._probed, None, exc)
+                return
+            self.app.call_from_thread(self._probed, result, None)
+
+        # The app owns the probe: it runs the trainer, and must not die with a screen.
+        self.app.run_worker(job, thread=True, group="probe", exclusive=True, exit_on_error=False)
+
+    def _probed(self, result, error: UserError | None) -> None:
+        self.probing = False
+        self.probe_result = result
+        panel = self.query_one("#review-probe", Static) if self.is_attached else None
+        if error is not None:
+            if panel is not None:
+                panel.update(Text(f"Probe run failed: {error}", style="red"))
+                self.say("the probe failed; see the message above")
+                self.update_nav()
+            return
+        text = probe_text(result)
+        if result.fits:
+            # keep the user's choices, add what the probe measured (and any step-down it needed)
+            self.state.profile = result.profile
+        if panel is not None:
+            panel.update(text)
+            self._show_profile()
+            self.say("the probe fits: launch when ready" if result.fits else "the probe says it does not fit")
+            self.update_nav()
+
+
 
     async def advance(self) -> None:
         self.launching = True
