@@ -316,3 +316,21 @@ async def test_quit_without_runs_exits_at_once(ui_env):
         await pilot.pause()
     assert app.return_value == 0
     assert app.farewell() == []
+
+
+async def test_monitor_next_actions_after_a_completed_run(ui_env):
+    path = write_fixture_run(ui_env / "runs", status="completed")
+    app = TuiwizApp(attach=str(path), offer_attach=False, blink=False, clock=fixed_clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "MonitorScreen") and app.screen.snapshot is not None)
+        monitor = app.screen
+        assert "✓ Completed" in screen_text(app) and "m merge" in screen_text(app)
+        assert monitor.check_action("post", ("merge",)) is True and monitor.check_action("stop", ()) is False
+        await pilot.press("e")
+        await wait_for(pilot, lambda: on(app, "ChoiceDialog"))
+        await pilot.press("down", "down", "enter")  # gguf
+        # headless there is no terminal to hand over: the command is named instead of run
+        await wait_for(pilot, lambda: monitor.last_command is not None)
+        assert monitor.last_command == ["export", str(path), "--format", "gguf"]
+        await pilot.press("n")
+        await wait_for(pilot, lambda: on(app, "ModelScreen"))

@@ -157,3 +157,38 @@ class PathPicker(ModalScreen[Path | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class ChoiceDialog(ModalScreen[str | None]):
+    """Pick one of a few labelled values (Enter), or Escape for none."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="cancel")]
+    DEFAULT_CSS = """
+    ChoiceDialog { align: center middle; }
+    ChoiceDialog > Vertical { width: 60; max-width: 95%; height: auto; max-height: 80%; border: thick $primary;
+                              background: $surface; padding: 0 1; }
+    ChoiceDialog OptionList { height: auto; max-height: 12; border: none; }
+    """
+
+    def __init__(self, title: str, choices: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.title_text = title
+        self.choices = choices  # (value, label)
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import OptionList
+        from textual.widgets.option_list import Option
+
+        with Vertical():
+            yield Label(self.title_text)
+            yield OptionList(*(Option(label, id=value) for value, label in self.choices), id="choices")
+
+    def on_mount(self) -> None:
+        self.query_one("#choices").focus()
+
+    def on_option_list_option_selected(self, event) -> None:
+        event.stop()
+        self.dismiss(event.option.id)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -28,7 +28,13 @@ REDRAW_SECONDS = 0.5  # charts and panels at most 2 Hz
 LOG_MAX_LINES = 1000
 STATUS_STYLE = {"running": "bold green", "completed": "bold green", "failed": "bold red", "stopped": "bold yellow",
                 "stopping": "bold yellow", "loading": "bold cyan", "starting": "bold cyan", "created": "cyan"}
-POST_TRAINING = ("merge", "export", "chat")
+EXPORT_FORMATS = [
+    ("merged", "merged: the base model with the adapter folded in (safetensors)"),
+    ("adapter", "adapter: the PEFT adapter alone, with a model card"),
+    ("gguf", "gguf: one file for llama.cpp"),
+    ("ollama", "ollama: a GGUF and its Modelfile"),
+    ("onnx", "onnx: for ONNX Runtime"),
+]
 
 
 class RunUpdated(Message):
@@ -206,6 +212,7 @@ class MonitorScreen(Screen[str]):
         self.redraws = 0  # chart redraws, for tests and bench/ui_events.py
         self._dirty = False
         self._chart_key = None
+        self.last_command: list[str] | None = None  # the post-training command last run (for tests)
 
     def compose(self) -> ComposeResult:
         yield StepBar(title=f"Train monitor · {self.run.run_id}")
@@ -353,19 +360,29 @@ class MonitorScreen(Screen[str]):
     def action_new_run(self) -> None:
         self.dismiss("new")
 
-    def action_post(self, what: str) -> None:
-        """Merge, export or chat: the post-training commands, run in this terminal while the app waits."""
+    @work
+    async def action_post(self, what: str) -> None:
+        """Merge, export or chat: the post-training commands, run in this terminal while the app waits.
+
+        They load the model with torch, which this process never imports: they run as `tuiwiz` commands.
+        """
         import subprocess
         import sys
 
         argv = [sys.executable, "-m", "tuiwiz", what, str(self.run.path)]
         if what == "export":
-            argv += ["--format", "merged"]
+            from .dialogs import ChoiceDialog
+
+            fmt = await self.app.push_screen_wait(ChoiceDialog("Export as", EXPORT_FORMATS))
+            if fmt is None:
+                return
+            argv += ["--format", fmt]
+        self.last_command = argv[3:]
         try:
             with self.app.suspend():
                 print(f"$ tuiwiz {' '.join(argv[3:])}\n", flush=True)
                 code = subprocess.call(argv)
                 input(f"\n[{'done' if code == 0 else f'exit code {code}'}] press Enter to return to tuiwiz ")
-        except Exception as exc:  # no terminal to hand over (headless, some Windows consoles)
+        except Exception as exc:  # no terminal to hand over (headless, some consoles)
             self.notify(f"run it in a shell: tuiwiz {' '.join(argv[3:])} ({type(exc).__name__})",
                         severity="warning")
