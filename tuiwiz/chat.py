@@ -9,6 +9,7 @@ model's answer from the same loaded weights, for side-by-side comparison.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import threading
@@ -112,6 +113,36 @@ def check_fits(source: ChatSource, *, device: str | None, memory_budget_mb: floa
             kind="resources",
         )
     return need
+
+
+@functools.cache
+def _streaming_classes():
+    """(StopOnEvent, CountingStreamer), defined once torch and transformers are wanted."""
+    import torch
+    from transformers import StoppingCriteria, TextIteratorStreamer
+
+    class StopOnEvent(StoppingCriteria):
+        """Ends generation at the next token once the event is set."""
+
+        def __init__(self, event: threading.Event) -> None:
+            self.event = event
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    class CountingStreamer(TextIteratorStreamer):
+        """Counts generated tokens and notes when the first one came."""
+
+        tokens = 0
+        first: float | None = None
+
+        def put(self, value):
+            if not self.next_tokens_are_prompt:
+                self.first = self.first or time.perf_counter()
+                self.tokens += value.numel()
+            return super().put(value)
+
+    return StopOnEvent, CountingStreamer
 
 
 class ChatEngine:
@@ -236,26 +267,9 @@ class ChatEngine:
             raise UserError("this model has no adapter to switch off", hint="a merged or full model is all one",
                             kind="input")
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteriaList
 
-        event = self._stop
-
-        class StopOnEvent(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-        class CountingStreamer(TextIteratorStreamer):
-            tokens = 0
-            first: float | None = None
-
-            def put(self, value):
-                if self.next_tokens_are_prompt:
-                    return super().put(value)
-                if self.first is None:
-                    self.first = time.perf_counter()
-                self.tokens += value.numel()
-                return super().put(value)
-
+        StopOnEvent, CountingStreamer = _streaming_classes()
         with self._lock:
             self._stop.clear()
             started = time.perf_counter()
@@ -264,7 +278,7 @@ class ChatEngine:
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 \
                 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
             kwargs = dict(**inputs, streamer=streamer, max_new_tokens=max_new_tokens,
-                          stopping_criteria=StoppingCriteriaList([StopOnEvent()]),
+                          stopping_criteria=StoppingCriteriaList([StopOnEvent(self._stop)]),
                           pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
                           **sampling, **generate_kwargs)
             failure: list[BaseException] = []
