@@ -22,8 +22,8 @@ from .conftest import PROFILES, run_cli
 # name -> (shipped profile, overrides); steps kept small: the suite must stay fast
 RECIPES = {
     "lora": ("quickstart.yaml", {"training": {"max_steps": 30, "save_steps": 1000}}),
-    "dora": ("demo-lora-dora.yaml", {"training": {"max_steps": 15, "save_steps": 1000}}),
-    "ia3": ("demo-ia3.yaml", {"training": {"max_steps": 15, "save_steps": 1000}}),
+    "dora": ("demo-lora-dora.yaml", {"training": {"max_steps": 8, "save_steps": 1000}}),
+    "ia3": ("demo-ia3.yaml", {"training": {"max_steps": 10, "save_steps": 1000}}),
 }
 
 
@@ -235,3 +235,64 @@ def test_refuses_unfinished_runs_and_notes_qlora(tmp_path_factory, tmp_path):
         plan_merge(str(failed.path))
     result = run_cli("merge", "no-such-run")
     assert result.returncode == 2 and "no run" in result.stderr
+
+
+def _gpt2():
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, bos_token_id=0,
+                                      eos_token_id=0))
+
+
+def _demo():
+    from transformers import AutoModelForCausalLM
+
+    from tuiwiz.demo import ensure_demo_model
+
+    return AutoModelForCausalLM.from_pretrained(ensure_demo_model())
+
+
+@pytest.mark.parametrize("case", ["adalora", "lora-bias-alpha-pattern", "lora-embedding", "gpt2-dora-fan-in-fan-out",
+                                  "gpt2-ia3-fan-in-fan-out"])
+def test_delta_formulas_equal_peft_for_more_variants(tmp_path, case):
+    """The per-module formulas against peft's merge_and_unload, for variants the trained runs do not cover."""
+    import peft
+    import torch
+
+    from tuiwiz.merge import _merged_bias, _merged_weight, _read_adapter
+
+    model, config = {
+        "adalora": (_demo, lambda: peft.AdaLoraConfig(task_type="CAUSAL_LM", total_step=100, init_r=6, target_r=4,
+                                                       target_modules=["q_proj", "v_proj"])),
+        "lora-bias-alpha-pattern": (_demo, lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
+                                                                    lora_bias=True,
+                                                                    alpha_pattern={"layers.1.self_attn.q_proj": 2})),
+        "lora-embedding": (_demo, lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"])),
+        "gpt2-dora-fan-in-fan-out": (_gpt2, lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"],
+                                                                     fan_in_fan_out=True, use_dora=True)),
+        "gpt2-ia3-fan-in-fan-out": (_gpt2, lambda: peft.IA3Config(target_modules=["c_attn", "c_fc"],
+                                                                   feedforward_modules=["c_fc"], fan_in_fan_out=True)),
+    }[case]
+    base = model()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    wrapped = peft.get_peft_model(base, config())
+    torch.manual_seed(3)
+    with torch.no_grad():  # trained-looking adapter weights: every part non-zero
+        for name, param in wrapped.named_parameters():
+            if "lora_" in name or "ia3_" in name:
+                param.add_(torch.randn_like(param) * 0.05)
+    wrapped.save_pretrained(tmp_path)
+    reference = {k: v.clone() for k, v in wrapped.merge_and_unload().state_dict().items()}
+    adapter_config = json.loads((tmp_path / "adapter_config.json").read_text())
+    modules, _ = _read_adapter(tmp_path)
+    assert modules
+    for module, adapter in modules.items():
+        weight = _merged_weight(before[f"{module}.weight"], adapter, module, adapter_config)
+        assert not torch.equal(weight, before[f"{module}.weight"]), module
+        torch.testing.assert_close(weight, reference[f"{module}.weight"], rtol=1e-5, atol=1e-6, msg=module)
+        if f"{module}.bias" in before:
+            bias = _merged_bias(before[f"{module}.bias"], adapter, module, adapter_config)
+            bias = before[f"{module}.bias"] if bias is None else bias
+            torch.testing.assert_close(bias, reference[f"{module}.bias"], rtol=1e-5, atol=1e-6, msg=module)

@@ -61,10 +61,12 @@ def read_model_card(source, artifact: str) -> ModelCard:
     except (OSError, ValueError):
         profile = {}
     hyper = []
+    steps_rule = (profile.get("training") or {}).get("max_steps", -1) > 0  # then epochs do not count
     for section, key in HYPERPARAMETERS:
         value = (profile.get(section) or {}).get(key)
-        if value is not None and value != -1:
-            hyper.append((f"{section}.{key}", value))
+        if value is None or value == -1 or (key == "num_train_epochs" and steps_rule):
+            continue
+        hyper.append((f"{section}.{key}", value))
     metrics: dict = {}
     for event in read_events(source.run.events):
         if event.get("type") == "run_end" and event.get("status") == "completed":
