@@ -5,9 +5,9 @@ Real failing runs through the CLI and the detached runner, on the demo model:
 - weights truncated or removed after the launch's checks -> model_corrupt / model_missing;
 - the runner SIGKILLed mid-run -> `runs --json` and `attach` say failed, never running;
 - `import bitsandbytes` failing (a shadowing package on PYTHONPATH) for QLoRA -> dependency_missing;
-- out of memory: an address-space limit (RLIMIT_AS, 8 GiB) on the launcher, inherited by the runner,
-  and a single 17k-token packed sequence under eager attention, whose score matrix alone needs
-  4.6 GB: torch's CPU allocator really fails -> oom_cpu (skipped where a GPU would take the run);
+- out of memory: an address-space limit (RLIMIT_AS, 8 GiB) on the runner and a single 17k-token
+  packed sequence under eager attention, whose score matrix alone needs 4.6 GB: torch's CPU
+  allocator really fails -> oom_cpu (skipped where a GPU would take the run);
 - a full disk: a file-size limit (RLIMIT_FSIZE, 2 MB) makes the first checkpoint's write fail with
   EFBIG, the same path as ENOSPC (an OSError from deep inside safetensors). A real ENOSPC needs a
   full file system (root, or a tmpfs); it is unit-tested with a real write to /dev/full instead.
@@ -206,7 +206,7 @@ def _has_gpu() -> bool:
     return probe().has_gpu
 
 
-def _run_limited(args, limit: int, which: int):
+def _run_limited(args, limit: int, which: int):  # the launcher and, inherited, its runner
     def apply():
         resource.setrlimit(which, (limit, limit))
 
@@ -216,15 +216,33 @@ def _run_limited(args, limit: int, which: int):
 
 @pytest.mark.slow
 def test_out_of_ram_is_oom_cpu(tmp_path):
+    """A preflight that estimates RAM refuses this profile outright (about 80 TB at max_length 1M), so the
+    run is made from a small profile and its frozen profile swapped for the big one, as if the estimate had
+    been wrong or another program had taken the RAM. The real runner is started as start_runner starts it,
+    but under the address-space limit, and followed with `tuiwiz attach`."""
+    from tuiwiz.demo import ensure_demo_dataset
+    from tuiwiz.launch import RUNNER_ENV, create_run
+    from tuiwiz.profile_io import dump_profile
+
     if _has_gpu():
         pytest.skip("the run would go to the GPU: an address-space limit does not simulate GPU memory")
-    profile = make_profile(
+    ensure_demo_dataset("chat")
+    run = create_run(load_profile(make_profile(tmp_path, "demo-chat-lora.yaml", training={"max_steps": 1})))
+    big = make_profile(
         tmp_path, "demo-chat-lora.yaml", model={"name_or_path": "demo", "attn_implementation": "eager"},
         data={"path": "demo:chat", "max_length": 1_000_000, "packing": True},
         training={"max_steps": 1, "per_device_train_batch_size": 1, "logging_steps": 1, "save_steps": 100},
     )
-    result = _run_limited(["--profile", profile], 8 * 2**30, resource.RLIMIT_AS)
-    run = only_run(tmp_path)
+    run.profile.write_text(dump_profile(load_profile(big).profile))
+    limit = 8 * 2**30
+    with open(run.log, "ab") as log:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "tuiwiz.train", str(run.path)], stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, cwd=run.path, env={**os.environ, **RUNNER_ENV}, start_new_session=True,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+        )
+    result = run_cli("attach", run.run_id)
+    runner.wait(timeout=60)
     assert "can't allocate memory" in run.log.read_text(errors="replace")
     assert_failed(result, run, "oom_cpu", "lower the micro-batch or data.max_length")
 
