@@ -452,7 +452,8 @@ def check_validation_labels(train: LoadedData, evaluation: LoadedData, *, label_
 
 
 def load_hub_dataset(name: str, *, revision: str | None = None, split: str = "train", format: str = "auto",
-                     columns: ColumnMap | None = None, task: str = "sft", limit: int | None = None) -> LoadedData:
+                     columns: ColumnMap | None = None, task: str = "sft", limit: int | None = None,
+                     evaluation: bool = False) -> LoadedData:
     """A hub dataset through ``datasets`` (the runner only: it imports the datasets stack)."""
     import datasets
 
@@ -464,7 +465,8 @@ def load_hub_dataset(name: str, *, revision: str | None = None, split: str = "tr
             hint="check the id; offline, it must already be in the Hugging Face cache (HF_HUB_OFFLINE=1)",
         ) from None
     rows = [(i + 1, row) for i, row in enumerate(table)]
-    return normalise_rows(rows, f"hub:{name}", format=format, columns=columns, task=task, limit=limit)
+    return normalise_rows(rows, f"hub:{name}", format=format, columns=columns, task=task, limit=limit,
+                          evaluation=evaluation)
 
 
 def split_validation(data: LoadedData, fraction: float, seed: int) -> tuple[LoadedData, LoadedData]:
