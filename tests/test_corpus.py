@@ -338,12 +338,6 @@ def test_chat_data_for_a_model_without_chat_template(model_without_chat_template
     check_chat_template(chat, keep)
 
 
-# Wiring that belongs in launch.preflight (not this module's file): strict xfail, so the marker
-# must come off the day launch.preflight calls these checks.
-WIRING = "launch.preflight does not call data.check_validation_labels / preflight.check_chat_template yet"
-
-
-@pytest.mark.xfail(strict=True, reason=WIRING, raises=AssertionError)
 def test_launch_preflight_refuses_unknown_validation_label(tmp_path):
     from tuiwiz.launch import preflight
 
@@ -359,7 +353,6 @@ def test_launch_preflight_refuses_unknown_validation_label(tmp_path):
         raise AssertionError("preflight let an unknown validation label through")
 
 
-@pytest.mark.xfail(strict=True, reason=WIRING, raises=AssertionError)
 def test_launch_preflight_refuses_chat_data_without_template(tmp_path, model_without_chat_template):
     from tuiwiz.launch import preflight
 

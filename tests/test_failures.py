@@ -108,9 +108,6 @@ def assert_failed(result, run: RunDir, kind: str, hint: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "transformers' logging_nan_inf_filter (on by default) logs a NaN loss as the window's mean, so "
-    "RunnerCallback never sees it: the runner must pass logging_nan_inf_filter=False"))
 def test_diverging_loss_stops_the_run_as_nan_loss(tmp_path):
     profile = make_profile(
         tmp_path, "quickstart.yaml", data={"max_length": 64}, method={"type": "full"},

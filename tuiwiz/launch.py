@@ -81,8 +81,11 @@ def _check_data(profile: Profile, source: str) -> None:
     from . import data as datamod
     from .demo import resolve_demo_uri
 
+    from .preflight import check_chat_template
+
     columns = datamod.ColumnMap(**profile.data.columns.model_dump())
     folder = _local_model_folder(profile)
+    loaded = {}
     for field_name, value in (("data.path", profile.data.path), ("data.validation_path", profile.data.validation_path)):
         if not value:
             continue
@@ -95,10 +98,29 @@ def _check_data(profile: Profile, source: str) -> None:
         if not is_local_data(value):
             continue  # a hub dataset: the runner loads it
         data = datamod.load_dataset_file(
-            Path(value), format=profile.data.format, columns=columns, task=profile.task, limit=profile.data.limit
+            Path(value), format=profile.data.format, columns=columns, task=profile.task, limit=profile.data.limit,
+            evaluation=field_name == "data.validation_path",
         )
-        if folder is not None and field_name == "data.path":
-            _check_lengths(profile, data, folder)
+        loaded[field_name] = data
+        if folder is not None:
+            check_chat_template(data, folder, field=field_name)
+            if field_name == "data.path":
+                _check_lengths(profile, data, folder)
+    if len(loaded) == 2:
+        datamod.check_validation_labels(loaded["data.path"], loaded["data.validation_path"],
+                                        label_column=profile.data.columns.label)
+
+
+def _check_resources(profile: Profile) -> None:
+    """Weights readable, and room on disk and in RAM, before a run dir exists."""
+    from .preflight import check_model_files, check_resources
+
+    name = profile.model.name_or_path
+    folder = resolve_builtin(name, build=False) if is_builtin(name) else Path(name)
+    if not (folder / "config.json").is_file():
+        return  # a hub id, or the demo before its first build
+    check_model_files(folder)
+    check_resources(profile, folder, profile.output.runs_dir)
 
 
 def preflight(loaded: LoadedProfile) -> None:
@@ -106,6 +128,7 @@ def preflight(loaded: LoadedProfile) -> None:
     source = str(loaded.source) if loaded.source else "<profile>"
     _check_model(loaded.profile, source)
     _check_data(loaded.profile, source)
+    _check_resources(loaded.profile)
 
 
 def new_run_id(profile: Profile, source: Path | None) -> str:

@@ -99,6 +99,7 @@ class RunnerCallback(TrainerCallback):
             if not math.isfinite(loss):
                 self.failure = NonFiniteLoss(state.global_step, loss)
                 control.should_training_stop = True
+                control.should_save = False  # never a checkpoint of NaN weights
         eval_metrics = {k: v for k, v in logs.items() if k.startswith("eval_")}
         if eval_metrics:
             self._emit("eval", step=state.global_step, **eval_metrics)

@@ -29,25 +29,26 @@ class StopRequested(Exception):
 
 
 def _load_data(profile: Profile):
-    from ..data import ColumnMap, load_dataset_file, load_hub_dataset, split_validation
+    from ..data import ColumnMap, check_validation_labels, load_dataset_file, load_hub_dataset, split_validation
     from ..demo import resolve_demo_uri
     from ..profile_io import is_local_data
 
     columns = ColumnMap(**profile.data.columns.model_dump())
     options = dict(format=profile.data.format, columns=columns, task=profile.task, limit=profile.data.limit)
 
-    def load(value: str):
+    def load(value: str, evaluation: bool = False):
         if value.startswith("demo:"):
-            return load_dataset_file(resolve_demo_uri(value), **options)
+            return load_dataset_file(resolve_demo_uri(value), evaluation=evaluation, **options)
         if is_local_data(value):
-            return load_dataset_file(Path(value), **options)
+            return load_dataset_file(Path(value), evaluation=evaluation, **options)
         name, _, split = value.partition(":")  # org/name or org/name:split
-        return load_hub_dataset(name, split=split or "train", **options)
+        return load_hub_dataset(name, split=split or "train", evaluation=evaluation, **options)
 
     train = load(profile.data.path)
     evaluation = None
     if profile.data.validation_path:
-        evaluation = load(profile.data.validation_path)
+        evaluation = load(profile.data.validation_path, evaluation=True)
+        check_validation_labels(train, evaluation, label_column=profile.data.columns.label)
     elif profile.data.validation_split:
         train, evaluation = split_validation(train, profile.data.validation_split, profile.training.seed)
     return train, evaluation
@@ -80,6 +81,7 @@ def _training_kwargs(profile: Profile, precision, run: RunDir, has_eval: bool) -
         data_seed=t.seed,
         logging_steps=t.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN must reach the callback that stops the run, not be hidden
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
