@@ -41,7 +41,9 @@ def test_light_commands_import_no_training_stack(argv):
 @pytest.mark.parametrize(
     "module",
     ["tuiwiz.cli", "tuiwiz.profile_io", "tuiwiz.runs", "tuiwiz.events", "tuiwiz.launch", "tuiwiz.follow",
-     "tuiwiz.builtin_models", "tuiwiz.data", "tuiwiz.demo"],
+     "tuiwiz.builtin_models", "tuiwiz.data", "tuiwiz.demo", "tuiwiz.rendering", "tuiwiz.distributed",
+     "tuiwiz.probe", "tuiwiz.preflight", "tuiwiz.hardware", "tuiwiz.modelinfo", "tuiwiz.memory", "tuiwiz.recommend",
+     "tuiwiz.fit_cli", "tuiwiz.merge", "tuiwiz.export", "tuiwiz.chat", "tuiwiz.modelcard", "tuiwiz.post_cli"],
 )
 def test_core_modules_import_light(module):
     code = f"import sys, {module}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
