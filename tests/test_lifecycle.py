@@ -140,3 +140,22 @@ def test_without_auto_recover_out_of_memory_fails_with_a_hint(tmp_path):
     assert read_state(run).status == "failed"
     error = [e for e in read_events(run.events) if e["type"] == "error"][-1]
     assert error["kind"] == "oom_gpu" and "gradient_accumulation_steps" in error["hint"]
+
+
+def test_hangup_of_the_launcher_and_two_viewers_at_once(tmp_path):
+    profile = write_profile(tmp_path, "quickstart.yaml", training__max_steps=80, training__logging_steps=1,
+                            training__per_device_train_batch_size=4)
+    launcher = subprocess.Popen([sys.executable, "-m", "tuiwiz", "--profile", str(profile)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    run = wait_for(lambda: next((RunDir(p) for p in (tmp_path / "runs").glob("quickstart-*")), None)
+                   if (tmp_path / "runs").exists() else None)
+    wait_for(lambda: last_step(run) >= 3)
+    os.killpg(launcher.pid, signal.SIGHUP)  # the terminal hangs up
+    launcher.wait(timeout=10)
+    viewers = [subprocess.Popen([sys.executable, "-m", "tuiwiz", "attach", run.run_id], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [viewer.communicate(timeout=300) for viewer in viewers]
+    for viewer, (out, err) in zip(viewers, outputs):
+        assert viewer.returncode == 0, err
+        assert "step 80/80" in out and "completed" in out
+    assert read_state(run).status == "completed"
