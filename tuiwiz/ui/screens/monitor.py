@@ -37,6 +37,18 @@ EXPORT_FORMATS = [
 ]
 
 
+def _fit(points: tuple[tuple[float, ...], tuple[float, ...]], width: int) -> tuple[list, list]:
+    """At most two points per column of the chart (braille has two dots across a cell); the last kept."""
+    xs, ys = points
+    step = max(1, len(xs) // max(1, 2 * width))
+    if step == 1:
+        return list(xs), list(ys)
+    keep = list(range(0, len(xs), step))
+    if keep[-1] != len(xs) - 1:
+        keep.append(len(xs) - 1)
+    return [xs[i] for i in keep], [ys[i] for i in keep]
+
+
 class RunUpdated(Message):
     """The reader has news. One pending message stands for all: they coalesce."""
 
@@ -291,20 +303,21 @@ class MonitorScreen(Screen[str]):
         plt = self.loss_plot.plt
         plt.clear_data()
         plt.clear_figure()
-        xs, ys = s.loss_points
+        width = self.loss_plot.size.width or 80
+        xs, ys = _fit(s.loss_points, width)
         if xs:
-            plt.plot(list(xs), list(ys), label="train", color="cyan", marker="braille")
-        exs, eys = s.eval_points
+            plt.plot(xs, ys, label="train", color="cyan", marker="braille")
+        exs, eys = _fit(s.eval_points, width)
         if exs:
-            plt.plot(list(exs), list(eys), label="eval", color="magenta", marker="braille")
+            plt.plot(exs, eys, label="eval", color="magenta", marker="braille")
         plt.title("loss" + ("  (history sampled)" if s.sampled else ""))
         self.loss_plot.replot()
-        lxs, lys = s.lr_points
+        lxs, lys = _fit(s.lr_points, self.lr_plot.size.width or 40)
         lr = self.lr_plot.plt
         lr.clear_data()
         lr.clear_figure()
-        if lxs:
-            lr.plot(list(lxs), list(lys), color="yellow", marker="braille")
+        if lxs and self.lr_plot.parent.display:  # hidden below the wide breakpoint
+            lr.plot(lxs, lys, color="yellow", marker="braille")
         lr.title("learning rate")
         self.lr_plot.replot()
 
