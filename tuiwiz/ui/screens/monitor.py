@@ -28,6 +28,10 @@ REDRAW_SECONDS = 0.5  # charts and panels at most 2 Hz
 LOG_MAX_LINES = 1000
 STATUS_STYLE = {"running": "bold green", "completed": "bold green", "failed": "bold red", "stopped": "bold yellow",
                 "stopping": "bold yellow", "loading": "bold cyan", "starting": "bold cyan", "created": "cyan"}
+CHAT_MODES = [
+    ("tuned", "chat with the fine-tuned model"),
+    ("compare", "compare: each prompt answered by the base model and the fine-tuned one"),
+]
 EXPORT_FORMATS = [
     ("merged", "merged: the base model with the adapter folded in (safetensors)"),
     ("adapter", "adapter: the PEFT adapter alone, with a model card"),
@@ -390,6 +394,13 @@ class MonitorScreen(Screen[str]):
             if fmt is None:
                 return
             argv += ["--format", fmt]
+        elif what == "chat":
+            from .dialogs import ChoiceDialog
+
+            mode = await self.app.push_screen_wait(ChoiceDialog("Chat", CHAT_MODES))
+            if mode is None:
+                return
+            argv += ["--compare"] if mode == "compare" else []
         self.last_command = argv[3:]
         try:
             with self.app.suspend():
