@@ -129,3 +129,35 @@ def test_impossible_combinations_are_refused_at_validation(tmp_path, text, messa
     with pytest.raises(UserError) as info:
         parse_profile_text(text, file="p.yaml")
     assert message in info.value.message
+
+
+def test_zero2_stop_checkpoint_and_resume(tmp_path):
+    profile = write_profile(tmp_path, "demo-full.yaml", distributed__strategy="zero2", distributed__num_processes=2,
+                            training__max_steps=60, training__logging_steps=1, training__save_steps=1000)
+    started = run_cli("--profile", profile, "--detach")
+    assert started.returncode == 0, started.stderr
+    run = only_run(tmp_path)
+    wait_for(lambda: any(e["type"] == "log" and e["step"] >= 5 for e in read_events(run.events)), timeout=600)
+    stopped = run_cli("stop", run.run_id, timeout=600)
+    assert stopped.returncode == 0 and read_state(run).status == "stopped", stopped.stdout + run.log.read_text()
+    checkpoint = run.last_checkpoint()
+    k = int(checkpoint.name.split("-")[1])
+    assert 5 <= k < 60
+    assert (checkpoint / f"global_step{k}").is_dir()  # DeepSpeed's own partitioned states
+    for rank in (0, 1):  # both ranks stopped at the same step
+        outcome = json.loads((run.path / "logs" / f"rank{rank}.result.json").read_text())
+        assert outcome["status"] == "stopped" and outcome["step"] == k
+    resumed = run_cli("resume", run.run_id, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr + run.log.read_text()
+    assert read_state(run).status == "completed"
+    assert max(losses(run)) == 60
+    starts = [e for e in read_events(run.events) if e["type"] == "run_start"]
+    assert starts[-1]["resumed_from"].endswith(f"checkpoint-{k}") and starts[-1]["world_size"] == 2
+
+
+def test_more_processes_than_gpus_is_refused_before_a_run_exists(tmp_path):
+    profile = write_profile(tmp_path, "quickstart.yaml", distributed__strategy="ddp", distributed__num_processes=4)
+    result = run_cli("--profile", profile, env={"TUIWIZ_HARDWARE": "rtx4090-24gb"})
+    assert result.returncode == 2
+    assert "distributed.num_processes: 4 processes but this machine has 1 GPU" in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

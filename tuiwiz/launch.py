@@ -111,6 +111,25 @@ def _check_data(profile: Profile, source: str) -> None:
                                         label_column=profile.data.columns.label)
 
 
+def _check_processes(profile: Profile, source: str) -> None:
+    """One process per GPU: more processes than this machine has GPUs cannot work.
+
+    A machine without NVIDIA GPUs runs the ranks on the CPU over gloo (for trying a setup out).
+    """
+    dist = profile.distributed
+    if dist.num_processes == 1 or dist.gpus is not None:
+        return
+    from .hardware import probe as probe_hardware
+
+    gpus = probe_hardware(profile.output.runs_dir).gpus
+    if gpus and dist.num_processes > len(gpus):
+        raise UserError(
+            f"{dist.num_processes} processes but this machine has {len(gpus)} GPU{'s' if len(gpus) > 1 else ''}",
+            hint=f"set distributed.num_processes to at most {len(gpus)}", file=source,
+            field="distributed.num_processes", kind="profile",
+        )
+
+
 def _check_resources(profile: Profile) -> None:
     """Weights readable, and room on disk and in RAM, before a run dir exists."""
     from .preflight import check_model_files, check_resources
@@ -128,6 +147,7 @@ def preflight(loaded: LoadedProfile) -> None:
     source = str(loaded.source) if loaded.source else "<profile>"
     _check_model(loaded.profile, source)
     _check_data(loaded.profile, source)
+    _check_processes(loaded.profile, source)
     _check_resources(loaded.profile)
 
 
