@@ -209,8 +209,9 @@ def _review(state: WizardState, ask: Prompts) -> int:
     run, proc, path = save_and_launch(state, state.profile, state.profile_name)
     _print(f"run {run.run_id} in {run.path}",
            "Ctrl-C stops it (a checkpoint is saved); the run does not depend on this terminal.")
-    result = follow(run, proc)
-    print_result(run, result)
+    # sys.stdout as it is now (follow's default is bound when tuiwiz.follow is first imported)
+    result = follow(run, proc, out=sys.stdout)
+    print_result(run, result, out=sys.stdout)
     return result.exit_code
 
 
