@@ -73,9 +73,9 @@ def option_detail(option, recommendation, machine) -> Group:
                                f", optimizer {plan.optimizer}")
     facts.add_row("max length", f"{recommendation.seq_len} tokens: {recommendation.seq_len_reason}")
     facts.add_row("disk", f"{size(est.disk_total)} for the output and checkpoints")
-    if plan.strategy not in ("single",):
-        facts.add_row("strategy", Text(f"{plan.strategy}: profiles do not launch several GPUs yet, so this runs "
-                                       "on one", style="yellow"))
+    if plan.strategy != "single":
+        gpus = ", ".join(str(i) for i in option.gpu_indices)
+        facts.add_row("strategy", f"{plan.strategy} on GPUs {gpus}")
     parts += [Text(), Text("Memory at the peak of a step", style="bold"), breakdown, Text(), facts]
     for warning in option.warnings:
         parts.append(Text(f"note: {warning}", style="yellow"))
