@@ -80,9 +80,10 @@ def _finished(run: RunDir, proc: subprocess.Popen | None) -> bool:
     return effective_status(run, state) in FINISHED
 
 
-def follow(run: RunDir, proc: subprocess.Popen | None = None, *, out: TextIO = sys.stdout,
+def follow(run: RunDir, proc: subprocess.Popen | None = None, *, out: TextIO | None = None,
            live: bool | None = None, poll: float = 0.25) -> FollowResult:
     """Show a run's events until it ends. Ctrl-C asks it to stop; twice kills it."""
+    out = out or sys.stdout  # the stream in force now, not at import
     live = out.isatty() if live is None else live
     tail = EventTail(run.events)
     result = FollowResult(status="unknown")
@@ -144,7 +145,8 @@ def follow(run: RunDir, proc: subprocess.Popen | None = None, *, out: TextIO = s
     return result
 
 
-def print_result(run: RunDir, result: FollowResult, out: TextIO = sys.stdout) -> None:
+def print_result(run: RunDir, result: FollowResult, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     state = read_state(run)
     if result.status == "completed" and result.run_end:
         metrics = result.run_end.get("metrics", {})
