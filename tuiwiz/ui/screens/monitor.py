@@ -78,14 +78,18 @@ def status_lines(s: RunSnapshot, width: int) -> Group:
     line2.append("loss ", style="bold")
     line2.append(number(s.loss))
     if s.eval_loss is not None:
-        line2.append("  eval ", style="bold")
+        line2.append("  ")  # plain gap: an SVG export drops a styled one
+        line2.append("eval ", style="bold")
         line2.append(number(s.eval_loss))
-    line2.append("  lr ", style="bold")
+    line2.append("  ")
+    line2.append("lr ", style="bold")
     line2.append(number(s.learning_rate))
-    line2.append("  tok/s ", style="bold")
+    line2.append("  ")
+    line2.append("tok/s ", style="bold")
     line2.append(f"{s.tokens_per_second:,.0f}" if s.tokens_per_second else "-")
     if s.epoch is not None:
-        line2.append("  epoch ", style="bold")
+        line2.append("  ")
+        line2.append("epoch ", style="bold")
         line2.append(f"{s.epoch:.2f}")
     lines = [line1, line2]
     mem = Text()
@@ -94,13 +98,16 @@ def status_lines(s: RunSnapshot, width: int) -> Group:
         mem.append_text(meter(s.ram_used_mb or 0, s.ram_total_mb, 10))
         mem.append(f" {mib(s.ram_used_mb)}/{mib(s.ram_total_mb)}")
     if s.rss_mb:
-        mem.append("  runner ", style="bold")
+        mem.append("  ")
+        mem.append("runner ", style="bold")
         mem.append(mib(s.rss_mb))
     if s.gpu_allocated_mb:
-        mem.append("  torch peak ", style="bold")
+        mem.append("  ")
+        mem.append("torch peak ", style="bold")
         mem.append(mib(s.gpu_allocated_mb))
     if s.device or s.method:
-        mem.append(f"  {s.method or '?'} on {s.device or '?'}", style="dim")
+        mem.append("  ")
+        mem.append(f"{s.method or '?'} on {s.device or '?'}", style="dim")
     lines.append(mem)
     for gpu in s.gpus[:8]:
         g = Text(f"GPU {gpu.index} ", style="bold")
