@@ -161,3 +161,20 @@ def test_more_processes_than_gpus_is_refused_before_a_run_exists(tmp_path):
     assert result.returncode == 2
     assert "distributed.num_processes: 4 processes but this machine has 1 GPU" in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_offload_without_enough_cpu_ram_is_refused(tmp_path):
+    import shutil
+
+    from .conftest import ROOT
+
+    model = tmp_path / "llama3-8b"
+    model.mkdir()
+    shutil.copy(ROOT / "tests/fixtures/configs/llama3-8b.json", model / "config.json")
+    profile = write_profile(tmp_path, "demo-full.yaml", model__name_or_path=str(model), distributed__strategy="zero3",
+                            distributed__offload_optimizer=True, distributed__offload_params=True)
+    result = run_cli("--profile", profile, env={"TUIWIZ_HARDWARE": "rtx4090-24gb"})
+    assert result.returncode == 2, result.stderr
+    assert "distributed.offload_params: offloading to CPU needs about" in result.stderr
+    assert "GiB is available" in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -117,6 +117,8 @@ def _check_processes(profile: Profile, source: str) -> None:
     A machine without NVIDIA GPUs runs the ranks on the CPU over gloo (for trying a setup out).
     """
     dist = profile.distributed
+    if dist.offload_optimizer or dist.offload_params:
+        _check_offload_ram(profile, source)
     if dist.num_processes == 1 or dist.gpus is not None:
         return
     from .hardware import probe as probe_hardware
@@ -127,6 +129,34 @@ def _check_processes(profile: Profile, source: str) -> None:
             f"{dist.num_processes} processes but this machine has {len(gpus)} GPU{'s' if len(gpus) > 1 else ''}",
             hint=f"set distributed.num_processes to at most {len(gpus)}", file=source,
             field="distributed.num_processes", kind="profile",
+        )
+
+
+def _check_offload_ram(profile: Profile, source: str) -> None:
+    """ZeRO offload keeps optimizer states (and parameters) in host RAM: refuse when it is short."""
+    from .hardware import probe as probe_hardware
+    from .memory import Plan, estimate, gib
+    from .modelinfo import inspect_model
+
+    name = profile.model.name_or_path
+    if is_builtin(name) and not (resolve_builtin(name, build=False) / "config.json").is_file():
+        return  # the demo before its first build: small by construction
+    try:
+        model = inspect_model(name, profile.model.revision)
+    except UserError:
+        return  # a hub model not in the cache: the runner will say so
+    dist = profile.distributed
+    machine = probe_hardware(profile.output.runs_dir)
+    strategy = "zero3_offload_all" if dist.offload_params else "zero3_offload_optimizer"
+    plan = Plan.from_profile(profile, model, device="cuda", bf16=True, strategy=strategy)
+    need = estimate(model, plan, dist.num_processes).cpu_ram
+    have = machine.ram_available_mb * 2**20
+    if need > have:
+        raise UserError(
+            f"offloading to CPU needs about {gib(need)} of RAM on this machine; {gib(have)} is available",
+            hint="offload only the optimizer (offload_params: false), use more GPUs, or a lighter method (lora)",
+            file=source, field="distributed.offload_params" if dist.offload_params else "distributed.offload_optimizer",
+            kind="resources",
         )
 
 
