@@ -335,3 +335,37 @@ async def test_monitor_next_actions_after_a_completed_run(ui_env):
         assert monitor.last_command == ["export", str(path), "--format", "gguf"]
         await pilot.press("n")
         await wait_for(pilot, lambda: on(app, "ModelScreen"))
+
+
+@pytest.mark.parametrize("answer", ["y", "escape"])
+async def test_model_with_remote_code_asks_before_trusting_it(ui_env, tmp_path, answer):
+    import shutil
+
+    from tuiwiz.demo import demo_model_dir
+    from tuiwiz.ui.choices import remote_code
+
+    folder = tmp_path / "custom-model"
+    shutil.copytree(demo_model_dir(), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "modeling_custom.py").write_text("# code the user must agree to run\n")
+    assert remote_code(folder) == ("modeling_custom.py",)
+    app = app_at(prepared_state(ui_env, until="model"), "model")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "ModelScreen") and app.screen.ready(), timeout=60)
+        entry = app.screen.query_one("#model-entry")
+        entry.focus()
+        entry.value = str(folder)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.state.model_name == str(folder) and app.screen.ready(), timeout=30)
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: on(app, "ConfirmDialog"))
+        assert "modeling_custom.py" in screen_text(app) and "trust_remote_code" in screen_text(app)
+        await pilot.press(answer)
+        if answer == "y":
+            await wait_for(pilot, lambda: not on(app, "ModelScreen") and not on(app, "ConfirmDialog"))
+            assert app.state.trust_remote_code is True
+        else:
+            await wait_for(pilot, lambda: on(app, "ModelScreen"))
+            assert app.state.trust_remote_code is False

@@ -44,6 +44,7 @@ class WizardState:
     option_key: str | None = None
     profile: object | None = None  # profile.Profile, from the settings step
     profile_name: str | None = None
+    trust_remote_code: bool = False  # only after the user confirmed, on the Model step
 
     @property
     def profiles_dir(self) -> Path:
@@ -54,6 +55,22 @@ class WizardState:
         if rec is None:
             return None
         return rec.option(self.option_key) if self.option_key else rec.best
+
+
+def remote_code(folder) -> tuple[str, ...]:
+    """The Python files a model folder asks transformers to run (config.json's auto_map), if any."""
+    import json
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ()
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not auto_map:
+        return ()
+    modules = {str(ref).split("--")[-1].split(".")[0] for ref in auto_map.values() if isinstance(ref, str)}
+    return tuple(sorted(f"{m}.py" for m in modules))
 
 
 # ---------------------------------------------------------------- data
@@ -171,7 +188,8 @@ def draft_profile(state: WizardState):
     })
     # Saved under profiles/, so runs land in the working folder's runs/.
     output = OutputConfig(runs_dir="../runs")
-    return profile.model_copy(update={"data": data, "output": output})
+    model = profile.model.model_copy(update={"trust_remote_code": state.trust_remote_code})
+    return profile.model_copy(update={"model": model, "data": data, "output": output})
 
 
 def default_profile_name(state: WizardState, profile) -> str:

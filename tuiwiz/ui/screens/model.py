@@ -250,3 +250,28 @@ class ModelScreen(StepScreen):
 
     def commit(self) -> bool:
         return self.ready()
+
+    async def advance(self) -> None:
+        """Next: a model that ships its own Python code runs only after the user says yes."""
+        from ..choices import remote_code
+        from .dialogs import ConfirmDialog
+
+        info = self.state.model_info
+        files = remote_code(info.path) if info is not None and info.path else ()
+        if not files:
+            self.state.trust_remote_code = False
+            self.dismiss("next")
+            return
+
+        def answered(yes: bool | None) -> None:
+            self.state.trust_remote_code = bool(yes)
+            if yes:
+                self.dismiss("next")
+            else:
+                self.say("not trusted: choose another model")
+
+        self.app.push_screen(ConfirmDialog(
+            "Run this model's own code?",
+            f"{self.state.model_name} needs trust_remote_code: transformers would run "
+            f"{', '.join(files)} from {info.path} with your permissions. Only say yes for code you trust.",
+            yes="Trust and run it", no="Cancel", danger=True), answered)
