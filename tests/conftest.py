@@ -34,3 +34,26 @@ def run_cli(*args, cwd=None, env=None, timeout=300):
         [sys.executable, "-m", "tuiwiz", *map(str, args)],
         cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def wait_for(predicate, timeout=180, poll=0.05):
+    """Poll until ``predicate()`` is truthy and return its value; fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError("timed out")
+
+
+def process_gone(pid: int) -> bool:
+    """The process has ended (a zombie awaiting its parent counts as ended)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

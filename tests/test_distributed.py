@@ -8,7 +8,6 @@ shared test cache (TORCH_EXTENSIONS_DIR under TUIWIZ_CACHE_DIR).
 import json
 import os
 import signal
-import time
 
 import psutil
 import pytest
@@ -16,8 +15,7 @@ import pytest
 from tuiwiz.events import read_events
 from tuiwiz.runs import read_state
 
-from .conftest import run_cli
-from .test_lifecycle import wait_for
+from .conftest import run_cli, wait_for
 from .test_training import generate, losses, only_run, write_profile
 
 pytestmark = pytest.mark.slow

@@ -25,7 +25,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -38,7 +37,7 @@ from tuiwiz.events import read_events
 from tuiwiz.runs import RunDir, read_state
 from tuiwiz.train.failures import NonFiniteLoss, classify
 
-from .conftest import PROFILES, run_cli
+from .conftest import PROFILES, process_gone, run_cli, wait_for
 from .test_training import only_run
 
 
@@ -53,21 +52,6 @@ def make_profile(tmp_path: Path, base: str, **sections) -> Path:
     return path
 
 
-def wait_for(predicate, timeout=120, poll=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError("timed out")
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def group_members(pgid: int) -> list[int]:
@@ -84,7 +68,7 @@ def group_members(pgid: int) -> list[int]:
 def assert_no_process_left(run: RunDir) -> None:
     state = read_state(run)
     assert state.pid, "the runner never recorded itself"
-    wait_for(lambda: gone(state.pid), timeout=30)
+    wait_for(lambda: process_gone(state.pid), timeout=30)
     wait_for(lambda: not group_members(state.pgid or state.pid), timeout=30)
 
 
