@@ -140,3 +140,15 @@ def test_hangup_of_the_launcher_and_two_viewers_at_once(tmp_path):
         assert viewer.returncode == 0, err
         assert "step 80/80" in out and "completed" in out
     assert read_state(run).status == "completed"
+
+
+def test_stop_while_the_model_loads_ends_stopped_not_failed(tmp_path):
+    started = run_cli("--profile", write_profile(tmp_path, "quickstart.yaml"), "--detach")
+    assert started.returncode == 0, started.stderr
+    run = only_run(tmp_path)
+    stopped = run_cli("stop", run.run_id)  # at once: the runner is still importing and loading
+    assert stopped.returncode == 0, stopped.stderr
+    assert read_state(run).status == "stopped"
+    final = [e for e in read_events(run.events) if e["type"] == "status"][-1]
+    assert final["status"] == "stopped"
+    assert not [e for e in read_events(run.events) if e["type"] == "error"]

@@ -322,6 +322,13 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
         update_state(run, status=status, exit_code=exit_code, error=failure.message if failure else None)
         return exit_code
 
+    def stop_while_loading(signum, frame):
+        raise StopRequested()
+
+    # Until training (or the supervisor) installs its own handlers, a stop ends the load cleanly.
+    signal.signal(signal.SIGTERM, stop_while_loading)
+    signal.signal(signal.SIGINT, stop_while_loading)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     profile = None
     try:
         events.emit("status", status="loading", resume=resume)
@@ -333,6 +340,8 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
 
             return supervise(run, profile, events, finish, resume=resume, node_rank=node_rank)
         return _run_single(run, profile, events, finish, resume=resume)
+    except StopRequested:
+        return finish("stopped", 0, message="stopped before training began; nothing to checkpoint")
     except BaseException as exc:  # every failure is recorded, then the process ends
         traceback.print_exc()
         failure = classify(exc)
@@ -359,9 +368,5 @@ def _run_single(run: RunDir, profile: Profile, events: EventWriter, finish, *, r
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
-        status, fields = _train(run, profile, resume=resume, events=events, stop=stop, training=training)
-    except StopRequested:
-        return finish("stopped", 0, message="stopped before training began; nothing to checkpoint")
+    status, fields = _train(run, profile, resume=resume, events=events, stop=stop, training=training)
     return finish(status, 0, **fields)
