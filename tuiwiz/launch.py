@@ -278,6 +278,11 @@ def stop_run(run: RunDir, *, force: bool = False) -> bool:
             return False
         update_state(run, status="stopped", error="killed by the user")
         return True
+    # A runner still starting has no SIGTERM handler yet; it says "loading" once it has.
+    deadline = time.monotonic() + 15
+    while state.status == "starting" and process_alive(state) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        state = read_state(run) or state
     update_state(run, only_from=("starting", "loading", "running"), status="stopping")
     try:
         os.kill(state.pid, signal.SIGTERM)

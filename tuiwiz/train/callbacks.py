@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from pathlib import Path
 
 import psutil
 import torch
@@ -13,6 +12,7 @@ from transformers import TrainerCallback
 
 from ..events import EventWriter
 from .failures import NonFiniteLoss
+from .stop import StopFlag
 
 
 def memory_snapshot() -> dict:
@@ -26,30 +26,6 @@ def memory_snapshot() -> dict:
         snap["gpu_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         snap["gpu_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
     return snap
-
-
-class StopFlag:
-    """A stop request, read between optimizer steps.
-
-    One process: set from the SIGTERM handler. Several: the supervisor writes
-    ``request_file``, and the ranks agree (all-reduce) so that all stop at the same step.
-    """
-
-    def __init__(self, request_file: Path | None = None) -> None:
-        self.requested = False
-        self.request_file = request_file
-
-    def poll(self) -> bool:
-        local = self.requested or bool(self.request_file and self.request_file.exists())
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            flag = torch.tensor([1.0 if local else 0.0], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            local = bool(flag.item() > 0)
-        self.requested = local
-        return local
 
 
 class RunnerCallback(TrainerCallback):

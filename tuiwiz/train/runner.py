@@ -22,10 +22,7 @@ from ..profile import Profile
 from ..profile_io import load_profile
 from ..runs import RunDir, RunnerLock, update_state
 from .failures import Failure, classify
-
-
-class StopRequested(Exception):
-    """SIGTERM before training started: nothing to checkpoint yet."""
+from .stop import StopFlag
 
 
 def _load_data(profile: Profile):
@@ -226,8 +223,8 @@ def _versions() -> dict:
     return found
 
 
-def _train(run: RunDir, profile: Profile, *, resume: bool, events: EventWriter | None, stop,
-           training: list[bool]) -> tuple[str, dict]:
+def _train(run: RunDir, profile: Profile, *, resume: bool, events: EventWriter | None,
+           stop: StopFlag) -> tuple[str, dict]:
     """Build, train, save. Returns (status, fields): completed, or stopped with the checkpoint."""
     from .callbacks import RunnerCallback
 
@@ -245,7 +242,8 @@ def _train(run: RunDir, profile: Profile, *, resume: bool, events: EventWriter |
             pid=os.getpid(), **public,
         )
         update_state(run, only_from=("loading", "starting"), status="running")
-    training[0] = True
+    if stop.poll():
+        return "stopped", {"message": "stopped before training began; nothing to checkpoint"}
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if callback.failure is not None:
         raise callback.failure
@@ -310,9 +308,6 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
         print(f"another runner already holds {run.path}", file=sys.stderr)
         return 3
     events = EventWriter(run.events)
-    me = psutil.Process()
-    update_state(run, status="loading", pid=me.pid, pgid=os.getpgid(0), create_time=me.create_time(),
-                 exit_code=None, error=None)
 
     def finish(status: str, exit_code: int, failure: Failure | None = None, **fields) -> int:
         if failure is not None:
@@ -322,15 +317,20 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
         update_state(run, status=status, exit_code=exit_code, error=failure.message if failure else None)
         return exit_code
 
-    def stop_while_loading(signum, frame):
-        raise StopRequested()
+    stop = StopFlag()
 
-    # Until training (or the supervisor) installs its own handlers, a stop ends the load cleanly.
-    signal.signal(signal.SIGTERM, stop_while_loading)
-    signal.signal(signal.SIGINT, stop_while_loading)
+    def on_signal(signum, frame):
+        stop.requested = True  # only a flag: raising here could land inside an import
+
+    # The state says "loading" only once this handler is in place: stop_run waits for that.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     profile = None
     try:
+        me = psutil.Process()
+        update_state(run, status="loading", pid=me.pid, pgid=os.getpgid(0), create_time=me.create_time(),
+                     exit_code=None, error=None)
         events.emit("status", status="loading", resume=resume)
         profile = load_profile(run.profile).profile
         from ..distributed import is_distributed
@@ -338,10 +338,9 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
         if is_distributed(profile):
             from .supervisor import supervise
 
-            return supervise(run, profile, events, finish, resume=resume, node_rank=node_rank)
-        return _run_single(run, profile, events, finish, resume=resume)
-    except StopRequested:
-        return finish("stopped", 0, message="stopped before training began; nothing to checkpoint")
+            return supervise(run, profile, events, finish, resume=resume, node_rank=node_rank, stop=stop)
+        status, fields = _train(run, profile, resume=resume, events=events, stop=stop)
+        return finish(status, 0, **fields)
     except BaseException as exc:  # every failure is recorded, then the process ends
         traceback.print_exc()
         failure = classify(exc)
@@ -353,20 +352,3 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
     finally:
         events.close()
         lock.release()
-
-
-def _run_single(run: RunDir, profile: Profile, events: EventWriter, finish, *, resume: bool) -> int:
-    from .callbacks import StopFlag
-
-    stop = StopFlag()
-    training = [False]
-
-    def on_signal(signum, frame):
-        stop.requested = True
-        if not training[0]:
-            raise StopRequested()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    status, fields = _train(run, profile, resume=resume, events=events, stop=stop, training=training)
-    return finish(status, 0, **fields)

@@ -25,6 +25,7 @@ from ..paths import cache_dir
 from ..profile import Profile
 from ..runs import RunDir
 from .failures import Failure
+from .stop import StopFlag
 from .worker import STOP_REQUEST, logs_dir, result_file
 
 GRACE_SECONDS = 30  # after the launcher exits, how long stray ranks get before SIGKILL
@@ -75,8 +76,10 @@ def _end_stragglers() -> None:
 
 
 def supervise(run: RunDir, profile: Profile, events: EventWriter, finish, *, resume: bool,
-              node_rank: int | None) -> int:
+              node_rank: int | None, stop: StopFlag) -> int:
     assert is_distributed(profile)
+    if stop.requested:  # asked to stop while loading the profile: no rank started yet
+        return finish("stopped", 0, message="stopped before training began; nothing to checkpoint")
     rank_of_node = profile.distributed.nodes.rank if node_rank is None else node_rank
     world = profile.distributed.num_processes  # the ranks of this node
     write_launch_files(profile, run.path, rank_of_node)

@@ -50,7 +50,7 @@ def _own_log(run: RunDir, rank: int) -> None:
 
 
 def run_worker(run: RunDir, *, resume: bool) -> int:
-    from .callbacks import StopFlag
+    from .stop import StopFlag
     from .runner import _train
 
     rank = int(os.environ.get("RANK", "0"))
@@ -70,7 +70,7 @@ def run_worker(run: RunDir, *, resume: bool) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         profile = load_profile(run.profile).profile
-        status, fields = _train(run, profile, resume=resume, events=events, stop=stop, training=[False])
+        status, fields = _train(run, profile, resume=resume, events=events, stop=stop)
         _write_result(run, rank, status, **fields)
         return 0
     except BaseException as exc:
