@@ -72,13 +72,19 @@ def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert all(math.isclose(rates[s], whole_rates[s], rel_tol=1e-6) for s in after)
 
 
-def test_killing_the_launcher_leaves_the_run_going(tmp_path):
-    profile = write_profile(tmp_path, "quickstart.yaml", training__max_steps=120, training__logging_steps=1,
-                            training__per_device_train_batch_size=4)
+def start_in_own_terminal(tmp_path, profile):
+    """`tuiwiz --profile` as from a terminal of its own (its own session); returns it and its run."""
     launcher = subprocess.Popen([sys.executable, "-m", "tuiwiz", "--profile", str(profile)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     run = wait_for(lambda: next((RunDir(p) for p in (tmp_path / "runs").glob("quickstart-*")), None)
                    if (tmp_path / "runs").exists() else None)
+    return launcher, run
+
+
+def test_killing_the_launcher_leaves_the_run_going(tmp_path):
+    profile = write_profile(tmp_path, "quickstart.yaml", training__max_steps=120, training__logging_steps=1,
+                            training__per_device_train_batch_size=4)
+    launcher, run = start_in_own_terminal(tmp_path, profile)
     wait_for(lambda: last_step(run) >= 5)
     runner_pid = read_state(run).pid
     assert runner_pid != launcher.pid
@@ -126,10 +132,7 @@ def test_without_auto_recover_out_of_memory_fails_with_a_hint(tmp_path):
 def test_hangup_of_the_launcher_and_two_viewers_at_once(tmp_path):
     profile = write_profile(tmp_path, "quickstart.yaml", training__max_steps=80, training__logging_steps=1,
                             training__per_device_train_batch_size=4)
-    launcher = subprocess.Popen([sys.executable, "-m", "tuiwiz", "--profile", str(profile)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    run = wait_for(lambda: next((RunDir(p) for p in (tmp_path / "runs").glob("quickstart-*")), None)
-                   if (tmp_path / "runs").exists() else None)
+    launcher, run = start_in_own_terminal(tmp_path, profile)
     wait_for(lambda: last_step(run) >= 3)
     os.killpg(launcher.pid, signal.SIGHUP)  # the terminal hangs up
     launcher.wait(timeout=10)
