@@ -330,9 +330,16 @@ async def test_monitor_next_actions_after_a_completed_run(ui_env):
         await pilot.press("e")
         await wait_for(pilot, lambda: on(app, "ChoiceDialog"))
         await pilot.press("down", "down", "enter")  # gguf
-        # headless there is no terminal to hand over: the command is named instead of run
-        await wait_for(pilot, lambda: monitor.last_command is not None)
-        assert monitor.last_command == ["export", str(path), "--format", "gguf"]
+        await wait_for(pilot, lambda: on(app, "ChoiceDialog") and "GGUF tensor type" in screen_text(app))
+        await pilot.press("down", "enter")  # q8_0
+        # the real command runs in a subprocess; this fixture run has no model, so it fails, and says why
+        await wait_for(pilot, lambda: on(app, "JobScreen") and app.screen.error is not None, timeout=60)
+        job = app.screen
+        assert job.args == ["export", str(path), "--format", "gguf", "--quant", "q8_0"]
+        text = screen_text(app)
+        assert "✗" in text and job.error["message"][:30] in text, text
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: on(app, "MonitorScreen"))
         await pilot.press("n")
         await wait_for(pilot, lambda: on(app, "ModelScreen"))
 

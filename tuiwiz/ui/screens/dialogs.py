@@ -192,3 +192,44 @@ class ChoiceDialog(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class TextDialog(ModalScreen[str | None]):
+    """Ask for one line of text (Enter), or Escape for none. ``check`` returns an error message or None."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="cancel")]
+    DEFAULT_CSS = """
+    TextDialog { align: center middle; }
+    TextDialog > Vertical { width: 64; max-width: 95%; height: auto; border: thick $primary; background: $surface;
+                            padding: 0 1; }
+    TextDialog #text-error { color: $error; height: auto; }
+    """
+
+    def __init__(self, title: str, message: str = "", *, placeholder: str = "", check=None) -> None:
+        super().__init__()
+        self.title_text, self.message, self.placeholder, self.check = title, message, placeholder, check
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import Input
+
+        with Vertical():
+            yield Label(self.title_text)
+            if self.message:
+                yield Static(self.message, markup=False)
+            yield Input(placeholder=self.placeholder, id="text-value")
+            yield Static("", id="text-error")
+
+    def on_mount(self) -> None:
+        self.query_one("#text-value").focus()
+
+    def on_input_submitted(self, event) -> None:
+        event.stop()
+        value = event.value.strip()
+        problem = self.check(value) if self.check else (None if value else "type a value, or Escape")
+        if problem:
+            self.query_one("#text-error", Static).update(problem)
+            return
+        self.dismiss(value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -28,17 +28,6 @@ REDRAW_SECONDS = 0.5  # charts and panels at most 2 Hz
 LOG_MAX_LINES = 1000
 STATUS_STYLE = {"running": "bold green", "completed": "bold green", "failed": "bold red", "stopped": "bold yellow",
                 "stopping": "bold yellow", "loading": "bold cyan", "starting": "bold cyan", "created": "cyan"}
-CHAT_MODES = [
-    ("tuned", "chat with the fine-tuned model"),
-    ("compare", "compare: each prompt answered by the base model and the fine-tuned one"),
-]
-EXPORT_FORMATS = [
-    ("merged", "merged: the base model with the adapter folded in (safetensors)"),
-    ("adapter", "adapter: the PEFT adapter alone, with a model card"),
-    ("gguf", "gguf: one file for llama.cpp"),
-    ("ollama", "ollama: a GGUF and its Modelfile"),
-    ("onnx", "onnx: for ONNX Runtime"),
-]
 
 
 def _fit(points: tuple[tuple[float, ...], tuple[float, ...]], width: int) -> tuple[list, list]:
@@ -235,7 +224,6 @@ class MonitorScreen(Screen[str]):
         self.redraws = 0  # chart redraws, for tests and bench/ui_events.py
         self._dirty = False
         self._chart_key = None
-        self.last_command: list[str] | None = None  # the post-training command last run (for tests)
 
     def compose(self) -> ComposeResult:
         yield StepBar(title=f"Train monitor · {self.run.run_id}")
@@ -386,34 +374,7 @@ class MonitorScreen(Screen[str]):
 
     @work
     async def action_post(self, what: str) -> None:
-        """Merge, export or chat: the post-training commands, run in this terminal while the app waits.
+        """Merge, export or chat: screens that drive the real commands in a subprocess (no torch here)."""
+        from ..post import post_action
 
-        They load the model with torch, which this process never imports: they run as `tuiwiz` commands.
-        """
-        import subprocess
-        import sys
-
-        argv = [sys.executable, "-m", "tuiwiz", what, str(self.run.path)]
-        if what == "export":
-            from .dialogs import ChoiceDialog
-
-            fmt = await self.app.push_screen_wait(ChoiceDialog("Export as", EXPORT_FORMATS))
-            if fmt is None:
-                return
-            argv += ["--format", fmt]
-        elif what == "chat":
-            from .dialogs import ChoiceDialog
-
-            mode = await self.app.push_screen_wait(ChoiceDialog("Chat", CHAT_MODES))
-            if mode is None:
-                return
-            argv += ["--compare"] if mode == "compare" else []
-        self.last_command = argv[3:]
-        try:
-            with self.app.suspend():
-                print(f"$ tuiwiz {' '.join(argv[3:])}\n", flush=True)
-                code = subprocess.call(argv)
-                input(f"\n[{'done' if code == 0 else f'exit code {code}'}] press Enter to return to tuiwiz ")
-        except Exception as exc:  # no terminal to hand over (headless, some consoles)
-            self.notify(f"run it in a shell: tuiwiz {' '.join(argv[3:])} ({type(exc).__name__})",
-                        severity="warning")
+        await post_action(self.app, what, str(self.run.path), self.run.run_id)

@@ -1,0 +1,202 @@
+"""After training, inside the app: the Chat screen streams from a real model process, merge and export
+screens run the real commands. The model is the demo trained with LoRA (shared with test_merge)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tuiwiz.ui.app import TuiwizApp
+from tuiwiz.ui.testing import fixed_clock, screen_text, wait_for
+
+from .conftest import ROOT
+from .test_merge import trained_run
+from .test_ui_support import demo_built, ui_env  # noqa: F401  (fixtures)
+
+SIZE = (80, 24)
+COW = "What sound does the cow make?"
+
+
+def on(app, name: str) -> bool:
+    return type(app.screen).__name__ == name
+
+
+def chat_app() -> TuiwizApp:
+    return TuiwizApp(start="hardware", offer_attach=False, blink=False, clock=fixed_clock)
+
+
+async def open_chat(app, pilot, run, *, compare: bool):
+    from tuiwiz.ui.screens.chat import ChatScreen
+
+    screen = ChatScreen(str(run.path), compare=compare, label=run.run_id)
+    app.push_screen(screen)
+    await wait_for(pilot, lambda: screen.ready, timeout=120)  # the model process loads peft and the model
+    return screen
+
+
+async def ask(pilot, screen, text: str, *, temperature: str = "0", max_tokens: str = "24") -> None:
+    from textual.widgets import Input
+
+    screen.query_one("#chat-temperature", Input).value = temperature
+    screen.query_one("#chat-max", Input).value = max_tokens
+    field = screen.query_one("#chat-input", Input)
+    field.focus()
+    field.value = text
+    await pilot.press("enter")
+
+
+@pytest.mark.asyncio
+async def test_chat_streams_text_before_the_answer_ends(ui_env, tmp_path_factory):
+    run = trained_run(tmp_path_factory, "lora")
+    app = chat_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_chat(app, pilot, run, compare=False)
+        assert "ready on cpu" in screen_text(app) and screen.adapters == [run.run_id]
+        # the base model (adapter off, chosen in the model list) has learned no end of answer: a long stream
+        from textual.widgets import Select
+
+        screen.query_one("#chat-adapter", Select).value = "base"
+        await wait_for(pilot, lambda: screen.active == "base")
+        assert "base model (adapter off)" in screen_text(app)
+        await ask(pilot, screen, COW, max_tokens="80")
+        # text is on the screen while the model process still generates
+        seen = []
+
+        def partial() -> bool:
+            if screen.current is not None and screen.current[2].text and not screen.finished:
+                seen.append((screen.current[2].text, screen_text(app)))
+            return bool(seen)
+
+        await wait_for(pilot, partial, timeout=60)
+        bubble = screen.query(".chat-answer").last()
+        partial_text, shown = seen[0]
+        assert partial_text.split()[0] in shown, shown
+        await wait_for(pilot, lambda: screen.finished, timeout=60)
+        done = screen.finished[0]
+        tokens = [e for e in screen.events if e["event"] == "token"]
+        assert len(tokens) >= 3 and done["tokens"] >= len(tokens) and not done["stopped"]
+        assert len(partial_text) < len(bubble.text)
+        assert tokens[0]["_received"] < tokens[-1]["_received"] <= done["_received"]
+        assert bubble.first_shown is not None and bubble.first_shown < done["_received"]
+        assert bubble.text == "".join(e["text"] for e in tokens)
+        assert screen.histories["tuned"][-1] == {"role": "assistant", "content": bubble.text}
+        # ctrl+l clears the conversation; the next answer starts from scratch
+        await pilot.press("ctrl+l")
+        assert screen.histories["tuned"] == [] and not screen.query(".chat-answer")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not on(app, "ChatScreen"))
+        await wait_for(pilot, lambda: screen.client.returncode is not None, timeout=30)
+        assert screen.client.returncode == 0
+
+
+@pytest.mark.asyncio
+async def test_chat_side_by_side_answers_differ_and_stop_ends_an_answer(ui_env, tmp_path_factory):
+    run = trained_run(tmp_path_factory, "lora")
+    app = chat_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_chat(app, pilot, run, compare=True)
+        assert screen.query_one("#chat-base").display and screen.query_one("#chat-tuned").display
+        await ask(pilot, screen, COW, max_tokens="16")
+        await wait_for(pilot, lambda: len(screen.finished) == 2, timeout=90)
+        base = screen.histories["base"][-1]["content"]
+        tuned = screen.histories["tuned"][-1]["content"]
+        requests = [e for e in screen.events if e["event"] == "done"]
+        assert base != tuned, (base, tuned)
+        # 30 steps teach the answers' shape ("The cow says moo."), as the engine's own test checks
+        assert tuned.startswith("The") and not base.startswith("The"), (base, tuned)
+        assert len(requests) == 2
+        text = screen_text(app)
+        assert "base model (adapter off)" in text and f"adapter {run.run_id}"[:30] in text
+        # a long answer, stopped after its first tokens: the pair's second answer is not asked
+        await ask(pilot, screen, "Tell me a long story about a cow.", temperature="0.9", max_tokens="2000")
+        await wait_for(pilot, lambda: screen.current is not None and len(screen.current[2].text) > 0, timeout=60)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: len(screen.finished) == 3 and screen.current is None, timeout=60)
+        assert screen.finished[-1]["stopped"] and screen.finished[-1]["tokens"] < 2000
+        await pilot.pause(0.5)
+        assert len(screen.finished) == 3 and screen.pending == []
+        assert "[stopped]" in screen_text(app)
+        await pilot.press("escape")
+
+
+@pytest.mark.asyncio
+async def test_merge_and_export_screens_run_the_real_commands(ui_env, tmp_path_factory, tmp_path):
+    import shutil
+
+    run = trained_run(tmp_path_factory, "lora")
+    copy = tmp_path / "runs" / run.run_id  # merge into a copy: other tests expect RUN/merged as they made it
+    shutil.copytree(run.path, copy, ignore=shutil.ignore_patterns("merged", "export-*"))
+    app = TuiwizApp(attach=str(copy), offer_attach=False, blink=False, clock=fixed_clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "MonitorScreen") and app.screen.snapshot is not None, timeout=30)
+        await pilot.press("m")
+        await wait_for(pilot, lambda: on(app, "JobScreen") and app.screen.result is not None, timeout=120)
+        job = app.screen
+        text = screen_text(app)
+        assert "✓ Merged into" in text and "verified: logits within" in text, text
+        assert job.result["max_diff"] <= job.result["tolerance"] and job.result["changed_diff"] > 0
+        stages = [e["stage"] for e in job.events if e["event"] == "progress"]
+        assert "merge" in stages and "verify" in stages
+        assert (copy / "merged" / "model.safetensors.index.json").exists()
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: on(app, "MonitorScreen"))
+        # merging again: the folder exists, the app asks before replacing it
+        before = (copy / "merged" / "tuiwiz.json").stat().st_mtime_ns
+        await pilot.press("m")
+        await wait_for(pilot, lambda: on(app, "ConfirmDialog"), timeout=120)
+        assert "already exists" in screen_text(app) and "Replace it with a new merge?" in screen_text(app)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: on(app, "JobScreen") and app.screen.result is not None, timeout=120)
+        assert app.screen.args[-1] == "--overwrite" and "✓ Merged into" in screen_text(app)
+        assert (copy / "merged" / "tuiwiz.json").stat().st_mtime_ns > before
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: on(app, "MonitorScreen"))
+        # export the adapter alone
+        await pilot.press("e")
+        await wait_for(pilot, lambda: on(app, "ChoiceDialog"))
+        await pilot.press("down", "enter")  # adapter
+        await wait_for(pilot, lambda: on(app, "JobScreen") and app.screen.result is not None, timeout=120)
+        assert "✓ Exported adapter" in screen_text(app)
+        folder = copy / "export-adapter"
+        assert (folder / "adapter_config.json").exists() and (folder / "README.md").exists()
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: on(app, "MonitorScreen"))
+
+
+def test_a_cancelled_job_removes_what_it_wrote(tmp_path):
+    """SIGTERM (the screen's Cancel) interrupts a --jsonl job; its own cleanup runs; the app is told."""
+    script = f"""
+import shutil, sys, time
+from pathlib import Path
+sys.path.insert(0, {str(ROOT)!r})
+from tuiwiz.jsonl import run_job
+staging = Path({str(tmp_path / "staging")!r})
+def job(channel):
+    staging.mkdir()
+    try:
+        channel.progress("merge", 0, 3)
+        print("a library printing to stdout", flush=True)
+        time.sleep(60)
+    except BaseException:
+        shutil.rmtree(staging)
+        raise
+    return {{}}
+sys.exit(run_job(job))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    first = json.loads(proc.stdout.readline())
+    assert first == {"event": "progress", "stage": "merge", "done": 0, "total": 3}
+    assert (tmp_path / "staging").exists()
+    time.sleep(0.2)
+    proc.terminate()
+    out, err = proc.communicate(timeout=30)
+    events = [json.loads(line) for line in out.splitlines()]  # the stray print went to stderr, not here
+    assert events == [{"event": "error", "kind": "cancelled", "message": "cancelled; nothing was written",
+                       "hint": None}]
+    assert "a library printing to stdout" in err
+    assert proc.returncode == 130 and not (tmp_path / "staging").exists()
