@@ -1,0 +1,132 @@
+"""ONNX export of a classification run: torch.onnx's exporter, checked with onnxruntime, refused when wrong.
+
+One MiniLM classification run is trained (a few steps through the real CLI) and merged once for
+the module; the exports reuse that verified merge, as they do for users.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import yaml
+
+from tuiwiz.errors import UserError
+from tuiwiz.runs import RunDir
+
+from .conftest import PROFILES, run_cli
+from .test_merge import copy_run, merged_once
+
+pytestmark = pytest.mark.slow
+LABELS = ["food", "sports", "tech", "weather"]
+TEXTS = ["Grandma baked a lemon cake with fresh cream for dessert.", "Goal!",
+         "The new phone ships with a faster chip and twice the memory."]
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory) -> RunDir:
+    root = tmp_path_factory.mktemp("onnx")
+    data = yaml.safe_load((PROFILES / "minilm-classification.yaml").read_text())
+    data["output"]["runs_dir"] = str(root / "runs")
+    data["data"]["validation_split"] = 0.0
+    data["training"].pop("num_train_epochs")
+    data["training"].pop("eval_steps")
+    data["training"].update(max_steps=2, logging_steps=1, save_steps=1000)
+    profile = root / "profile.yaml"
+    profile.write_text(yaml.safe_dump(data))
+    # module fixtures start before the autouse isolation: the run gets its own state and cache here
+    result = run_cli("--profile", profile, env={"OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1",
+                                                "TUIWIZ_STATE_DIR": str(root / "state"),
+                                                "TUIWIZ_CACHE_DIR": str(root / "cache")})
+    run = RunDir(next((root / "runs").glob("*")))
+    assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
+    merged_once(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def onnx_folder(classifier_run, tmp_path_factory):
+    for name in ("onnx", "onnxruntime", "onnxscript"):  # tuiwiz[onnx]; CI installs it with [all]
+        pytest.importorskip(name)
+    from tuiwiz.export import export_run
+
+    out = tmp_path_factory.mktemp("onnx-export") / "onnx"
+    result = export_run(str(classifier_run.path), "onnx", out)
+    return out, result
+
+
+def test_onnx_export_runs_in_onnxruntime_as_the_torch_model_does(classifier_run, onnx_folder):
+    import onnxruntime
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out, result = onnx_folder
+    assert {p.name for p in result.files} >= {"model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json",
+                                              "README.md"}
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # no staging or merge left behind
+    note = next(n for n in result.notes if n.startswith("checked with onnxruntime"))
+    assert float(re.search(r"within (\S+) of", note).group(1)) <= 1e-4
+    assert any("verified merge" in n for n in result.notes)
+
+    # As an onnxruntime user: only the export folder, its tokenizer and its config.
+    config = json.loads((out / "config.json").read_text())
+    assert [config["id2label"][str(i)] for i in range(len(LABELS))] == LABELS
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    assert set(inputs) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert all(isinstance(dim, str) for shape in inputs.values() for dim in shape)  # batch and sequence are free
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    encoded = tokenizer(TEXTS, return_tensors="np", padding=True)
+    assert encoded["attention_mask"].min() == 0  # the batch really is padded
+    ours = session.run(["logits"], {name: encoded[name].astype(np.int64) for name in inputs})[0]
+
+    model = AutoModelForSequenceClassification.from_pretrained(classifier_run.path / "merged").eval()
+    with torch.no_grad():
+        theirs = model(**tokenizer(TEXTS, return_tensors="pt", padding=True)).logits.numpy()
+    assert ours.shape == (len(TEXTS), len(LABELS))
+    assert np.abs(ours - theirs).max() <= 1e-4
+    assert [LABELS[i] for i in ours.argmax(-1)] == [LABELS[i] for i in theirs.argmax(-1)]
+    assert "ONNX" in (out / "README.md").read_text()
+
+
+def test_an_onnx_file_that_differs_from_the_model_is_refused(classifier_run, onnx_folder, tmp_path, monkeypatch):
+    import onnx
+    from onnx import numpy_helper
+
+    import tuiwiz.export
+    from tuiwiz.export import export_run
+
+    good, _ = onnx_folder
+
+    def wrong_by_1e3(model, example, dest):  # the classifier's bias off by 1e-3: ten times the tolerance
+        graph = onnx.load(str(good / "model.onnx"))
+        bias = next(t for t in graph.graph.initializer if t.name.endswith("classifier.bias"))
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(1e-3), bias.name))
+        onnx.save(graph, str(dest))
+
+    monkeypatch.setattr(tuiwiz.export, "_write_onnx", wrong_by_1e3)
+    with pytest.raises(UserError, match="does not match the torch model") as info:
+        export_run(str(classifier_run.path), "onnx", tmp_path / "bad")
+    assert info.value.kind == "verify" and "0.001" in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its staging copy
+
+
+def test_language_models_and_missing_packages_are_refused(classifier_run, tmp_path, monkeypatch):
+    import importlib.util
+
+    from tuiwiz.export import export_run
+
+    language_model = copy_run(classifier_run, tmp_path / "sft", task="sft")
+    with pytest.raises(UserError, match="ONNX export is for classification runs"):
+        export_run(str(language_model.path), "onnx", tmp_path / "o")
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else
+                        find_spec(name, *a))
+    with pytest.raises(UserError, match="onnxruntime") as info:
+        export_run(str(classifier_run.path), "onnx", tmp_path / "o")
+    assert info.value.kind == "dependency" and info.value.hint == "pip install 'tuiwiz[onnx]'"
+    assert not (tmp_path / "o").exists()
