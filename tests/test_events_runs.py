@@ -1,11 +1,8 @@
 """The event log reader and the run state, checked against real processes."""
 
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 

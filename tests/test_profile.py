@@ -1,10 +1,8 @@
 """The profile schema, its error messages, path resolution and round trips."""
 
 import json
-from pathlib import Path
 
 import pytest
-import yaml
 
 from tuiwiz.errors import UserError
 from tuiwiz.profile import DEFAULT_LEARNING_RATE, METHOD_TYPES, Profile

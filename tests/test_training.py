@@ -4,11 +4,6 @@ Each method trains a few dozen steps; the loss must fall and the output must rel
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +12,7 @@ import yaml
 from tuiwiz.events import read_events
 from tuiwiz.runs import RunDir, read_state
 
-from .conftest import PROFILES, ROOT, run_cli
+from .conftest import PROFILES, run_cli
 
 pytestmark = pytest.mark.slow
 

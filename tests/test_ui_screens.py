@@ -249,6 +249,7 @@ async def test_runs_screen_lists_attaches_and_deletes(ui_env):
         assert "CUDA out of memory" in text  # the first row (newest) is the failed run
         assert app.screen.check_action("resume", ()) is True
         assert app.screen.check_action("stop", ()) is None  # not running
+        assert app.screen.check_action("post", ("chat",)) is False  # failed: nothing to chat with
         # delete asks first; "no" keeps it
         await pilot.press("x")
         await wait_for(pilot, lambda: on(app, "ConfirmDialog"))
@@ -260,6 +261,12 @@ async def test_runs_screen_lists_attaches_and_deletes(ui_env):
         await pilot.press("y")
         await wait_for(pilot, lambda: on(app, "RunsScreen") and len(app.screen.summaries) == 1)
         assert not failed.exists() and done.exists()
+        # a completed run offers merge, export and chat (a failed one did not: see above)
+        assert app.screen.check_action("post", ("merge",)) is True
+        await pilot.press("c")
+        await wait_for(pilot, lambda: on(app, "ChoiceDialog") and "side by side" in screen_text(app))
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: on(app, "RunsScreen"))
         # attach: the monitor of the remaining run
         await pilot.press("enter")
         await wait_for(pilot, lambda: on(app, "MonitorScreen") and app.screen.snapshot is not None)

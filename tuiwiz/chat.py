@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 import threading
 import time
@@ -52,6 +53,15 @@ class ChatSource:
     tokenizer: Path
     task: str
     label: str
+
+
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Model output made safe for a terminal: control characters (an escape sequence could move the
+    cursor, retitle the window or worse) become U+FFFD; newlines and tabs stay."""
+    return _CONTROLS.sub("\ufffd", text)
 
 
 class _Active:
@@ -344,7 +354,7 @@ def _print_stream(engine: ChatEngine, label: str, messages: list[dict], **kwargs
     try:
         for piece in stream:
             pieces.append(piece)
-            print(piece, end="", flush=True)
+            print(printable(piece), end="", flush=True)
     except KeyboardInterrupt:
         engine.stop()
         for piece in stream:  # the generation ends at its next token

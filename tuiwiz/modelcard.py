@@ -27,7 +27,7 @@ ARTIFACTS = {
     "full": "the whole fine-tuned model (safetensors)",
     "gguf": "a GGUF file for llama.cpp and compatible runtimes",
     "ollama": "a GGUF file and an Ollama Modelfile",
-    "onnx": "an ONNX graph (optimum)",
+    "onnx": "an ONNX graph (torch.onnx, checked in ONNX Runtime)",
 }
 
 

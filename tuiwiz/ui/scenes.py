@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .app import TuiwizApp
-from .testing import fixed_clock, hold_running, prepared_state, wait_for, write_fixture_run
+from .testing import Replay, fixed_clock, hold_running, prepared_state, wait_for, write_fixture_run
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,44 @@ def _attach_offer(workdir: Path):
     return app, ready
 
 
+RECORDED_RUN = "demo-lora-20260101-000000-beef"  # the run id in ui/recorded/*.jsonl
+
+
+def _post(what: str):
+    """A post-training screen over a recorded real session (Replay): chat side by side, merge, export."""
+    def build(workdir: Path):
+        app = TuiwizApp(prepared_state(workdir, until="hardware"), offer_attach=False, blink=False,
+                        clock=fixed_clock)
+
+        async def ready(pilot) -> None:
+            await wait_for(pilot, lambda: _on(pilot, "HardwareScreen") and pilot.app.screen.ready())
+            run = f"runs/{RECORDED_RUN}"
+            if what == "chat":
+                from .screens.chat import ChatScreen
+
+                screen = ChatScreen(run, compare=True, label=RECORDED_RUN, process=Replay("chat"))
+                pilot.app.push_screen(screen)
+                await wait_for(pilot, lambda: screen.ready)
+                field = screen.query_one("#chat-input")
+                field.value = "What sound does the cow make?"
+                await pilot.press("enter")
+                await wait_for(pilot, lambda: len(screen.finished) == 2)
+            else:
+                from .screens.job import JobScreen
+
+                args = [what, run] if what == "merge" else ["export", run, "--format", "gguf", "--quant", "q8_0"]
+                title = f"Merge · {RECORDED_RUN}" if what == "merge" else f"Export gguf · {RECORDED_RUN}"
+                screen = JobScreen(what if what == "merge" else "export", args, title=title,
+                                   process=Replay(what))
+                pilot.app.push_screen(screen)
+                await wait_for(pilot, lambda: screen.result is not None)
+            await pilot.pause(0.1)
+
+        return app, ready
+
+    return build
+
+
 SCENES = {s.name: s for s in (
     Scene("hardware-gpu", "rtx4090-24gb", _step("hardware", "HardwareScreen"), "one GPU with its processes"),
     Scene("hardware-8gpu", "8x-a100-80gb", _step("hardware", "HardwareScreen"), "eight GPUs, one busy"),
@@ -179,6 +217,9 @@ SCENES = {s.name: s for s in (
     Scene("runs-delete", "cpu-only", lambda w: _runs_app(w, "delete"), "deleting asks first"),
     Scene("help", "cpu-only", _help, "help: the keys of the screen below"),
     Scene("attach-offer", "cpu-only", _attach_offer, "at start: a run is training, attach?"),
+    Scene("chat-compare", "cpu-only", _post("chat"), "chat side by side: base model and fine-tuned, streamed"),
+    Scene("merge", "cpu-only", _post("merge"), "a verified shard-by-shard merge"),
+    Scene("export-gguf", "cpu-only", _post("gguf"), "a GGUF export (q8_0) with its files"),
 )}
 
 

@@ -163,3 +163,60 @@ def prepared_state(workdir: Path, *, until: str = "review", model: str = "demo",
         state.profile = profile
         state.profile_name = default_profile_name(state, profile)
     return state
+
+
+RECORDED = Path(__file__).parent / "recorded"  # events of real `--jsonl` sessions on the demo (see replay)
+
+
+class Replay:
+    """Stands in for JsonlProcess with the events of a real session recorded in ui/recorded/NAME.jsonl.
+
+    The events without a request id come at the start (``ready``, ``progress``, ``result``); those of the
+    n-th recorded request come when the screen sends its n-th ``ask`` (renumbered to its id). Delivered
+    from a thread, as the real reader does. For scenes and layout tests: what the real command says is
+    tested in tests/test_ui_post.py.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, args, on_event, **kwargs):
+        import threading
+
+        self.args, self.on_event, self.returncode = list(args), on_event, None
+        events = [json.loads(line) for line in (RECORDED / f"{self.name}.jsonl").read_text("utf-8").splitlines()]
+        self.start = [e for e in events if "id" not in e]
+        ids = sorted({e["id"] for e in events if "id" in e})
+        self.answers = [[e for e in events if e.get("id") == i] for i in ids]
+        self.sent: list[dict] = []
+        self._thread = threading.Thread(target=self._deliver, args=(self.start,), daemon=True)
+        self._thread.start()
+        return self
+
+    def _deliver(self, events: list[dict]) -> None:
+        for event in events:
+            self.on_event(dict(event))
+        if self.start and self.start[-1].get("event") in ("result", "error") and events is self.start:
+            self.returncode = 0 if self.start[-1]["event"] == "result" else 2
+            self.on_event({"event": "exit", "code": self.returncode, "stderr": ""})
+
+    def send(self, op: str, **fields) -> bool:
+        import threading
+
+        self.sent.append({"op": op, **fields})
+        if op == "ask" and self.answers:
+            answer = [{**e, "id": fields["id"]} for e in self.answers.pop(0)]
+            self._thread = threading.Thread(target=self._deliver, args=(answer,), daemon=True)
+            self._thread.start()
+        return True
+
+    @property
+    def running(self) -> bool:
+        return self.returncode is None
+
+    def cancel(self) -> None:
+        self.returncode = 130
+
+    def close(self, timeout: float = 5.0) -> int:
+        self.returncode = 0 if self.returncode is None else self.returncode
+        return self.returncode

@@ -15,10 +15,11 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Checkbox, Footer, Input, Label, Select, Static
 
+from ...chat import printable
 from ...jsonl_client import JsonlProcess
 from ..widgets import StepBar
 
@@ -49,9 +50,10 @@ class Bubble(Static):
         self._show(note)
 
     def _show(self, note: str = "") -> None:
-        line = Text.assemble((f"{self.who} › ", "bold"), self.text or ("…" if self.has_class("chat-answer") else ""))
+        line = Text.assemble((f"{self.who} › ", "bold"), printable(self.text) or ("…" if self.has_class("chat-answer") else ""))
         if note:
-            line.append(f"  {note}", style="dim")
+            line.append("  ")  # plain gap: an SVG export drops a styled one
+            line.append(note, style="dim")
         self.update(line)
 
 
@@ -74,15 +76,16 @@ class ChatScreen(Screen[None]):
     """
     AUTO_FOCUS = "#chat-input"
     BINDINGS = [
-        Binding("ctrl+s", "stop", "Stop answer", id="stop", priority=True),
+        Binding("ctrl+s", "stop", "Stop", id="stop", priority=True),
         Binding("ctrl+l", "clear", "Clear", id="clear", priority=True),
         Binding("ctrl+b", "toggle_compare", "Side by side", id="compare", priority=True),
         Binding("ctrl+o", "add_adapter", "Add adapter", id="add-adapter", priority=True),
         Binding("escape", "close", "Close", id="close"),
     ]
 
-    def __init__(self, ref: str, *, compare: bool = False, label: str | None = None) -> None:
+    def __init__(self, ref: str, *, compare: bool = False, label: str | None = None, process=JsonlProcess) -> None:
         super().__init__()
+        self.process = process  # JsonlProcess, or a stand-in with its interface (ui/testing.py's replay)
         self.ref, self.compare, self.label = str(ref), compare, label or str(ref).rstrip("/").rsplit("/", 1)[-1]
         self.client: JsonlProcess | None = None
         self.ready = False
@@ -122,7 +125,7 @@ class ChatScreen(Screen[None]):
         self._start()
 
     def _start(self) -> None:
-        self.client = JsonlProcess(["chat", self.ref], self._from_thread)  # a fork and exec: quick
+        self.client = self.process(["chat", self.ref], self._from_thread)  # a fork and exec: quick
 
     def _from_thread(self, event: dict) -> None:
         try:
@@ -181,6 +184,9 @@ class ChatScreen(Screen[None]):
             if event.get("stopped"):
                 self.pending.clear()
             self._next()
+            if self.current is None:
+                self._status(f"ready · last answer {event['tokens']} tokens in {event['seconds']:.1f} s, first "
+                             f"after {1000 * (event.get('first_token_s') or 0):.0f} ms")
         elif kind == "error":
             message = event.get("message", "failed") + (f" ({event['hint']})" if event.get("hint") else "")
             if self.current and event.get("id") == self.current[0]:
@@ -291,10 +297,10 @@ class ChatScreen(Screen[None]):
         self._layout()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "stop":
-            return True if self.current is not None else None
+        if action == "stop":  # shown only while an answer streams (the footer is short at 80 columns)
+            return self.current is not None
         if action in ("toggle_compare", "add_adapter"):
-            return True if self.ready and self.adapters else None
+            return bool(self.ready and self.adapters)
         if action == "clear":
             return True if self.current is None else None
         return True

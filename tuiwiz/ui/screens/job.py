@@ -55,8 +55,10 @@ class JobScreen(Screen[dict | None]):
     """
     BINDINGS = [Binding("escape", "close", "Close", id="close")]
 
-    def __init__(self, what: str, args: list[str], *, title: str, cwd: str | None = None) -> None:
+    def __init__(self, what: str, args: list[str], *, title: str, cwd: str | None = None,
+                 process=JsonlProcess) -> None:
         super().__init__()
+        self.process = process  # JsonlProcess, or a stand-in with its interface (ui/testing.py's replay)
         self.what, self.args, self.title_text, self.cwd = what, list(args), title, cwd
         self.client: JsonlProcess | None = None
         self.result: dict | None = None
@@ -82,7 +84,7 @@ class JobScreen(Screen[dict | None]):
         return self.client is not None and self.client.running and self.result is None and self.error is None
 
     def _start(self) -> None:
-        self.client = JsonlProcess(self.args, self._from_thread, cwd=self.cwd)  # a fork and exec: quick
+        self.client = self.process(self.args, self._from_thread, cwd=self.cwd)  # a fork and exec: quick
 
     def _from_thread(self, event: dict) -> None:
         try:

@@ -41,6 +41,9 @@ class RunsScreen(Screen[str]):
         Binding("r", "resume", "Resume", id="resume"),
         Binding("s", "stop", "Stop", id="stop"),
         Binding("delete,x", "delete", "Delete", id="delete"),
+        Binding("m", "post('merge')", "Merge", id="merge"),
+        Binding("e", "post('export')", "Export", id="export"),
+        Binding("c", "post('chat')", "Chat", id="chat"),
         Binding("n", "new_run", "New run", id="new-run"),
         Binding("escape", "back", "Back", id="back"),
     ]
@@ -149,6 +152,11 @@ class RunsScreen(Screen[str]):
             return status in ACTIVE or None
         if action == "delete":
             return status in FINISHED or None
+        if action == "post":  # hidden unless the run completed (the footer is short at 80 columns)
+            if status != "completed":
+                return False
+            # merging needs an adapter; a full fine-tune's output is already a whole model
+            return not (parameters and parameters[0] == "merge" and s.method in (None, "full"))
         if action == "back":
             return len(self.app.screen_stack) > 2 or None
         return True
@@ -205,6 +213,15 @@ class RunsScreen(Screen[str]):
             shutil.rmtree(run.path, ignore_errors=True)
             self.notify(f"deleted {run.run_id}")
             self.refresh_runs()
+
+    @work
+    async def action_post(self, what: str) -> None:
+        """Merge, export or chat the selected completed run (see ui/post.py)."""
+        from ..post import post_action
+
+        run = self._run()
+        if run is not None:
+            await post_action(self.app, what, str(run.path), run.run_id)
 
     def action_new_run(self) -> None:
         self.app.restart_wizard("model")
