@@ -87,6 +87,17 @@ async def test_chat_streams_text_before_the_answer_ends(ui_env, tmp_path_factory
         # ctrl+l clears the conversation; the next answer starts from scratch
         await pilot.press("ctrl+l")
         assert screen.histories["tuned"] == [] and not screen.query(".chat-answer")
+        # another run's adapter on the same base (what ctrl+o picks from the runs list), then switch to it
+        dora = trained_run(tmp_path_factory, "dora")
+        screen.client.send("add_adapter", ref=str(dora.path), name="dora")
+        await wait_for(pilot, lambda: len(screen.adapters) == 2, timeout=60)
+        select = screen.query_one("#chat-adapter", Select)
+        assert [value for _, value in select._options][-3:] == [run.run_id, "dora", "base"]
+        select.value = "dora"
+        await wait_for(pilot, lambda: screen.active == "dora", timeout=30)
+        await ask(pilot, screen, COW, max_tokens="12")
+        await wait_for(pilot, lambda: len(screen.finished) == 2, timeout=60)
+        assert screen.query(".chat-answer").last().who == "dora" and "adapter dora" in screen_text(app)
         await pilot.press("escape")
         await wait_for(pilot, lambda: not on(app, "ChatScreen"))
         await wait_for(pilot, lambda: screen.client.returncode is not None, timeout=30)

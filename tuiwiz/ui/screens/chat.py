@@ -283,7 +283,7 @@ class ChatScreen(Screen[None]):
     @on(Select.Changed, "#chat-adapter")
     def _adapter_chosen(self, event: Select.Changed) -> None:
         value = event.value
-        if not self.adapters or value in (None, Select.BLANK) or value == self.active:
+        if value == self.active or (value != BASE and value not in self.adapters):  # blank while refilled
             return
         if value == BASE:
             self.active = BASE
