@@ -96,7 +96,7 @@ def test_an_onnx_file_that_differs_from_the_model_is_refused(classifier_run, onn
     import onnx
     from onnx import numpy_helper
 
-    import tuiwiz.export
+    import tuiwiz.export_onnx
     from tuiwiz.export import export_run
 
     good, _ = onnx_folder
@@ -107,7 +107,7 @@ def test_an_onnx_file_that_differs_from_the_model_is_refused(classifier_run, onn
         bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(1e-3), bias.name))
         onnx.save(graph, str(dest))
 
-    monkeypatch.setattr(tuiwiz.export, "_write_onnx", wrong_by_1e3)
+    monkeypatch.setattr(tuiwiz.export_onnx, "_write_onnx", wrong_by_1e3)
     with pytest.raises(UserError, match="does not match the torch model") as info:
         export_run(str(classifier_run.path), "onnx", tmp_path / "bad")
     assert info.value.kind == "verify" and "0.001" in str(info.value)
