@@ -97,6 +97,15 @@ def test_tuiwiz_in_tmux_trains_the_demo(tmp_path, demo_built):
         assert "step 3/3" in text
         assert re.search(r"loss \d+\.\d{4}", text), text
         assert "max_steps: 3" in (work / "profiles" / "demo-lora.yaml").read_text()
+        # chat with what was just trained, in the same terminal: the model runs in its own process
+        pane.keys("c")
+        pane.wait("chat with the fine-tuned model")
+        pane.keys("Enter")
+        pane.wait("Chat · demo-lora", "ready on cpu", timeout=120)
+        pane.keys("H", "i", "Enter", gap=0.1)
+        pane.wait("you › Hi", "ready · last answer", timeout=90)  # an answer streamed and ended
+        pane.keys("Escape")
+        pane.wait("COMPLETED")
         pane.keys("C-q")
         deadline = time.monotonic() + 20
         while pane.alive() and time.monotonic() < deadline:
