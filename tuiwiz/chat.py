@@ -4,7 +4,8 @@ One model is loaded: the base with the run's adapter (more adapters can be added
 or a whole model (a full fine-tune's output, or a merged or exported folder). ``stream`` yields
 text as it is generated (transformers' TextIteratorStreamer, generation in its own thread);
 ``stop`` ends a generation at the next token. Answering with the adapter disabled gives the base
-model's answer from the same loaded weights, for side-by-side comparison.
+model's answer from the same loaded weights, for side-by-side comparison. The JSON-lines
+server the app drives is in chat_server.py.
 """
 
 from __future__ import annotations
@@ -396,90 +397,3 @@ def run_repl(ref: str, *, settings: GenerationSettings | None = None, system: st
             _print_stream(engine, "base", messages, adapter=None, **kwargs)
         reply = _print_stream(engine, label, messages, adapter=None if base else ACTIVE, **kwargs)
         messages.append({"role": "assistant", "content": reply})
-
-
-# --- the JSON lines server (the app's Chat screen) -------------------------------------
-
-def _ask(engine: ChatEngine, channel, request: dict) -> None:
-    rid = request.get("id")
-    adapter = request.get("adapter", "active")
-    adapter = None if adapter == "base" else ACTIVE if adapter in (None, "active") else adapter
-    try:
-        settings = GenerationSettings(temperature=float(request.get("temperature", 0.7)),
-                                      top_p=float(request.get("top_p", 0.9)),
-                                      max_new_tokens=int(request.get("max_new_tokens", 256)))
-        for piece in engine.stream(list(request["messages"]), system=request.get("system") or None,
-                                   settings=settings, adapter=adapter):
-            channel.emit("token", id=rid, text=piece)
-        s = engine.last_stats
-        channel.emit("done", id=rid, tokens=s.new_tokens, first_token_s=s.first_token_s, seconds=s.seconds,
-                     stopped=s.stopped, tokens_per_second=s.tokens_per_second)
-    except (KeyError, TypeError, ValueError) as exc:
-        channel.emit("error", id=rid, kind="input", message=f"bad request: {exc}", hint=None)
-    except BaseException as exc:
-        channel.error(exc, id=rid)
-
-
-def _adapters_event(engine: ChatEngine, channel) -> None:
-    channel.emit("adapters", adapters=list(engine.adapters), active=engine.active_adapter)
-
-
-def run_jsonl(ref: str) -> int:
-    """Serve one chat over stdin/stdout, a JSON object a line (see docs/post-training.md).
-
-    Requests: ``ask`` (id, messages, system, temperature, top_p, max_new_tokens, adapter: "active",
-    "base" or a name), ``stop``, ``add_adapter`` (ref, name), ``set_adapter`` (name), ``quit``.
-    Events: ``loading``, ``ready``, ``token``, ``done``, ``adapters``, ``error``. Answers are generated
-    in a thread, so a ``stop`` read while one streams ends it at the next token.
-    """
-    from .jsonl import Channel
-
-    channel = Channel()
-    try:
-        engine = ChatEngine(ref)
-        channel.emit("loading", label=engine.source.label)
-        engine.load()
-    except BaseException as exc:
-        channel.error(exc)
-        return exc.exit_code if isinstance(exc, UserError) else 1
-    channel.emit("ready", label=engine.source.label, adapters=list(engine.adapters), active=engine.active_adapter,
-                 device=str(engine.device), chat_template=bool(engine.tokenizer.chat_template))
-    answering: threading.Thread | None = None
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            request = json.loads(line)
-            op = request["op"]
-        except (ValueError, KeyError, TypeError):
-            channel.emit("error", kind="input", message=f"not a request: {line.strip()[:200]}",
-                         hint='one JSON object a line with an "op"')
-            continue
-        busy = answering is not None and answering.is_alive()
-        if op == "quit":
-            break
-        if op == "stop":
-            engine.stop()
-        elif busy:
-            channel.emit("error", id=request.get("id"), kind="busy", message="an answer is still streaming",
-                         hint="send stop first, or wait for done")
-        elif op == "ask":
-            answering = threading.Thread(target=_ask, args=(engine, channel, request), name="tuiwiz-ask",
-                                         daemon=True)
-            answering.start()
-        elif op in ("add_adapter", "set_adapter"):
-            try:
-                if op == "add_adapter":
-                    engine.add_adapter(request["ref"], request.get("name"))
-                else:
-                    engine.set_adapter(request["name"])
-                _adapters_event(engine, channel)
-            except BaseException as exc:
-                channel.error(exc)
-        else:
-            channel.emit("error", kind="input", message=f"unknown op {op!r}",
-                         hint="ops: ask, stop, add_adapter, set_adapter, quit")
-    engine.stop()
-    if answering is not None:
-        answering.join()
-    return 0

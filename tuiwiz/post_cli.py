@@ -100,9 +100,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    from .chat import GenerationSettings, run_jsonl, run_repl
+    from .chat import GenerationSettings, run_repl
 
     if args.jsonl:
+        from .chat_server import run_jsonl
+
         return run_jsonl(args.run)
     settings = GenerationSettings(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
     return run_repl(args.run, settings=settings, system=args.system, base=args.base, compare=args.compare)
