@@ -7,14 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tuiwiz.architectures import config_parameter_count
 from tuiwiz.errors import UserError
-from tuiwiz.modelinfo import (
-    cached_models,
-    config_parameter_count,
-    inspect_model,
-    model_from_config,
-    read_safetensors_header,
-)
+from tuiwiz.modelinfo import cached_models, inspect_model, model_from_config
+from tuiwiz.weights import read_safetensors_header
 
 CONFIGS = Path(__file__).parent / "fixtures" / "configs"
 CONFIG_NAMES = sorted(p.stem for p in CONFIGS.glob("*.json"))

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from .errors import UserError
-from .modelinfo import IA3_TARGETS, ModelInfo
+from .architectures import IA3_TARGETS
+from .modelinfo import ModelInfo
 
 MiB = 1024**2
 GiB = 1024**3

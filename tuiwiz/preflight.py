@@ -240,7 +240,8 @@ def check_model_files(model_folder: str | Path, *, field: str = "model.name_or_p
     Reads the safetensors headers only (a few KB); a folder with pytorch .bin weights alone passes
     (they cannot be checked without torch).
     """
-    from .modelinfo import _weight_files, read_safetensors_header
+    from .modelinfo import _weight_files
+    from .weights import read_safetensors_header
 
     folder = Path(model_folder)
     files = _weight_files(folder)
