@@ -168,20 +168,21 @@ def _no_leftovers(parent: Path, name: str) -> None:
 @pytest.mark.parametrize("fault", ["double-scale", "skip-one-module", "skip-all"])
 def test_verification_catches_a_wrong_merge(tmp_path_factory, tmp_path, monkeypatch, fault):
     import tuiwiz.merge as merge
+    import tuiwiz.merge_shards as merge_shards
 
     run = trained_run(tmp_path_factory, "lora")
     if fault == "double-scale":
-        right = merge._lora_scaling
-        monkeypatch.setattr(merge, "_lora_scaling", lambda config, module, rank: 2 * right(config, module, rank))
+        right = merge_shards._lora_scaling
+        monkeypatch.setattr(merge_shards, "_lora_scaling", lambda config, module, rank: 2 * right(config, module, rank))
     else:
-        right_weight = merge._merged_weight
+        right_weight = merge_shards._merged_weight
 
         def faulty(weight, adapter, module, config):
             if fault == "skip-all" or module.endswith("layers.2.mlp.down_proj"):
                 return weight
             return right_weight(weight, adapter, module, config)
 
-        monkeypatch.setattr(merge, "_merged_weight", faulty)
+        monkeypatch.setattr(merge_shards, "_merged_weight", faulty)
     with pytest.raises(UserError) as info:
         merge.merge_run(str(run.path), tmp_path / "merged")
     assert info.value.kind == "verify"
@@ -261,7 +262,7 @@ def test_delta_formulas_equal_peft_for_more_variants(tmp_path, case):
     import peft
     import torch
 
-    from tuiwiz.merge import _merged_bias, _merged_weight, _read_adapter
+    from tuiwiz.merge_shards import _merged_bias, _merged_weight, _read_adapter
 
     model, config = {
         "adalora": (_demo, lambda: peft.AdaLoraConfig(task_type="CAUSAL_LM", total_step=100, init_r=6, target_r=4,

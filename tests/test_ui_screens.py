@@ -71,6 +71,26 @@ async def test_model_screen_details_and_unknown_hub_id(ui_env):
         assert on(app, "ModelScreen")
 
 
+async def test_model_screen_keeps_a_folder_chosen_earlier(ui_env):
+    """Back on the Model step (from Data), a folder typed earlier stays chosen: the list's first entry
+    is not read in its place."""
+    from tuiwiz.demo import demo_model_dir
+
+    folder = str(demo_model_dir())
+    state = prepared_state(ui_env, until="data", model=folder)
+    app = app_at(state, "model")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "ModelScreen") and app.screen.ready(), timeout=60)
+        await pilot.pause(0.5)  # the cache scan and any automatic highlight have happened
+        assert app.state.model_name == folder and app.screen.ready()
+        assert app.screen.query_one("#model-entry").value == folder
+        # choosing from the list still works
+        options = app.screen.query_one("#model-list")
+        options.focus()
+        options.highlighted = 0
+        await wait_for(pilot, lambda: app.state.model_name == "demo" and app.screen.ready(), timeout=30)
+
+
 async def test_model_screen_local_folder_picker(ui_env):
     from tuiwiz.demo import demo_model_dir
 

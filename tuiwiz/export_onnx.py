@@ -75,7 +75,7 @@ def _export_onnx(source: RunOutput, staging: Path, progress: Progress | None) ->
     import torch
     from transformers import AutoTokenizer
 
-    from .merge import FP32_TOLERANCE, load_model
+    from .merge_verify import FP32_TOLERANCE, load_model
 
     staging.mkdir()
     folder, notes = _merged_folder(source, staging, progress)

@@ -6,20 +6,22 @@ private memory peak is about one shard plus the adapter, not the whole model. Th
 formulas follow peft's own merge code (``get_delta_weight`` of LoRA, DoRA, AdaLoRA and
 IA3). Every merge is verified against peft before it is renamed into place.
 
+This module holds a run's output, the plan and its resource checks, and ``merge_run``;
+the shard-by-shard merge and peft's formulas are in merge_shards.py, the verification in
+merge_verify.py.
+
 No torch at import: the functions that need it import it inside.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
@@ -33,9 +35,6 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
     "chat_template.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model",
 )
-FP32_TOLERANCE = 1e-4
-HALF_TOLERANCE = 3e-2  # times max(1, largest reference logit): bf16/fp16 round at about 1e-2 relative
-VERIFY_PROMPTS = ("Hello", "What sound does the cow make?", "The quick brown fox jumps over the lazy dog.")
 Progress = Callable[[str, int, int], None]
 
 
@@ -190,113 +189,6 @@ def check_resources(plan: MergePlan, out: Path, *, memory_budget_mb: float | Non
         )
 
 
-# --- the adapter, grouped by module ----------------------------------------------------
-
-_ADAPTER_PARTS = {
-    "lora_A.weight": "A", "lora_B.weight": "B", "lora_B.bias": "B_bias", "lora_magnitude_vector": "magnitude",
-    "lora_embedding_A": "emb_A", "lora_embedding_B": "emb_B", "lora_A": "A", "lora_B": "B", "lora_E": "E",
-    "ia3_l": "ia3",
-}
-_PART_RE = re.compile(r"^(.*)\.(" + "|".join(re.escape(p) for p in sorted(_ADAPTER_PARTS, key=len, reverse=True)) + r")$")
-
-
-@dataclass
-class _ModuleAdapter:
-    parts: dict = field(default_factory=dict)
-
-
-def _pattern_value(patterns: dict, key: str, default):
-    """peft's get_pattern_key: the first pattern that matches the end of the module name."""
-    for pattern in patterns:
-        if re.match(rf"(.*\.)?({pattern})$", key):
-            return patterns[pattern]
-    return default
-
-
-def _lora_scaling(config: dict, module: str, rank: int) -> float:
-    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))
-    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-
-
-def _adalora_scaling(config: dict, module: str, rank: int) -> float:
-    alpha = config.get("lora_alpha", 8)
-    return (alpha if alpha > 0 else float(rank)) / (rank + 1e-5)  # peft divides by ranknum + 1e-5
-
-
-def _read_adapter(folder: Path) -> tuple[dict[str, _ModuleAdapter], dict]:
-    """(module name -> its adapter tensors, replacement tensors by base key) from the adapter files."""
-    from safetensors.torch import load_file
-
-    modules: dict[str, _ModuleAdapter] = {}
-    replace: dict = {}
-    for path in sorted(folder.glob("adapter_model*.safetensors")):
-        for key, tensor in load_file(path).items():
-            key = key.removeprefix("base_model.model.")
-            match = _PART_RE.match(key)
-            if match:
-                modules.setdefault(match.group(1), _ModuleAdapter()).parts[_ADAPTER_PARTS[match.group(2)]] = tensor
-            else:  # modules_to_save, or a saved copy of a targeted embedding
-                replace[key.replace(".modules_to_save.", ".").replace(".base_layer.", ".")] = tensor
-    if not modules:
-        raise UserError(f"{folder} holds no adapter weights that can be merged", file=folder, kind="run")
-    return modules, replace
-
-
-def _transpose(tensor, fan_in_fan_out: bool):
-    return tensor.T if fan_in_fan_out else tensor
-
-
-def _merged_weight(weight, adapter: _ModuleAdapter, module: str, config: dict):
-    """The merged weight of one module: peft's merge, computed in fp32, cast back to the weight's dtype."""
-    import torch
-
-    p = adapter.parts
-    fifo = bool(config.get("fan_in_fan_out"))
-    w = weight.to(torch.float32)
-    if "ia3" in p:
-        return (w * _transpose(p["ia3"].to(torch.float32), fifo)).to(weight.dtype)
-    if "emb_A" in p:  # LoRA on an embedding: delta = (B @ A).T * scaling, never fan_in_fan_out
-        a, b = p["emb_A"].float(), p["emb_B"].float()
-        return (w + (b @ a).T * _lora_scaling(config, module, a.shape[0])).to(weight.dtype)
-    a, b = p["A"].float(), p["B"].float()
-    if "E" in p:  # AdaLoRA: B @ (A * E) * scaling / ranknum
-        delta = _transpose(b @ (a * p["E"].float()), fifo) * _adalora_scaling(config, module, a.shape[0])
-        return (w + delta).to(weight.dtype)
-    delta = _transpose(b @ a, fifo) * _lora_scaling(config, module, a.shape[0])
-    if "magnitude" in p:  # DoRA: magnitude / ||W + delta|| (row norms, in [out, in] layout) times (W + delta)
-        norm = torch.linalg.norm(_transpose(w, fifo) + _transpose(delta, fifo), dim=1)
-        factor = _transpose((p["magnitude"].float() / norm).view(-1, 1), fifo)
-        return (factor * (w + delta)).to(weight.dtype)
-    return (w + delta).to(weight.dtype)
-
-
-def _merged_bias(bias, adapter: _ModuleAdapter, module: str, config: dict):
-    """LoRA with lora_bias adds B's bias; IA3 scales the bias of non-feed-forward layers; else None."""
-    import torch
-
-    p = adapter.parts
-    if "B_bias" in p:
-        scale = _lora_scaling(config, module, p["A"].shape[0])
-        return (bias.to(torch.float32) + p["B_bias"].float() * scale).to(bias.dtype)
-    ia3 = p.get("ia3")
-    if ia3 is not None and ia3.shape[-1] == 1:  # (out, 1): not feed-forward
-        return (bias.to(torch.float32) * ia3.float().reshape(bias.shape)).to(bias.dtype)
-    return None
-
-
-def _checkpoint_prefix(checkpoint_keys: set[str], modules: dict) -> str:
-    """The model's prefix that the checkpoint lacks ("" when names match): a bare encoder such as
-    ``BertModel`` saved without the ``bert.`` that ``BertForSequenceClassification`` puts before it."""
-    probe = next(iter(modules))
-    if f"{probe}.weight" in checkpoint_keys:
-        return ""
-    prefix, _, rest = probe.partition(".")
-    if f"{rest}.weight" in checkpoint_keys:
-        return prefix
-    raise UserError(f"the adapter's module {probe} has no weight in the base checkpoint",
-                    hint="the base model folder does not match the one the run trained on", kind="model")
-
-
 # --- the merge --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -341,162 +233,6 @@ class PeakRss:
         self._thread.join()
 
 
-def _copy_side_files(plan: MergePlan, staging: Path) -> None:
-    base = plan.source.base_model
-    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
-    if plan.source.is_classifier:
-        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
-
-        labels = plan.source.labels or ()
-        config["architectures"] = [MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES[config["model_type"]]]
-        config["id2label"] = {str(i): label for i, label in enumerate(labels)}
-        config["label2id"] = {label: i for i, label in enumerate(labels)}
-    (staging / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    if (base / "generation_config.json").exists():
-        shutil.copy2(base / "generation_config.json", staging / "generation_config.json")
-    for name in TOKENIZER_FILES:  # from the run: it has the chat template and any added tokens
-        if (plan.source.path / name).exists():
-            shutil.copy2(plan.source.path / name, staging / name)
-
-
-def _merge_shards(plan: MergePlan, staging: Path, progress: Progress | None) -> dict[str, str]:
-    """Write the merged shards into ``staging``; returns the weight map (key -> shard file)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    config = json.loads((plan.source.path / "adapter_config.json").read_text(encoding="utf-8"))
-    modules, replace = _read_adapter(plan.source.path)
-    keys: set[str] = set()
-    for shard in plan.shards:
-        with safe_open(shard, framework="pt") as handle:
-            keys.update(handle.keys())
-    prefix = _checkpoint_prefix(keys, modules)
-
-    def to_checkpoint(name: str) -> str:
-        return name.removeprefix(prefix + ".") if prefix else name
-
-    targets: dict[str, tuple[str, str]] = {}  # checkpoint key -> (module, "weight" | "bias")
-    for module in modules:
-        if f"{to_checkpoint(module)}.weight" not in keys:
-            raise UserError(f"the adapter's module {module} has no weight in the base checkpoint",
-                            hint="the base model folder does not match the one the run trained on", kind="model")
-        for what in ("weight", "bias"):
-            targets[f"{to_checkpoint(module)}.{what}"] = (module, what)
-    replaced = {to_checkpoint(k): v for k, v in replace.items() if to_checkpoint(k) in keys}
-    extra = {k: v for k, v in replace.items() if to_checkpoint(k) not in keys}  # a new head, e.g. a classifier
-    weight_map: dict[str, str] = {}
-    for number, shard in enumerate(plan.shards, 1):
-        if progress:
-            progress("merge", number - 1, len(plan.shards))
-        tensors = {}
-        with safe_open(shard, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            for key in handle.keys():
-                tensor = handle.get_tensor(key)
-                if key in replaced:
-                    tensor = replaced.pop(key).to(tensor.dtype)
-                if key in targets:
-                    module, what = targets[key]
-                    merged = (_merged_weight(tensor, modules[module], module, config) if what == "weight"
-                              else _merged_bias(tensor, modules[module], module, config))
-                    tensor = tensor if merged is None else merged
-                tensors[f"{prefix}.{key}" if prefix else key] = tensor.contiguous()
-        if number == len(plan.shards):
-            tensors.update({k: v.contiguous() for k, v in extra.items()})
-        save_file(tensors, str(staging / shard.name), metadata={"format": "pt", **metadata})
-        weight_map.update({key: shard.name for key in tensors})
-        del tensors
-    if progress:
-        progress("merge", len(plan.shards), len(plan.shards))
-    return weight_map
-
-
-def _write_index(staging: Path, weight_map: dict[str, str], shards: int) -> None:
-    if shards == 1 and not (staging / "model.safetensors.index.json").exists():
-        return
-    total = sum((staging / name).stat().st_size for name in set(weight_map.values()))
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
-
-
-def load_model(folder: Path, source: RunOutput, *, adapter: Path | None = None):
-    """A model for inference on CPU, in its stored dtype; with ``adapter``, wrapped by peft."""
-    import transformers
-
-    kwargs: dict = {"dtype": "auto"}
-    if source.is_classifier:
-        labels = source.labels or ()
-        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                      label2id={label: i for i, label in enumerate(labels)})
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)
-    else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
-    return model.eval()
-
-
-def _logits(model, tokenizer) -> list:
-    import torch
-
-    with torch.inference_mode():
-        return [model(**tokenizer(text, return_tensors="pt")).logits.float() for text in VERIFY_PROMPTS]
-
-
-def _largest_gap(first: list, second: list) -> float:
-    return max(float((a - b).abs().max()) for a, b in zip(first, second))
-
-
-def verify_merge(plan: MergePlan, merged: Path) -> tuple[float, float, float]:
-    """(max_diff, changed_diff, tolerance): the merged model against base + adapter (peft) and the bare base.
-
-    The two models are loaded one after the other; safetensors are memory-mapped, so their
-    weights are page cache the kernel can drop, not private memory.
-    """
-    import gc
-
-    import torch
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(plan.source.path)
-    reference = load_model(plan.source.base_model, plan.source, adapter=plan.source.path)
-    with_adapter = _logits(reference, tokenizer)
-    with reference.disable_adapter():
-        base = _logits(reference, tokenizer)
-    dtype = next(reference.parameters()).dtype
-    del reference
-    gc.collect()
-    merged_model = load_model(merged, plan.source)
-    after = _logits(merged_model, tokenizer)
-    del merged_model
-    gc.collect()
-    if dtype == torch.float32:
-        tolerance = FP32_TOLERANCE
-    else:
-        tolerance = HALF_TOLERANCE * max(1.0, max(float(t.abs().max()) for t in with_adapter))
-    return _largest_gap(after, with_adapter), _largest_gap(after, base), tolerance
-
-
-def _judge(plan: MergePlan, max_diff: float, changed_diff: float, tolerance: float) -> None:
-    """A merge that changes nothing, or not what the adapter does, is an error."""
-    if not changed_diff > tolerance:  # also catches NaN
-        raise UserError(
-            f"the merged model equals the base (logits within {changed_diff:.3g}, tolerance {tolerance:.0e}): "
-            f"the merge changed nothing; nothing was written",
-            hint="if the adapter is untrained (its loss did not fall) there is nothing to merge; "
-                 "otherwise report this with the run's adapter_config.json", kind="verify",
-        )
-    if not max_diff <= tolerance:
-        raise UserError(
-            f"the merged model does not match base + adapter: logits differ by up to {max_diff:.3g} "
-            f"(tolerance {tolerance:.0e}); nothing was written",
-            hint="this is a bug in the merge for this adapter; report it with the run's adapter_config.json",
-            kind="verify",
-        )
-
-
 def merge_run(ref: str | RunDir | RunOutput | MergePlan, out: str | Path | None = None, *, overwrite: bool = False,
               memory_budget_mb: float | None = None, disk_budget_mb: float | None = None,
               progress: Progress | None = None) -> MergeResult:
@@ -505,6 +241,9 @@ def merge_run(ref: str | RunDir | RunOutput | MergePlan, out: str | Path | None 
     Nothing is left at ``out`` unless verification passed. Raises UserError for a run that cannot
     be merged, too little memory or disk, or a merge whose logits do not match peft's.
     """
+    from .merge_shards import _copy_side_files, _merge_shards, _write_index  # they import this module
+    from .merge_verify import _judge, verify_merge
+
     plan = ref if isinstance(ref, MergePlan) else plan_merge(ref)
     out = Path(out).expanduser().resolve() if out else plan.source.run.path / "merged"
     if out.exists() and not overwrite and any(out.iterdir()):

@@ -100,7 +100,7 @@ class ModelScreen(StepScreen):
     def body(self) -> ComposeResult:
         with Horizontal(id="model-main"):
             with Vertical(id="model-left"):
-                yield OptionList(*_builtin_options(), id="model-list")
+                yield OptionList(id="model-list")  # filled on mount: given options, it highlights the first
             with VerticalScroll(id="model-right", classes="panel") as right:
                 right.border_title = "About the model"
                 yield Static("", id="model-info")
@@ -110,8 +110,9 @@ class ModelScreen(StepScreen):
     def on_mount(self) -> None:
         super().on_mount()
         options = self.query_one("#model-list", OptionList)
-        options.add_options([Option(Text("Local folder…"), id=FOLDER), Option(Text("Hub id or path…"), id=HUB)])
-        self._select(self.state.model_name)
+        options.add_options([*_builtin_options(), Option(Text("Local folder…"), id=FOLDER),
+                             Option(Text("Hub id or path…"), id=HUB)])
+        self._select(self.state.model_name)  # a folder or hub id typed earlier stays chosen: nothing highlighted
         self._scan_cache()
 
     def _select(self, name: str) -> None:
