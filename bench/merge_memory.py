@@ -113,7 +113,8 @@ def child(mode: str, run: Path, out: Path) -> dict:
     started = time.perf_counter()
     result: dict = {}
     if mode == "tuiwiz-merge":
-        from tuiwiz.merge import _merge_shards, _write_index, plan_merge
+        from tuiwiz.merge import plan_merge
+        from tuiwiz.merge_shards import _merge_shards, _write_index
 
         plan = plan_merge(str(run))
         out.mkdir(parents=True)
