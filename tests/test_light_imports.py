@@ -46,7 +46,7 @@ def test_light_commands_import_no_training_stack(argv):
      "tuiwiz.fit_cli", "tuiwiz.merge", "tuiwiz.export", "tuiwiz.chat", "tuiwiz.modelcard", "tuiwiz.post_cli",
      "tuiwiz.export_onnx", "tuiwiz.hub", "tuiwiz.chat_server",
      "tuiwiz.architectures", "tuiwiz.weights", "tuiwiz.merge_shards", "tuiwiz.merge_verify",
-     "tuiwiz.profile_yaml"],
+     "tuiwiz.profile_yaml", "tuiwiz.data_files"],
 )
 def test_core_modules_import_light(module):
     code = f"import sys, {module}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"

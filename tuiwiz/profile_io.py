@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from .atomic import write_text_atomic
 from .builtin_models import is_builtin
-from .data import decode_text, read_file_bytes
+from .data_files import decode_text, read_file_bytes
 from .errors import UserError
 from .profile import Profile
 from .profile_yaml import _compose, _mark_line
