@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .errors import UserError
 from .architectures import IA3_TARGETS
+from .errors import UserError
 from .modelinfo import ModelInfo
 
 MiB = 1024**2
