@@ -283,5 +283,3 @@ def model_from_config(config: dict, name: str = "config") -> ModelInfo:
         linear_layers=layout.linears, embedding_parameters=layout.embedding, lm_head_parameters=layout.lm_head,
         bias_parameters=layout.bias, gated_mlp=layout.gated_mlp, warnings=tuple(warnings),
     )
-
-
