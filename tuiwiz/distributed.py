@@ -59,6 +59,24 @@ def deepspeed_config(profile: Profile) -> dict | None:
     }
 
 
+DEFAULT_PORT = 29500  # torch.distributed's usual rendezvous port, for several machines
+
+
+def main_port(profile: Profile) -> int:
+    """The profile's port; without one, a free port on one machine (two runs at once must not share
+    29500) and 29500 across machines (every node must know it in advance)."""
+    nodes = profile.distributed.nodes
+    if nodes.main_port is not None:
+        return nodes.main_port
+    if nodes.count > 1:
+        return DEFAULT_PORT
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def accelerate_config(profile: Profile, node_rank: int) -> dict:
     dist = profile.distributed
     config = {
@@ -69,7 +87,7 @@ def accelerate_config(profile: Profile, node_rank: int) -> dict:
         "machine_rank": node_rank,
         "num_processes": dist.world_size,
         "main_process_ip": dist.nodes.main_address,
-        "main_process_port": dist.nodes.main_port,
+        "main_process_port": main_port(profile),
         "rdzv_backend": "static",
         "same_network": True,
         "mixed_precision": "no",  # the Trainer sets precision from the profile

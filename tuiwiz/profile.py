@@ -269,7 +269,10 @@ class NodesConfig(_Strict):
     count: int = Field(1, ge=1, le=1024, description="How many machines take part.")
     rank: int = Field(0, ge=0, description="This machine's rank; `--node-rank N` overrides it.")
     main_address: str = Field("127.0.0.1", description="Address of the rank-0 machine, reachable from all.")
-    main_port: int = Field(29500, ge=1024, le=65535)
+    main_port: int | None = Field(
+        None, ge=1024, le=65535,
+        description="Rendezvous port on the rank-0 machine. Default: a free port on one machine (so several "
+                    "runs side by side do not collide), 29500 across machines.")
 
     @model_validator(mode="after")
     def _rank_in_range(self) -> "NodesConfig":

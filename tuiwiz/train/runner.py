@@ -98,10 +98,21 @@ def _training_kwargs(profile: Profile, precision, run: RunDir, has_eval: bool) -
 
     if deepspeed_config(profile) is not None:
         kwargs["deepspeed"] = str(run.path / DEEPSPEED_CONFIG)
+        if precision.device == "cpu":
+            _skip_shared_memory_op()
     elif profile.distributed.strategy == "ddp":
         # Frozen base weights get no gradient; DDP must not wait for them.
         kwargs["ddp_find_unused_parameters"] = profile.method.type in ("prompt_tuning", "prefix_tuning", "p_tuning")
     return kwargs
+
+
+def _skip_shared_memory_op() -> None:
+    """On its CPU accelerator DeepSpeed compiles a shared-memory all-reduce op (about a minute, once)
+    that only its inference engine uses; training's collectives go through torch.distributed (gloo).
+    Marking the op unavailable makes DeepSpeed skip the build; nothing else changes."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def _build_trainer(profile: Profile, run: RunDir, callbacks: list):
@@ -259,8 +270,9 @@ def _train(run: RunDir, profile: Profile, *, resume: bool, events: EventWriter |
     if metrics.get("train_runtime"):
         metrics["train_tokens_per_second"] = round((tokens - callback.start_tokens) / metrics["train_runtime"], 1)
     if events is not None:
+        # what really trained: DeepSpeedEngine under ZeRO, DistributedDataParallel under DDP
         events.emit("run_end", durable=True, status="completed", step=trainer.state.global_step,
-                    metrics=metrics, output=str(run.output))
+                    metrics=metrics, output=str(run.output), engine=type(trainer.model_wrapped).__name__)
     return "completed", {}
 
 
