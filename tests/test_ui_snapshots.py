@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tuiwiz.ui.scenes import SCENES, scene_environment, stop_sleepers
+from tuiwiz.ui.testing import settle
 
 from .test_ui_support import demo_built  # noqa: F401  (fixture)
 
@@ -33,4 +34,9 @@ def scene_env(monkeypatch, tmp_path, demo_built):
 def test_screen_snapshot(name, size, scene_env, snap_compare):
     work = scene_env(name)
     app, ready = SCENES[name].build(work)
-    assert snap_compare(app, terminal_size=SIZES[size], run_before=ready)
+
+    async def settled(pilot) -> None:
+        await ready(pilot)
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZES[size], run_before=settled)

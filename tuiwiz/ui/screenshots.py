@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         from textual._doc import take_svg_screenshot
 
         from .scenes import SCENES, ensure_demo, scene_environment, stop_sleepers
+        from .testing import settle
 
         ensure_demo()
         written = []
@@ -44,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["TUIWIZ_STATE_DIR"] = str(home_path / f"state-{name}")
             try:
                 app, ready = scene.build(work)
-                svg = take_svg_screenshot(app=app, terminal_size=(width, height), run_before=ready,
+
+                async def settled(pilot, ready=ready) -> None:
+                    await ready(pilot)
+                    await settle(pilot)
+
+                svg = take_svg_screenshot(app=app, terminal_size=(width, height), run_before=settled,
                                           title=f"tuiwiz: {scene.about}")
             finally:
                 stop_sleepers()

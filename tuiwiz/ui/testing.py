@@ -220,3 +220,16 @@ class Replay:
     def close(self, timeout: float = 5.0) -> int:
         self.returncode = 0 if self.returncode is None else self.returncode
         return self.returncode
+
+
+async def settle(pilot, *, quiet: float = 0.15, timeout: float = 5.0) -> None:
+    """Wait until the screen stops changing (two identical frames ``quiet`` seconds apart): a loaded
+    machine can finish a layout pass (a scrollbar, a focus scroll) after a scene says it is ready."""
+    deadline = time.monotonic() + timeout
+    before = screen_text(pilot.app)
+    while time.monotonic() < deadline:
+        await pilot.pause(quiet)
+        now = screen_text(pilot.app)
+        if now == before:
+            return
+        before = now

@@ -119,6 +119,9 @@ class ChatScreen(Screen[None]):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
+        if not getattr(self.app, "blink", True):  # tests and screenshots: a steady cursor
+            for field in self.query(Input):
+                field.cursor_blink = False
         self.query_one("#chat-base").border_title = "base model (adapter off)"
         self.query_one("#chat-tuned").border_title = self.label
         self._layout()
