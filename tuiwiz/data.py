@@ -243,6 +243,33 @@ def check_validation_labels(train: LoadedData, evaluation: LoadedData, *, label_
             )
 
 
+HUB_DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".tsv")
+
+
+def cached_hub_dataset_files(name: str, split: str = "train", *, cache_dir: str | Path | None = None) -> list[Path]:
+    """The data files of hub dataset ``name`` already in the Hugging Face cache for ``split``, without a
+    download or the ``datasets`` stack (what the wizard previews); [] when it is not cached.
+
+    Splits follow ``datasets``' file naming: a file or folder named after the split
+    (``data/train-00000-of-00001.parquet``, ``test.jsonl``); files that name no split are the train split.
+    """
+    import re
+
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(name, repo_type="dataset", local_files_only=True, cache_dir=cache_dir))
+    except Exception:  # not cached (or no such repo): nothing to preview
+        return []
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in HUB_DATA_SUFFIXES)
+    names = {p: p.relative_to(folder).as_posix().lower() for p in files}
+    named = re.compile(r"(^|[/_.-])(train|training|test|testing|validation|valid|dev|eval)([/_.-]|$)")
+    matching = [p for p in files if re.search(rf"(^|[/_.-]){re.escape(split.lower())}([/_.-]|$)", names[p])]
+    if matching or split != "train":
+        return matching
+    return [p for p in files if not named.search(names[p])]
+
+
 def load_hub_dataset(name: str, *, revision: str | None = None, split: str = "train", format: str = "auto",
                      columns: ColumnMap | None = None, task: str = "sft", limit: int | None = None,
                      evaluation: bool = False) -> LoadedData:

@@ -107,11 +107,22 @@ def check_data(state: WizardState, max_length: int = 512) -> DataCheck:
     if not path:
         return DataCheck(None, None, UserError("give a data file, a hub dataset id or demo:NAME", field="data.path",
                                                kind="data"))
+    hub_note = None
     if is_hub_dataset(path):
-        return DataCheck(None, None, None, note=f"{path} is a hub dataset: the runner downloads and reads it, "
-                                                "so there is no preview here")
+        from ..data import cached_hub_dataset_files
+
+        name, _, split = path.partition(":")
+        files = cached_hub_dataset_files(name, split or "train")
+        if not files:
+            return DataCheck(None, None, None, note=f"{path} is a hub dataset that is not in the Hugging Face cache: "
+                                                    "the runner downloads and reads it, so there is no preview here")
+        hub_note = (f"preview from the cached {files[0].name}" + (f" (1 of {len(files)} files)" if len(files) > 1
+                    else "") + "; the runner reads the whole split through datasets")
     try:
-        file = resolve_demo_uri(path) if path.startswith("demo:") else Path(path).expanduser()
+        if hub_note:
+            file = files[0]
+        else:
+            file = resolve_demo_uri(path) if path.startswith("demo:") else Path(path).expanduser()
         if not file.is_absolute():
             file = state.workdir / file
         loaded = load_dataset_file(file, format=state.data_format, columns=column_map(state.columns),
@@ -119,7 +130,7 @@ def check_data(state: WizardState, max_length: int = 512) -> DataCheck:
     except UserError as exc:
         return DataCheck(None, None, exc)
     stats = None
-    note = None
+    note = hub_note
     folder = getattr(state.model_info, "path", None)
     if folder:
         from ..rendering import ModelText, length_stats

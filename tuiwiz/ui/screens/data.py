@@ -182,7 +182,7 @@ class DataScreen(StepScreen):
         summary = self.query_one("#data-summary", Static)
         if check.data is not None:
             summary.update(f" {len(check.data):,} rows, {check.data.format}")
-            self.say(f"{len(check.data):,} examples read")
+            self.say(check.note or f"{len(check.data):,} examples read")
         elif check.error is not None:
             summary.update(Text(" cannot be read", style="red"))
             self.say("see Problems: the data cannot be used as it is")

@@ -1,0 +1,77 @@
+"""A hub dataset already in the Hugging Face cache is previewed from its files, without `datasets`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tuiwiz.data import cached_hub_dataset_files
+
+ROWS = [{"instruction": f"Say {w}", "output": w} for w in ("hi", "bye", "yes", "no")]
+
+
+def fake_dataset_cache(root: Path, repo_id: str, files: dict[str, bytes], commit: str = "b" * 40) -> Path:
+    """huggingface_hub's layout for a dataset repo: blobs, a snapshot of symlinks, refs/main."""
+    repo = root / ("datasets--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir()
+    for i, (name, data) in enumerate(files.items()):
+        blob = repo / "blobs" / f"{i:040d}"
+        blob.write_bytes(data)
+        target = snapshot / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, target.parent), target)
+    return snapshot
+
+
+def parquet_bytes(rows: list[dict], tmp_path: Path) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    fake_dataset_cache(cache, "acme/tiny-alpaca", {
+        "README.md": b"# tiny\n",
+        "data/train-00000-of-00001.parquet": parquet_bytes(ROWS, tmp_path),
+        "data/test-00000-of-00001.parquet": parquet_bytes(ROWS[:1], tmp_path),
+    })
+    fake_dataset_cache(cache, "acme/plain", {"all.jsonl": b'{"text": "one"}\n{"text": "two"}\n'})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_cached_files_by_split(hub_cache):
+    train = cached_hub_dataset_files("acme/tiny-alpaca", cache_dir=hub_cache)
+    assert [p.name for p in train] == ["train-00000-of-00001.parquet"]
+    assert [p.name for p in cached_hub_dataset_files("acme/tiny-alpaca", "test", cache_dir=hub_cache)] == \
+        ["test-00000-of-00001.parquet"]
+    assert cached_hub_dataset_files("acme/tiny-alpaca", "validation", cache_dir=hub_cache) == []
+    # files that name no split are the train split, as datasets reads them
+    assert [p.name for p in cached_hub_dataset_files("acme/plain", cache_dir=hub_cache)] == ["all.jsonl"]
+    assert cached_hub_dataset_files("acme/not-cached", cache_dir=hub_cache) == []
+
+
+def test_the_wizard_previews_a_cached_hub_dataset(hub_cache, tmp_path):
+    from tuiwiz.ui.choices import WizardState, check_data
+
+    state = WizardState(workdir=tmp_path)
+    state.data_path = "acme/tiny-alpaca"
+    check = check_data(state)
+    assert check.error is None and check.data is not None
+    assert len(check.data) == 4 and check.data.format == "alpaca"
+    assert "cached train-00000-of-00001.parquet" in check.note
+    state.data_path = "acme/tiny-alpaca:test"
+    assert len(check_data(state).data) == 1
+    state.data_path = "acme/not-cached"
+    missing = check_data(state)
+    assert missing.data is None and missing.error is None and "not in the Hugging Face cache" in missing.note
