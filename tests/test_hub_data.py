@@ -75,3 +75,16 @@ def test_the_wizard_previews_a_cached_hub_dataset(hub_cache, tmp_path):
     state.data_path = "acme/not-cached"
     missing = check_data(state)
     assert missing.data is None and missing.error is None and "not in the Hugging Face cache" in missing.note
+
+
+def test_the_runner_reads_the_cached_files_offline(hub_cache, monkeypatch, tmp_path):
+    """datasets offline reloads only what it prepared itself; the runner falls back to the files."""
+    from tuiwiz.data import load_hub_dataset
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    train = load_hub_dataset("acme/tiny-alpaca")
+    assert len(train) == 4 and train.format == "alpaca"
+    assert len(load_hub_dataset("acme/tiny-alpaca", split="test")) == 1
+    with pytest.raises(Exception, match="cannot load the hub dataset 'acme/not-cached'"):
+        load_hub_dataset("acme/not-cached")

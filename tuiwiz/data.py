@@ -273,17 +273,28 @@ def cached_hub_dataset_files(name: str, split: str = "train", *, cache_dir: str 
 def load_hub_dataset(name: str, *, revision: str | None = None, split: str = "train", format: str = "auto",
                      columns: ColumnMap | None = None, task: str = "sft", limit: int | None = None,
                      evaluation: bool = False) -> LoadedData:
-    """A hub dataset through ``datasets`` (the runner only: it imports the datasets stack)."""
+    """A hub dataset through ``datasets`` (the runner only: it imports the datasets stack).
+
+    Offline, ``datasets`` reloads only what it prepared itself; files that sit in the Hugging Face
+    cache without that (downloaded with ``hf download``, say) are read directly, as the wizard
+    previewed them.
+    """
     import datasets
 
     try:
         table = datasets.load_dataset(name, revision=revision, split=split)
+        rows = [(i + 1, row) for i, row in enumerate(table)]
     except Exception as exc:  # offline, missing, gated: all end the same way for the user
-        raise UserError(
-            f"cannot load the hub dataset '{name}': {exc}", field="data.path", kind="data",
-            hint="check the id; offline, it must already be in the Hugging Face cache (HF_HUB_OFFLINE=1)",
-        ) from None
-    rows = [(i + 1, row) for i, row in enumerate(table)]
+        files = [] if revision else cached_hub_dataset_files(name, split)
+        if not files:
+            raise UserError(
+                f"cannot load the hub dataset '{name}': {exc}", field="data.path", kind="data",
+                hint="check the id; offline, it must already be in the Hugging Face cache (HF_HUB_OFFLINE=1)",
+            ) from None
+        if len(files) == 1:
+            return load_dataset_file(files[0], format=format, columns=columns, task=task, limit=limit,
+                                     evaluation=evaluation)
+        rows = [(i + 1, row) for i, (_, row) in enumerate(r for f in files for r in read_rows(f))]
     return normalise_rows(rows, f"hub:{name}", format=format, columns=columns, task=task, limit=limit,
                           evaluation=evaluation)
 
