@@ -88,3 +88,20 @@ def test_the_runner_reads_the_cached_files_offline(hub_cache, monkeypatch, tmp_p
     assert len(load_hub_dataset("acme/tiny-alpaca", split="test")) == 1
     with pytest.raises(Exception, match="cannot load the hub dataset 'acme/not-cached'"):
         load_hub_dataset("acme/not-cached")
+
+
+@pytest.mark.slow
+def test_a_run_trains_on_a_cached_hub_dataset_offline(hub_cache, tmp_path):
+    from tuiwiz.events import read_events
+
+    from .conftest import run_cli
+    from .test_training import only_run, write_profile
+
+    profile = write_profile(tmp_path, "quickstart.yaml", data__path="acme/tiny-alpaca", training__max_steps=2,
+                            training__logging_steps=1)
+    result = run_cli("--profile", profile, env={"HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1",
+                                                "HF_DATASETS_CACHE": str(tmp_path / "datasets")})
+    run = only_run(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
+    start = next(e for e in read_events(run.events) if e["type"] == "run_start")
+    assert start["train_examples"] == 4
