@@ -46,7 +46,12 @@ def hub_cache(tmp_path, monkeypatch):
         "data/test-00000-of-00001.parquet": parquet_bytes(ROWS[:1], tmp_path),
     })
     fake_dataset_cache(cache, "acme/plain", {"all.jsonl": b'{"text": "one"}\n{"text": "two"}\n'})
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # for child processes
+    import huggingface_hub.constants
+
+    # huggingface_hub reads the variable when first imported: in a process that has imported it, this
+    # is where its functions look
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     return cache
 
 
