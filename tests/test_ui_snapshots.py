@@ -5,6 +5,8 @@ Update after an intended change with: pytest tests/test_ui_snapshots.py --snapsh
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tuiwiz.ui.scenes import SCENES, scene_environment, stop_sleepers
@@ -20,6 +22,10 @@ def scene_env(monkeypatch, tmp_path, demo_built):
     def use(name: str):
         for key, value in scene_environment(SCENES[name].hardware, tmp_path).items():
             monkeypatch.setenv(key, value)
+        import huggingface_hub.constants
+
+        # read once, when huggingface_hub is first imported: a worker may have imported it already
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", os.environ["HF_HUB_CACHE"])
         work = tmp_path / "work"
         work.mkdir(exist_ok=True)
         monkeypatch.chdir(work)

@@ -30,6 +30,10 @@ def ui_env(monkeypatch, tmp_path, demo_built):
     hub = tmp_path / "hf-cache"
     hub.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    import huggingface_hub.constants
+
+    # read once, when huggingface_hub is first imported: a worker may have imported it already
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
     monkeypatch.setenv("TEXTUAL_ANIMATIONS", "none")
     work = tmp_path / "work"
     work.mkdir()

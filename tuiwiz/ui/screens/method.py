@@ -124,12 +124,6 @@ class MethodScreen(StepScreen):
 
     def on_mount(self) -> None:
         super().on_mount()
-        table = self.query_one("#method-table", DataTable)
-        table.add_column(" ", key="mark", width=1)
-        table.add_column("Option", key="option")
-        table.add_column("Fit", key="fit", width=12)
-        table.add_column("Needs", key="needs")
-        table.add_column("Trainable", key="trainable")
         if self.state.recommendation is None:
             self._plan()
         else:
@@ -157,7 +151,15 @@ class MethodScreen(StepScreen):
             return
         self.state.recommendation = rec
         table = self.query_one("#method-table", DataTable)
-        table.clear()
+        # Columns sized from the content: auto-sized ones let the header keep its labels' widths
+        # while the rows took their content's (the header no longer lined up with the rows).
+        table.clear(columns=True)
+        table.add_column(" ", key="mark", width=1)
+        table.add_column("Option", key="option", width=max([6, *(len(o.title) for o in rec.options)]))
+        table.add_column("Fit", key="fit", width=12)
+        table.add_column("Needs", key="needs", width=max([5, *(len(size(o.needed)) for o in rec.options)]))
+        table.add_column("Trainable", key="trainable",
+                         width=max([9, *(len(count(o.trainable_parameters)) for o in rec.options)]))
         best = rec.best
         for option in rec.options:
             worst = _worst(option)
