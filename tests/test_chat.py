@@ -123,3 +123,41 @@ def test_repl_through_stdin(tmp_path_factory):
 
     refused = _repl([run.path], "hello\n", env={"TUIWIZ_MEMORY_BUDGET_MB": "1"})
     assert refused.returncode == 2 and "free" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_jsonl_server_answers_and_names_bad_requests(tmp_path_factory):
+    """`tuiwiz chat RUN --jsonl`, the app's protocol: a malformed request is an input error with its id,
+    the next request is still answered, and only JSON lines reach stdout."""
+    import json
+
+    run = trained_run(tmp_path_factory, "lora")
+    question = [{"role": "user", "content": "What sound does the cow make?"}]
+    requests = [{"op": "ask", "id": 1}, {"op": "ask", "id": 2, "messages": question, "max_new_tokens": "x"},
+                {"op": "nope"}]
+    first = "".join(json.dumps(r) + "\n" for r in requests)
+    stderr = open(tmp_path_factory.mktemp("jsonl") / "stderr.txt", "w+")  # a file: an undrained pipe can fill
+    proc = subprocess.Popen([sys.executable, "-m", "tuiwiz", "chat", str(run.path), "--jsonl"], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    proc.stdin.write(first)
+    proc.stdin.flush()
+    events = []
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "error" and "unknown op" in events[-1]["message"]:
+            proc.stdin.write(json.dumps({"op": "ask", "id": 3, "messages": question, "temperature": 0,
+                                         "max_new_tokens": 8}) + "\n")
+            proc.stdin.flush()
+        if events[-1]["event"] == "done":
+            proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            proc.stdin.close()
+    code = proc.wait(timeout=60)
+    stderr.seek(0)
+    assert code == 0, stderr.read()[-2000:]
+    stderr.close()
+    kinds = [e["event"] for e in events]
+    assert kinds[:2] == ["loading", "ready"] and kinds[-1] == "done"
+    errors = [e for e in events if e["event"] == "error"]
+    assert [(e.get("id"), e["kind"]) for e in errors] == [(1, "input"), (2, "input"), (None, "input")]
+    assert "messages" in errors[0]["message"] and "'x'" in errors[1]["message"]
+    answer = "".join(e["text"] for e in events if e["event"] == "token" and e["id"] == 3)
+    assert answer.startswith("The") and events[-1]["id"] == 3 and events[-1]["tokens"] <= 8

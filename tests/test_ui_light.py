@@ -34,6 +34,16 @@ async def main():
         await wait_for(pilot, lambda: name() == "MonitorScreen" and app.screen.snapshot is not None)
         await pilot.press("f2")
         await wait_for(pilot, lambda: name() == "RunsScreen" and app.screen.summaries)
+        # the post-training screens, fed a recorded session (their model runs in a process of its own)
+        from tuiwiz.ui.screens.chat import ChatScreen
+        from tuiwiz.ui.screens.job import JobScreen
+        from tuiwiz.ui.testing import Replay
+        chat = ChatScreen("runs/demo", compare=True, process=Replay("chat"))
+        app.push_screen(chat)
+        await wait_for(pilot, lambda: chat.ready)
+        job = JobScreen("merge", ["merge", "runs/demo"], title="Merge", process=Replay("merge"))
+        app.push_screen(job)
+        await wait_for(pilot, lambda: job.result is not None)
     print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
 
 asyncio.run(main())

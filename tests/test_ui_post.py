@@ -62,7 +62,7 @@ async def test_chat_streams_text_before_the_answer_ends(ui_env, tmp_path_factory
         screen.query_one("#chat-adapter", Select).value = "base"
         await wait_for(pilot, lambda: screen.active == "base")
         assert "base model (adapter off)" in screen_text(app)
-        await ask(pilot, screen, COW, max_tokens="80")
+        await ask(pilot, screen, COW, max_tokens="400")  # seconds of streaming, even on a quiet machine
         # text is on the screen while the model process still generates
         seen = []
 

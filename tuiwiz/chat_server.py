@@ -14,18 +14,21 @@ def _ask(engine: ChatEngine, channel, request: dict) -> None:
     rid = request.get("id")
     adapter = request.get("adapter", "active")
     adapter = None if adapter == "base" else ACTIVE if adapter in (None, "active") else adapter
-    try:
+    try:  # a malformed request is the caller's error; what fails while generating is reported as itself
         settings = GenerationSettings(temperature=float(request.get("temperature", 0.7)),
                                       top_p=float(request.get("top_p", 0.9)),
                                       max_new_tokens=int(request.get("max_new_tokens", 256)))
-        for piece in engine.stream(list(request["messages"]), system=request.get("system") or None,
-                                   settings=settings, adapter=adapter):
+        messages = list(request["messages"])
+    except (KeyError, TypeError, ValueError) as exc:
+        channel.emit("error", id=rid, kind="input", message=f"bad request: {exc}", hint=None)
+        return
+    try:
+        for piece in engine.stream(messages, system=request.get("system") or None, settings=settings,
+                                   adapter=adapter):
             channel.emit("token", id=rid, text=piece)
         s = engine.last_stats
         channel.emit("done", id=rid, tokens=s.new_tokens, first_token_s=s.first_token_s, seconds=s.seconds,
                      stopped=s.stopped, tokens_per_second=s.tokens_per_second)
-    except (KeyError, TypeError, ValueError) as exc:
-        channel.emit("error", id=rid, kind="input", message=f"bad request: {exc}", hint=None)
     except BaseException as exc:
         channel.error(exc, id=rid)
 

@@ -28,6 +28,12 @@ GGUF_TYPES = [
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def offered(what: str, status: str | None, method: str | None) -> bool:
+    """Whether ``what`` (merge, export, chat) applies to a run: it completed, and merging needs an
+    adapter (a full fine-tune's output is already a whole model)."""
+    return status == "completed" and not (what == "merge" and method in (None, "full"))
+
+
 def _repo_problem(value: str) -> str | None:
     return None if REPO_ID.match(value) else "a repository is user/name (letters, digits, - _ .)"
 

@@ -51,16 +51,6 @@ def _step(step: str, screen: str, extra: Callable[[object], Awaitable[None]] | N
     return build
 
 
-async def _table_redrawn(pilot) -> None:
-    """The ranked table drawn afresh: DataTable can keep a row rendered at an earlier frame's column
-    widths, depending on timing, which made this picture differ from run to run."""
-    table = pilot.app.screen.query_one("#method-table")
-    await pilot.pause(0.1)
-    table._clear_caches()  # noqa: SLF001  (no public way to drop its rendered rows)
-    table.refresh(layout=True)
-    await pilot.pause(0.1)
-
-
 async def _lengths_tab(pilot) -> None:
     pilot.app.screen.query_one("#data-tabs").active = "tab-lengths"
     await pilot.pause(0.1)
@@ -213,10 +203,8 @@ SCENES = {s.name: s for s in (
     Scene("data-lengths", "rtx4090-24gb", _step("data", "DataScreen", _lengths_tab),
           "token-length histogram against the max length"),
     Scene("data-problem", "rtx4090-24gb", _bad_data, "a record missing its output, with its line"),
-    Scene("method-gpu", "rtx4090-24gb", _step("method", "MethodScreen", _table_redrawn),
-          "ranked options with fit bars"),
-    Scene("method-cpu", "cpu-only", _step("method", "MethodScreen", _table_redrawn),
-          "CPU options; QLoRA rejected with why"),
+    Scene("method-gpu", "rtx4090-24gb", _step("method", "MethodScreen"), "ranked options with fit bars"),
+    Scene("method-cpu", "cpu-only", _step("method", "MethodScreen"), "CPU options; QLoRA rejected with why"),
     Scene("settings", "cpu-only", _step("settings", "SettingsScreen", option="cpu-lora"), "the settings form"),
     Scene("settings-error", "cpu-only", _step("settings", "SettingsScreen", _bad_value, option="cpu-lora"),
           "a value the schema refuses, with its message"),

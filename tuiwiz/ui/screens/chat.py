@@ -50,7 +50,8 @@ class Bubble(Static):
         self._show(note)
 
     def _show(self, note: str = "") -> None:
-        line = Text.assemble((f"{self.who} › ", "bold"), printable(self.text) or ("…" if self.has_class("chat-answer") else ""))
+        waiting = "…" if self.has_class("chat-answer") else ""
+        line = Text.assemble((f"{self.who} › ", "bold"), printable(self.text) or waiting)
         if note:
             line.append("  ")  # plain gap: an SVG export drops a styled one
             line.append(note, style="dim")
@@ -95,6 +96,8 @@ class ChatScreen(Screen[None]):
         self.pending: list[tuple[str, str]] = []  # (column, adapter) still to answer the last prompt
         self.current: tuple[int, str, Bubble] | None = None  # (request id, column, bubble) streaming now
         self.next_id = 0
+        self.settings: dict = {}  # temperature, top_p, max_new_tokens of the prompt being answered
+        self.system: str | None = None
         self.events: list[dict] = []  # every event, for tests
         self.finished: list[dict] = []  # (done events), for tests
 
@@ -161,9 +164,9 @@ class ChatScreen(Screen[None]):
             self.active = event.get("active")
             self._fill_adapters()
             where = event.get("device", "?")
-            self._status(f"ready on {where} · "
-                         + (f"{len(self.adapters)} adapter(s)" if self.adapters else "a whole model (no adapter)")
-                         + ("" if event.get("chat_template") else " · no chat template: prompts use the Alpaca layout"))
+            what = f"{len(self.adapters)} adapter(s)" if self.adapters else "a whole model (no adapter)"
+            template = "" if event.get("chat_template") else " · no chat template: prompts use the Alpaca layout"
+            self._status(f"ready on {where} · {what}{template}")
             field = self.query_one("#chat-input", Input)
             field.disabled = False
             field.focus()
@@ -206,9 +209,9 @@ class ChatScreen(Screen[None]):
             self.query_one("#chat-input", Input).disabled = True
             if event.get("code"):
                 last = next((e for e in reversed(self.events) if e.get("event") == "error"), None)
-                why = last["message"] if last else (event.get("stderr") or "").strip().splitlines()[-1:] or ["?"]
-                self._status(f"✗ the model process ended (exit code {event['code']}): "
-                             f"{why if isinstance(why, str) else why[0]}")
+                printed = (event.get("stderr") or "").strip().splitlines() or ["?"]
+                why = last["message"] if last else printed[-1]
+                self._status(f"✗ the model process ended (exit code {event['code']}): {why}")
         self.refresh_bindings()
 
     def _fill_adapters(self) -> None:

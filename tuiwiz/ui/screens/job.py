@@ -18,7 +18,7 @@ from ...jsonl_client import JsonlProcess
 from ..widgets import StepBar
 
 STAGES = {"merge": "merging shards", "verify": "verifying the merge", "gguf": "writing GGUF tensors",
-          "export": "exporting", "onnx": "exporting ONNX"}
+          "onnx": "exporting ONNX"}
 
 
 def _result_text(what: str, result: dict) -> Text:

@@ -22,6 +22,7 @@ from textual.widgets import Footer, Log, Static
 
 from ..runview import RunReader, RunSnapshot
 from ..units import bar, duration, mib, number
+from ..post import offered, post_action
 from ..widgets import StepBar, cached_plot, meter
 
 REDRAW_SECONDS = 0.5  # charts and panels at most 2 Hz
@@ -330,10 +331,7 @@ class MonitorScreen(Screen[str]):
         if action == "kill":
             return status == "stopping"
         if action == "post":
-            if status != "completed":
-                return False
-            # merging needs an adapter; a full fine-tune's output is already a whole model
-            return not (parameters and parameters[0] == "merge" and s.method in (None, "full"))
+            return offered(str(parameters[0]) if parameters else "", status, s.method if s else None)
         if action == "new_run":
             return s is not None and s.finished
         return True
@@ -375,6 +373,4 @@ class MonitorScreen(Screen[str]):
     @work
     async def action_post(self, what: str) -> None:
         """Merge, export or chat: screens that drive the real commands in a subprocess (no torch here)."""
-        from ..post import post_action
-
         await post_action(self.app, what, str(self.run.path), self.run.run_id)

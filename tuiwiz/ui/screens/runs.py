@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from ...errors import UserError
 from ..units import duration, number
+from ..post import offered, post_action
 from ..widgets import StepBar
 from .monitor import STATUS_STYLE
 
@@ -153,10 +154,7 @@ class RunsScreen(Screen[str]):
         if action == "delete":
             return status in FINISHED or None
         if action == "post":  # hidden unless the run completed (the footer is short at 80 columns)
-            if status != "completed":
-                return False
-            # merging needs an adapter; a full fine-tune's output is already a whole model
-            return not (parameters and parameters[0] == "merge" and s.method in (None, "full"))
+            return offered(str(parameters[0]) if parameters else "", status, s.method if s else None)
         if action == "back":
             return len(self.app.screen_stack) > 2 or None
         return True
@@ -217,8 +215,6 @@ class RunsScreen(Screen[str]):
     @work
     async def action_post(self, what: str) -> None:
         """Merge, export or chat the selected completed run (see ui/post.py)."""
-        from ..post import post_action
-
         run = self._run()
         if run is not None:
             await post_action(self.app, what, str(run.path), run.run_id)
