@@ -125,6 +125,30 @@ def test_repl_through_stdin(tmp_path_factory):
     assert refused.returncode == 2 and "free" in refused.stderr and "Traceback" not in refused.stderr
 
 
+def test_an_answer_is_not_busy_once_its_last_event_is_out():
+    """The app sends its next request on seeing ``done``; the answering thread may not have exited yet."""
+    import queue
+    import threading
+
+    from tuiwiz.chat_server import _Answer
+
+    answer, seen = _Answer(), queue.Queue()
+    finishing, lingering = threading.Event(), threading.Event()
+
+    def linger(finish):
+        finishing.wait(5)
+        finish(lambda: seen.put("done"))
+        lingering.wait(5)  # the thread lives on after its final event
+
+    assert answer.start(linger)
+    assert answer.busy and not answer.start(linger)  # while it streams, a second answer is refused
+    finishing.set()
+    assert seen.get(timeout=5) == "done"
+    assert not answer.busy and answer.start(lambda finish: finish(lambda: None))
+    lingering.set()
+    answer.join()
+
+
 def test_jsonl_server_answers_and_names_bad_requests(tmp_path_factory):
     """`tuiwiz chat RUN --jsonl`, the app's protocol: a malformed request is an input error with its id,
     the next request is still answered, and only JSON lines reach stdout."""
@@ -138,6 +162,10 @@ def test_jsonl_server_answers_and_names_bad_requests(tmp_path_factory):
     stderr = open(tmp_path_factory.mktemp("jsonl") / "stderr.txt", "w+")  # a file: an undrained pipe can fill
     proc = subprocess.Popen([sys.executable, "-m", "tuiwiz", "chat", str(run.path), "--jsonl"], cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    import threading
+
+    watchdog = threading.Timer(240, proc.kill)  # a protocol that waits on both ends fails, not hangs
+    watchdog.start()
     proc.stdin.write(first)
     proc.stdin.flush()
     events = []
@@ -151,6 +179,7 @@ def test_jsonl_server_answers_and_names_bad_requests(tmp_path_factory):
             proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
             proc.stdin.close()
     code = proc.wait(timeout=60)
+    watchdog.cancel()
     stderr.seek(0)
     assert code == 0, stderr.read()[-2000:]
     stderr.close()

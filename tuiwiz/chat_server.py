@@ -10,27 +10,73 @@ from .chat import ACTIVE, ChatEngine, GenerationSettings
 from .errors import UserError
 
 
-def _ask(engine: ChatEngine, channel, request: dict) -> None:
-    rid = request.get("id")
-    adapter = request.get("adapter", "active")
-    adapter = None if adapter == "base" else ACTIVE if adapter in (None, "active") else adapter
-    try:  # a malformed request is the caller's error; what fails while generating is reported as itself
+class _Answer:
+    """The one answer that may stream at a time. Its final event and the end of "busy" happen under one
+    lock, so a request sent on seeing ``done`` is never refused as busy."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def start(self, target, *args) -> bool:
+        with self._lock:
+            if self._busy:
+                return False
+            self._busy = True
+            self._thread = threading.Thread(target=target, args=(*args, self._finish), name="tuiwiz-ask",
+                                            daemon=True)
+            self._thread.start()
+            return True
+
+    def _finish(self, final) -> None:
+        with self._lock:
+            final()
+            self._busy = False
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._busy
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _parse_ask(request: dict):
+    """The request's settings and messages; ValueError names what is wrong."""
+    try:
         settings = GenerationSettings(temperature=float(request.get("temperature", 0.7)),
                                       top_p=float(request.get("top_p", 0.9)),
                                       max_new_tokens=int(request.get("max_new_tokens", 256)))
         messages = list(request["messages"])
-    except (KeyError, TypeError, ValueError) as exc:
-        channel.emit("error", id=rid, kind="input", message=f"bad request: {exc}", hint=None)
-        return
+    except KeyError as exc:
+        raise ValueError(f"missing {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+    adapter = request.get("adapter", "active")
+    adapter = None if adapter == "base" else ACTIVE if adapter in (None, "active") else adapter
+    return settings, messages, adapter
+
+
+def _answer(engine: ChatEngine, channel, request: dict, parsed, finish) -> None:
+    rid = request.get("id")
+    settings, messages, adapter = parsed
     try:
         for piece in engine.stream(messages, system=request.get("system") or None, settings=settings,
                                    adapter=adapter):
             channel.emit("token", id=rid, text=piece)
         s = engine.last_stats
-        channel.emit("done", id=rid, tokens=s.new_tokens, first_token_s=s.first_token_s, seconds=s.seconds,
-                     stopped=s.stopped, tokens_per_second=s.tokens_per_second)
-    except BaseException as exc:
-        channel.error(exc, id=rid)
+        finish(lambda: channel.emit("done", id=rid, tokens=s.new_tokens, first_token_s=s.first_token_s,
+                                    seconds=s.seconds, stopped=s.stopped, tokens_per_second=s.tokens_per_second))
+    except BaseException as exc:  # what fails while generating is reported as itself
+        finish(lambda: channel.error(exc, id=rid))
+
+
+def _refuse_busy(channel, request: dict) -> None:
+    channel.emit("error", id=request.get("id"), kind="busy", message="an answer is still streaming",
+                 hint="send stop first, or wait for done")
 
 
 def _adapters_event(engine: ChatEngine, channel) -> None:
@@ -57,7 +103,7 @@ def run_jsonl(ref: str) -> int:
         return exc.exit_code if isinstance(exc, UserError) else 1
     channel.emit("ready", label=engine.source.label, adapters=list(engine.adapters), active=engine.active_adapter,
                  device=str(engine.device), chat_template=bool(engine.tokenizer.chat_template))
-    answering: threading.Thread | None = None
+    answer = _Answer()
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -68,18 +114,20 @@ def run_jsonl(ref: str) -> int:
             channel.emit("error", kind="input", message=f"not a request: {line.strip()[:200]}",
                          hint='one JSON object a line with an "op"')
             continue
-        busy = answering is not None and answering.is_alive()
         if op == "quit":
             break
         if op == "stop":
             engine.stop()
-        elif busy:
-            channel.emit("error", id=request.get("id"), kind="busy", message="an answer is still streaming",
-                         hint="send stop first, or wait for done")
         elif op == "ask":
-            answering = threading.Thread(target=_ask, args=(engine, channel, request), name="tuiwiz-ask",
-                                         daemon=True)
-            answering.start()
+            try:  # a malformed request is the caller's error, answered before anything starts
+                parsed = _parse_ask(request)
+            except ValueError as exc:
+                channel.emit("error", id=request.get("id"), kind="input", message=f"bad request: {exc}", hint=None)
+                continue
+            if not answer.start(_answer, engine, channel, request, parsed):
+                _refuse_busy(channel, request)
+        elif op in ("add_adapter", "set_adapter") and answer.busy:  # not while the model is generating
+            _refuse_busy(channel, request)
         elif op in ("add_adapter", "set_adapter"):
             try:
                 if op == "add_adapter":
@@ -93,6 +141,5 @@ def run_jsonl(ref: str) -> int:
             channel.emit("error", kind="input", message=f"unknown op {op!r}",
                          hint="ops: ask, stop, add_adapter, set_adapter, quit")
     engine.stop()
-    if answering is not None:
-        answering.join()
+    answer.join()
     return 0
