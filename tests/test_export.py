@@ -248,3 +248,45 @@ def test_hub_needs_a_repo_a_network_and_a_token(lora_run, tmp_path):
                        env={"HF_HUB_OFFLINE": "0", "HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf")})
     assert no_token.returncode == 2 and "no Hugging Face token" in no_token.stderr
     assert "never stores" in no_token.stderr
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 64},
+    {"rope_type": "linear", "factor": 4.0},
+])
+def test_gguf_writes_llama3_and_linear_rope_scaling(lora_run, tmp_path, rope):
+    """Llama 3.1 and later scale RoPE: llama.cpp reads the llama3 kind as a per-frequency divisor tensor
+    (rope_freqs), checked here against transformers' own scaled frequencies; linear as a factor."""
+    import shutil
+
+    import gguf
+    import torch
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from tuiwiz.export import write_gguf
+
+    folder = tmp_path / "scaled"
+    shutil.copytree(lora_run.path / "merged", folder)
+    config = json.loads((folder / "config.json").read_text())
+    key = "rope_parameters" if "rope_parameters" in config else "rope_scaling"
+    theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
+    config[key] = {**rope, "rope_theta": theta}
+    (folder / "config.json").write_text(json.dumps(config))
+    reader, fields = read_gguf(write_gguf(folder, tmp_path / "scaled.gguf"))
+    tensors = {t.name: t for t in reader.tensors}
+    if rope["rope_type"] == "linear":
+        assert fields["llama.rope.scaling.type"] == "linear" and fields["llama.rope.scaling.factor"] == 4.0
+        assert "rope_freqs.weight" not in tensors
+        return
+    hf = AutoConfig.from_pretrained(folder)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](hf, "cpu")
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    plain = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    factors = np.asarray(tensors["rope_freqs.weight"].data, dtype=np.float64)
+    assert factors.shape == (head_dim // 2,)
+    # llama.cpp divides each frequency by its factor: that must give transformers' scaled frequencies
+    np.testing.assert_allclose(plain.numpy() / factors, scaled.double().numpy(), rtol=1e-5)
+    assert factors.min() == 1.0 and factors.max() == 8.0 and len(set(factors.round(4))) > 2  # all three bands
+    assert len(reader.tensors) == len(hf_tensors(folder)) + 1

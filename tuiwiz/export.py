@@ -212,6 +212,22 @@ def _gguf_data(tensor, kind: str):
     return data.astype(np.float32 if kind == "f32" else np.float16)
 
 
+def llama3_rope_factors(rope: dict, theta: float, head_dim: int, context: int):
+    """Llama 3.1's rope scaling as llama.cpp reads it: one divisor per frequency (``rope_freqs``),
+    computed as its converter does from the config's factor, low/high frequency factors and original
+    context (which falls back to ``context``, the model's, as transformers does)."""
+    import numpy as np
+
+    freqs = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    factor, low, high = rope.get("factor", 8.0), rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old_context = rope.get("original_max_position_embeddings") or context
+    wavelen = 2 * math.pi / freqs
+    smooth = (old_context / wavelen - low) / (high - low)
+    factors = np.where(wavelen < old_context / high, 1.0,
+                       np.where(wavelen > old_context / low, factor, 1 / ((1 - smooth) / factor + smooth)))
+    return factors.astype(np.float32)
+
+
 def write_gguf(folder: Path, dest: Path, quant: str = "f16", *, name: str = "model",
                progress: Progress | None = None) -> Path:
     """A Llama-family safetensors folder to one GGUF file, tensor by tensor."""
@@ -225,13 +241,15 @@ def write_gguf(folder: Path, dest: Path, quant: str = "f16", *, name: str = "mod
                         f"{config.get('model_type')}", hint="use llama.cpp's convert_hf_to_gguf.py on the merged folder",
                         kind="model")
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-        raise UserError(f"GGUF export does not write rope scaling '{rope.get('rope_type')}' yet",
+    rope_type = rope.get("rope_type", rope.get("type")) or "default"
+    if rope_type not in ("default", "linear", "llama3"):
+        raise UserError(f"GGUF export writes default, linear and llama3 rope scaling; this model has '{rope_type}'",
                         hint="use llama.cpp's convert_hf_to_gguf.py on the merged folder", kind="model")
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads") or n_head
     n_layers = config["num_hidden_layers"]
     head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    rope_theta = float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
     tokens, types, pre = _vocab(folder)
 
     writer = gguf.GGUFWriter(None, "llama")
@@ -243,7 +261,10 @@ def write_gguf(folder: Path, dest: Path, quant: str = "f16", *, name: str = "mod
     writer.add_head_count(n_head)
     writer.add_head_count_kv(n_kv)
     writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
+    writer.add_rope_freq_base(rope_theta)
+    if rope_type == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     if head_dim != config["hidden_size"] // n_head:
         writer.add_key_length(head_dim)
@@ -274,6 +295,11 @@ def write_gguf(folder: Path, dest: Path, quant: str = "f16", *, name: str = "mod
                     raise UserError(f"no GGUF name for tensor {key}", hint="use llama.cpp's convert_hf_to_gguf.py",
                                     kind="model")
                 plan.append((mapped, shard, key, handle.get_slice(key).get_shape()))
+    extra = {}  # tensors llama.cpp wants that the checkpoint does not hold
+    if rope_type == "llama3":
+        extra["rope_freqs.weight"] = llama3_rope_factors(rope, rope_theta, head_dim,
+                                                             config["max_position_embeddings"])
+        plan.append(("rope_freqs.weight", None, "rope_freqs.weight", list(extra["rope_freqs.weight"].shape)))
     # The header needs every tensor's type and size before the first byte of data: write the
     # infos from the safetensors headers, then the tensors one at a time.
     for mapped, _, key, shape in plan:
@@ -292,6 +318,9 @@ def write_gguf(folder: Path, dest: Path, quant: str = "f16", *, name: str = "mod
     for number, (mapped, shard, key, shape) in enumerate(plan):
         if progress:
             progress("gguf", number, len(plan))
+        if shard is None:
+            writer.write_tensor_data(extra[key])
+            continue
         with safe_open(shard, framework="pt") as handle:
             tensor = handle.get_tensor(key)
         if key.endswith(("q_proj.weight", "q_proj.bias")):
