@@ -37,6 +37,22 @@ def test_stream_yields_pieces_while_generating(engine):
     assert not engine.generating
 
 
+def test_the_system_prompt_reaches_the_model(engine):
+    """The system prompt is rendered by the tokenizer's chat template ahead of the conversation, replacing a
+    system message the conversation carried, and it conditions the answer's logits."""
+    import torch
+
+    text = engine.tokenizer.decode(engine.prompt_ids(QUESTION, system="Answer like a pirate.")["input_ids"][0])
+    assert text.index("Answer like a pirate.") < text.index("What sound does the cow make?")
+    replaced = engine.prompt_ids([{"role": "system", "content": "old rule"}, *QUESTION], system="new rule")
+    replaced = engine.tokenizer.decode(replaced["input_ids"][0])
+    assert "new rule" in replaced and "old rule" not in replaced
+    with torch.no_grad():
+        plain = engine.model(**engine.prompt_ids(QUESTION)).logits[0, -1]
+        system = engine.model(**engine.prompt_ids(QUESTION, system="Answer like a pirate.")).logits[0, -1]
+    assert not torch.allclose(plain, system)
+
+
 def test_stop_ends_a_generation_early(engine):
     pieces = []
     for piece in engine.stream(QUESTION, adapter=None, temperature=0, max_new_tokens=300):
