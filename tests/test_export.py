@@ -154,8 +154,26 @@ def test_q8_0_and_ollama_modelfile(lora_run, tmp_path):
     assert "{{ .Role }}" in translated.go and "{{ .Content }}" in translated.go and "<|im_start|>" in translated.go
     assert not any("approximately" in note for note in result.notes)
     assert 'PARAMETER stop "<|im_end|>"' in lines and 'PARAMETER stop "<|im_start|>"' in lines
-    assert "PARAMETER temperature 0.7" in lines
+    from tuiwiz.export import sampling_defaults
+
+    sampling = sampling_defaults(lora_run.path / "merged")
+    assert f"PARAMETER temperature {sampling['temperature']}" in lines
+    assert f"PARAMETER top_p {sampling['top_p']}" in lines
+    assert f"PARAMETER num_ctx {min(config['max_position_embeddings'], 8192)}" in lines
     assert any("ollama create" in note for note in result.notes)
+
+
+def test_ollama_sampling_follows_the_models_generation_config(tmp_path):
+    from tuiwiz.export import OllamaTemplate, modelfile_text, sampling_defaults
+
+    assert sampling_defaults(tmp_path) == {"temperature": 0.7, "top_p": 0.9}  # tuiwiz chat's, without one
+    (tmp_path / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.6,
+                                                                 "top_p": 0.95}))
+    assert sampling_defaults(tmp_path) == {"temperature": 0.6, "top_p": 0.95}
+    (tmp_path / "generation_config.json").write_text(json.dumps({"do_sample": False, "temperature": 0.6}))
+    assert sampling_defaults(tmp_path)["temperature"] == 0.0  # a greedy model stays greedy
+    text, _ = modelfile_text("m.gguf", OllamaTemplate(None, (), False), None, context=131072, temperature=0.6)
+    assert "PARAMETER num_ctx 8192" in text.splitlines()  # capped: Ollama allocates the whole KV cache
 
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "

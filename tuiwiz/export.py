@@ -374,8 +374,23 @@ def ollama_template(tokenizer) -> OllamaTemplate:
     return OllamaTemplate(go, stops, ours == full)
 
 
-def modelfile_text(gguf_name: str, template: OllamaTemplate, eos_token: str | None,
-                   temperature: float = 0.7) -> tuple[str, list[str]]:
+OLLAMA_MAX_CONTEXT = 8192  # Ollama allocates the KV cache for num_ctx up front: a long context costs memory
+
+
+def sampling_defaults(folder: Path) -> dict:
+    """The model's own sampling settings (generation_config.json), else tuiwiz chat's."""
+    from .chat import GenerationSettings
+
+    chat = GenerationSettings()
+    path = folder / "generation_config.json"
+    own = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    sampled = own.get("do_sample", True)
+    return {"temperature": float(own.get("temperature", chat.temperature)) if sampled else 0.0,
+            "top_p": float(own.get("top_p", chat.top_p))}
+
+
+def modelfile_text(gguf_name: str, template: OllamaTemplate, eos_token: str | None, *, context: int | None = None,
+                   temperature: float = 0.7, top_p: float = 0.9) -> tuple[str, list[str]]:
     """The Modelfile, and notes for the user."""
     notes = []
     lines = [f"FROM ./{gguf_name}", ""]
@@ -390,6 +405,9 @@ def modelfile_text(gguf_name: str, template: OllamaTemplate, eos_token: str | No
     for stop in dict.fromkeys([*template.stops, *([eos_token] if eos_token else [])]):
         lines.append(f'PARAMETER stop "{stop}"')
     lines.append(f"PARAMETER temperature {temperature}")
+    lines.append(f"PARAMETER top_p {top_p}")
+    if context:  # Ollama's default context is shorter than most models'
+        lines.append(f"PARAMETER num_ctx {min(context, OLLAMA_MAX_CONTEXT)}")
     return "\n".join(lines) + "\n", notes
 
 
@@ -405,7 +423,9 @@ def _export_gguf(source: RunOutput, staging: Path, quant: str, progress: Progres
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        text, more = modelfile_text(name, ollama_template(tokenizer), tokenizer.eos_token)
+        context = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+        text, more = modelfile_text(name, ollama_template(tokenizer), tokenizer.eos_token, context=context,
+                                    **sampling_defaults(folder))
         (staging / "Modelfile").write_text(text, encoding="utf-8")
         notes += more + [f"in the export folder: ollama create {source.run.run_id} -f Modelfile"]
     shutil.rmtree(staging / ".merged", ignore_errors=True)
