@@ -130,3 +130,33 @@ def test_language_models_and_missing_packages_are_refused(classifier_run, tmp_pa
         export_run(str(classifier_run.path), "onnx", tmp_path / "o")
     assert info.value.kind == "dependency" and info.value.hint == "pip install 'tuiwiz[onnx]'"
     assert not (tmp_path / "o").exists()
+
+
+def test_the_classifier_merge_equals_peft_merge_and_unload(classifier_run):
+    """The MiniLM run: LoRA on the encoder and a trained head (modules_to_save), merged shard by shard,
+    equals peft's merge_and_unload tensor by tensor, under the base checkpoint's own names."""
+    import torch
+    from peft import AutoPeftModelForSequenceClassification
+
+    from .test_merge import merged_tensors
+
+    ours = merged_tensors(classifier_run.path / "merged")
+    model = AutoPeftModelForSequenceClassification.from_pretrained(classifier_run.output, num_labels=len(LABELS))
+    reference = {k: v.detach() for k, v in model.merge_and_unload().state_dict().items()}
+    prefix = "" if set(reference) <= set(ours) else "bert."  # MiniLM's checkpoint names drop the model prefix
+    compared = 0
+    for key, expected in reference.items():
+        name = key if key in ours else key.removeprefix(prefix)
+        assert name in ours, key
+        torch.testing.assert_close(ours[name], expected, rtol=1e-5, atol=1e-6, msg=key)
+        compared += 1
+    assert compared == len(reference) and "classifier.weight" in ours
+    base_query = next(k for k in ours if k.endswith("layer.0.attention.self.query.weight"))
+    from safetensors import safe_open
+
+    from tuiwiz.builtin_models import resolve_builtin
+
+    base = next(resolve_builtin("minilm").glob("*.safetensors"))
+    with safe_open(base, framework="pt") as handle:
+        original = handle.get_tensor(next(k for k in handle.keys() if k.endswith(base_query.split("encoder.")[-1])))
+    assert not torch.allclose(original, ours[base_query])  # the LoRA delta is in the merged weights
