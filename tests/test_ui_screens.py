@@ -250,10 +250,56 @@ async def test_review_shows_profile_path_and_command(ui_env):
         text = screen_text(app)
         assert "profiles/demo-lora.yaml" in text
         assert "tuiwiz --profile profiles/demo-lora.yaml" in text
+        assert "--node-rank" not in text  # one machine: the one command, as before
         assert "name_or_path: demo" in text
         assert "Launch" in text
         await pilot.press("escape")
         await wait_for(pilot, lambda: on(app, "SettingsScreen"))
+
+
+def several_nodes(profile, count: int):
+    from tuiwiz.profile import DistributedConfig, NodesConfig
+
+    nodes = NodesConfig(count=count, main_address="10.1.2.3")
+    return profile.model_copy(update={"distributed": DistributedConfig(strategy="ddp", nodes=nodes)})
+
+
+async def test_review_of_a_two_node_profile_shows_every_nodes_command(ui_env):
+    from tuiwiz.profile_io import save_profile
+
+    from .conftest import run_cli
+
+    state = prepared_state(ui_env, until="review", option="cpu-lora")
+    state.profile = several_nodes(state.profile, 2)
+    # what --print-launch prints for the same profile, saved where the review says it will be
+    save_profile(state.profile, ui_env / "profiles" / "demo-lora.yaml")
+    printed = run_cli("--profile", "profiles/demo-lora.yaml", "--print-launch", cwd=ui_env)
+    assert printed.returncode == 0, printed.stderr
+    commands = [line for line in printed.stdout.splitlines() if line.startswith("tuiwiz ")]
+    assert commands == [f"tuiwiz --profile profiles/demo-lora.yaml --node-rank {r}" for r in (0, 1)]
+    app = app_at(state, "review")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "ReviewScreen"))
+        lines = [line.strip() for line in screen_text(app).splitlines()]
+        # each on a line of its own, unwrapped at 80 columns
+        assert f"Node 0      {commands[0]}" in lines and f"Node 1      {commands[1]}" in lines
+        assert "Headless    one command on each of 2 machines, main 10.1.2.3:29500" in lines
+        assert "tuiwiz --profile profiles/demo-lora.yaml" not in lines  # no single-machine command
+        assert any("name_or_path: demo" in line for line in lines)  # the profile keeps its room
+
+
+async def test_review_of_many_nodes_fits_80x24(ui_env):
+    state = prepared_state(ui_env, until="review", option="cpu-lora")
+    state.profile = several_nodes(state.profile, 16)
+    app = app_at(state, "review")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "ReviewScreen"))
+        text = screen_text(app)
+        lines = [line.strip() for line in text.splitlines()]
+        for rank in (0, 1, 15):
+            assert f"Node {rank:<7}tuiwiz --profile profiles/demo-lora.yaml --node-rank {rank}" in lines
+        assert not any(line.endswith("--node-rank 2") for line in lines) and "… nodes 2 to 14 alike" in text
+        assert "name_or_path: demo" in text
 
 
 async def test_runs_screen_lists_attaches_and_deletes(ui_env):

@@ -359,6 +359,16 @@ def headless_command(state: WizardState, name: str) -> str:
     return f"tuiwiz --profile {relative(profile_path(state, name), state.workdir)}"
 
 
+def node_commands_for(state: WizardState, name: str, profile) -> list[str] | None:
+    """The command for every node of a multi-node profile, rank 0 first (what `--print-launch` prints);
+    None for one machine, where ``headless_command`` is the whole story."""
+    if profile is None or profile.distributed.nodes.count < 2:
+        return None
+    from ..distributed import node_commands
+
+    return node_commands(profile, relative(profile_path(state, name), state.workdir))
+
+
 def save_and_launch(state: WizardState, profile, name: str):
     """Save the profile under profiles/, make its run dir and start the runner. Returns (run, proc, path)."""
     from ..launch import create_run, start_runner

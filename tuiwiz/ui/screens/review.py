@@ -13,7 +13,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from ...errors import UserError
-from ..choices import headless_command, profile_path, relative
+from ..choices import headless_command, node_commands_for, profile_path, relative
 from .base import StepScreen
 
 
@@ -37,6 +37,31 @@ def probe_text(result) -> Text:
         text.append(f"\n  changed: {change}", style="yellow")
     if result.needs_consent:
         text.append(f"\n  would need: {result.needs_consent} (go Back to Settings to shorten it)", style="yellow")
+    return text
+
+
+MAX_NODE_LINES = 4  # more nodes than this would push the profile off an 80x24 screen
+
+
+def node_lines(profile, commands: list[str]) -> Text:
+    """One line per node with the command to run there; past MAX_NODE_LINES the middle ones, which
+    differ only in their rank, are summed up in one line (--print-launch lists them all)."""
+    from ...distributed import main_port
+
+    nodes = profile.distributed.nodes
+    text = Text.assemble(("\nHeadless    ", "bold"), f"one command on each of {nodes.count} machines, "
+                                                     f"main {nodes.main_address}:{main_port(profile)}")
+    shown = list(enumerate(commands))
+    if len(shown) > MAX_NODE_LINES:
+        shown = [*shown[:MAX_NODE_LINES - 2], None, shown[-1]]
+    for item in shown:
+        if item is None:
+            text.append(f"\n{'':12}… nodes {MAX_NODE_LINES - 2} to {nodes.count - 2} alike, each with its own "
+                        "--node-rank", style="dim")
+            continue
+        rank, command = item
+        text.append(f"\n{'Node ' + str(rank):<12}", style="bold")
+        text.append(command, style="cyan")
     return text
 
 
@@ -96,9 +121,15 @@ class ReviewScreen(StepScreen):
 
         profile = self.state.profile
         name = self.state.profile_name or "profile"
-        where = Text.assemble(("Saved as    ", "bold"), relative(profile_path(self.state, name), self.state.workdir),
-                              ("\nHeadless    ", "bold"), (headless_command(self.state, name), "cyan"),
-                              ("\nRuns go to  ", "bold"), self._runs_dir(profile))
+        saved = relative(profile_path(self.state, name), self.state.workdir)
+        nodes = node_commands_for(self.state, name, profile)
+        if nodes is None:
+            where = Text.assemble(("Saved as    ", "bold"), saved,
+                                  ("\nHeadless    ", "bold"), (headless_command(self.state, name), "cyan"),
+                                  ("\nRuns go to  ", "bold"), self._runs_dir(profile))
+        else:
+            where = Text.assemble(("Saved as    ", "bold"), saved, node_lines(profile, nodes),
+                                  ("\nRuns go to  ", "bold"), self._runs_dir(profile))
         self.query_one("#review-where", Static).update(where)
         self.query_one("#review-profile", Static).update(
             Syntax(dump_profile(profile), "yaml", theme="ansi_dark", background_color="default"))
