@@ -1,4 +1,5 @@
-"""Two real processes over gloo on the CPU: DDP, DeepSpeed ZeRO-2 and ZeRO-3 (with offload).
+"""Two real processes over gloo on the CPU: DDP, DeepSpeed ZeRO-2 and ZeRO-3 (with offload); and the
+per-rank environment, launch files and validation, which need no training (not marked slow).
 
 `accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs starts two
 gloo ranks; DeepSpeed runs on its CPU accelerator. Its ops are compiled once into the
@@ -17,8 +18,6 @@ from tuiwiz.runs import read_state
 
 from .conftest import run_cli, wait_for
 from .test_training import generate, losses, only_run, write_profile
-
-pytestmark = pytest.mark.slow
 
 # DDP's logged loss is the mean of the two ranks' token-averaged losses; one process averages over all
 # tokens of the same 16 examples at once. Measured on the demo: identical for the first steps, at most
@@ -45,6 +44,7 @@ def two_ranks(tmp_path, base, strategy, **overrides):
     return run
 
 
+@pytest.mark.slow
 def test_ddp_lora_matches_one_process_with_the_same_effective_batch(tmp_path):
     common = dict(training__max_steps=20, training__logging_steps=1, training__save_steps=1000)
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
@@ -61,6 +61,7 @@ def test_ddp_lora_matches_one_process_with_the_same_effective_batch(tmp_path):
     assert worst < DDP_TOLERANCE, f"DDP differs from one process by {worst}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy,offload", [("zero2", False), ("zero3", False), ("zero3", True)])
 def test_deepspeed_zero_full_fine_tuning(tmp_path, strategy, offload):
     extra = {"distributed__offload_optimizer": True, "distributed__offload_params": True} if offload else {}
@@ -73,6 +74,7 @@ def test_deepspeed_zero_full_fine_tuning(tmp_path, strategy, offload):
     assert (run.output / "model.safetensors").exists()  # one consolidated model, not ZeRO shards
 
 
+@pytest.mark.slow
 def test_a_killed_rank_fails_the_whole_run_and_leaves_no_process(tmp_path):
     profile = write_profile(tmp_path, "quickstart.yaml", distributed__strategy="ddp", distributed__num_processes=2,
                             training__max_steps=2000, training__logging_steps=1, training__save_steps=100000)
@@ -132,6 +134,7 @@ def test_impossible_combinations_are_refused_at_validation(tmp_path, text, messa
     assert message in info.value.message
 
 
+@pytest.mark.slow
 def test_zero2_stop_checkpoint_and_resume(tmp_path):
     profile = write_profile(tmp_path, "demo-full.yaml", distributed__strategy="zero2", distributed__num_processes=2,
                             training__max_steps=60, training__logging_steps=1, training__save_steps=1000)
@@ -179,3 +182,66 @@ def test_offload_without_enough_cpu_ram_is_refused(tmp_path):
     assert "distributed.offload_params: offloading to CPU needs about" in result.stderr
     assert "GiB is available" in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# ---------------------------------------------------------------- the per-rank environment (no training)
+
+
+def dist_profile(**distributed):
+    from tuiwiz.profile import Profile
+
+    return Profile.model_validate({"method": {"type": "full"}, "distributed": distributed})
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def test_launch_env_numbers_the_chosen_gpus_as_nvml_does():
+    from tuiwiz.distributed import accelerate_config, launch_env
+
+    profile = dist_profile(strategy="ddp", num_processes=2, gpus=[3, 1])
+    env = launch_env(profile)
+    assert env["CUDA_VISIBLE_DEVICES"] == "3,1"  # the user's order: rank 0 gets GPU 3
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # so CUDA's 3 is NVML's (tuiwiz hw's) 3
+    # accelerate launch sets CUDA_VISIBLE_DEVICES to its config's gpu_ids again: the two must agree
+    assert accelerate_config(profile, 0)["gpu_ids"] == env["CUDA_VISIBLE_DEVICES"]
+    every = launch_env(dist_profile(strategy="ddp", num_processes=2))
+    # no choice made: the GPUs the user's own CUDA_VISIBLE_DEVICES allows, not overridden
+    assert "CUDA_VISIBLE_DEVICES" not in every and every["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+
+
+def test_omp_threads_share_this_machines_cpus_between_its_processes():
+    from tuiwiz.distributed import launch_env
+
+    cpus = usable_cpus()
+    assert launch_env(dist_profile(strategy="ddp", num_processes=2))["OMP_NUM_THREADS"] == str(max(1, cpus // 2))
+    # processes on the other nodes run on their own CPUs: only this node's count divides
+    multi = dist_profile(strategy="ddp", num_processes=2, nodes={"count": 4, "main_address": "10.0.0.1"})
+    assert multi.distributed.world_size == 8
+    assert launch_env(multi)["OMP_NUM_THREADS"] == str(max(1, cpus // 2))
+    # more processes than CPUs: one thread each, never zero
+    assert launch_env(dist_profile(strategy="ddp", num_processes=64))["OMP_NUM_THREADS"] == "1"
+    assert launch_env(dist_profile(strategy="zero2", num_processes=2, omp_num_threads=3))["OMP_NUM_THREADS"] == "3"
+
+
+PINNED = """
+import os
+os.sched_setaffinity(0, {{{cpu}}})
+from tuiwiz.distributed import launch_env
+from tuiwiz.profile import Profile
+print(launch_env(Profile.model_validate({{"distributed": {{"strategy": "ddp", "num_processes": 1}}}}))["OMP_NUM_THREADS"])
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or usable_cpus() < 2, reason="needs CPU affinity, 2+ CPUs")
+def test_omp_threads_count_the_cpus_this_process_may_use():
+    """A container or `taskset` that allows one CPU of many: one thread, not one per CPU of the host."""
+    import subprocess
+    import sys
+
+    cpu = min(os.sched_getaffinity(0))
+    result = subprocess.run([sys.executable, "-c", PINNED.format(cpu=cpu)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"

@@ -118,8 +118,10 @@ def write_launch_files(profile: Profile, run_path: Path, node_rank: int) -> tupl
 def threads_per_process(profile: Profile) -> int:
     if profile.distributed.omp_num_threads:
         return profile.distributed.omp_num_threads
-    # Oversubscribed OpenMP threads make ranks stall at every collective.
-    return max(1, (os.cpu_count() or 1) // profile.distributed.num_processes)
+    # Oversubscribed OpenMP threads make ranks stall at every collective. Count the CPUs this process
+    # may run on (taskset, a container's cpuset), not every CPU of the host.
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // profile.distributed.num_processes)
 
 
 def launch_env(profile: Profile) -> dict[str, str]:
