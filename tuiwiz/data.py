@@ -7,7 +7,8 @@ Every record becomes one of four shapes, whatever the file's column names:
 - text: ``{"text"}``
 - classification: ``{"text", "label"}`` (labels as strings)
 
-Bad data raises ``UserError`` naming the file, the line (or row) and the field.
+Bad data raises ``UserError`` naming the file, the line (or row) and the field; find_problems
+collects every such problem instead (the wizard's Problems view), through the same checks.
 No torch, no ``datasets`` here: the wizard reads files through this module too. The
 files' raw rows (decoding and parsing) come from data_files.py.
 """
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .data_files import _error, read_rows
+from .data_files import _error, _jsonl_rows, decode_text, read_file_bytes, read_rows
 from .errors import UserError
 
 FORMATS = ("alpaca", "messages", "text", "classification")
@@ -186,11 +188,13 @@ def _normalise(item, fmt: str, columns: ColumnMap, path: Path, line: int) -> dic
 
 def normalise_rows(rows: list[tuple[int, object]], path: Path | str, *, format: str = "auto",
                    columns: ColumnMap | None = None, task: str = "sft", limit: int | None = None,
-                   evaluation: bool = False) -> LoadedData:
+                   evaluation: bool = False, on_problem: Callable[[UserError], None] | None = None) -> LoadedData:
     """Sniff the format (unless given) and normalise every row. Raises UserError.
 
     ``evaluation``: a validation file, whose labels need not number two or more
     (check_validation_labels compares them with the training labels).
+    ``on_problem``: called with each bad record's UserError, which is then left out, instead of
+    raising the first (problems of the whole dataset still raise).
     """
     path = Path(path)
     columns = columns or ColumnMap()
@@ -211,14 +215,23 @@ def normalise_rows(rows: list[tuple[int, object]], path: Path | str, *, format: 
                 f"the first record has {', '.join(map(str, first)) or 'no fields'}",
                 path, first_line, hint="map your columns under data.columns, or set data.format",
             )
-    records = [_normalise(item, format, columns, path, line) for line, item in rows]
+    records, lines = [], []
+    for line, item in rows:
+        try:
+            records.append(_normalise(item, format, columns, path, line))
+        except UserError as exc:
+            if on_problem is None:
+                raise
+            on_problem(exc)
+            continue
+        lines.append(line)
     labels: tuple[str, ...] = ()
-    if format == "classification":
+    if format == "classification" and records:  # no records: only when every one was a problem
         labels = tuple(sorted({r["label"] for r in records}))
         if len(labels) < 2 and not evaluation:
             raise _error(f"classification needs at least two labels; every row is '{labels[0]}'", path,
                          field=columns.label or "label")
-    return LoadedData(str(path), format, records, [line for line, _ in rows], labels)
+    return LoadedData(str(path), format, records, lines, labels)
 
 
 def load_dataset_file(path: Path | str, *, format: str = "auto", columns: ColumnMap | None = None,
@@ -227,6 +240,80 @@ def load_dataset_file(path: Path | str, *, format: str = "auto", columns: Column
     path = Path(path)
     return normalise_rows(read_rows(path), path, format=format, columns=columns, task=task, limit=limit,
                           evaluation=evaluation)
+
+
+PROBLEM_CAP = 50  # problems kept (by line) for the wizard; the rest are counted
+
+
+@dataclass(frozen=True)
+class DataProblems:
+    """The problems in a dataset: the first ``cap`` by line (file-wide ones first), and how many in all."""
+
+    problems: tuple[UserError, ...]
+    total: int
+
+    @property
+    def more(self) -> int:
+        """Problems counted but not kept."""
+        return self.total - len(self.problems)
+
+
+class _ProblemSink:
+    """Counts every problem, keeps the ``cap`` with the lowest lines. Reading and normalising each
+    report theirs in line order, one after the other, so the kept list is sorted now and then."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.total, self.kept = cap, 0, []
+
+    def __call__(self, exc: UserError) -> None:
+        self.total += 1
+        self.kept.append(exc)
+        if len(self.kept) > 2 * self.cap:  # bounded memory for a file that is bad on every line
+            self._trim()
+
+    def _trim(self) -> None:
+        self.kept.sort(key=lambda exc: exc.line or 0)
+        del self.kept[self.cap:]
+
+    def result(self) -> DataProblems:
+        self._trim()
+        return DataProblems(tuple(self.kept), self.total)
+
+
+def _rows_past_bad_json(path: Path, on_problem: Callable[[UserError], None]) -> list[tuple[int, object]]:
+    """read_rows, except that JSON Lines carry on past a line that is not JSON. Other files stop at
+    their first problem: after a broken JSON array or CSV quote nothing that follows can be trusted."""
+    try:
+        return read_rows(path)
+    except UserError as exc:
+        if exc.line is None or path.suffix.lower() in (".parquet", ".csv", ".tsv", ".json"):
+            raise
+    text = decode_text(read_file_bytes(path), path)  # raises again if the text itself is the problem
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):  # the numbering _jsonl_rows uses
+        try:
+            rows += [(number, item) for _, item in _jsonl_rows(path, line)]
+        except UserError as exc:
+            exc.line = number  # _jsonl_rows saw a file of this one line
+            on_problem(exc)
+    return rows
+
+
+def find_problems(path: Path | str, *, format: str = "auto", columns: ColumnMap | None = None,
+                  task: str = "sft", limit: int | None = None, evaluation: bool = False,
+                  cap: int = PROBLEM_CAP) -> DataProblems:
+    """Every problem load_dataset_file would raise, not only the first: the same reading and checks,
+    going on past each bad line. Raises nothing for bad data."""
+    path = Path(path)
+    sink = _ProblemSink(cap)
+    try:
+        rows = _rows_past_bad_json(path, sink)
+        if rows or not sink.total:  # "no records" says nothing new when every line was bad JSON
+            normalise_rows(rows, path, format=format, columns=columns, task=task, limit=limit,
+                           evaluation=evaluation, on_problem=sink)
+    except UserError as exc:  # the file as a whole: unreadable, no format to tell, one label
+        sink(exc)
+    return sink.result()
 
 
 def check_validation_labels(train: LoadedData, evaluation: LoadedData, *, label_column: str | None = None) -> None:

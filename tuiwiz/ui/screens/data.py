@@ -1,6 +1,6 @@
 """Step 3: the data. A file, a hub dataset id or demo:NAME; its format and columns; three examples as
 the model will see them (chat template applied, trained part highlighted); token lengths against the
-max length; and the first problem with its line number.
+max length; and the problems, each with its line number (the first 50 by line, and a count of the rest).
 
 Files are read and tokenized (the ``tokenizers`` library on tokenizer.json) in a worker.
 """
@@ -15,7 +15,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static, TabbedContent, TabPane
 
-from ..choices import COLUMN_ROLES, DEMO_DATA_FOR_TASK, FORMATS, TASKS, check_data, suggested_max_length
+from ..choices import COLUMN_ROLES, DEMO_DATA_FOR_TASK, FORMATS, TASKS, check_data, column_map, suggested_max_length
 from ..widgets import cached_plot
 from ..render import PROMPT_STYLE, TRAINED_STYLE, problem_text, rendered_text
 from .base import StepScreen
@@ -126,6 +126,7 @@ class DataScreen(StepScreen):
     def __init__(self, state) -> None:
         super().__init__(state)
         self.checked = None  # DataCheck of the current choices
+        self.problems = None  # data.DataProblems: all of them, where check_data stopped at the first
         self.loading = False
         self.suggested = None
         self.sample_texts = []
@@ -160,12 +161,23 @@ class DataScreen(StepScreen):
             suggested = suggested_max_length(self.state)
             if chosen is None and suggested != check.stats.max_length:
                 check = check_data(self.state, max_length=suggested)
-        self.app.call_from_thread(self._show, check, chosen, suggested)
+        self.app.call_from_thread(self._show, check, chosen, suggested, self._all_problems(check.error))
 
-    def _show(self, check, chosen: int | None, suggested: int | None) -> None:
+    def _all_problems(self, error):
+        """The file read again going past each bad line (only when it has one): check_data, like the
+        runner, stops at the first."""
+        if error is None or error.kind != "data" or not error.file:
+            return None
+        from ...data import find_problems
+
+        return find_problems(error.file, format=self.state.data_format, columns=column_map(self.state.columns),
+                             task=self.state.task)
+
+    def _show(self, check, chosen: int | None, suggested: int | None, problems=None) -> None:
         if not self.is_attached:
             return
         self.checked = check
+        self.problems = problems
         self.loading = False
         self.state.data = check.data
         self.state.length_stats = check.stats
@@ -266,18 +278,29 @@ class DataScreen(StepScreen):
     def _show_problems(self, check) -> None:
         pane = self.query_one("#data-problems", Static)
         tabs = self.query_one("#data-tabs", TabbedContent)
-        problems = []
+        problems, count = [], 0
         if check.error is not None:
-            problems.append(problem_text(check.error, self.state.workdir))
+            found = self.problems
+            errors = found.problems if found is not None and found.total else (check.error,)
+            for i, exc in enumerate(errors):
+                if i:
+                    problems.append(Text(""))  # a blank line between problems
+                problems.append(problem_text(exc, self.state.workdir))
+            count = found.total if found is not None and found.total else 1
+            if found is not None and found.more:
+                problems.append(Text(f"\n…and {found.more:,} more (the first {len(found.problems)} by line are shown)",
+                                     style="yellow"))
         stats = check.stats
         if stats is not None and stats.prompt_too_long:
+            count += 1
             problems.append(Text(f"{stats.prompt_too_long} example(s) have a prompt of at least the max length: "
                                  "no answer token of theirs would be trained. Raise the max length.",
                                  style="yellow"))
         if check.note and check.data is not None:
+            count += 1
             problems.append(Text(check.note, style="yellow"))
         pane.update(Group(*problems) if problems else Text("No problems found.", style="green"))
-        label = f"Problems ({len(problems)})" if problems else "Problems"
+        label = f"Problems ({count:,})" if problems else "Problems"
         tabs.get_tab("tab-problems").label = label
         if check.error is not None:
             tabs.active = "tab-problems"
