@@ -239,3 +239,85 @@ def test_token_stats_of_the_demo_data():
 
     stats = token_stats("demo:alpaca", inspect_model("demo", build_demo=True))
     assert stats.rows == 153 and 10 < stats.p50 <= stats.p95 <= stats.max < 64
+
+
+# ---------------------------------------------------------------- several GPUs: DDP, ZeRO, offload
+
+
+def machine_from(snapshot: str, *, gpus: int | None = None, ram_gib: float | None = None):
+    """A recorded machine with its first GPU repeated ``gpus`` times and/or ``ram_gib`` of RAM available."""
+    from dataclasses import replace
+
+    machine = probe(snapshot=snapshot)
+    if gpus is not None:
+        first = machine.gpus[0]
+        machine = replace(machine, gpus=tuple(replace(first, index=i, uuid=f"{first.uuid}-{i}",
+                                                      pci_bus_id=f"00000000:{i + 1:02X}:00.0") for i in range(gpus)))
+    if ram_gib is not None:
+        machine = replace(machine, ram_total_mb=int(ram_gib * 1024) + 4096, ram_available_mb=int(ram_gib * 1024))
+    return machine
+
+
+def states(option) -> int:
+    """Weights, gradients and optimizer states of one full copy (what DDP keeps on every GPU)."""
+    b = option.estimate.per_device
+    return b.weights + b.gradients + b.optimizer
+
+
+def test_ddp_when_a_full_copy_fits_one_gpu_of_several():
+    machine = probe(snapshot="8x-a100-80gb")
+    rec = recommend(machine, model("qwen2.5-0.5b"), CHAT_2K)
+    assert rec.option("full").fits  # the premise: one GPU holds the model and its states
+    best = rec.best
+    assert best.key == "full-ddp" and best.plan.strategy == "ddp" and best.plan.method == "full"
+    assert best.gpu_indices == tuple(range(8))  # GPU 3 is busy, but has more than half the free memory
+    assert "fastest where it fits" in best.reason
+    # ZeRO fits too, but shards what need not be sharded: ranked after DDP
+    keys = [o.key for o in rec.fitting]
+    assert keys.index("full-ddp") < keys.index("full-zero2") < keys.index("full-zero3")
+    profile = to_profile(best, "Qwen/Qwen2.5-0.5B", "data.jsonl")
+    d = profile.distributed
+    assert (d.strategy, d.num_processes, d.gpus, d.offload_optimizer, d.offload_params) == (
+        "ddp", 8, list(range(8)), False, False)
+
+
+def test_zero3_with_cpu_offload_when_the_states_exceed_every_gpu_together():
+    machine = machine_from("a100-40gb", gpus=2, ram_gib=256)
+    rec = recommend(machine, model("llama3-8b"), CHAT_2K, experts=True)
+    assert states(rec.option("full")) > sum(g.memory_total_bytes for g in machine.gpus)  # the premise
+    full = [o for o in rec.fitting if o.plan.method == "full"]
+    # optimizer offload first: parameters stay on the GPUs, so it is the faster of the two
+    assert [o.key for o in full] == ["full-zero3-offload", "full-zero3-offload-all"]
+    chosen = full[0]
+    assert chosen.gpu_indices == (0, 1)
+    assert chosen.estimate.cpu_ram <= machine.ram_available_mb * 2**20  # host RAM takes the offloaded states
+    for key in ("full", "full-ddp", "full-zero2", "full-zero3"):
+        assert "GiB per GPU" in rec.option(key).rejected, key
+    d = to_profile(chosen, "meta-llama/Llama-3.1-8B", "data.jsonl").distributed
+    assert (d.strategy, d.num_processes, d.offload_optimizer, d.offload_params) == ("zero3", 2, True, False)
+    d = to_profile(full[1], "meta-llama/Llama-3.1-8B", "data.jsonl").distributed
+    assert (d.strategy, d.offload_optimizer, d.offload_params) == ("zero3", True, True)
+
+
+def test_parameters_are_offloaded_too_when_the_optimizer_alone_does_not_free_enough():
+    machine = machine_from("rtx4090-24gb", ram_gib=256)
+    rec = recommend(machine, model("llama3-8b"), CHAT_2K, experts=True)
+    assert "GiB per GPU" in rec.option("full-zero3-offload").rejected
+    offload_all = rec.option("full-zero3-offload-all")
+    assert offload_all.fits and offload_all in rec.fitting
+
+
+def test_offload_without_the_cpu_ram_for_it_is_rejected_with_why():
+    machine = machine_from("a100-40gb", gpus=2, ram_gib=128)
+    rec = recommend(machine, model("llama3-8b"), CHAT_2K, experts=True)
+    for key in ("full-zero3-offload", "full-zero3-offload-all"):
+        option = rec.option(key)
+        assert not option.fits and option.estimate.cpu_ram > 128 * 2**30
+        assert "of CPU RAM for the offloaded states" in option.rejected, option.rejected
+        assert "128 GiB available" in option.rejected
+    assert not any(o.plan.method == "full" for o in rec.fitting)
+    assert rec.best.plan.method in ("lora", "qlora")  # still something that fits
+    # within the RAM but not its headroom: the message says why what looks enough is not
+    tight = recommend(machine_from("a100-40gb", gpus=2, ram_gib=200), model("llama3-8b"), CHAT_2K)
+    assert "200 GiB available (170 GiB usable: the estimate keeps 15% spare)" in tight.option(
+        "full-zero3-offload").rejected

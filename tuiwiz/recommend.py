@@ -229,8 +229,11 @@ def _fit(machine: Machine, cand: _Candidate, est: MemoryEstimate) -> tuple[tuple
         return fits, text
     ram = int(machine.ram_available_mb * 2**20 * RAM_HEADROOM)
     if est.cpu_ram > ram:
-        return fits, (f"needs {est.cpu_ram / GiB:.0f} GiB of CPU RAM for the offloaded states, the machine has "
-                      f"{machine.ram_available_mb / 1024:.0f} GiB available")
+        text = (f"needs {est.cpu_ram / GiB:.0f} GiB of CPU RAM for the offloaded states, the machine has "
+                f"{machine.ram_available_mb / 1024:.0f} GiB available")
+        if est.cpu_ram <= machine.ram_available_mb * 2**20:  # else "needs 180 of 200" reads as if it fits
+            text += f" ({ram / GiB:.0f} GiB usable: the estimate keeps {1 - RAM_HEADROOM:.0%} spare)"
+        return fits, text
     return fits, None
 
 
