@@ -1,7 +1,8 @@
 """Runs that fail: each ends `failed` (exit code 1) with the right error kind and hint, and leaves no process.
 
 Real failing runs through the CLI and the detached runner, on the demo model:
-- diverging full fine-tuning (learning rate 0.9, weight decay 1e6, no clipping) -> nan_loss;
+- diverging full fine-tuning (learning rate 0.9, weight decay 1e6, no clipping) -> nan_loss (a nan gradient norm);
+- exploding but finite loss (learning rate 0.9, no clipping, no weight decay) -> diverged;
 - weights truncated or removed after the launch's checks -> model_corrupt / model_missing;
 - the runner SIGKILLed mid-run -> `runs --json` and `attach` say failed, never running;
 - `import bitsandbytes` failing (a shadowing package on PYTHONPATH) for QLoRA -> dependency_missing;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import resource
 import shutil
@@ -35,7 +37,7 @@ from tuiwiz.errors import UserError
 from tuiwiz.profile_io import load_profile
 from tuiwiz.events import read_events
 from tuiwiz.runs import RunDir, read_state
-from tuiwiz.train.failures import NonFiniteLoss, classify
+from tuiwiz.train.failures import PATIENCE, LossDiverged, LossWatch, NonFiniteLoss, classify
 
 from .conftest import PROFILES, process_gone, run_cli, wait_for
 from .test_training import only_run
@@ -101,8 +103,74 @@ def test_diverging_loss_stops_the_run_as_nan_loss(tmp_path):
     result = run_cli("--profile", profile)
     run = only_run(tmp_path)
     error = assert_failed(result, run, "nan_loss", "lower training.learning_rate")
-    assert "the loss became nan" in error["message"]
+    # Weight decay 1e6 blows the weights up in one step: the gradient norm is nan before the loss is.
+    assert error["message"].startswith("the gradient norm became nan at step 2 (the loss was still ")
     assert run.last_checkpoint() is None and not run.output.exists()
+
+
+@pytest.mark.slow
+def test_exploding_finite_loss_stops_the_run_as_diverged(tmp_path):
+    # Measured (CPU, fp32): the loss goes 7.6, 15.6, 102, 105, 149, 84 (start 15.6, lowest 7.6), all finite;
+    # steps 4 to 6 are each above 3x the start and 5x the lowest, so the run stops at step 6.
+    profile = make_profile(
+        tmp_path, "quickstart.yaml", data={"max_length": 64}, method={"type": "full"},
+        training={"max_steps": 12, "warmup_steps": 0, "learning_rate": 0.9, "lr_scheduler_type": "constant",
+                  "max_grad_norm": 0.0, "per_device_train_batch_size": 2, "logging_steps": 1, "save_steps": 3},
+    )
+    result = run_cli("--profile", profile)
+    run = only_run(tmp_path)
+    error = assert_failed(result, run, "diverged", "lower training.learning_rate (try a third of it)")
+    assert error["message"].startswith("the loss diverged: ") and "at step 6," in error["message"]
+    events = read_events(run.events)
+    curve = {e["step"]: e["loss"] for e in events if e["type"] == "log"}
+    assert max(curve) == 6 and all(math.isfinite(loss) for loss in curve.values()), curve
+    assert max(curve.values()) > 10 * curve[1]
+    # The step-3 checkpoint stays; the save due at step 6 is cancelled (those weights have blown up).
+    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [3]
+    assert run.last_checkpoint().name == "checkpoint-3" and not run.output.exists()
+
+
+def _watch(losses, grad_norm=1.0, scaled_fp16=False):
+    """Feed logged losses to a LossWatch; the step (1-based) it stopped at and the failure, or (None, None)."""
+    watch = LossWatch()
+    for step, loss in enumerate(losses, 1):
+        failure = watch.check(step, loss, grad_norm, scaled_fp16=scaled_fp16)
+        if failure is not None:
+            return step, failure
+    return None, None
+
+
+def test_loss_watch_stops_a_blow_up_after_patience_logs():
+    step, failure = _watch([7.6, 15.6, 102.4, 104.6, 149.3, 83.7, 59.6])
+    assert step == 3 + PATIENCE and isinstance(failure, LossDiverged)
+    assert "149.3" not in str(failure) and "83.7 at step 6" in str(failure)
+    assert classify(failure).kind == "diverged" and "bf16" in classify(failure).hint
+
+
+def test_loss_watch_leaves_noisy_and_overfitting_runs_alone():
+    # Overfitting to near zero, then single hard (mislabelled) examples at 100x the lowest and above the start.
+    overfit = [2.0, 2.3, 1.8, 1.0, 0.4, 0.05, 0.01, 0.02, 7.5, 0.01, 0.03, 8.0, 0.02, 6.9, 0.02]
+    assert _watch(overfit) == (None, None)
+    # An easy first batch is not the anchor: the median of the first three logs is.
+    assert _watch([0.1, 2.5, 2.4, 2.2, 2.6, 2.0, 1.9, 2.3]) == (None, None)
+    # A spike that lasts fewer than PATIENCE logs.
+    assert _watch([3.0, 2.8, 2.9, 2.0, 12.0, 14.0, 1.9, 1.8]) == (None, None)
+
+
+def test_loss_watch_infinite_gradient_norm():
+    step, failure = _watch([3.0, 2.9], grad_norm=float("inf"))
+    assert str(failure) == "the gradient norm became inf at step 1 (the loss was still 3)"
+    assert classify(failure).kind == "nan_loss"
+    assert _watch([3.0, 2.9], grad_norm=float("inf"), scaled_fp16=True) == (None, None)  # the scaler's skip
+
+
+def test_loss_watch_keeps_its_references_across_a_resume():
+    resumed = LossWatch()
+    for loss in (7.6, 15.6, 8.0, 1.0, 0.5):  # the log history a checkpoint brings back
+        resumed.observe(loss)
+    # After the resume, loss 3.0 is 6x the lowest but under 3x the start (8.0): healthy, not a blow-up.
+    assert all(resumed.check(step, 3.0, 1.0, scaled_fp16=False) is None for step in range(6, 12))
+    assert [resumed.check(step, 30.0, 1.0, scaled_fp16=False) is None for step in range(12, 15)] == [True, True, False]
 
 
 @pytest.fixture(scope="module")

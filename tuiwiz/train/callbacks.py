@@ -1,4 +1,4 @@
-"""Trainer callbacks: events to the run dir, graceful stop, non-finite loss, AdaLoRA budget."""
+"""Trainer callbacks: events to the run dir, graceful stop, non-finite or diverging loss, AdaLoRA budget."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..events import EventWriter
-from .failures import NonFiniteLoss
+from .failures import LossDiverged, LossWatch, NonFiniteLoss
 from .stop import StopFlag
 
 
@@ -32,7 +32,8 @@ class RunnerCallback(TrainerCallback):
     def __init__(self, events: EventWriter | None, stop: StopFlag) -> None:
         self.events = events  # None on ranks other than 0
         self.stop = stop
-        self.failure: NonFiniteLoss | None = None
+        self.failure: NonFiniteLoss | LossDiverged | None = None
+        self.watch = LossWatch()
         self._last_time: float | None = None
         self._last_tokens = 0
         self.start_tokens = 0
@@ -44,6 +45,9 @@ class RunnerCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_time = time.perf_counter()
         self._last_tokens = self.start_tokens = state.num_input_tokens_seen or 0
+        for logged in state.log_history:  # a resumed run keeps where it began and its lowest loss
+            if "loss" in logged and math.isfinite(logged["loss"]):
+                self.watch.observe(float(logged["loss"]))
         self._emit("status", status="running", step=state.global_step, max_steps=state.max_steps)
 
     def on_step_begin(self, args, state, control, **kwargs):
@@ -72,10 +76,16 @@ class RunnerCallback(TrainerCallback):
                 loss=loss, learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
                 tokens_seen=tokens, tokens_per_second=round(tps, 1) if tps else None, memory=memory_snapshot(),
             )
+            grad_norm = logs.get("grad_norm")
             if not math.isfinite(loss):
                 self.failure = NonFiniteLoss(state.global_step, loss)
+            else:
+                self.failure = self.watch.check(state.global_step, loss,
+                                                None if grad_norm is None else float(grad_norm),
+                                                scaled_fp16=bool(args.fp16))
+            if self.failure is not None:
                 control.should_training_stop = True
-                control.should_save = False  # never a checkpoint of NaN weights
+                control.should_save = False  # never a checkpoint of NaN or blown-up weights
         eval_metrics = {k: v for k, v in logs.items() if k.startswith("eval_")}
         if eval_metrics:
             self._emit("eval", step=state.global_step, **eval_metrics)

@@ -8,6 +8,7 @@ chain of causes is read, and what the machine ran out of is told apart from what
 from __future__ import annotations
 
 import errno
+import math
 import re
 import traceback
 from collections.abc import Iterator
@@ -28,9 +29,66 @@ class Failure:
 
 
 class NonFiniteLoss(RuntimeError):
-    def __init__(self, step: int, loss: float) -> None:
-        super().__init__(f"the loss became {loss} at step {step}")
+    def __init__(self, step: int, loss: float, what: str = "loss", note: str = "") -> None:
+        super().__init__(f"the {what} became {loss} at step {step}{note}")
         self.step = step
+
+
+class LossDiverged(RuntimeError):
+    """The loss blew up while staying finite."""
+
+    def __init__(self, step: int, message: str) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+# Diverged: the logged loss is above both multiples for PATIENCE logs in a row. Overfitting drives the
+# lowest loss towards zero, so that ratio alone trips on one hard (or mislabelled) example late in a
+# healthy run; no healthy run stays 3x worse than it began (the median of its first logs, so neither an
+# easy first batch nor an early blow-up sets the anchor), and a blow-up stays up while a bad batch does not.
+DIVERGED_OVER_LOWEST = 5.0
+DIVERGED_OVER_START = 3.0
+START_LOGS = 3
+PATIENCE = 3
+
+
+class LossWatch:
+    """Reads the logged losses (and gradient norms) of one run and says when it has diverged."""
+
+    def __init__(self) -> None:
+        self.first: list[float] = []  # the first START_LOGS losses
+        self.lowest: float | None = None
+        self.above = 0  # consecutive logs above both thresholds
+
+    @property
+    def start(self) -> float | None:
+        return sorted(self.first)[len(self.first) // 2] if len(self.first) == START_LOGS else None
+
+    def observe(self, loss: float) -> None:
+        """Take a finite logged loss into the references (also for the logs before a resume)."""
+        if len(self.first) < START_LOGS:
+            self.first.append(loss)
+        self.lowest = loss if self.lowest is None else min(self.lowest, loss)
+
+    def check(self, step: int, loss: float, grad_norm: float | None, *,
+              scaled_fp16: bool) -> NonFiniteLoss | LossDiverged | None:
+        """After a finite loss was logged at ``step``: the failure, or None while the run is healthy."""
+        # fp16's loss scaler overflows on purpose (an inf norm, that step skipped, the scale lowered);
+        # in fp32 and bf16 a non-finite norm has just been fed into the weights.
+        if grad_norm is not None and not math.isfinite(grad_norm) and not scaled_fp16:
+            return NonFiniteLoss(step, grad_norm, "gradient norm", f" (the loss was still {loss:.4g})")
+        start = self.start
+        diverging = (start is not None and loss > DIVERGED_OVER_LOWEST * self.lowest
+                     and loss > DIVERGED_OVER_START * start)
+        self.above = self.above + 1 if diverging else 0
+        if self.above >= PATIENCE:
+            return LossDiverged(
+                step, f"the loss diverged: {loss:.4g} at step {step}, for {PATIENCE} logs in a row more than "
+                f"{DIVERGED_OVER_LOWEST:g}x its lowest ({self.lowest:.4g}) and {DIVERGED_OVER_START:g}x where it "
+                f"began ({start:.4g})",
+            )
+        self.observe(loss)
+        return None
 
 
 # Extras that bring a package in, for the hint.
@@ -83,10 +141,10 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, UserError):
         where = f"{exc.where}: " if exc.where else ""
         return Failure(exc.kind, where + exc.message, exc.hint)
-    loss = next((e for e in chain if isinstance(e, NonFiniteLoss)), None)
+    loss = next((e for e in chain if isinstance(e, (NonFiniteLoss, LossDiverged))), None)
     if loss is not None:
         return Failure(
-            "nan_loss", str(loss),
+            "nan_loss" if isinstance(loss, NonFiniteLoss) else "diverged", str(loss),
             "lower training.learning_rate (try a third of it), keep max_grad_norm at 1.0, "
             "or use precision bf16 instead of fp16", tail,
         )
