@@ -1,5 +1,6 @@
 """The event log reader and the run state, checked against real processes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,9 @@ import pytest
 from tuiwiz.events import EventTail, EventWriter, iter_tail_events, read_events
 from tuiwiz.runs import RunDir, RunnerLock, RunState, effective_status, find_run, register, registered_runs, summarize, update_state, write_state
 from tuiwiz.errors import UserError
+
+from .conftest import run_cli
+from .test_training import build_trainer, only_run, write_profile
 
 
 def test_torn_last_line_is_left_for_the_next_read(tmp_path):
@@ -109,3 +113,37 @@ def test_one_runner_per_run_dir(tmp_path):
     first.release()
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert other.stdout.strip() == "True"
+
+
+@pytest.mark.slow
+def test_run_start_carries_the_resolved_settings(tmp_path):
+    # 20 examples in micro-batches of 4 are 5 batches an epoch; accumulating 2, an epoch is 3 steps: 6 in 2 epochs.
+    profile = write_profile(tmp_path, "quickstart.yaml", data__limit=20, training__num_train_epochs=2,
+                            training__per_device_train_batch_size=4, training__gradient_accumulation_steps=2,
+                            training__logging_steps=1)
+    result = run_cli("--profile", profile)
+    run = only_run(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
+    events = read_events(run.events)
+    start = next(e for e in events if e["type"] == "run_start")
+    logs = [e for e in events if e["type"] == "log"]
+    assert start["train_examples"] == 20
+    assert start["max_steps"] == 6
+    assert {e["max_steps"] for e in logs} == {6} and logs[-1]["step"] == 6  # what the Trainer itself resolved
+    assert start["total_train_batch_size"] == 4 * 2 * 1
+    assert start["dtype"] == "float32"
+    # target_modules: auto became the model's linear layers; the saved adapter names the same ones.
+    saved = json.loads((run.output / "adapter_config.json").read_text())["target_modules"]
+    assert start["target_modules"] == sorted(saved)
+    assert start["target_modules"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base, wrapped", [
+    ("demo-ia3.yaml", ["down_proj", "k_proj", "v_proj"]),  # peft's IA3 default for Llama
+    ("demo-prompt-tuning.yaml", None),  # virtual tokens, no wrapped layer
+    ("demo-full.yaml", None),
+])
+def test_run_start_names_the_wrapped_modules_per_method(tmp_path, base, wrapped):
+    _, info = build_trainer(tmp_path, base)
+    assert info["target_modules"] == wrapped

@@ -110,3 +110,69 @@ def test_classification_on_pretrained_minilm(tmp_path):
         logits = model(**tokenizer(["Heavy snow fell in the mountains overnight."], return_tensors="pt")).logits
     assert logits.shape[-1] == len(labels)
     assert labels[int(logits.argmax())] == "weather"
+
+
+def build_trainer(tmp_path: Path, base: str, **overrides):
+    """The runner's own trainer for a shipped profile, built in this process (nothing trains)."""
+    from tuiwiz.profile_io import load_profile
+    from tuiwiz.train.runner import _build_trainer
+
+    tmp_path.mkdir(exist_ok=True)
+    profile = load_profile(write_profile(tmp_path, base, **overrides)).profile
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    return _build_trainer(profile, run, [])
+
+
+def chatml(messages: list[dict]) -> str:
+    """The demo tokenizer's chat template, written out by hand."""
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+
+
+def first_batch(trainer, tokenizer) -> list[tuple[str, list[str]]]:
+    """Each example of the first batch the model would see: (its whole text, its trained spans)."""
+    batch = next(iter(trainer.get_train_dataloader()))
+    examples = []
+    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+        assert (labels[mask == 0] == -100).all()  # padding never carries loss
+        trained = labels != -100
+        assert (labels[trained] == ids[trained]).all()  # labels are the tokens (the model shifts them)
+        spans, current = [], []
+        for token, keep in zip(ids[mask == 1].tolist(), trained[mask == 1].tolist()):
+            if keep:
+                current.append(token)
+            elif current:
+                spans.append(current)
+                current = []
+        if current:
+            spans.append(current)
+        examples.append((tokenizer.decode(ids[mask == 1]), [tokenizer.decode(span) for span in spans]))
+    return examples
+
+
+def test_sft_loss_is_on_the_completion_only(tmp_path):
+    from tuiwiz.demo import resolve_demo_uri
+
+    def records(name: str) -> list[dict]:
+        return [json.loads(line) for line in resolve_demo_uri(f"demo:{name}").read_text().splitlines() if line]
+
+    # alpaca: the prompt (user turn and the assistant header) is masked, the answer and its end are trained
+    trainer, info = build_trainer(tmp_path / "alpaca", "quickstart.yaml")
+    answers = {r["instruction"]: r["output"] for r in records("alpaca")}
+    examples = first_batch(trainer, info["tokenizer"])
+    assert len(examples) == 8
+    for text, spans in examples:
+        question = text.split("\n", 1)[1].split("<|im_end|>", 1)[0]
+        prompt = chatml([{"role": "user", "content": question}]) + "<|im_start|>assistant\n"
+        assert spans == [f"{answers[question]}<|im_end|>\n"], text
+        assert text == prompt + spans[0]
+
+    # chat: both assistant turns are trained, the system and user turns and the role headers are not
+    trainer, info = build_trainer(tmp_path / "chat", "demo-chat-lora.yaml")
+    conversations = {chatml(r["messages"]): r["messages"] for r in records("chat")}
+    examples = first_batch(trainer, info["tokenizer"])
+    assert len(examples) == 8
+    for text, spans in examples:
+        messages = conversations[text]
+        assert [m["role"] for m in messages].count("assistant") == 2
+        assert spans == [f"{m['content']}<|im_end|>" for m in messages if m["role"] == "assistant"], text

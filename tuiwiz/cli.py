@@ -12,7 +12,7 @@ from .errors import UserError
 
 DESCRIPTION = "tuiwiz: fine-tune language models from the terminal."
 EPILOG = """examples:
-  tuiwiz --profile profiles/quickstart.yaml     train the built-in demo (about a minute on a CPU)
+  tuiwiz --profile profiles/quickstart.yaml     train the built-in demo (20 to 30 s on a 2-core CPU)
   tuiwiz --profile my.yaml --detach             start a run and return; it survives the terminal
   tuiwiz runs                                   every run on this machine and its state
   tuiwiz attach RUN | stop RUN | resume RUN     RUN is a run id or a run folder

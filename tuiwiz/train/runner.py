@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -16,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from .. import __version__
+from ..atomic import write_text_atomic
 from ..errors import UserError
 from ..events import EventWriter
 from ..profile import Profile
@@ -52,6 +54,7 @@ def _load_data(profile: Profile):
 
 
 def _total_steps(profile: Profile, n_rows: int, world_size: int) -> int:
+    """Optimizer steps as the Trainer resolves them: max_steps, else epochs of accumulated batches."""
     t = profile.training
     if t.max_steps > 0:
         return t.max_steps
@@ -106,6 +109,14 @@ def _training_kwargs(profile: Profile, precision, run: RunDir, has_eval: bool) -
     return kwargs
 
 
+def _wrapped_modules(model) -> list[str] | None:
+    """Leaf names of the layers the method wrapped (what target_modules: auto became); None when none."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)}
+    return sorted(names) or None
+
+
 def _skip_shared_memory_op() -> None:
     """On its CPU accelerator DeepSpeed compiles a shared-memory all-reduce op (about a minute, once)
     that only its inference engine uses; training's collectives go through torch.distributed (gloo).
@@ -139,6 +150,7 @@ def _build_trainer(profile: Profile, run: RunDir, callbacks: list):
     # drawn at creation, before the Trainer would seed anything.
     transformers.set_seed(profile.training.seed)
     model = load_model(model_path, profile, precision, labels)
+    loaded_dtype = str(model.dtype).removeprefix("torch.")  # under QLoRA: the weights left unquantized
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model = apply_method(model, profile, total_steps, model_path)
@@ -188,11 +200,17 @@ def _build_trainer(profile: Profile, run: RunDir, callbacks: list):
                 f"no example of {train_data.path} fits in data.max_length={profile.data.max_length} tokens",
                 hint="raise data.max_length", file=train_data.path, field="data.max_length", kind="data",
             )
+    args = trainer.args
     info = {
         "model_path": model_path,
         "precision": precision.name,
         "device": precision.device,
-        "world_size": trainer.args.world_size,
+        "dtype": loaded_dtype,
+        "world_size": args.world_size,
+        # From the examples the trainer kept (packing and the length filter change their count).
+        "max_steps": _total_steps(profile, len(trainer.train_dataset), args.world_size),
+        "total_train_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "target_modules": _wrapped_modules(model),
         "params_total": total,
         "params_trainable": trainable,
         "train_examples": len(trainer.train_dataset),
@@ -294,9 +312,10 @@ def _recover(run: RunDir, profile: Profile, events: EventWriter, failure: Failur
     if step is None:
         return
     lighter, reason = step
-    os.replace(run.profile, run.path / f"profile.before-recovery-{recovered + 1}.yaml")
+    # Keep the old profile beside, then swap the new one in whole: profile.yaml is never missing or half.
+    shutil.copy2(run.profile, run.path / f"profile.before-recovery-{recovered + 1}.yaml")
     header = f"# tuiwiz run {run.run_id}, after out-of-memory recovery {recovered + 1}: {reason}\n"
-    (run.path / "profile.yaml").write_text(header + dump_profile(lighter), encoding="utf-8")
+    write_text_atomic(run.profile, header + dump_profile(lighter))
     events.emit("error", durable=True, **failure.to_event())
     events.emit("status", status="recovering", durable=True, message=reason, recovery=recovered + 1,
                 checkpoint=str(run.last_checkpoint()) if run.last_checkpoint() else None)

@@ -1,0 +1,71 @@
+"""`tuiwiz --profile` in the foreground, as a user at a terminal runs it: Ctrl-C, and what it prints."""
+
+import math
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tuiwiz.events import read_events
+from tuiwiz.launch import stop_run
+from tuiwiz.runs import RunDir, read_state
+
+from .conftest import process_gone, run_cli, wait_for
+from .test_lifecycle import last_step
+from .test_training import only_run, write_profile
+
+pytestmark = pytest.mark.slow
+
+
+def test_ctrl_c_stops_the_run_with_a_checkpoint(tmp_path):
+    profile = write_profile(tmp_path, "quickstart.yaml", training__max_steps=400, training__logging_steps=1,
+                            training__save_steps=1000, training__per_device_train_batch_size=4)
+    with open(tmp_path / "out.txt", "w") as out:  # a file, not a pipe nobody drains
+        launcher = subprocess.Popen([sys.executable, "-m", "tuiwiz", "--profile", str(profile)],
+                                    stdout=out, stderr=subprocess.STDOUT)
+    run = None
+    try:
+        run = wait_for(lambda: next((RunDir(p) for p in (tmp_path / "runs").glob("quickstart-*")), None))
+        wait_for(lambda: last_step(run) >= 1)
+        runner_pid = read_state(run).pid
+        assert runner_pid != launcher.pid
+        launcher.send_signal(signal.SIGINT)  # what Ctrl-C delivers to the foreground command
+        assert launcher.wait(timeout=120) == 130, (tmp_path / "out.txt").read_text()
+    finally:
+        if launcher.poll() is None:  # the test failed: leave no runner behind
+            launcher.kill()
+            if run is not None:
+                stop_run(run, force=True)
+    state = read_state(run)
+    assert state.status == "stopped"
+    checkpoint = run.last_checkpoint()
+    assert checkpoint is not None and (checkpoint / "adapter_model.safetensors").exists()
+    step = int(checkpoint.name.split("-")[1])
+    assert 1 <= step < 400
+    assert process_gone(runner_pid)  # the launcher waited for its runner to end
+    text = (tmp_path / "out.txt").read_text()
+    assert "stopping" in text and f"tuiwiz resume {run.run_id}" in text
+
+    logs = [e for e in read_events(run.events) if e["type"] == "log"]
+    assert logs
+    for event in logs:
+        assert event["epoch"] > 0
+        assert math.isfinite(event["grad_norm"]) and event["grad_norm"] > 0
+        assert event["tokens_per_second"] > 0
+        assert event["memory"]["rss_mb"] > 0
+
+
+def test_final_output_names_the_output_folder_and_the_train_loss(tmp_path):
+    profile = write_profile(tmp_path, "quickstart.yaml", training__max_steps=4,
+                            training__per_device_train_batch_size=4)
+    result = run_cli("--profile", profile)
+    run = only_run(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
+    end = next(e for e in read_events(run.events) if e["type"] == "run_end")
+    lines = result.stdout.strip().splitlines()
+    loss = re.search(r"train loss (\d+\.\d+)", lines[-3])
+    assert loss and math.isclose(float(loss.group(1)), end["metrics"]["train_loss"], abs_tol=1e-4), lines
+    assert lines[-2] == f"output: {run.output}"
+    assert (run.output / "adapter_config.json").exists()
