@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import UserError
 from .choices import (DEMO_DATA_FOR_TASK, FORMATS, TASKS, WizardState, check_data, check_profile_name,
                       default_profile_name, draft_profile, form_fields, form_values, headless_command,
+                      node_commands_for,
                       profile_from_form, recommend_for, relative, save_and_launch, suggested_max_length)
 from .units import count, mib, size
 
@@ -203,6 +204,8 @@ def _review(state: WizardState, ask: Prompts) -> int:
 
     _print(f"saved as   {relative(profile_path(state, state.profile_name), state.workdir)}",
            f"headless   {headless_command(state, state.profile_name)}")
+    for rank, command in enumerate(node_commands_for(state, state.profile_name, state.profile) or []):
+        _print(f"node {rank}     {command}")
     if not ask.confirm("Save the profile and launch the run?", default=True):
         _print("not launched")
         return 0
