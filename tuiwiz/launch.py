@@ -19,7 +19,7 @@ from pathlib import Path
 from .builtin_models import is_builtin, resolve_builtin
 from .errors import UserError
 from .profile import Profile
-from .profile_io import LoadedProfile, dump_profile, is_local_data
+from .profile_io import DATA_SUFFIXES, LoadedProfile, dump_profile, is_hub_id, is_local_data
 from .runs import FINISHED, RunDir, RunnerLock, RunState, process_alive, read_state, register, update_state, write_state
 
 # Environment the runner always gets: NVML and CUDA agree on GPU numbering.
@@ -49,6 +49,22 @@ def _check_model(profile: Profile, source: str) -> None:
                 hint="point model.name_or_path at the folder that holds config.json and the weights",
                 file=source, field="model.name_or_path", kind="model",
             )
+        return
+    from .modelinfo import _looks_like_path
+    from .preflight import check_hub_repo
+
+    # resolve_paths made every folder that exists absolute: what is left is a hub id or a missing folder
+    if _looks_like_path(name) or not is_hub_id(name):
+        raise UserError(
+            f"no such folder: {name}{_relative_to(source)}, and it is not a Hugging Face model id",
+            hint="give the folder that holds config.json (relative to the profile's folder), an id such as "
+                 "org/name, or 'demo'", file=source, field="model.name_or_path", kind="model",
+        )
+    check_hub_repo(name, "model", field="model.name_or_path", file=source, revision=profile.model.revision)
+
+
+def _relative_to(source: str) -> str:
+    return f" (read relative to {Path(source).parent})" if source != "<profile>" else ""
 
 
 def _local_model_folder(profile: Profile) -> Path | None:
@@ -96,7 +112,8 @@ def _check_data(profile: Profile, source: str) -> None:
                 raise UserError(exc.message, hint=exc.hint, file=source, field=field_name, kind="data") from None
             continue
         if not is_local_data(value):
-            continue  # a hub dataset: the runner loads it
+            _check_hub_data(value, source, field_name)
+            continue  # the runner loads it
         data = datamod.load_dataset_file(
             Path(value), format=profile.data.format, columns=columns, task=profile.task, limit=profile.data.limit,
             evaluation=field_name == "data.validation_path",
@@ -109,6 +126,19 @@ def _check_data(profile: Profile, source: str) -> None:
     if len(loaded) == 2:
         datamod.check_validation_labels(loaded["data.path"], loaded["data.validation_path"],
                                         label_column=profile.data.columns.label)
+
+
+def _check_hub_data(value: str, source: str, field_name: str) -> None:
+    from .preflight import check_hub_repo
+
+    name, _, split = value.partition(":")  # org/name or org/name:split, as the runner reads it
+    if not is_hub_id(name):
+        raise UserError(
+            f"no such file or folder: {value}{_relative_to(source)}, and it is not a Hugging Face dataset id",
+            hint=f"give a data file ({', '.join(DATA_SUFFIXES)}; relative to the profile's folder), "
+                 "an id such as org/name or org/name:split, or demo:NAME", file=source, field=field_name, kind="data",
+        )
+    check_hub_repo(name, "dataset", field=field_name, file=source, split=split or "train")
 
 
 def _check_processes(profile: Profile, source: str) -> None:

@@ -1,13 +1,16 @@
 """Checks that need the model's files or the machine, made before a run dir exists.
 
 Free disk for the checkpoints and the output, RAM to load and train, and a chat
-template for chat data. Torch-free: sizes come from file sizes and safetensors
-headers. Free space and RAM can be injected, so every refusal is testable.
-Each check raises ``UserError`` with the numbers it compared.
+template for chat data; a hub model or dataset that is in the cache or on the Hub.
+Torch-free: sizes come from file sizes and safetensors headers. Free space and RAM
+can be injected, so every refusal is testable. Each check raises ``UserError`` with
+the numbers it compared.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,3 +256,110 @@ def check_model_files(model_folder: str | Path, *, field: str = "model.name_or_p
         )
     for path in files:
         read_safetensors_header(path)
+
+
+# --- hub repositories --------------------------------------------------------------
+
+HUB_TIMEOUT = 10.0  # seconds for one metadata request: a planning check, not a download
+_TRUE = ("1", "ON", "YES", "TRUE")  # huggingface_hub's reading of a boolean variable
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as it is now, or as huggingface_hub read it at import."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
+
+
+def _hub_endpoint() -> str:
+    # HF_ENDPOINT as it is now: huggingface_hub reads it once, at import
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or constants.ENDPOINT
+
+
+def _prepared_by_datasets(name: str) -> bool:
+    """A dataset that ``datasets`` prepared itself (HF_DATASETS_CACHE/namespace___name/config/version/hash),
+    which it reloads offline without the Hugging Face cache."""
+    from huggingface_hub import constants
+
+    root = Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets").expanduser()
+    parts = name.split("/")
+    # datasets' camelcase_to_snakecase of the name
+    parts[-1] = re.sub(r"([a-z\d])([A-Z])", r"\1_\2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", parts[-1])).lower()
+    return any(p.is_dir() for p in (root / "___".join(parts)).glob("*/*/*"))
+
+
+def _in_cache(repo_id: str, repo_type: str, revision: str | None, split: str) -> bool:
+    if repo_type == "model":
+        from .modelinfo import resolve_model_dir
+
+        try:
+            return resolve_model_dir(repo_id, revision)[1] == "hf-cache"
+        except UserError:
+            return False
+    from .data import cached_hub_dataset_files
+
+    # what the runner reads offline: datasets' own cache, else the split's files in the hub cache
+    return _prepared_by_datasets(repo_id) or bool(cached_hub_dataset_files(repo_id, split))
+
+
+def check_hub_repo(repo_id: str, repo_type: str = "model", *, field: str, file: str | None = None,
+                   revision: str | None = None, split: str = "train") -> None:
+    """Refuse a hub model or dataset that the runner could neither find in the cache nor download.
+
+    In the Hugging Face cache: passes without the network. Offline: refused. Otherwise one metadata
+    request (HfApi.model_info / dataset_info, the token as huggingface_hub finds it) says whether it exists.
+    """
+    if _in_cache(repo_id, repo_type, revision, split):
+        return
+    what = "model" if repo_type == "model" else "dataset"
+    named = f"{what} {repo_id}" + (f" at revision {revision}" if revision else "") + (
+        f" (split {split})" if repo_type == "dataset" and split != "train" else "")
+    download = f"hf download {repo_id}" + (" --repo-type dataset" if repo_type == "dataset" else "") + (
+        f" --revision {revision}" if revision else "")
+    local = f"; for a local folder write ./{repo_id}" if repo_type == "model" else ""
+
+    def refuse(message: str, hint: str, at: str = field) -> UserError:
+        return UserError(message, hint=hint, file=file, field=at, kind="model" if what == "model" else "data")
+
+    if hub_offline():
+        raise refuse(f"{named} is not in the Hugging Face cache, and HF_HUB_OFFLINE is set",
+                     f"download it first (`{download}`) on a machine with a network, or unset HF_HUB_OFFLINE{local}")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    endpoint = _hub_endpoint()
+    api = HfApi(endpoint=endpoint)
+    ask = api.model_info if repo_type == "model" else api.dataset_info
+    not_found = refuse(f"no {what} {repo_id} on the Hugging Face Hub ({endpoint}), and it is not in the cache",
+                       f"check the spelling{local}; for a private repository set HF_TOKEN (or `hf auth login`)")
+    try:
+        info = ask(repo_id, revision=revision, timeout=HUB_TIMEOUT)
+    except GatedRepoError:
+        info = None  # exists, but gated: refused below
+    except RepositoryNotFoundError:
+        raise not_found from None
+    except RevisionNotFoundError:
+        raise refuse(f"{what} {repo_id} has no revision {revision} on the Hugging Face Hub",
+                     "give a branch, tag or commit of the repository", at="model.revision") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 404:  # a 404 without the Hub's error code
+            raise not_found from None
+        raise refuse(f"the Hugging Face Hub ({endpoint}) answered {status or 'with an error'} when asked about {named}",
+                     "check HF_TOKEN" if status in (401, 403) else
+                     f"try again later, or download it first (`{download}`)") from None
+    except (OSError, *HfHubHTTPError.__bases__) as exc:  # its HTTP library's too: a refused connection is no OSError
+        raise refuse(f"the Hugging Face Hub ({endpoint}) could not be reached to look up {named} "
+                     f"({type(exc).__name__}), and it is not in the cache: the runner could not download it either",
+                     f"check the network or HF_ENDPOINT, or download it first (`{download}`)") from None
+    if info is None or (getattr(info, "gated", False) and not _has_token()):
+        raise refuse(f"{named} is gated on the Hugging Face Hub: it needs an account that accepted its conditions",
+                     "accept them on the repository's page, then set HF_TOKEN (or `hf auth login`)")
+
+
+def _has_token() -> bool:
+    from huggingface_hub import get_token
+
+    return bool(get_token())
