@@ -4,7 +4,8 @@ Real failing runs through the CLI and the detached runner, on the demo model:
 - diverging full fine-tuning (learning rate 0.9, weight decay 1e6, no clipping) -> nan_loss (a nan gradient norm);
 - exploding but finite loss (learning rate 0.9, no clipping, no weight decay) -> diverged;
 - weights truncated or removed after the launch's checks -> model_corrupt / model_missing;
-- the runner SIGKILLed mid-run -> `runs --json` and `attach` say failed, never running;
+- the runner SIGKILLed mid-run -> `runs --json` and `attach` say failed, never running; under the launcher
+  that follows it (its parent), killed by signal 9 with a hint;
 - `import bitsandbytes` failing (a shadowing package on PYTHONPATH) for QLoRA -> dependency_missing;
 - out of memory: an address-space limit (RLIMIT_AS, 8 GiB) on the runner and a single 17k-token
   packed sequence under eager attention, whose score matrix alone needs 4.6 GB: torch's CPU
@@ -233,6 +234,50 @@ def test_a_killed_runner_reads_as_failed(tmp_path):
     assert attached.returncode == 1, attached.stdout + attached.stderr
     assert "failed: the runner process ended without a final status" in attached.stdout
     assert "Traceback" not in attached.stdout + attached.stderr
+
+
+@pytest.mark.slow
+def test_a_runner_killed_under_its_launcher_reads_killed_by_signal(tmp_path):
+    """The launcher that follows its runner is its parent: it reads the signal, as the OOM killer's SIGKILL."""
+    profile = make_profile(tmp_path, "quickstart.yaml",
+                           training={"max_steps": 400, "logging_steps": 1, "save_steps": 1000})
+    launcher = subprocess.Popen([sys.executable, "-m", "tuiwiz", "--profile", str(profile)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = RunDir(wait_for(lambda: next((tmp_path / "runs").glob("profile-*"), None)
+                          if (tmp_path / "runs").exists() else None))
+    wait_for(lambda: any(e["type"] == "log" for e in read_events(run.events)), timeout=240)
+    os.kill(read_state(run).pid, signal.SIGKILL)  # the runner alone, as the kernel's OOM killer would
+    out, err = launcher.communicate(timeout=60)
+    message = "killed by signal 9 (SIGKILL: often the kernel's out-of-memory killer; check dmesg)"
+    assert launcher.returncode == 1, out + err
+    assert f"error (killed): {message}" in out and "hint: if memory ran out" in out, out
+    assert "Traceback" not in out + err
+    state = read_state(run)
+    assert (state.status, state.exit_code, state.error) == ("failed", -signal.SIGKILL, message)
+    assert_no_process_left(run)
+
+    listed = run_cli("runs", "--json")
+    [summary] = [s for s in json.loads(listed.stdout) if s["run_id"] == run.run_id]
+    assert (summary["status"], summary["error"]) == ("failed", message)
+    attached = run_cli("attach", run.run_id)
+    assert attached.returncode == 1 and f"error (killed): {message}" in attached.stdout, attached.stdout
+
+
+def test_record_exit_only_for_a_signal_that_ended_a_live_status(tmp_path):
+    from tuiwiz.runs import RunState, record_exit, update_state, write_state
+
+    run = RunDir(tmp_path)
+    write_state(run, RunState(run_id="r", status="running", pid=1))
+    assert not record_exit(run, 0) and not record_exit(run, None) and read_state(run).status == "running"
+    assert record_exit(run, -signal.SIGSEGV)
+    assert read_state(run).error == "killed by signal 11 (SIGSEGV: a crash in native code)"
+    [error] = [e for e in read_events(run.events) if e["type"] == "error"]
+    assert error["kind"] == "killed" and f"tuiwiz resume {run.run_id}" in error["hint"]
+    assert not record_exit(run, -signal.SIGKILL)  # the final status is written once
+    update_state(run, status="running")
+    assert record_exit(run, -77) and read_state(run).error == "killed by signal 77"
+    update_state(run, status="stopped", error="killed by the user")  # a forced stop is no failure
+    assert not record_exit(run, -signal.SIGKILL) and read_state(run).status == "stopped"
 
 
 @pytest.mark.slow

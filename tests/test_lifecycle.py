@@ -1,15 +1,19 @@
 """Runs outlive their launcher, stop with a checkpoint, and resume on the same curve."""
 
+import json
 import math
 import os
 import signal
 import subprocess
 import sys
+import time
 
+import psutil
 import yaml
 import pytest
 
 from tuiwiz.events import read_events
+from tuiwiz.launch import stop_run, wait_finished
 from tuiwiz.runs import RunDir, read_state
 
 from .conftest import process_gone, run_cli, wait_for
@@ -31,6 +35,43 @@ def learning_rates(run: RunDir) -> dict[int, float]:
     return {e["step"]: e["learning_rate"] for e in read_events(run.events) if e["type"] == "log"}
 
 
+# A step's log event is written just after that step's stop check (about a millisecond; steps take 30 ms here).
+LOG_LATENCY = 0.01
+
+
+def run_processes(run: RunDir) -> list[psutil.Process]:
+    """The run's live processes: the runner, its descendants, and anything in its session or process group."""
+    state = read_state(run)
+    found = {}
+    try:
+        runner = psutil.Process(state.pid)
+        found = {p.pid: p for p in (runner, *runner.children(recursive=True))}
+    except psutil.NoSuchProcess:
+        pass
+    for proc in psutil.process_iter():
+        try:
+            if state.pgid in (os.getsid(proc.pid), os.getpgid(proc.pid)):
+                found[proc.pid] = proc
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            pass
+    return [p for p in found.values() if _alive(p)]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def start_detached(tmp_path, **settings) -> RunDir:
+    started = run_cli("--profile", write_profile(tmp_path, "quickstart.yaml", **settings), "--detach")
+    assert started.returncode == 0, started.stderr
+    run = only_run(tmp_path)
+    assert run.run_id == started.stdout.strip()
+    return run
+
+
 SETTINGS = dict(training__max_steps=150, training__logging_steps=1, training__save_steps=1000,
                 training__per_device_train_batch_size=4)
 
@@ -42,20 +83,22 @@ def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert result.returncode == 0, result.stderr
     whole = only_run(whole_dir)
 
-    started = run_cli("--profile", write_profile(parts_dir, "quickstart.yaml", **SETTINGS), "--detach")
-    assert started.returncode == 0, started.stderr
-    run_id = started.stdout.strip()
-    run = only_run(parts_dir)
-    assert run.run_id == run_id
+    run = start_detached(parts_dir, **SETTINGS)
+    run_id = run.run_id
     wait_for(lambda: last_step(run) >= 20)
-    stopped = run_cli("stop", run_id)
-    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
-    assert read_state(run).status == "stopped"
+    # What `tuiwiz stop` does, in this process, so that the moment of the request is known to the millisecond.
+    assert stop_run(run)
+    asked = time.time()
+    assert wait_finished(run, timeout=120) == "stopped"
     checkpoint = run.last_checkpoint()
     assert checkpoint is not None
     k = int(checkpoint.name.split("-")[1])
-    assert 20 <= k < 150, k
-    assert any(e["type"] == "checkpoint" and e["step"] == k for e in read_events(run.events))
+    events = read_events(run.events)
+    seen = max(e["step"] for e in events if e["type"] == "log" and e["time"] <= asked + LOG_LATENCY)
+    # The step under way when the request came is the one that ends with the checkpoint.
+    assert 20 <= seen <= k <= seen + 1 < 150, (seen, k)
+    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [k]
+    assert max(e["step"] for e in events if e["type"] == "log") == k
 
     resumed = run_cli("resume", run_id)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -155,3 +198,29 @@ def test_stop_while_the_model_loads_ends_stopped_not_failed(tmp_path):
     final = [e for e in read_events(run.events) if e["type"] == "status"][-1]
     assert final["status"] == "stopped"
     assert not [e for e in read_events(run.events) if e["type"] == "error"]
+
+
+def test_a_graceful_stop_leaves_no_process_of_the_run(tmp_path):
+    run = start_detached(tmp_path, training__max_steps=400, training__logging_steps=1, training__save_steps=1000)
+    wait_for(lambda: last_step(run) >= 2)
+    assert read_state(run).status == "running" and run_processes(run)
+    stopped = run_cli("stop", run.run_id)
+    assert stopped.returncode == 0 and f"run {run.run_id}: stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert run_processes(run) == []  # `stop` waits for the runner; by then nothing of the run is left
+    assert read_state(run).status == "stopped" and run.last_checkpoint() is not None
+
+
+def test_a_forced_stop_kills_every_process_and_reads_stopped(tmp_path):
+    run = start_detached(tmp_path, training__max_steps=400, training__logging_steps=1, training__save_steps=1000)
+    wait_for(lambda: last_step(run) >= 2)
+    processes = run_processes(run)
+    assert processes
+    killed = run_cli("stop", run.run_id, "--force")
+    assert killed.returncode == 0 and f"run {run.run_id}: stopped" in killed.stdout, killed.stdout + killed.stderr
+    assert run_processes(run) == [] and not any(_alive(p) for p in processes)
+    state = read_state(run)
+    assert (state.status, state.error) == ("stopped", "killed by the user")
+    assert run.last_checkpoint() is None  # no time to save one
+    listed = run_cli("runs", "--json")
+    [summary] = [s for s in json.loads(listed.stdout) if s["run_id"] == run.run_id]
+    assert summary["status"] == "stopped"

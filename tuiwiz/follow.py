@@ -15,7 +15,7 @@ from typing import TextIO
 
 from .events import EventTail
 from .launch import stop_run
-from .runs import FINISHED, RunDir, effective_status, read_state
+from .runs import FINISHED, RunDir, effective_status, read_state, record_exit
 
 EXIT_CODES = {"completed": 0, "failed": 1, "stopped": 130}
 
@@ -111,6 +111,8 @@ def follow(run: RunDir, proc: subprocess.Popen | None = None, *, out: TextIO | N
         while True:
             try:
                 done = _finished(run, proc)
+                if done and proc is not None:
+                    record_exit(run, proc.returncode)  # a signal's end, read before the last events
                 for event in tail.read():
                     kind = event.get("type")
                     if kind == "log":

@@ -154,6 +154,47 @@ def effective_status(run: RunDir, state: RunState | None = None) -> str:
     return state.status
 
 
+# What a signal that ended a runner most often means, for the message.
+_SIGNAL_CAUSES = {"SIGKILL": "often the kernel's out-of-memory killer; check dmesg",
+                  "SIGSEGV": "a crash in native code", "SIGBUS": "a crash in native code, or a file cut short",
+                  "SIGTERM": "ended from outside before it could checkpoint", "SIGABRT": "a library aborted"}
+
+
+def record_exit(run: RunDir, returncode: int | None) -> bool:
+    """Record a signal's end of a runner this process started and saw exit (only its parent learns it).
+
+    Nothing changes unless the runner died without writing its final status. Returns whether it did.
+    """
+    import signal
+
+    if returncode is None or returncode >= 0:
+        return False
+    number = -returncode
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = None
+    cause = _SIGNAL_CAUSES.get(name)
+    message = f"killed by signal {number}" + (f" ({name}: {cause})" if cause else f" ({name})" if name else "")
+    if name == "SIGKILL":
+        hint = ("if memory ran out, lower training.per_device_train_batch_size or data.max_length, or free RAM; "
+                f"`tuiwiz resume {run.run_id}` continues from the last checkpoint")
+    else:
+        hint = f"see train.log in the run folder; `tuiwiz resume {run.run_id}` continues from the last checkpoint"
+    if update_state(run, only_from=ACTIVE, status="failed", exit_code=returncode, error=message) is None:
+        return False
+    from .events import EventWriter
+
+    writer = EventWriter(run.events)  # the runner, its only other writer, is gone
+    try:
+        writer.emit("error", durable=True, kind="killed", message=message, hint=hint, traceback=None)
+        writer.emit("run_end", status="failed", error_kind="killed")
+        writer.emit("status", status="failed", durable=True)
+    finally:
+        writer.close()
+    return True
+
+
 @dataclass(frozen=True)
 class RunSummary:
     run_id: str
