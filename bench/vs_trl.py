@@ -45,6 +45,9 @@ config = SFTConfig(
     logging_steps=5, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, bf16=False,
     max_length=settings["max_length"], completion_only_loss=True, seed=42,
     include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+    # what tuiwiz resolves, stated: TRL's own defaults differ (gradient checkpointing on, fused AdamW)
+    gradient_checkpointing=settings["gradient_checkpointing"], optim=settings["optim"],
+    weight_decay=settings["weight_decay"], max_grad_norm=settings["max_grad_norm"],
 )
 lora = LoraConfig(task_type="CAUSAL_LM", r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=0.0,
                   target_modules="all-linear")
@@ -105,9 +108,13 @@ def main() -> int:
     profile = work / "quickstart.yaml"
     profile.write_text(yaml.safe_dump(data))
     t, m = data["training"], data["method"]
+    from tuiwiz.profile import TrainingConfig
+
+    resolved = TrainingConfig(**t)  # the defaults the profile leaves to tuiwiz
     settings = {"epochs": t["num_train_epochs"], "lr": t["learning_rate"], "batch": t["per_device_train_batch_size"],
                 "warmup": t["warmup_steps"], "max_length": data["data"]["max_length"], "r": m["r"],
-                "alpha": m["lora_alpha"]}
+                "alpha": m["lora_alpha"], "gradient_checkpointing": resolved.gradient_checkpointing,
+                "optim": resolved.optim, "weight_decay": resolved.weight_decay, "max_grad_norm": resolved.max_grad_norm}
     rows = {"tuiwiz": [], "bare_trl": []}
     for i in range(args.repeats):
         for name in (("tuiwiz", "bare_trl") if i % 2 == 0 else ("bare_trl", "tuiwiz")):
