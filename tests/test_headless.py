@@ -69,3 +69,28 @@ def test_final_output_names_the_output_folder_and_the_train_loss(tmp_path):
     assert loss and math.isclose(float(loss.group(1)), end["metrics"]["train_loss"], abs_tol=1e-4), lines
     assert lines[-2] == f"output: {run.output}"
     assert (run.output / "adapter_config.json").exists()
+
+
+def test_a_forced_stop_of_a_followed_run_reads_stopped_not_killed(tmp_path):
+    """`tuiwiz stop --force` from another terminal while `tuiwiz --profile` follows the run: the launcher
+    sees its runner end by SIGKILL, but the user asked for it, so the run is stopped, not failed."""
+    profile = write_profile(tmp_path, "quickstart.yaml", training__max_steps=400, training__logging_steps=1,
+                            training__save_steps=1000, training__per_device_train_batch_size=4)
+    with open(tmp_path / "out.txt", "w") as out:
+        launcher = subprocess.Popen([sys.executable, "-m", "tuiwiz", "--profile", str(profile)],
+                                    stdout=out, stderr=subprocess.STDOUT)
+    run = None
+    try:
+        run = wait_for(lambda: next((RunDir(p) for p in (tmp_path / "runs").glob("quickstart-*")), None))
+        wait_for(lambda: last_step(run) >= 1)
+        forced = run_cli("stop", run.run_id, "--force")
+        assert forced.returncode == 0, forced.stdout + forced.stderr
+        assert launcher.wait(timeout=120) == 130, (tmp_path / "out.txt").read_text()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            if run is not None:
+                stop_run(run, force=True)
+    state = read_state(run)
+    assert (state.status, state.error) == ("stopped", "killed by the user")
+    assert not [e for e in read_events(run.events) if e["type"] == "error" and e.get("kind") == "killed"]

@@ -20,7 +20,8 @@ from .builtin_models import is_builtin, resolve_builtin
 from .errors import UserError
 from .profile import Profile
 from .profile_io import DATA_SUFFIXES, LoadedProfile, dump_profile, is_hub_id, is_local_data
-from .runs import FINISHED, RunDir, RunnerLock, RunState, process_alive, read_state, register, update_state, write_state
+from .runs import (ACTIVE, FINISHED, RunDir, RunnerLock, RunState, process_alive, read_state, register, update_state,
+                   write_state)
 
 # Environment the runner always gets: NVML and CUDA agree on GPU numbering.
 RUNNER_ENV = {
@@ -304,10 +305,9 @@ def stop_run(run: RunDir, *, force: bool = False) -> bool:
     if state is None or state.status in FINISHED or not process_alive(state):
         return False
     if force:
-        if not kill_tree(state.pid, state.pgid):
-            return False
-        update_state(run, status="stopped", error="killed by the user")
-        return True
+        # marked first: a launcher following the run sees the SIGKILL and must not record it as a failure
+        update_state(run, only_from=ACTIVE, status="stopped", error="killed by the user")
+        return kill_tree(state.pid, state.pgid)
     # A runner still starting has no SIGTERM handler yet; it says "loading" once it has.
     deadline = time.monotonic() + 15
     while state.status == "starting" and process_alive(state) and time.monotonic() < deadline:
