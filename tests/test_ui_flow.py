@@ -129,3 +129,26 @@ async def test_quit_leaves_the_run_then_attach_stop_and_detach(ui_env):
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=60)
+
+
+async def test_a_runner_killed_by_a_signal_shows_the_signal_in_the_monitor(ui_env):
+    """The app launched the runner, so it alone learns the signal that ended it, and says so."""
+    import os
+    import signal
+
+    from tuiwiz.runs import read_state
+
+    state = prepared_state(ui_env, until="review", option="cpu-lora", max_steps=300)
+    run, proc, _ = save_and_launch(state, state.profile, state.profile_name)
+    try:
+        app = TuiwizApp(attach=str(run.path), offer_attach=False, blink=False)
+        app.processes.append(proc)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: on(app, "MonitorScreen") and app.screen.snapshot is not None
+                           and app.screen.snapshot.step >= 1, timeout=180)
+            os.kill(proc.pid, signal.SIGKILL)
+            await wait_for(pilot, lambda: "killed by signal 9" in screen_text(app), timeout=30)
+        assert read_state(run).status == "failed" and read_state(run).exit_code == -9
+    finally:
+        if proc.poll() is None:
+            proc.kill()

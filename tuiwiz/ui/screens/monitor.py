@@ -244,6 +244,7 @@ class MonitorScreen(Screen[str]):
         self.query_one("#mon-result").display = False
         self.query_one("#mon-log", Log).border_title = "train.log"
         self.reader = RunReader(self.run, clock=getattr(self.app, "clock", time.time))
+        self._exits_seen: set[int] = set()
         self.set_interval(REDRAW_SECONDS, self._redraw)
         self._follow()
 
@@ -259,8 +260,19 @@ class MonitorScreen(Screen[str]):
             if self.reader.poll():
                 self.post_message(RunUpdated())
             for proc in getattr(self.app, "processes", ()):
-                proc.poll()  # reap a runner that ended, so it is not left a zombie
+                code = proc.poll()  # reaps a runner that ended, so it is not left a zombie
+                if code is not None and code < 0 and proc.pid not in self._exits_seen:
+                    self._exits_seen.add(proc.pid)
+                    self._record_signal(proc.pid, code)
             time.sleep(interval)
+
+    def _record_signal(self, pid: int, code: int) -> None:
+        """Only a runner's parent learns the signal that ended it: this app, for the runs it launched."""
+        from ...runs import read_state, record_exit
+
+        state = read_state(self.run)
+        if state is not None and state.pid == pid:
+            record_exit(self.run, code)
 
     def on_run_updated(self, message: RunUpdated) -> None:
         self._dirty = True
