@@ -37,6 +37,11 @@ def two_ranks(tmp_path, base, strategy, **overrides):
     for rank in (0, 1):  # both ranks really ran, each with its own log
         outcome = json.loads((run.path / "logs" / f"rank{rank}.result.json").read_text())
         assert outcome["status"] == "completed"
+        assert (run.path / "logs" / f"rank{rank}.log").stat().st_size > 0
+    # only rank 0 writes the event log: one run_start, one log event a step, one run_end
+    assert sum(e["type"] == "run_start" for e in events) == 1 and sum(e["type"] == "run_end" for e in events) == 1
+    steps = [e["step"] for e in events if e["type"] == "log"]
+    assert len(steps) == len(set(steps)), steps
     assert read_state(run).status == "completed"
     curve = losses(run)
     assert curve[max(curve)] < 0.7 * curve[min(curve)], curve
