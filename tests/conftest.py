@@ -57,3 +57,42 @@ def process_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+class LoopbackServer:
+    """An HTTP server on 127.0.0.1 standing in for a remote service (the Hub); a subclass answers in
+    ``handle(request, method)``. Use it as a context manager."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                fake.handle(self, "GET")
+
+            def do_POST(self) -> None:
+                fake.handle(self, "POST")
+
+            def do_PUT(self) -> None:
+                fake.handle(self, "PUT")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def handle(self, request, method: str) -> None:
+        raise NotImplementedError

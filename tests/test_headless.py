@@ -1,5 +1,6 @@
 """`tuiwiz --profile` in the foreground, as a user at a terminal runs it: Ctrl-C, and what it prints."""
 
+import contextlib
 import math
 import re
 import signal
@@ -19,7 +20,10 @@ from .test_training import only_run, write_profile
 pytestmark = pytest.mark.slow
 
 
-def test_ctrl_c_stops_the_run_with_a_checkpoint(tmp_path):
+@contextlib.contextmanager
+def followed_run(tmp_path):
+    """`tuiwiz --profile` in the foreground on a long quickstart, once its first step is logged:
+    (launcher, run). Whatever the test does, no runner is left behind."""
     profile = write_profile(tmp_path, "quickstart.yaml", training__max_steps=400, training__logging_steps=1,
                             training__save_steps=1000, training__per_device_train_batch_size=4)
     with open(tmp_path / "out.txt", "w") as out:  # a file, not a pipe nobody drains
@@ -29,15 +33,20 @@ def test_ctrl_c_stops_the_run_with_a_checkpoint(tmp_path):
     try:
         run = wait_for(lambda: next((RunDir(p) for p in (tmp_path / "runs").glob("quickstart-*")), None))
         wait_for(lambda: last_step(run) >= 1)
-        runner_pid = read_state(run).pid
-        assert runner_pid != launcher.pid
-        launcher.send_signal(signal.SIGINT)  # what Ctrl-C delivers to the foreground command
-        assert launcher.wait(timeout=120) == 130, (tmp_path / "out.txt").read_text()
+        yield launcher, run
     finally:
         if launcher.poll() is None:  # the test failed: leave no runner behind
             launcher.kill()
             if run is not None:
                 stop_run(run, force=True)
+
+
+def test_ctrl_c_stops_the_run_with_a_checkpoint(tmp_path):
+    with followed_run(tmp_path) as (launcher, run):
+        runner_pid = read_state(run).pid
+        assert runner_pid != launcher.pid
+        launcher.send_signal(signal.SIGINT)  # what Ctrl-C delivers to the foreground command
+        assert launcher.wait(timeout=120) == 130, (tmp_path / "out.txt").read_text()
     state = read_state(run)
     assert state.status == "stopped"
     checkpoint = run.last_checkpoint()
@@ -74,23 +83,10 @@ def test_final_output_names_the_output_folder_and_the_train_loss(tmp_path):
 def test_a_forced_stop_of_a_followed_run_reads_stopped_not_killed(tmp_path):
     """`tuiwiz stop --force` from another terminal while `tuiwiz --profile` follows the run: the launcher
     sees its runner end by SIGKILL, but the user asked for it, so the run is stopped, not failed."""
-    profile = write_profile(tmp_path, "quickstart.yaml", training__max_steps=400, training__logging_steps=1,
-                            training__save_steps=1000, training__per_device_train_batch_size=4)
-    with open(tmp_path / "out.txt", "w") as out:
-        launcher = subprocess.Popen([sys.executable, "-m", "tuiwiz", "--profile", str(profile)],
-                                    stdout=out, stderr=subprocess.STDOUT)
-    run = None
-    try:
-        run = wait_for(lambda: next((RunDir(p) for p in (tmp_path / "runs").glob("quickstart-*")), None))
-        wait_for(lambda: last_step(run) >= 1)
+    with followed_run(tmp_path) as (launcher, run):
         forced = run_cli("stop", run.run_id, "--force")
         assert forced.returncode == 0, forced.stdout + forced.stderr
         assert launcher.wait(timeout=120) == 130, (tmp_path / "out.txt").read_text()
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            if run is not None:
-                stop_run(run, force=True)
     state = read_state(run)
     assert (state.status, state.error) == ("stopped", "killed by the user")
     assert not [e for e in read_events(run.events) if e["type"] == "error" and e.get("kind") == "killed"]

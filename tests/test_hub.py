@@ -13,22 +13,21 @@ import base64
 import hashlib
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from tuiwiz.errors import UserError
 
-from .conftest import run_cli
+from .conftest import LoopbackServer, run_cli
 from .test_merge import trained_run
 
 REPO = "someone/tiny-lora"
 TOKEN = "hf_tuiwizTestToken0123456789abcdef"
 
 
-class FakeHub:
+class FakeHub(LoopbackServer):
     """A Hub that keeps what it is sent: requests (method, path, lower-cased headers), LFS objects, files."""
 
     def __init__(self, *, create_status: int = 200, storage_status: int = 200) -> None:
@@ -40,32 +39,7 @@ class FakeHub:
         self.commits: list[dict] = []
         self.created: list[dict] = []
         self.unexpected: list[tuple[str, str]] = []
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                hub.handle(self, "GET")
-
-            def do_POST(self) -> None:
-                hub.handle(self, "POST")
-
-            def do_PUT(self) -> None:
-                hub.handle(self, "PUT")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeHub:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     @staticmethod
     def body(request: BaseHTTPRequestHandler) -> bytes:

@@ -9,46 +9,26 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from tuiwiz.errors import UserError
 
-from .conftest import run_cli
+from .conftest import LoopbackServer, run_cli
 from .test_hub_data import ROWS, fake_dataset_cache, parquet_bytes
 
 
-class FakeHub:
+class FakeHub(LoopbackServer):
     """Answers model_info / dataset_info: 200 for the repos it holds, the Hub's 404 (RepoNotFound) otherwise."""
 
     def __init__(self, models: dict[str, dict] | None = None, datasets: dict[str, dict] | None = None) -> None:
         self.repos = {"models": models or {}, "datasets": datasets or {}}
         self.asked: list[str] = []
-        hub = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                hub.handle(self)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeHub:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def handle(self, request: BaseHTTPRequestHandler) -> None:
+    def handle(self, request: BaseHTTPRequestHandler, method: str) -> None:
         path = request.path.split("?")[0]
         status, payload, headers = 404, {"error": "Not found"}, {}
         if path == "/api/agent-harnesses":  # huggingface_hub's user-agent registry

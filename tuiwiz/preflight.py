@@ -285,7 +285,7 @@ def _prepared_by_datasets(name: str) -> bool:
 
     root = Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets").expanduser()
     parts = name.split("/")
-    # datasets' camelcase_to_snakecase of the name
+    # datasets' camelcase_to_snakecase of the name (datasets.naming would import the whole of datasets)
     parts[-1] = re.sub(r"([a-z\d])([A-Z])", r"\1_\2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", parts[-1])).lower()
     return any(p.is_dir() for p in (root / "___".join(parts)).glob("*/*/*"))
 

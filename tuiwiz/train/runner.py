@@ -111,6 +111,8 @@ def _training_kwargs(profile: Profile, precision, run: RunDir, has_eval: bool) -
 
 def _wrapped_modules(model) -> list[str] | None:
     """Leaf names of the layers the method wrapped (what target_modules: auto became); None when none."""
+    if not hasattr(model, "peft_config"):  # full, BitFit: nothing wrapped, and no peft import to pay for
+        return None
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)}

@@ -121,15 +121,11 @@ class ReviewScreen(StepScreen):
 
         profile = self.state.profile
         name = self.state.profile_name or "profile"
-        saved = relative(profile_path(self.state, name), self.state.workdir)
         nodes = node_commands_for(self.state, name, profile)
-        if nodes is None:
-            where = Text.assemble(("Saved as    ", "bold"), saved,
-                                  ("\nHeadless    ", "bold"), (headless_command(self.state, name), "cyan"),
-                                  ("\nRuns go to  ", "bold"), self._runs_dir(profile))
-        else:
-            where = Text.assemble(("Saved as    ", "bold"), saved, node_lines(profile, nodes),
-                                  ("\nRuns go to  ", "bold"), self._runs_dir(profile))
+        command = (Text.assemble(("\nHeadless    ", "bold"), (headless_command(self.state, name), "cyan"))
+                   if nodes is None else node_lines(profile, nodes))
+        where = Text.assemble(("Saved as    ", "bold"), relative(profile_path(self.state, name), self.state.workdir),
+                              command, ("\nRuns go to  ", "bold"), self._runs_dir(profile))
         self.query_one("#review-where", Static).update(where)
         self.query_one("#review-profile", Static).update(
             Syntax(dump_profile(profile), "yaml", theme="ansi_dark", background_color="default"))
