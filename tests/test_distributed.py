@@ -70,7 +70,7 @@ def test_ddp_lora_matches_one_process_with_the_same_effective_batch(tmp_path):
 @pytest.mark.parametrize("strategy,offload", [("zero2", False), ("zero3", False), ("zero3", True)])
 def test_deepspeed_zero_full_fine_tuning(tmp_path, strategy, offload):
     extra = {"distributed__offload_optimizer": True, "distributed__offload_params": True} if offload else {}
-    run = two_ranks(tmp_path, "demo-full.yaml", strategy, training__max_steps=30, training__save_steps=1000, **extra)
+    run = two_ranks(tmp_path, "demo-full.yaml", strategy, training__max_steps=12, training__save_steps=1000, **extra)
     ds = json.loads((run.path / "deepspeed.json").read_text())
     assert ds["zero_optimization"]["stage"] == (2 if strategy == "zero2" else 3)
     assert ("offload_param" in ds["zero_optimization"]) == offload

@@ -8,10 +8,11 @@ import sys
 import pytest
 
 from tuiwiz.events import EventTail, EventWriter, iter_tail_events, read_events
-from tuiwiz.runs import RunDir, RunnerLock, RunState, effective_status, find_run, register, registered_runs, summarize, update_state, write_state
+from tuiwiz.runs import (RunDir, RunnerLock, RunState, effective_status, find_run, read_state, register, registered_runs,
+                         summarize, update_state, write_state)
 from tuiwiz.errors import UserError
 
-from .conftest import run_cli
+from .conftest import PROFILES, run_cli
 from .test_training import build_trainer, only_run, write_profile
 
 
@@ -147,3 +148,26 @@ def test_run_start_carries_the_resolved_settings(tmp_path):
 def test_run_start_names_the_wrapped_modules_per_method(tmp_path, base, wrapped):
     _, info = build_trainer(tmp_path, base)
     assert info["target_modules"] == wrapped
+
+
+def test_a_second_runner_is_refused_through_the_cli_and_the_runner_itself(tmp_path):
+    """State can be stale (a copied run folder, a hand-edited state.json): the lock still decides."""
+    run = _run(tmp_path)
+    update_state(run, status="stopped")
+    (run.path / "profile.yaml").write_text((PROFILES / "quickstart.yaml").read_text())
+    holder = RunnerLock(run)
+    assert holder.acquire()  # a runner holds the run dir
+    try:
+        before = sorted(p.name for p in run.path.iterdir())
+        resumed = run_cli("resume", run.path)
+        assert resumed.returncode == 2, resumed.stdout + resumed.stderr
+        assert resumed.stderr.startswith("error: run r1 already has a runner\n")
+        assert "hint: `tuiwiz attach r1` follows it" in resumed.stderr and "Traceback" not in resumed.stderr
+        direct = subprocess.run([sys.executable, "-m", "tuiwiz.train", str(run.path), "--resume"],
+                                capture_output=True, text=True, timeout=60)
+        assert direct.returncode == 3 and f"another runner already holds {run.path}" in direct.stderr
+        assert sorted(p.name for p in run.path.iterdir()) == before  # nothing written by either
+        assert read_state(run).status == "stopped"
+    finally:
+        holder.release()
+

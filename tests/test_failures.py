@@ -213,7 +213,9 @@ def test_removed_weights_are_model_missing(tmp_path, demo_model):
 
 
 @pytest.mark.slow
-def test_a_killed_runner_reads_as_failed(tmp_path):
+def test_a_detached_runner_killed_by_a_signal_reads_killed_by_that_signal(tmp_path):
+    """No launcher follows a detached run: its watcher, the trainer's parent, records the SIGKILL
+    (as from the kernel's OOM killer) and ends the run's leftovers."""
     profile = make_profile(tmp_path, "quickstart.yaml",
                            training={"max_steps": 400, "logging_steps": 1, "save_steps": 1000})
     started = run_cli("--profile", profile, "--detach")
@@ -222,17 +224,22 @@ def test_a_killed_runner_reads_as_failed(tmp_path):
     wait_for(lambda: any(e["type"] == "log" for e in read_events(run.events)), timeout=240)
     state = read_state(run)
     assert state.status == "running"
-    os.killpg(state.pgid or state.pid, signal.SIGKILL)
+    trainer = psutil.Process(state.pid)
+    watcher = trainer.parent()
+    assert watcher.cmdline()[-2:] == ["tuiwiz.train", str(run.path)]  # the runner's own parent, not a launcher
+    trainer.kill()
+    message = "killed by signal 9 (SIGKILL: often the kernel's out-of-memory killer; check dmesg)"
+    wait_for(lambda: read_state(run).status == "failed", timeout=30)
+    assert (read_state(run).error, read_state(run).exit_code) == (message, -signal.SIGKILL)
     assert_no_process_left(run)
 
     listed = run_cli("runs", "--json")
     assert listed.returncode == 0, listed.stderr
     [summary] = [s for s in json.loads(listed.stdout) if s["run_id"] == run.run_id]
-    assert summary["status"] == "failed"
-    assert "gone without a final status" in summary["error"]
+    assert (summary["status"], summary["error"]) == ("failed", message)
     attached = run_cli("attach", run.run_id)
     assert attached.returncode == 1, attached.stdout + attached.stderr
-    assert "failed: the runner process ended without a final status" in attached.stdout
+    assert f"error (killed): {message}" in attached.stdout and "hint: if memory ran out" in attached.stdout
     assert "Traceback" not in attached.stdout + attached.stderr
 
 
@@ -267,7 +274,8 @@ def test_record_exit_only_for_a_signal_that_ended_a_live_status(tmp_path):
     from tuiwiz.runs import RunState, record_exit, update_state, write_state
 
     run = RunDir(tmp_path)
-    write_state(run, RunState(run_id="r", status="running", pid=1))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    write_state(run, RunState(run_id="r", status="running", pid=int(gone.stdout)))
     assert not record_exit(run, 0) and not record_exit(run, None) and read_state(run).status == "running"
     assert record_exit(run, -signal.SIGSEGV)
     assert read_state(run).error == "killed by signal 11 (SIGSEGV: a crash in native code)"
@@ -278,6 +286,10 @@ def test_record_exit_only_for_a_signal_that_ended_a_live_status(tmp_path):
     assert record_exit(run, -77) and read_state(run).error == "killed by signal 77"
     update_state(run, status="stopped", error="killed by the user")  # a forced stop is no failure
     assert not record_exit(run, -signal.SIGKILL) and read_state(run).status == "stopped"
+    # the launcher's child (the watcher) killed alone: the trainer named in state.json lives on
+    update_state(run, status="running", pid=os.getpid(), create_time=psutil.Process().create_time())
+    assert not record_exit(run, -signal.SIGKILL) and read_state(run).status == "running"
+    assert record_exit(run, -signal.SIGKILL, check_process=False)  # the watcher, which saw its child die
 
 
 @pytest.mark.slow

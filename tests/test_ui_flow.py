@@ -54,8 +54,11 @@ async def test_wizard_from_hardware_to_a_completed_run(ui_env):
         await pilot.press("ctrl+n")
         await wait_for(pilot, lambda: on(app, "ReviewScreen"))
         assert "profiles/demo-lora.yaml" in screen_text(app)
-        # the probe run: real steps at full length in the runner, measured peak against the estimate
-        await pilot.press("p")
+        # the probe run starts by itself: real steps at full length in the runner, measured peak against
+        # the estimate; Launch waits for it
+        assert app.screen.probing and not app.screen.ready()
+        await pilot.press("ctrl+n")
+        assert on(app, "ReviewScreen")
         await wait_for(pilot, lambda: app.screen.probe_result is not None, timeout=180)
         result = app.screen.probe_result
         assert result.fits and result.last.measured_mb > 0
@@ -132,7 +135,7 @@ async def test_quit_leaves_the_run_then_attach_stop_and_detach(ui_env):
 
 
 async def test_a_runner_killed_by_a_signal_shows_the_signal_in_the_monitor(ui_env):
-    """The app launched the runner, so it alone learns the signal that ended it, and says so."""
+    """The trainer killed by a signal: its watcher records it, the app's launcher sees the same end."""
     import os
     import signal
 
@@ -146,7 +149,7 @@ async def test_a_runner_killed_by_a_signal_shows_the_signal_in_the_monitor(ui_en
         async with app.run_test(size=SIZE) as pilot:
             await wait_for(pilot, lambda: on(app, "MonitorScreen") and app.screen.snapshot is not None
                            and app.screen.snapshot.step >= 1, timeout=180)
-            os.kill(proc.pid, signal.SIGKILL)
+            os.kill(read_state(run).pid, signal.SIGKILL)  # the trainer, as the OOM killer would
             await wait_for(pilot, lambda: "killed by signal 9" in screen_text(app), timeout=30)
         assert read_state(run).status == "failed" and read_state(run).exit_code == -9
     finally:

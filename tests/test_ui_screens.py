@@ -449,3 +449,83 @@ async def test_model_with_remote_code_asks_before_trusting_it(ui_env, tmp_path, 
         else:
             await wait_for(pilot, lambda: on(app, "ModelScreen"))
             assert app.state.trust_remote_code is False
+
+
+async def test_model_screen_reads_a_hub_model_not_downloaded_and_the_data_step_uses_its_tokenizer(
+        ui_env, monkeypatch, tmp_path):
+    """Typed by keys: a hub id not in the cache is read from the (fake, loopback) Hub's metadata; Next is
+    allowed, and the Data step renders its samples with the tokenizer fetched beside that metadata."""
+    from tuiwiz.demo import demo_model_dir
+
+    from .test_hub_model import ModelHub, online
+
+    with ModelHub({"acme/tiny-llama": demo_model_dir()}) as hub:
+        online(monkeypatch, tmp_path, hub)
+        app = app_at(prepared_state(ui_env, until="model"), "model")
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: on(app, "ModelScreen") and app.screen.ready(), timeout=60)
+            for _ in range(6):  # the keyboard's way to the entry
+                if getattr(app.focused, "id", None) == "model-entry":
+                    break
+                await pilot.press("tab")
+            assert app.focused.id == "model-entry"
+            await pilot.press(*"acme/tiny-llama", "enter")
+            info = app.screen.query_one("#model-info")
+            await wait_for(pilot, lambda: "not downloaded" in widget_text(info), timeout=30)
+            text = widget_text(info)
+            assert "acme/tiny-llama  (Hugging Face Hub, not downloaded)" in text
+            assert "Download" in text and "1.1M" in text and "apache-2.0" in text
+            assert app.state.model_info.source == "hub" and app.screen.ready()
+            await pilot.press("ctrl+n")
+            await wait_for(pilot, lambda: on(app, "DataScreen") and app.screen.ready(), timeout=60)
+            await wait_for(pilot, lambda: getattr(app.screen, "sample_texts", None)
+                           and "p50" in widget_text(app.screen.query_one("#length-stats")), timeout=30)
+            # the same text the downloaded model's own template and tokenizer give
+            record, shown = app.screen.checked.data.records[0], app.screen.sample_texts[0].plain
+    from tuiwiz.rendering import ModelText
+    from tuiwiz.ui.render import rendered_text
+
+    assert any(name == "tokenizer.json" for name, _ in hub.reads)
+    assert shown.strip() and shown == rendered_text(ModelText(demo_model_dir()).render(record, "alpaca")).plain
+
+
+async def test_a_worker_that_fails_unexpectedly_is_said_not_waited_for(ui_env, monkeypatch):
+    """A bug in a background task (here: inspecting a model raises a RuntimeError) shows a notice naming it,
+    and the step stops saying "reading…"."""
+    import tuiwiz.modelinfo
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom in inspect")
+
+    app = app_at(prepared_state(ui_env, until="model"), "model")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "ModelScreen") and app.screen.ready(), timeout=60)
+        monkeypatch.setattr(tuiwiz.modelinfo, "inspect_model", broken)
+        app.screen.inspect("demo")
+        await wait_for(pilot, lambda: "failed: RuntimeError" in widget_text(app.screen.query_one("#nav-message")))
+        [notice] = list(app._notifications)
+        assert notice.title == "Internal error" and notice.severity == "error"
+        assert notice.message.startswith("_inspect failed: RuntimeError: boom in inspect\n")
+        assert not app.screen.ready()
+
+
+async def test_review_probes_before_launch_and_quitting_ends_the_probe(ui_env):
+    """The probe starts as Review opens and Launch waits for it; quitting meanwhile ends the probe's runner
+    and removes its folder, without the "keeps training" question (a probe is not the user's run)."""
+    from tuiwiz.runs import process_alive, read_state, registered_runs
+
+    app = app_at(prepared_state(ui_env, until="review", option="cpu-lora", probe_first=True), "review")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "ReviewScreen") and app.probe_runs, timeout=30)
+        assert app.screen.probing and not app.screen.ready() and app.screen.query_one("#nav-next").disabled
+        assert "Probe run: 3 real steps" in widget_text(app.screen.query_one("#review-probe"))
+        probe_run = app.probe_runs[0]
+        await wait_for(pilot, lambda: (read_state(probe_run) or None) and read_state(probe_run).pid
+                       and process_alive(read_state(probe_run)), timeout=60)
+        pid_state = read_state(probe_run)
+        assert probe_run.path not in [r.path for r in registered_runs()]  # not listed as a run
+        await pilot.press("ctrl+q")
+        await pilot.pause(0.2)
+        assert not on(app, "ConfirmDialog")
+    assert not process_alive(pid_state)
+    assert not probe_run.path.exists()

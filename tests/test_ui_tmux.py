@@ -89,6 +89,7 @@ def test_tuiwiz_in_tmux_trains_the_demo(tmp_path, demo_built):
         pane.wait("the profile is valid")
         pane.keys("C-n")
         pane.wait("6 Review", "tuiwiz --profile profiles/demo-lora.yaml", "Launch")
+        pane.wait("Probe run: fits", "measured", timeout=180)  # it runs as the step opens; Launch waits for it
         pane.keys("C-n")
         pane.wait("Train monitor", timeout=60)
         # The demo's three steps can finish between two captures, so wait for the end and check

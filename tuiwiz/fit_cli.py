@@ -108,13 +108,14 @@ def _cmd_hw(args) -> int:
 def _cmd_inspect(args) -> int:
     from .modelinfo import inspect_model
 
-    info = inspect_model(args.model, args.revision)
+    info = inspect_model(args.model, args.revision, online=True)
     if args.json:
         print(json.dumps(info.to_dict(), indent=2))
         return 0
     console = _console()
     rows = [
-        ("model", f"{info.name} ({info.source}: {info.path})"),
+        ("model", f"{info.name} (Hugging Face Hub, not downloaded)" if info.source == "hub"
+         else f"{info.name} ({info.source}: {info.path})"),
         ("architecture", f"{info.architecture or '?'} ({info.model_type})"),
         ("parameters", f"{info.num_parameters:,} ({_count(info.num_parameters)}, from {info.parameter_source})"),
         ("shape", f"{info.num_layers} layers, hidden {info.hidden_size}, {info.num_heads} heads "
@@ -124,7 +125,7 @@ def _cmd_inspect(args) -> int:
         ("dtype", info.dtype or "?"),
         ("linear layers", ", ".join(info.linear_modules) or "-"),
         ("license", info.license or "?"),
-        ("on disk", _gib(info.size_on_disk)),
+        ("to download" if info.source == "hub" else "on disk", _gib(info.size_on_disk)),
     ]
     for key, value in rows:
         console.print(f"[bold]{key:>14}[/]  {value}", highlight=False)
@@ -168,7 +169,7 @@ def _cmd_recommend(args) -> int:
     from .recommend import recommend, to_profile
 
     machine = probe(snapshot=args.hardware)
-    model = inspect_model(args.model)
+    model = inspect_model(args.model, online=True)
     stats = _data_stats(args, model)
     result = recommend(machine, model, stats, args.task, target_batch=args.target_batch, experts=args.experts)
     if args.write:

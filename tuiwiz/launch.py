@@ -20,8 +20,8 @@ from .builtin_models import is_builtin, resolve_builtin
 from .errors import UserError
 from .profile import Profile
 from .profile_io import DATA_SUFFIXES, LoadedProfile, dump_profile, is_hub_id, is_local_data
-from .runs import (ACTIVE, FINISHED, RunDir, RunnerLock, RunState, process_alive, read_state, register, update_state,
-                   write_state)
+from .runs import (ACTIVE, FINISHED, RunDir, RunnerLock, RunState, is_probe_run, process_alive, read_state, register,
+                   update_state, write_state)
 
 # Environment the runner always gets: NVML and CUDA agree on GPU numbering.
 RUNNER_ENV = {
@@ -242,7 +242,8 @@ def create_run(loaded: LoadedProfile) -> RunDir:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     run = RunDir(final.resolve())
-    register(run)
+    if not is_probe_run(run.path):  # a probe's run is the probe's business, gone when it ends
+        register(run)
     return run
 
 

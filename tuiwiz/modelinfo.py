@@ -25,7 +25,7 @@ from .weights import _DTYPE_NAMES, _is_buffer, _linears_from_weights, read_safet
 class ModelInfo:
     name: str  # as the user gave it
     path: str | None  # the folder read
-    source: str  # builtin / local / hf-cache
+    source: str  # builtin / local / hf-cache / hub (not downloaded: path holds its metadata files only)
     revision: str | None
     architecture: str | None  # e.g. LlamaForCausalLM
     model_type: str
@@ -41,7 +41,7 @@ class ModelInfo:
     dtype: str | None  # the checkpoint's dtype (config torch_dtype/dtype, else the weights')
     max_position_embeddings: int | None
     license: str | None
-    size_on_disk: int  # bytes, every file in the folder
+    size_on_disk: int  # bytes, every file in the folder (for a hub model: in the repository, to download)
     num_parameters: int
     parameter_source: str  # safetensors / config / estimate
     config_parameters: int  # the count derived from config.json alone
@@ -123,6 +123,10 @@ def _weight_files(folder: Path) -> tuple[Path, ...]:
     return tuple(sorted(folder.glob("*.safetensors")))
 
 
+class NotInCache(UserError):
+    """A well-formed hub id that the Hugging Face cache does not hold."""
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
@@ -161,7 +165,7 @@ def resolve_model_dir(name: str, revision: str | None = None, *, build_demo: boo
         folder = snapshot_download(name, revision=revision, local_files_only=True, cache_dir=cache_dir)
     except (LocalEntryNotFoundError, FileNotFoundError, HFValidationError, OSError):
         at = f" at revision {revision}" if revision else ""
-        raise UserError(
+        raise NotInCache(
             f"model {name}{at} is not in the Hugging Face cache, and tuiwiz does not download while planning",
             field="model.name_or_path", kind="model",
             hint=f"download it first (`hf download {name}`), or give a local folder",
@@ -221,24 +225,44 @@ def _size_on_disk(folder: Path) -> int:
 
 
 def inspect_model(name_or_path: str, revision: str | None = None, *, build_demo: bool = False,
-                  cache_dir: str | os.PathLike | None = None) -> ModelInfo:
-    """Everything the planner needs about a model, from its files. Raises UserError."""
-    folder, source = resolve_model_dir(name_or_path, revision, build_demo=build_demo, cache_dir=cache_dir)
+                  cache_dir: str | os.PathLike | None = None, online: bool = False) -> ModelInfo:
+    """Everything the planner needs about a model, from its files. Raises UserError.
+
+    With ``online``, a hub id that is not in the cache is read from the Hub's metadata (hub_model.py):
+    no weight is downloaded.
+    """
+    try:
+        folder, source = resolve_model_dir(name_or_path, revision, build_demo=build_demo, cache_dir=cache_dir)
+    except NotInCache:
+        if not online or cache_dir is not None:
+            raise
+        from .hub_model import inspect_hub_model
+
+        return inspect_hub_model(name_or_path, revision)
+    files = _weight_files(folder)
+    params = [t for f in files for t in read_safetensors_header(f)]
+    return complete_from_files(name_or_path, folder, source=source, revision=revision, params=params,
+                               weight_files=tuple(f.name for f in files), size=_size_on_disk(folder),
+                               license=_license(folder))
+
+
+def complete_from_files(name: str, folder: Path, *, source: str, revision: str | None, params: list,
+                        weight_files: tuple[str, ...], size: int, license: str | None) -> ModelInfo:
+    """A ModelInfo from a folder's config.json and the weights' tensor table (read here, or from the Hub)."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise UserError(f"{folder} has no config.json", file=folder, kind="model",
                         hint="point at the folder that holds config.json and the weights")
     raw = _read_json(config_file)
     try:
-        info = model_from_config(raw, name_or_path)
+        info = model_from_config(raw, name)
     except KeyError as exc:
         raise UserError(f"config.json lacks the model's shape ({exc.args[0]})", file=config_file, kind="model",
                         hint="is this a transformer language model's config.json?") from None
     warnings = list(info.warnings)
     quant = raw["quantization_config"].get("quant_method") if isinstance(raw.get("quantization_config"),
                                                                            dict) else None
-    files = _weight_files(folder)
-    params = [t for f in files for t in read_safetensors_header(f) if not _is_buffer(t.name)]
+    params = [t for t in params if not _is_buffer(t.name)]
     found: dict = {}
     if params and not quant:
         found = dict(num_parameters=sum(t.numel for t in params), parameter_source="safetensors",
@@ -255,10 +279,10 @@ def inspect_model(name_or_path: str, revision: str | None = None, *, build_demo:
             found["dtype"] = _DTYPE_NAMES.get(by_dtype.most_common(1)[0][0])
     elif quant:
         warnings.append(f"pre-quantized checkpoint ({quant}): parameter count from config.json")
-    elif not files:
+    elif not weight_files:
         warnings.append("no .safetensors weights: parameter count from config.json")
-    return replace(info, path=str(folder), source=source, revision=revision, license=_license(folder),
-                   size_on_disk=_size_on_disk(folder), weight_files=tuple(f.name for f in files),
+    return replace(info, path=str(folder), source=source, revision=revision, license=license,
+                   size_on_disk=size, weight_files=weight_files,
                    quantization=quant, warnings=tuple(warnings), **found)
 
 

@@ -313,6 +313,13 @@ def check_hub_repo(repo_id: str, repo_type: str = "model", *, field: str, file: 
     """
     if _in_cache(repo_id, repo_type, revision, split):
         return
+    hub_repo_info(repo_id, repo_type, field=field, file=file, revision=revision, split=split)
+
+
+def hub_repo_info(repo_id: str, repo_type: str = "model", *, field: str, file: str | None = None,
+                  revision: str | None = None, split: str = "train", files_metadata: bool = False):
+    """The Hub's metadata of a repository (one request), or a UserError that says why there is none:
+    offline, not found, gated without a token, a revision missing, the Hub unreachable."""
     what = "model" if repo_type == "model" else "dataset"
     named = f"{what} {repo_id}" + (f" at revision {revision}" if revision else "") + (
         f" (split {split})" if repo_type == "dataset" and split != "train" else "")
@@ -335,7 +342,7 @@ def check_hub_repo(repo_id: str, repo_type: str = "model", *, field: str, file: 
     not_found = refuse(f"no {what} {repo_id} on the Hugging Face Hub ({endpoint}), and it is not in the cache",
                        f"check the spelling{local}; for a private repository set HF_TOKEN (or `hf auth login`)")
     try:
-        info = ask(repo_id, revision=revision, timeout=HUB_TIMEOUT)
+        info = ask(repo_id, revision=revision, timeout=HUB_TIMEOUT, files_metadata=files_metadata)
     except GatedRepoError:
         info = None  # exists, but gated: refused below
     except RepositoryNotFoundError:
@@ -357,6 +364,7 @@ def check_hub_repo(repo_id: str, repo_type: str = "model", *, field: str, file: 
     if info is None or (getattr(info, "gated", False) and not _has_token()):
         raise refuse(f"{named} is gated on the Hugging Face Hub: it needs an account that accepted its conditions",
                      "accept them on the repository's page, then set HF_TOKEN (or `hf auth login`)")
+    return info
 
 
 def _has_token() -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,13 +71,19 @@ def _measured_peak_mb(events: list[dict], device: str) -> float | None:
     return max(peaks) if peaks else None
 
 
-def run_probe_once(profile: Profile, source: Path | None, *, steps: int = 3) -> tuple[str, float | None, dict | None]:
-    """One probe run through the real launcher and runner. Returns (status, peak MB, error event)."""
+def run_probe_once(profile: Profile, source: Path | None, *, steps: int = 3,
+                   on_run: Callable | None = None) -> tuple[str, float | None, dict | None]:
+    """One probe run through the real launcher and runner. Returns (status, peak MB, error event).
+
+    ``on_run`` is told each probe's run dir as it is made (a front end stops it if it quits first).
+    """
     from .follow import follow
     from .launch import create_run, start_runner
 
     probe = _probe_profile(profile, steps)
     run = create_run(LoadedProfile(probe, source))
+    if on_run is not None:
+        on_run(run)
     try:
         proc = start_runner(run)
         import io
@@ -91,7 +98,7 @@ def run_probe_once(profile: Profile, source: Path | None, *, steps: int = 3) -> 
 
 
 def probe(loaded: LoadedProfile, *, steps: int = 3, machine=None, allow_truncation: bool = False,
-          max_attempts: int = 4) -> ProbeResult:
+          max_attempts: int = 4, on_run: Callable | None = None) -> ProbeResult:
     """Probe the profile, stepping down until it fits. Raises UserError on bad input."""
     from .hardware import probe as probe_hardware
     from .memory import Plan, estimate
@@ -110,7 +117,7 @@ def probe(loaded: LoadedProfile, *, steps: int = 3, machine=None, allow_truncati
     for _ in range(max_attempts):
         plan = Plan.from_profile(profile, model, device=device, bf16=all(g.bf16 for g in gpus) if gpus else False)
         est_mb = estimate(model, plan, max(1, len(gpus))).total / 2**20
-        status, peak, error = run_probe_once(profile, loaded.source, steps=steps)
+        status, peak, error = run_probe_once(profile, loaded.source, steps=steps, on_run=on_run)
         attempts.append(Attempt(profile, est_mb, peak, status, error and error.get("kind"), error and error.get("message")))
         out_of_memory = (error or {}).get("kind") in OOM_KINDS or (peak is not None and peak > budget)
         if status == "completed" and not out_of_memory:

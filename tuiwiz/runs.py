@@ -160,14 +160,19 @@ _SIGNAL_CAUSES = {"SIGKILL": "often the kernel's out-of-memory killer; check dme
                   "SIGTERM": "ended from outside before it could checkpoint", "SIGABRT": "a library aborted"}
 
 
-def record_exit(run: RunDir, returncode: int | None) -> bool:
+def record_exit(run: RunDir, returncode: int | None, *, check_process: bool = True) -> bool:
     """Record a signal's end of a runner this process started and saw exit (only its parent learns it).
 
-    Nothing changes unless the runner died without writing its final status. Returns whether it did.
+    Nothing changes unless the runner died without writing its final status, or while the process
+    state.json names is still alive (a launcher killed alone leaves its trainer running).
+    Returns whether it did.
     """
     import signal
 
     if returncode is None or returncode >= 0:
+        return False
+    state = read_state(run)
+    if check_process and state is not None and process_alive(state):
         return False
     number = -returncode
     try:
@@ -253,6 +258,11 @@ def register(run: RunDir) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         handle.write(str(run.path.resolve()) + "\n")
+
+
+def is_probe_run(path: str | Path) -> bool:
+    """A probe's run dir (RUNS_DIR/.probes/...): not a run to list, attach to, or keep."""
+    return Path(path).parent.name == ".probes"
 
 
 def registered_runs() -> list[RunDir]:

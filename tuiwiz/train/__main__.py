@@ -16,9 +16,10 @@ def main() -> int:
     parser.add_argument("--worker", action="store_true", help="one rank under accelerate launch")
     parser.add_argument("--node-rank", type=int, help="this machine's rank (multi-node runs)")
     parser.add_argument("--recovered", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--watched", action="store_true", help=argparse.SUPPRESS)  # its watcher already waits
     args = parser.parse_args()
     return run_training(args.run_dir, resume=args.resume, worker=args.worker, node_rank=args.node_rank,
-                        recovered=args.recovered)
+                        recovered=args.recovered, watched=args.watched)
 
 
 if __name__ == "__main__":

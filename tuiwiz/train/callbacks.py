@@ -51,10 +51,15 @@ class RunnerCallback(TrainerCallback):
         self._emit("status", status="running", step=state.global_step, max_steps=state.max_steps)
 
     def on_step_begin(self, args, state, control, **kwargs):
-        # Fault injection for the recovery tests: an OOM above a micro-batch, from a given step.
+        # Fault injection for the recovery tests: an OOM above a micro-batch, or while every weight trains
+        # (full fine-tuning), from step 2 on.
         limit = os.environ.get("TUIWIZ_INJECT_OOM_ABOVE_BATCH")
         if limit and args.per_device_train_batch_size > int(limit) and state.global_step >= 2:
             raise torch.OutOfMemoryError("injected: CUDA out of memory (TUIWIZ_INJECT_OOM_ABOVE_BATCH)")
+        model = kwargs.get("model")
+        if os.environ.get("TUIWIZ_INJECT_OOM_FULL") and state.global_step >= 2 and model is not None \
+                and all(p.requires_grad for p in model.parameters()):
+            raise torch.OutOfMemoryError("injected: CUDA out of memory (TUIWIZ_INJECT_OOM_FULL)")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.stop.poll():

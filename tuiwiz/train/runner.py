@@ -6,6 +6,7 @@ Its only outputs are files in the run dir; stdout and stderr go to train.log.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -314,28 +315,63 @@ def _recover(run: RunDir, profile: Profile, events: EventWriter, failure: Failur
     if step is None:
         return
     lighter, reason = step
+    attempt = recovered + 1
     # Keep the old profile beside, then swap the new one in whole: profile.yaml is never missing or half.
-    shutil.copy2(run.profile, run.path / f"profile.before-recovery-{recovered + 1}.yaml")
-    header = f"# tuiwiz run {run.run_id}, after out-of-memory recovery {recovered + 1}: {reason}\n"
+    shutil.copy2(run.profile, run.path / f"profile.before-recovery-{attempt}.yaml")
+    header = f"# tuiwiz run {run.run_id}, after out-of-memory recovery {attempt}: {reason}\n"
     write_text_atomic(run.profile, header + dump_profile(lighter))
+    checkpoint = run.last_checkpoint()
+    kept = None
+    if step.kind == "method" and run.checkpoints.is_dir():
+        # Another method's checkpoint (full weights and their optimizer, or another optimizer) cannot be
+        # resumed as this one: it is kept beside, untouched, and the lighter method starts at step 0.
+        kept = run.path / f"checkpoints.before-recovery-{attempt}"
+        os.replace(run.checkpoints, kept)
+        if checkpoint is not None:
+            reason += (f"; the {profile.method.type} checkpoint at step {checkpoint.name.removeprefix('checkpoint-')} "
+                       f"cannot be resumed as {lighter.method.type}, so it starts at step 0 "
+                       f"(the old checkpoints are kept in {kept.name})")
+        checkpoint = None
     events.emit("error", durable=True, **failure.to_event())
-    events.emit("status", status="recovering", durable=True, message=reason, recovery=recovered + 1,
-                checkpoint=str(run.last_checkpoint()) if run.last_checkpoint() else None)
+    events.emit("status", status="recovering", durable=True, message=reason, recovery=attempt,
+                checkpoint=str(checkpoint) if checkpoint else None, kept=str(kept) if kept else None)
     events.close()
     sys.stdout.flush(), sys.stderr.flush()
     # A fresh process: the failed one's memory (and a CUDA context after an OOM) is best let go whole.
     os.execv(sys.executable, [sys.executable, "-m", "tuiwiz.train", str(run.path), "--resume",
-                              "--recovered", str(recovered + 1)])
+                              "--recovered", str(recovered + 1), "--watched"])
+
+
+def _recovery_exhausted(failure: Failure, recovered: int, limit: int) -> Failure:
+    """Out of memory again after the recoveries allowed (or with nothing lighter left): say which."""
+    if recovered >= limit:
+        why = f"after {recovered} automatic recover{'y' if recovered == 1 else 'ies'}, " \
+              f"the most training.auto_recover: {limit} allows"
+    else:
+        why = "and no lighter setting is left to recover with"
+    tried = "the settings tried before are in profile.before-recovery-*.yaml" if recovered else None
+    return dataclasses.replace(failure, message=f"{failure.message} ({why})",
+                               hint="; ".join(filter(None, [tried, failure.hint])))
 
 
 def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, node_rank: int | None = None,
-                 recovered: int = 0) -> int:
-    """The runner's entry point: one process, a rank under accelerate, or the supervisor of the ranks."""
+                 recovered: int = 0, watched: bool = False) -> int:
+    """The runner's entry point: one process, a rank under accelerate, or the supervisor of the ranks.
+
+    Unless ``watched`` (a process already under its watcher, as after a recovery's exec), it first
+    forks the small parent that records a signal's end of the run (see watcher.py).
+    """
     run = RunDir(Path(run_dir).resolve())
     if worker:
         from .worker import run_worker
 
         return run_worker(run, resume=resume)
+    if not watched:
+        from .watcher import fork_watcher
+
+        code = fork_watcher(run)
+        if code is not None:
+            return code
     lock = RunnerLock(run)
     if not lock.acquire():
         print(f"another runner already holds {run.path}", file=sys.stderr)
@@ -381,6 +417,8 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
             lock.release()
             _recover(run, profile, events, failure, recovered)  # replaces this process when it can
             lock.acquire()
+        if profile is not None and failure.kind in OOM_KINDS and profile.training.auto_recover:
+            failure = _recovery_exhausted(failure, recovered, profile.training.auto_recover)
         return finish("failed", 1, failure)
     finally:
         events.close()

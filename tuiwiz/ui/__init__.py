@@ -16,7 +16,10 @@ def run_wizard(plain: bool = False) -> int:
     from .app import TuiwizApp
 
     app = TuiwizApp()
-    code = app.run()
+    try:
+        code = app.run()
+    finally:
+        app.stop_probes()  # however the app ended
     for line in app.farewell():
         print(line)
     return code if isinstance(code, int) else 0

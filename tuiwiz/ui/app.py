@@ -22,9 +22,10 @@ from .choices import STEPS, WizardState
 
 def _active_runs() -> list:
     """Registered runs whose runner is alive, newest first (in a worker: psutil and a disk scan)."""
-    from ..runs import ACTIVE, effective_status, registered_runs
+    from ..runs import ACTIVE, effective_status, is_probe_run, registered_runs
 
-    return [run for run in reversed(registered_runs()) if effective_status(run) in ACTIVE]
+    return [run for run in reversed(registered_runs())
+            if effective_status(run) in ACTIVE and not is_probe_run(run.path)]
 
 
 class TuiwizApp(App[int]):
@@ -63,9 +64,26 @@ class TuiwizApp(App[int]):
         self.watch_interval = watch_interval
         self.launched: list = []  # runs started in this session (RunDir)
         self.processes: list = []  # their Popen objects, polled so a finished runner is reaped
+        self.probe_runs: list = []  # probe runs started from the Review step (RunDir), ended when the app quits
         self._farewell: list[str] = []
 
     # ---------------------------------------------------------------- start and the wizard
+
+    def on_worker_state_changed(self, event) -> None:
+        from textual.worker import WorkerState
+
+        if event.state == WorkerState.ERROR:  # the app's own workers (a screen reports its own)
+            self.report_worker_error(event.worker)
+
+    def report_worker_error(self, worker) -> None:
+        """An unexpected exception in a background task: a bug, said plainly, with its traceback in the log."""
+        import traceback
+
+        error = worker.error
+        self.log.error("".join(traceback.format_exception(error)) if error else f"worker {worker.name} failed")
+        self.notify(f"{worker.name or 'a background task'} failed: {type(error).__name__}: {error}\n"
+                    "This is a bug in tuiwiz; please report it with what you were doing.",
+                    title="Internal error", severity="error", timeout=30)
 
     def on_mount(self) -> None:
         if self.attach_on_start:
@@ -182,7 +200,19 @@ class TuiwizApp(App[int]):
 
     # ---------------------------------------------------------------- quitting
 
+    def stop_probes(self) -> None:
+        """A probe run measures a fit for this session only: it ends with the app (its folder goes with it)."""
+        import shutil
+
+        from ..launch import stop_run
+
+        for run in self.probe_runs:
+            stop_run(run, force=True)
+            shutil.rmtree(run.path, ignore_errors=True)
+        self.probe_runs.clear()
+
     async def action_quit(self) -> None:
+        self.stop_probes()
         running = [run for run in _active_runs()]
         if not running:
             self.exit(0)

@@ -45,6 +45,7 @@ class WizardState:
     profile: object | None = None  # profile.Profile, from the settings step
     profile_name: str | None = None
     trust_remote_code: bool = False  # only after the user confirmed, on the Model step
+    probe_first: bool = True  # the Review step runs the probe run as it opens, before Launch is allowed
 
     @property
     def profiles_dir(self) -> Path:

@@ -77,12 +77,12 @@ def _inspect(name: str):
     from .choices import ensure_demo_model_subprocess
 
     try:
-        return inspect_model(name)
+        return inspect_model(name, online=True)
     except UserError as exc:
         if name == "demo" and "not built" in exc.message:
             _print("  building the demo model (once, about ten seconds)…")
             ensure_demo_model_subprocess()
-            return inspect_model(name)
+            return inspect_model(name, online=True)
         raise
 
 

@@ -133,16 +133,18 @@ def hold_running(run_dir: Path, pid: int, create_time: float) -> None:
 
 
 def prepared_state(workdir: Path, *, until: str = "review", model: str = "demo", data: str = "demo:alpaca",
-                   option: str | None = None, max_steps: int | None = None):
+                   option: str | None = None, max_steps: int | None = None, probe_first: bool = False):
     """A WizardState filled in up to (not including) the step ``until``, by the functions the steps use.
 
-    Needs the demo model built (``tuiwiz demo``) when ``model`` is "demo".
+    Needs the demo model built (``tuiwiz demo``) when ``model`` is "demo". The Review step's automatic
+    probe is off unless asked for: a screen test or a screenshot shows the step as it opens, not a
+    probe's timing (the whole-flow tests start from a fresh WizardState, with the probe on).
     """
     from ..hardware import probe
     from ..modelinfo import inspect_model
     from .choices import STEPS, WizardState, check_data, default_profile_name, draft_profile, recommend_for
 
-    state = WizardState(workdir=Path(workdir))
+    state = WizardState(workdir=Path(workdir), probe_first=probe_first)
     stop = STEPS.index(until)
     if stop > 0:
         state.machine = probe(state.workdir)

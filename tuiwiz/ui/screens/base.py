@@ -16,7 +16,22 @@ from ..choices import STEPS, WizardState
 from ..widgets import NavBar, StepBar
 
 
-class StepScreen(Screen[str]):
+class ReportsWorkerErrors:
+    """A worker that dies of an exception it did not expect (a bug, not bad input, which workers catch and
+    show in place) is said at once, instead of leaving a screen that waits for it forever."""
+
+    def on_worker_state_changed(self, event) -> None:
+        from textual.worker import WorkerState
+
+        if event.state == WorkerState.ERROR:
+            self.app.report_worker_error(event.worker)
+            self.worker_failed(event.worker)
+
+    def worker_failed(self, worker) -> None:
+        """What the screen shows in place of the result that will not come."""
+
+
+class StepScreen(ReportsWorkerErrors, Screen[str]):
     STEP = "hardware"
     NEXT_LABEL = "Next ›"
     AUTO_FOCUS = "*"  # each step names its first control (Textual focuses it when the screen starts)
@@ -63,6 +78,11 @@ class StepScreen(Screen[str]):
     def say(self, message: str) -> None:
         """One line in the bar between Back and Next."""
         self.query_one("#nav-message", Static).update(message)
+
+    def worker_failed(self, worker) -> None:
+        if hasattr(self, "loading"):
+            self.loading = False
+        self.say(f"failed: {type(worker.error).__name__} (see the notice)")
 
     def update_nav(self) -> None:
         try:

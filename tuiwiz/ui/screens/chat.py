@@ -22,6 +22,7 @@ from textual.widgets import Checkbox, Footer, Input, Label, Select, Static
 from ...chat import printable
 from ...jsonl_client import JsonlProcess
 from ..widgets import StepBar
+from .base import ReportsWorkerErrors
 
 BASE = "base"  # the adapter choice that answers with the adapter off
 SETTINGS = (  # id, label, default, parse, check, what is allowed
@@ -58,7 +59,7 @@ class Bubble(Static):
         self.update(line)
 
 
-class ChatScreen(Screen[None]):
+class ChatScreen(ReportsWorkerErrors, Screen[None]):
     SCOPED_CSS = False
     DEFAULT_CSS = """
     #chat-status { height: 1; padding: 0 1; color: $text-muted; }

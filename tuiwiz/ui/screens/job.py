@@ -16,6 +16,7 @@ from textual.widgets import Footer, ProgressBar, Static
 
 from ...jsonl_client import JsonlProcess
 from ..widgets import StepBar
+from .base import ReportsWorkerErrors
 
 STAGES = {"merge": "merging shards", "verify": "verifying the merge", "gguf": "writing GGUF tensors",
           "onnx": "exporting ONNX"}
@@ -41,7 +42,7 @@ def _result_text(what: str, result: dict) -> Text:
     return text
 
 
-class JobScreen(Screen[dict | None]):
+class JobScreen(ReportsWorkerErrors, Screen[dict | None]):
     """Runs one merge or export; answers its result (or None)."""
 
     SCOPED_CSS = False

@@ -29,12 +29,15 @@ def model_table(info) -> Table:
     table = Table.grid(padding=(0, 1))
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
-    source = {"builtin": "built-in", "local": "local folder", "hf-cache": "Hugging Face cache"}.get(info.source,
-                                                                                                   info.source)
+    source = {"builtin": "built-in", "local": "local folder", "hf-cache": "Hugging Face cache",
+              "hub": "Hugging Face Hub, not downloaded"}.get(info.source, info.source)
     table.add_row("Model", Text(f"{info.name}  ({source})"))
     table.add_row("Architecture", f"{info.architecture or '?'} ({info.model_type})")
     table.add_row("Parameters", f"{count(info.num_parameters)}  (from {info.parameter_source})")
-    table.add_row("Size on disk", size(info.size_on_disk))
+    if info.source == "hub":
+        table.add_row("Download", f"{size(info.size_on_disk)}  (the runner downloads it when training starts)")
+    else:
+        table.add_row("Size on disk", size(info.size_on_disk))
     table.add_row("Dtype", info.dtype or "?")
     table.add_row("Context", f"{info.context_length:,} tokens" if info.context_length else "?")
     table.add_row("License", info.license or "not stated")
@@ -171,7 +174,7 @@ class ModelScreen(StepScreen):
         from ...modelinfo import inspect_model
 
         try:
-            info = inspect_model(name)
+            info = inspect_model(name, online=True)  # a hub id not downloaded: its metadata
         except UserError as exc:
             if name == "demo" and "not built" in exc.message:
                 self.app.call_from_thread(self._build_demo)

@@ -24,6 +24,7 @@ from ..runview import RunReader, RunSnapshot
 from ..units import bar, duration, mib, number
 from ..post import offered, post_action
 from ..widgets import StepBar, cached_plot, meter
+from .base import ReportsWorkerErrors
 
 REDRAW_SECONDS = 0.5  # charts and panels at most 2 Hz
 LOG_MAX_LINES = 1000
@@ -150,7 +151,7 @@ def result_text(s: RunSnapshot) -> Text:
     return text
 
 
-class MonitorScreen(Screen[str]):
+class MonitorScreen(ReportsWorkerErrors, Screen[str]):
     """Follow one run. Answers "detach", "new" or "runs"."""
     SCOPED_CSS = False  # its rules name the screen: loaded with it, not at start-up
     DEFAULT_CSS = """
@@ -267,11 +268,14 @@ class MonitorScreen(Screen[str]):
             time.sleep(interval)
 
     def _record_signal(self, pid: int, code: int) -> None:
-        """Only a runner's parent learns the signal that ended it: this app, for the runs it launched."""
+        """Only a runner's parent learns the signal that ended it: this app, for the runs it launched.
+
+        The runner's own watcher records a trainer's end; this covers both killed at once.
+        """
         from ...runs import read_state, record_exit
 
         state = read_state(self.run)
-        if state is not None and state.pid == pid:
+        if state is not None and pid in (state.pid, state.pgid):  # this run's runner, not another's
             record_exit(self.run, code)
 
     def on_run_updated(self, message: RunUpdated) -> None:

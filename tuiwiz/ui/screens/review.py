@@ -113,8 +113,11 @@ class ReviewScreen(StepScreen):
             self.update_nav()
             return
         self._show_profile()
-        self.say("Launch saves the profile and starts the run (p first: a probe run checks it fits)")
-        self.update_nav()
+        if self.state.probe_first:
+            self.action_probe()  # Launch waits for it: the fit is measured before the real run
+        else:
+            self.say("Launch saves the profile and starts the run (p first: a probe run checks it fits)")
+            self.update_nav()
 
     def _show_profile(self) -> None:
         from ...profile_io import dump_profile
@@ -153,8 +156,9 @@ class ReviewScreen(StepScreen):
         self.probing = True
         self.update_nav()
         self.query_one("#review-probe", Static).update(Text(
-            "Probe run: a few real steps at the longest length, in the runner…", style="italic"))
-        self.say("probing: this runs the real trainer for a few steps")
+            f"Probe run: {PROBE_STEPS} real steps at the longest length, in the runner, before the launch…",
+            style="italic"))
+        self.say("probing: Launch is ready when the probe has measured the fit")
         state, profile, name = self.state, self.state.profile, self.state.profile_name
 
         def job() -> None:
@@ -163,7 +167,7 @@ class ReviewScreen(StepScreen):
 
             loaded = LoadedProfile(resolve_paths(profile, state.profiles_dir), profile_path(state, name))
             try:
-                result = probe(loaded, steps=PROBE_STEPS)
+                result = probe(loaded, steps=PROBE_STEPS, on_run=self.app.probe_runs.append)
             except UserError as exc:
                 self.app.call_from_thread(self._probed, None, exc)
                 return
@@ -179,7 +183,7 @@ class ReviewScreen(StepScreen):
         if error is not None:
             if panel is not None:
                 panel.update(Text(f"Probe run failed: {error}", style="red"))
-                self.say("the probe failed; see the message above")
+                self.say("the probe failed (see above): Back to change the settings, p to probe again")
                 self.update_nav()
             return
         text = probe_text(result)

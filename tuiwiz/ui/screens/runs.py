@@ -17,12 +17,13 @@ from ...errors import UserError
 from ..units import duration, number
 from ..post import offered, post_action
 from ..widgets import StepBar
+from .base import ReportsWorkerErrors
 from .monitor import STATUS_STYLE
 
 REFRESH_SECONDS = 2.0
 
 
-class RunsScreen(Screen[str]):
+class RunsScreen(ReportsWorkerErrors, Screen[str]):
     SCOPED_CSS = False  # its rules name the screen: loaded with it, not at start-up
     DEFAULT_CSS = """
     #runs-table {

@@ -1,0 +1,113 @@
+"""The runner's small waiting parent: it outlives a trainer killed by a signal and says so.
+
+Only a parent learns how a child ended. A detached runner has no parent of its own
+once its launcher is gone, so a SIGKILL from the kernel's out-of-memory killer used
+to leave a run that read "gone without a final status". The runner therefore forks
+before it imports anything heavy: the child trains (and records itself in
+state.json), the parent waits. When the child ends by a signal before writing a
+final status, the parent records the signal, ends whatever of the run the child
+left behind (it is their subreaper), and exits the same way the child did, so a
+launcher that follows it reads the same return code.
+
+The parent holds no lock and no event writer while the child lives; it ignores
+hangups and passes a stop request (SIGTERM, SIGINT) on to the child.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from ..runs import RunDir
+
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+# Signals whose default action dumps core: for these the parent exits 128+N instead of raising them.
+CORE_SIGNALS = {signal.SIGQUIT, signal.SIGILL, signal.SIGTRAP, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE,
+                signal.SIGSEGV, signal.SIGXCPU, signal.SIGXFSZ, signal.SIGSYS}
+GRACE_SECONDS = 10  # what the child's leftovers get between SIGTERM and SIGKILL
+
+
+def _become_subreaper() -> None:
+    """Orphans of the child (a launcher and its ranks) become ours, to end and reap."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # without it the leftovers go to init; the child still ends its own
+
+
+def _end_leftovers() -> None:
+    import psutil
+
+    procs = psutil.Process().children(recursive=True)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=GRACE_SECONDS)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _reap_all() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _wait_for(child: int) -> int:
+    """The child's wait status; reaps the orphans handed to us meanwhile."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:  # cannot happen while the child is ours; read as a crash
+            return 1 << 8
+        if pid == child:
+            return status
+
+
+def fork_watcher(run: RunDir) -> int | None:
+    """In the child: returns None, and the caller trains. In the parent: waits, returns the exit code."""
+    _become_subreaper()
+    child = os.fork()
+    if child == 0:
+        return None
+
+    def relay(signum, frame):
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGTERM, relay)
+    signal.signal(signal.SIGINT, relay)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    status = _wait_for(child)
+    if os.WIFSIGNALED(status):
+        from ..runs import record_exit
+
+        number = os.WTERMSIG(status)
+        record_exit(run, -number, check_process=False)  # a no-op when the child wrote its end (a forced stop)
+        _end_leftovers()
+        _reap_all()
+        if number not in CORE_SIGNALS:  # no core file of ours in the run folder
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)  # end as the child did, for a launcher that follows us
+        return 128 + number
+    _end_leftovers()
+    _reap_all()
+    return os.waitstatus_to_exitcode(status)
