@@ -14,7 +14,9 @@ def isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TUIWIZ_STATE_DIR", str(tmp_path_factory.mktemp("state")))
     monkeypatch.setenv("TUIWIZ_CACHE_DIR", str(_shared_cache(tmp_path_factory)))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+    # One thread a process: the suite runs two workers on two cores, each often with a runner beside it;
+    # more threads than cores makes OpenMP spin (measured: the run-lifecycle tests took 327 s at 2, 109 s at 1).
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
 
 
 _CACHE: list[Path] = []

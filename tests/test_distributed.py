@@ -16,7 +16,7 @@ import pytest
 from tuiwiz.events import read_events
 from tuiwiz.runs import read_state
 
-from .conftest import run_cli, wait_for
+from .conftest import process_gone, run_cli, wait_for
 from .test_training import generate, losses, only_run, write_profile
 
 # DDP's logged loss is the mean of the two ranks' token-averaged losses; one process averages over all
@@ -103,6 +103,28 @@ def test_a_killed_rank_fails_the_whole_run_and_leaves_no_process(tmp_path):
     wait_for(all_gone, timeout=60)
     listed = json.loads(run_cli("runs", "--json").stdout)
     assert [r["status"] for r in listed if r["run_id"] == run.run_id] == ["failed"]
+
+
+@pytest.mark.slow
+def test_a_rank_failing_with_an_exception_names_that_rank_and_its_error(tmp_path):
+    """Not the ranks ended because of it: the one that raised, with its own message, and nothing left."""
+    profile = write_profile(tmp_path, "quickstart.yaml", distributed__strategy="ddp", distributed__num_processes=2,
+                            training__max_steps=50, training__logging_steps=1, training__save_steps=100000)
+    result = run_cli("--profile", profile, env={"TUIWIZ_INJECT_ERROR_RANK": "1"}, timeout=600)
+    run = only_run(tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    state = read_state(run)
+    assert state.status == "failed"
+    assert state.error == "rank 1: RuntimeError: injected failure on rank 1 (TUIWIZ_INJECT_ERROR_RANK)", state.error
+    error = [e for e in read_events(run.events) if e["type"] == "error"][-1]
+    assert error["message"] == state.error and "RuntimeError" in (error["traceback"] or "")
+    assert "error (crash): rank 1: RuntimeError: injected failure" in result.stdout, result.stdout
+    rank1 = json.loads((run.path / "logs" / "rank1.result.json").read_text())
+    assert rank1["status"] == "failed"
+    assert "RuntimeError: injected failure on rank 1" in (run.path / "logs" / "rank1.log").read_text()
+    for name in ("rank0.pid", "rank1.pid"):
+        wait_for(lambda: process_gone(int((run.path / "logs" / name).read_text())), timeout=60)
 
 
 def test_print_launch_and_node_rank_checks(tmp_path):

@@ -37,7 +37,7 @@ def classifier_run(tmp_path_factory) -> RunDir:
     profile = root / "profile.yaml"
     profile.write_text(yaml.safe_dump(data))
     # module fixtures start before the autouse isolation: the run gets its own state and cache here
-    result = run_cli("--profile", profile, env={"OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1",
+    result = run_cli("--profile", profile, env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                                                 "TUIWIZ_STATE_DIR": str(root / "state"),
                                                 "TUIWIZ_CACHE_DIR": str(root / "cache")})
     run = RunDir(next((root / "runs").glob("*")))

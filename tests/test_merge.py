@@ -66,7 +66,7 @@ def trained_run(tmp_path_factory, name: str) -> RunDir:
         (root / name).mkdir(parents=True)
         profile = root / name / "profile.yaml"
         profile.write_text(yaml.safe_dump(data))
-        result = run_cli("--profile", profile, env={"OMP_NUM_THREADS": "2"})
+        result = run_cli("--profile", profile)
         run = RunDir(next(runs.glob("*")))
         assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
         return run

@@ -81,7 +81,7 @@ METHOD_PROFILES = [
 @pytest.mark.parametrize("base", METHOD_PROFILES)
 def test_every_method_trains_and_reloads(tmp_path, base):
     profile = write_profile(tmp_path, base)
-    result = run_cli("--profile", profile, env={"OMP_NUM_THREADS": "2"})
+    result = run_cli("--profile", profile)
     run = only_run(tmp_path)
     start = assert_trained(result, run)
     meta = json.loads((run.output / "tuiwiz.json").read_text())

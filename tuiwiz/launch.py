@@ -21,7 +21,7 @@ from .errors import UserError
 from .profile import Profile
 from .profile_io import DATA_SUFFIXES, LoadedProfile, dump_profile, is_hub_id, is_local_data
 from .runs import (ACTIVE, FINISHED, RunDir, RunnerLock, RunState, is_probe_run, process_alive, read_state, register,
-                   update_state, write_state)
+                   update_state, watcher_alive, write_state)
 
 # Environment the runner always gets: NVML and CUDA agree on GPU numbering.
 RUNNER_ENV = {
@@ -327,7 +327,7 @@ def wait_finished(run: RunDir, timeout: float, poll: float = 0.2) -> str | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = read_state(run)
-        if state is None or not process_alive(state):
+        if state is None or not (process_alive(state) or watcher_alive(state)):
             return read_state(run).status if read_state(run) else None
         time.sleep(poll)
     return None

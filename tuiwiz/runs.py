@@ -83,6 +83,8 @@ class RunState:
     pid: int | None = None
     pgid: int | None = None
     create_time: float | None = None  # the process's start time: guards against pid reuse
+    watcher_pid: int | None = None  # the runner's waiting parent (train/watcher.py), which ends just after it
+    watcher_create_time: float | None = None
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     exit_code: int | None = None
@@ -138,6 +140,14 @@ def process_alive(state: RunState) -> bool | None:
         return proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
+
+
+def watcher_alive(state: RunState) -> bool:
+    """Whether the runner's waiting parent is still there (it records the end, then exits)."""
+    if not state.watcher_pid or state.host != socket.gethostname():
+        return False
+    return bool(process_alive(RunState(run_id=state.run_id, status=state.status, pid=state.watcher_pid,
+                                       create_time=state.watcher_create_time)))
 
 
 def effective_status(run: RunDir, state: RunState | None = None) -> str:

@@ -60,6 +60,9 @@ class RunnerCallback(TrainerCallback):
         if os.environ.get("TUIWIZ_INJECT_OOM_FULL") and state.global_step >= 2 and model is not None \
                 and all(p.requires_grad for p in model.parameters()):
             raise torch.OutOfMemoryError("injected: CUDA out of memory (TUIWIZ_INJECT_OOM_FULL)")
+        # and for the multi-process tests: one rank failing with an exception of its own
+        if os.environ.get("TUIWIZ_INJECT_ERROR_RANK") == os.environ.get("RANK", "0") and state.global_step >= 3:
+            raise RuntimeError(f"injected failure on rank {os.environ.get('RANK', '0')} (TUIWIZ_INJECT_ERROR_RANK)")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.stop.poll():

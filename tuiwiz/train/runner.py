@@ -398,8 +398,10 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
     profile = None
     try:
         me = psutil.Process()
+        watcher = me.parent()  # the waiting parent forked above (or before a recovery's exec)
         update_state(run, status="loading", pid=me.pid, pgid=os.getpgid(0), create_time=me.create_time(),
-                     exit_code=None, error=None)
+                     watcher_pid=watcher.pid if watcher else None,
+                     watcher_create_time=watcher.create_time() if watcher else None, exit_code=None, error=None)
         events.emit("status", status="loading", resume=resume)
         profile = load_profile(run.profile).profile
         from ..distributed import is_distributed
