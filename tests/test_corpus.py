@@ -1,7 +1,9 @@
 """A corpus of malformed profiles and datasets (tests/corpus/): each is refused with one exact message.
 
 Every file under tests/corpus/ has a row here: the message fragment, the line and the field it
-must name (None: it must name none), and a hint fragment. All rows load in-process; the rows
+must name (None: it must name none), and a hint fragment. The whole message and hint of each are
+pinned in tests/corpus/messages.json: a change of wording is a reviewed diff there, made with
+``TUIWIZ_UPDATE_CORPUS=1 pytest tests/test_corpus.py -k exact`` (which rewrites it and fails once). All rows load in-process; the rows
 marked ``cli`` also go through the real CLI (`tuiwiz profile validate FILE` and
 `tuiwiz --profile FILE`), which must exit 2 with no traceback and leave nothing behind: no run
 folder, no `.tmp` staging folder, no registry entry.
@@ -150,6 +152,7 @@ def where(case: Bad, path: Path) -> str:
 
 
 def test_every_corpus_file_has_a_case():
+    assert {p.name for p in CORPUS.iterdir()} == {"profiles", "data", "messages.json"}
     profiles = {p.name for p in (CORPUS / "profiles").iterdir()}
     data = {p.name for p in (CORPUS / "data").iterdir()}
     assert profiles == {c.file for c in PROFILES}
@@ -180,6 +183,31 @@ def test_dataset_refused(case):
     with pytest.raises(UserError) as info:
         load_dataset_file(path, task=case.task)
     assert_error(info.value, case, path, "data")
+
+
+MESSAGES = CORPUS / "messages.json"
+
+
+def _refusal(kind: str, case: Bad) -> dict:
+    path = CORPUS / kind / case.file
+    with pytest.raises(UserError) as info:
+        load_profile(path) if kind == "profiles" else load_dataset_file(path, task=case.task)
+    error = info.value
+    return {"message": error.message.replace(str(CORPUS), "<corpus>"),
+            "hint": error.hint.replace(str(CORPUS), "<corpus>") if error.hint else None,
+            "line": error.line, "field": error.field}
+
+
+def test_exact_messages_of_the_corpus():
+    found = {f"{kind}/{case.file}": _refusal(kind, case)
+             for kind, cases in (("profiles", PROFILES), ("data", DATA)) for case in cases}
+    if os.environ.get("TUIWIZ_UPDATE_CORPUS"):
+        MESSAGES.write_text(json.dumps(found, indent=1, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+        pytest.fail(f"rewrote {MESSAGES.name}: review its diff, then run without TUIWIZ_UPDATE_CORPUS")
+    expected = json.loads(MESSAGES.read_text(encoding="utf-8"))
+    assert sorted(found) == sorted(expected)
+    for name in sorted(found):
+        assert found[name] == expected[name], name
 
 
 # --- through the real CLI ------------------------------------------------------------

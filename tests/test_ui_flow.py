@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from tuiwiz.events import read_events
 from tuiwiz.runs import ACTIVE, effective_status
 from tuiwiz.ui.app import TuiwizApp
 from tuiwiz.ui.choices import WizardState, save_and_launch
@@ -87,8 +88,9 @@ async def test_wizard_from_hardware_to_a_completed_run(ui_env):
 
 
 async def test_quit_leaves_the_run_then_attach_stop_and_detach(ui_env):
-    """Quitting says the run goes on (and it does); the next start offers to attach; stop; detach."""
-    state = prepared_state(ui_env, until="review", option="cpu-lora", max_steps=300)
+    """Quitting says the run goes on (and it does); the next start offers to attach; stop; detach; resume
+    from the runs list; detach mid-run; stop from the runs list."""
+    state = prepared_state(ui_env, until="review", option="cpu-lora", max_steps=5000)
     run, proc, _ = save_and_launch(state, state.profile, state.profile_name)
     try:
         app = TuiwizApp(WizardState(workdir=ui_env), blink=False)
@@ -124,10 +126,30 @@ async def test_quit_leaves_the_run_then_attach_stop_and_detach(ui_env):
             assert monitor.snapshot.status == "stopped", screen_text(app)
             assert "■ Stopped" in screen_text(app)
             assert run.last_checkpoint() is not None  # a graceful stop saves a checkpoint
+            stopped_at = int(run.last_checkpoint().name.split("-")[1])
             await pilot.press("d")
             await wait_for(pilot, lambda: on(app, "RunsScreen"))
             await wait_for(pilot, lambda: "stopped" in screen_text(app))
             assert app.screen.check_action("resume", ()) is True
+            # resume from the runs list: the monitor follows it from the checkpoint on
+            await pilot.press("r")
+            await wait_for(pilot, lambda: on(app, "MonitorScreen"))
+            monitor = app.screen
+            await wait_for(pilot, lambda: monitor.snapshot is not None and monitor.snapshot.status == "running"
+                           and monitor.snapshot.step > stopped_at, timeout=180)
+            starts = [e for e in read_events(run.events) if e["type"] == "run_start"]
+            assert starts[-1]["resumed_from"].endswith(f"checkpoint-{stopped_at}")
+            # detach mid-run: the run goes on; stop it from the runs list
+            await pilot.press("d")
+            await wait_for(pilot, lambda: on(app, "RunsScreen"))
+            assert effective_status(run) == "running"
+            assert app.screen.check_action("stop", ()) is True
+            await pilot.press("s")
+            await wait_for(pilot, lambda: on(app, "ConfirmDialog"))
+            await pilot.press("y")
+            await wait_for(pilot, lambda: effective_status(run) == "stopped", timeout=120)
+            await wait_for(pilot, lambda: on(app, "RunsScreen") and "stopped" in screen_text(app))
+            assert int(run.last_checkpoint().name.split("-")[1]) > stopped_at
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -94,6 +94,59 @@ def _valid_keys(loc: tuple) -> list[str]:
     return keys
 
 
+def _field_info(loc: tuple):
+    """The schema's FieldInfo for ``loc`` (through a method's union by its tag), or None."""
+    classes: list[type[BaseModel]] = [Profile]
+    info = None
+    for part in loc:
+        if isinstance(part, int) or _is_member_tag(part):
+            continue
+        narrowed = [c for c in classes if c.model_fields.get("type") and c.model_fields["type"].default == part]
+        if narrowed:
+            classes = narrowed
+            continue
+        found = [c.model_fields[str(part)] for c in classes if str(part) in c.model_fields]
+        if not found:
+            return None
+        info = found[0]
+        classes = [m for f in found for m in _model_classes(f.annotation)]
+    return info
+
+
+_TAKES = {"int_parsing": "a whole number", "int_from_float": "a whole number", "int_type": "a whole number",
+          "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+          "bool_type": "true or false", "string_type": "text"}
+_BOUNDS = {"gt": "above {}", "ge": "at least {}", "lt": "below {}", "le": "at most {}"}
+
+
+def _described(error: dict) -> str | None:
+    """What the field takes (from the error's kind and bounds) and what it is (from the schema)."""
+    loc = error["loc"]
+    info = _field_info(loc)
+    ctx = error.get("ctx") or {}
+    bounds = [_BOUNDS[k].format(f"{ctx[k]:g}" if isinstance(ctx[k], float) else ctx[k])
+              for k in ("gt", "ge", "lt", "le") if k in ctx]
+    takes = _TAKES.get(error["type"])
+    if error["type"] == "literal_error" and "expected" in ctx:
+        takes = ctx["expected"]
+    if bounds:
+        whole = info is not None and "float" not in str(info.annotation) and "int" in str(info.annotation)
+        takes = f"{'a whole number' if whole else 'a number'} {' and '.join(bounds)}"
+    parts = []
+    if takes:
+        parts.append(f"{_dotted(loc)} takes {takes}")
+    if info is not None:
+        if info.description and not info.description.startswith("Unset"):
+            parts.append(info.description.rstrip("."))
+        default = info.default
+        if info.description and info.description.startswith("Unset") and default is None:
+            parts.append(info.description.rstrip(".").replace("Unset: ", "unset, it takes ", 1))
+        elif default is not None and not isinstance(default, (BaseModel, list, dict)) \
+                and repr(default) != "PydanticUndefined" and error["type"] != "literal_error":
+            parts.append(f"default: {str(default).lower() if isinstance(default, bool) else default}")
+    return "; ".join(parts) or None
+
+
 def _is_member_tag(part) -> bool:
     """A union member's name in a pydantic location (``literal['auto']``, ``list[str]``), not a key."""
     return isinstance(part, str) and not part.isidentifier()
@@ -151,7 +204,7 @@ def _hint_for(error: dict) -> str | None:
     if kind == "string_pattern_mismatch" and _dotted(loc) == "output.run_name":
         return ("letters, digits, '.', '_' and '-', starting with a letter or digit: "
                 "it names a folder in output.runs_dir")
-    return None
+    return _described(error)
 
 
 _NAMED_FIELD = re.compile(r"\b(model|data|method|training|distributed|output)\.[a-z_]+(\.[a-z_]+)?")
