@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tuiwiz.events import read_events
-from tuiwiz.runs import read_state
+from tuiwiz.runs import RunDir, read_state
 
 from .conftest import process_gone, run_cli, wait_for
 from .test_training import generate, losses, only_run, write_profile
@@ -127,6 +127,44 @@ def test_a_rank_failing_with_an_exception_names_that_rank_and_its_error(tmp_path
         wait_for(lambda: process_gone(int((run.path / "logs" / name).read_text())), timeout=60)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_on_localhost_train_one_run_with_node_rank(tmp_path):
+    """The multi-node path for real: the same profile started twice with --node-rank 0 and 1, as on two
+    machines (here both on 127.0.0.1, one process each), rendezvous and train one world of 2."""
+    import subprocess
+    import sys
+
+    profile = write_profile(tmp_path, "quickstart.yaml", distributed__strategy="ddp", distributed__num_processes=1,
+                            training__max_steps=6, training__logging_steps=1, training__save_steps=1000)
+    data = __import__("yaml").safe_load(profile.read_text())
+    data["distributed"]["nodes"] = {"count": 2, "main_address": "127.0.0.1", "main_port": _free_port()}
+    profile.write_text(__import__("yaml").safe_dump(data))
+    nodes = [subprocess.Popen([sys.executable, "-m", "tuiwiz", "--profile", str(profile), "--node-rank", str(rank)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (out, err) in zip(nodes, outputs):
+        assert node.returncode == 0, out + err
+    runs = sorted((tmp_path / "runs").iterdir(), key=lambda p: (p / "logs" / "rank1.result.json").exists())
+    assert len(runs) == 2  # one run folder per machine
+    main, other = RunDir(runs[0]), RunDir(runs[1])
+    start = next(e for e in read_events(main.events) if e["type"] == "run_start")
+    assert (start["world_size"], start["total_train_batch_size"]) == (2, 16)  # micro-batch 8 on each node
+    assert max(losses(main)) == 6 and (main.output / "adapter_config.json").is_file()
+    for run, rank in ((main, 0), (other, 1)):
+        assert read_state(run).status == "completed"
+        assert json.loads((run.path / "logs" / f"rank{rank}.result.json").read_text())["status"] == "completed"
+    assert not any(e["type"] == "log" for e in read_events(other.events))  # rank 0 alone writes the steps
+    assert "completed: train loss" in outputs[0][0] and "status: completed" in outputs[1][0]
+
+
 def test_print_launch_and_node_rank_checks(tmp_path):
     profile = tmp_path / "p.yaml"
     profile.write_text("method:\n  type: full\ndistributed:\n  strategy: zero3\n  num_processes: 4\n"
@@ -162,8 +200,10 @@ def test_impossible_combinations_are_refused_at_validation(tmp_path, text, messa
 
 
 @pytest.mark.slow
-def test_zero2_stop_checkpoint_and_resume(tmp_path):
-    profile = write_profile(tmp_path, "demo-full.yaml", distributed__strategy="zero2", distributed__num_processes=2,
+@pytest.mark.parametrize("strategy,base", [("zero2", "demo-full.yaml"), ("zero3", "demo-full.yaml"),
+                                           ("ddp", "quickstart.yaml")])
+def test_stop_checkpoint_and_resume_across_ranks(tmp_path, strategy, base):
+    profile = write_profile(tmp_path, base, distributed__strategy=strategy, distributed__num_processes=2,
                             training__max_steps=60, training__logging_steps=1, training__save_steps=1000)
     started = run_cli("--profile", profile, "--detach")
     assert started.returncode == 0, started.stderr
@@ -174,7 +214,10 @@ def test_zero2_stop_checkpoint_and_resume(tmp_path):
     checkpoint = run.last_checkpoint()
     k = int(checkpoint.name.split("-")[1])
     assert 5 <= k < 60
-    assert (checkpoint / f"global_step{k}").is_dir()  # DeepSpeed's own partitioned states
+    if strategy != "ddp":
+        assert (checkpoint / f"global_step{k}").is_dir()  # DeepSpeed's own partitioned states
+    else:
+        assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
     for rank in (0, 1):  # both ranks stopped at the same step
         outcome = json.loads((run.path / "logs" / f"rank{rank}.result.json").read_text())
         assert outcome["status"] == "stopped" and outcome["step"] == k

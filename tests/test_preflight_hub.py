@@ -169,3 +169,32 @@ def test_online_the_cache_is_read_first_and_the_hub_asked_once(hub_cache, tmp_pa
             _preflight(tmp_path, model="acme/typo-model")
     assert info.value.field == "model.name_or_path"
     assert hub.asked == ["models/acme/real-model", "models/acme/typo-model"]  # never the cached dataset
+
+
+def test_a_cached_hub_model_gets_the_disk_check_before_a_run_exists(tmp_path, monkeypatch):
+    """A hub id found in the cache is checked like a local folder: too little disk is refused up front."""
+    import shutil
+    from collections import namedtuple
+
+    from huggingface_hub import constants
+
+    from tuiwiz.demo import ensure_demo_model
+    from tuiwiz.launch import create_run
+    from tuiwiz.profile_io import load_profile
+
+    from .test_modelinfo import fake_hub_cache
+
+    demo = ensure_demo_model()
+    cache = tmp_path / "hub"
+    fake_hub_cache(cache, "acme/tiny-llama", {f.name: f.read_bytes() for f in demo.iterdir()
+                                              if f.is_file() and not f.name.startswith(".")})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    profile = _profile(tmp_path, model="acme/tiny-llama")
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**12, 10**12 - 2**20, 2**20))  # 1 MiB free
+    with pytest.raises(UserError) as info:
+        create_run(load_profile(profile))
+    assert info.value.message.startswith("the run needs ") and info.value.message.endswith("; 0.0 GB is free")
+    assert info.value.hint.startswith("free space, lower training.save_total_limit")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

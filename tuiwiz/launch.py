@@ -68,11 +68,26 @@ def _relative_to(source: str) -> str:
     return f" (read relative to {Path(source).parent})" if source != "<profile>" else ""
 
 
+def _model_folder(profile: Profile) -> Path | None:
+    """The model's folder on this machine: the built-in's, the local folder, or a hub id's cached snapshot."""
+    name = profile.model.name_or_path
+    if is_builtin(name):
+        return resolve_builtin(name, build=False)
+    if Path(name).is_absolute():
+        return Path(name)
+    from .modelinfo import resolve_model_dir
+
+    try:
+        folder, source = resolve_model_dir(name, profile.model.revision)
+    except UserError:
+        return None  # not downloaded yet: the runner downloads it
+    return folder if source == "hf-cache" else None
+
+
 def _local_model_folder(profile: Profile) -> Path | None:
     """The model's folder when it is already on this machine (its tokenizer is read from there)."""
-    name = profile.model.name_or_path
-    folder = resolve_builtin(name, build=False) if is_builtin(name) else Path(name)
-    return folder if (folder / "tokenizer.json").is_file() else None
+    folder = _model_folder(profile)
+    return folder if folder is not None and (folder / "tokenizer.json").is_file() else None
 
 
 def _check_lengths(profile: Profile, data, folder: Path) -> None:
@@ -195,10 +210,9 @@ def _check_resources(profile: Profile) -> None:
     """Weights readable, and room on disk and in RAM, before a run dir exists."""
     from .preflight import check_model_files, check_resources
 
-    name = profile.model.name_or_path
-    folder = resolve_builtin(name, build=False) if is_builtin(name) else Path(name)
-    if not (folder / "config.json").is_file():
-        return  # a hub id, or the demo before its first build
+    folder = _model_folder(profile)
+    if folder is None or not (folder / "config.json").is_file():
+        return  # a hub id not downloaded, or the demo before its first build
     check_model_files(folder)
     check_resources(profile, folder, profile.output.runs_dir)
 
