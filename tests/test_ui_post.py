@@ -122,15 +122,24 @@ async def test_chat_side_by_side_answers_differ_and_stop_ends_an_answer(ui_env, 
         assert len(requests) == 2
         text = screen_text(app)
         assert "base model (adapter off)" in text and f"adapter {run.run_id}"[:30] in text
-        # a long answer, stopped after its first tokens: the pair's second answer is not asked
-        await ask(pilot, screen, "Tell me a long story about a cow.", temperature="0.9", max_tokens="2000")
-        await wait_for(pilot, lambda: screen.current is not None and len(screen.current[2].text) > 0, timeout=60)
-        await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: len(screen.finished) == 3 and screen.current is None, timeout=60)
-        assert screen.finished[-1]["stopped"] and screen.finished[-1]["tokens"] < 2000
-        await pilot.pause(0.5)
-        assert len(screen.finished) == 3 and screen.pending == []
-        assert "[stopped]" in screen_text(app)
+        # a long answer, stopped after its first tokens: the pair's second answer is not asked. A sampled answer
+        # may end by itself (end of text) before the stop arrives: then the pair completes, and it is asked again.
+        for attempt in range(6):
+            asked = len(screen.finished)
+            await ask(pilot, screen, "Tell me a long story about a cow.", temperature="0.9", max_tokens="400")
+            def pair_done() -> bool:
+                return screen.current is None and not screen.pending and len(screen.finished) > asked
+
+            await wait_for(pilot, lambda: pair_done() or (screen.current is not None
+                                                          and len(screen.current[2].text) > 0), timeout=60)
+            if not pair_done():
+                await pilot.press("ctrl+s")
+                await wait_for(pilot, pair_done, timeout=60)
+            if screen.finished[-1]["stopped"]:
+                break
+        assert screen.finished[-1]["stopped"] and screen.finished[-1]["tokens"] < 400, attempt
+        await wait_for(pilot, lambda: "[stopped]" in screen_text(app), timeout=10)  # drawn at the next refresh
+        assert screen.pending == [] and screen.current is None  # a stop ends the pair: nothing more is asked
         await pilot.press("escape")
 
 

@@ -459,7 +459,9 @@ async def test_model_screen_reads_a_hub_model_not_downloaded_and_the_data_step_u
 
     from .test_hub_model import ModelHub, online
 
-    with ModelHub({"acme/tiny-llama": demo_model_dir()}) as hub:
+    # an id of its own: tuiwiz's metadata cache is shared by the session's tests, and a commit's files are
+    # fetched once
+    with ModelHub({"acme/ui-llama": demo_model_dir()}) as hub:
         online(monkeypatch, tmp_path, hub)
         app = app_at(prepared_state(ui_env, until="model"), "model")
         async with app.run_test(size=SIZE) as pilot:
@@ -469,11 +471,11 @@ async def test_model_screen_reads_a_hub_model_not_downloaded_and_the_data_step_u
                     break
                 await pilot.press("tab")
             assert app.focused.id == "model-entry"
-            await pilot.press(*"acme/tiny-llama", "enter")
+            await pilot.press(*"acme/ui-llama", "enter")
             info = app.screen.query_one("#model-info")
             await wait_for(pilot, lambda: "not downloaded" in widget_text(info), timeout=30)
             text = widget_text(info)
-            assert "acme/tiny-llama  (Hugging Face Hub, not downloaded)" in text
+            assert "acme/ui-llama  (Hugging Face Hub, not downloaded)" in text
             assert "Download" in text and "1.1M" in text and "apache-2.0" in text
             assert app.state.model_info.source == "hub" and app.screen.ready()
             await pilot.press("ctrl+n")
