@@ -127,6 +127,29 @@ def test_a_rank_failing_with_an_exception_names_that_rank_and_its_error(tmp_path
         wait_for(lambda: process_gone(int((run.path / "logs" / name).read_text())), timeout=60)
 
 
+@pytest.mark.slow
+def test_auto_recover_of_a_multi_process_run(tmp_path):
+    """Out of memory on the ranks (injected above micro-batch 4, from step 2): the supervisor's verdict is
+    recovered from as a single process's is, with a halved micro-batch, resumed on both ranks."""
+    profile = write_profile(tmp_path, "quickstart.yaml", distributed__strategy="ddp", distributed__num_processes=2,
+                            training__max_steps=8, training__logging_steps=1, training__save_steps=2,
+                            training__auto_recover=1)
+    result = run_cli("--profile", profile, env={"TUIWIZ_INJECT_OOM_ABOVE_BATCH": "4"}, timeout=600)
+    run = only_run(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
+    assert read_state(run).status == "completed"
+    events = read_events(run.events)
+    [recovering] = [e for e in events if e["type"] == "status" and e["status"] == "recovering"]
+    assert recovering["message"].startswith("micro-batch 8 → 4, gradient accumulation 1 → 2")
+    [error] = [e for e in events if e["type"] == "error"]
+    assert error["kind"] == "oom_gpu" and error["message"].startswith("rank ")
+    starts = [e for e in events if e["type"] == "run_start"]
+    assert starts[-1]["resumed_from"].endswith("checkpoint-2") and starts[-1]["world_size"] == 2
+    assert max(losses(run)) == 8
+    for rank in (0, 1):
+        assert json.loads((run.path / "logs" / f"rank{rank}.result.json").read_text())["status"] == "completed"
+
+
 def _free_port() -> int:
     import socket
 

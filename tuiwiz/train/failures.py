@@ -28,6 +28,15 @@ class Failure:
         return {"kind": self.kind, "message": self.message, "hint": self.hint, "traceback": self.traceback}
 
 
+class RanksFailed(RuntimeError):
+    """A multi-process run that failed: the supervisor's verdict over its ranks, raised so that the runner
+    records it (and recovers from it) as it does a failure of its own."""
+
+    def __init__(self, failure: "Failure") -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
 class NonFiniteLoss(RuntimeError):
     def __init__(self, step: int, loss: float, what: str = "loss", note: str = "") -> None:
         super().__init__(f"the {what} became {loss} at step {step}{note}")
@@ -134,6 +143,8 @@ def _text(chain: list[BaseException]) -> str:
 
 
 def classify(exc: BaseException) -> Failure:
+    if isinstance(exc, RanksFailed):
+        return exc.failure
     tail = "".join(traceback.format_exception(exc)[-6:])
     chain = list(_chain(exc))
     text = _text(chain)

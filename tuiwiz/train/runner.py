@@ -24,7 +24,7 @@ from ..events import EventWriter
 from ..profile import Profile
 from ..profile_io import load_profile
 from ..runs import RunDir, RunnerLock, update_state
-from .failures import Failure, classify
+from .failures import Failure, RanksFailed, classify
 from .stop import StopFlag
 
 
@@ -413,7 +413,8 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
         status, fields = _train(run, profile, resume=resume, events=events, stop=stop)
         return finish(status, 0, **fields)
     except BaseException as exc:  # every failure is recorded, then the process ends
-        traceback.print_exc()
+        if not isinstance(exc, RanksFailed):  # the ranks' own logs hold theirs
+            traceback.print_exc()
         failure = classify(exc)
         if profile is not None and failure.kind in OOM_KINDS and recovered < profile.training.auto_recover:
             lock.release()

@@ -24,7 +24,7 @@ from ..events import EventWriter
 from ..paths import cache_dir
 from ..profile import Profile
 from ..runs import RunDir
-from .failures import Failure
+from .failures import Failure, RanksFailed
 from .stop import StopFlag
 from .worker import STOP_REQUEST, logs_dir, result_file
 
@@ -121,4 +121,4 @@ def supervise(run: RunDir, profile: Profile, events: EventWriter, finish, *, res
     if exit_code == 0 and statuses <= {"completed", "stopped"} and "stopped" in statuses:
         main = results.get(first_rank) or {}
         return finish("stopped", 0, step=main.get("step"), checkpoint=main.get("checkpoint"))
-    return finish("failed", 1, _root_cause(results, exit_code))
+    raise RanksFailed(_root_cause(results, exit_code))  # recorded (or recovered from) by the runner
