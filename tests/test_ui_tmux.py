@@ -114,3 +114,49 @@ def test_tuiwiz_in_tmux_trains_the_demo(tmp_path, demo_built):
         assert not pane.alive(), pane.text()
     finally:
         pane.tmux("kill-server", check=False)
+
+
+def test_tmux_kill_session_leaves_the_run_going_and_the_app_attaches(tmp_path, demo_built):
+    """The terminal goes away twice: tmux kills the session of `tuiwiz --profile` mid-run, then that of
+    the app that attached to it. The run trains on to completion both times."""
+    import yaml
+
+    from tuiwiz.events import read_events
+    from tuiwiz.runs import RunDir, read_state
+
+    from .conftest import PROFILES, wait_for
+
+    work = tmp_path / "work"
+    work.mkdir()
+    data = yaml.safe_load((PROFILES / "quickstart.yaml").read_text())
+    data["training"].update(max_steps=1500, logging_steps=1, save_steps=100000, per_device_train_batch_size=2)
+    data["output"]["runs_dir"] = str(work / "runs")
+    (work / "p.yaml").write_text(yaml.safe_dump(data))
+    env = {"TUIWIZ_HARDWARE": "cpu-only", "HF_HUB_OFFLINE": "1", "TEXTUAL_ANIMATIONS": "none",
+           "TUIWIZ_STATE_DIR": os.environ["TUIWIZ_STATE_DIR"], "TUIWIZ_CACHE_DIR": os.environ["TUIWIZ_CACHE_DIR"],
+           "OMP_NUM_THREADS": "1", "TERM": "xterm-256color"}
+    prefix = ["env", *(f"{k}={v}" for k, v in env.items()), *tuiwiz_command()]
+    headless = Pane("tuiwiz-headless", tmp_path / "tmux.sock")
+    app = Pane("tuiwiz-app", tmp_path / "tmux.sock")
+    try:
+        headless.tmux("new-session", "-d", "-s", headless.name, "-x", "80", "-y", "24", "-c", str(work),
+                      " ".join([*prefix, "--profile", "p.yaml"]))
+        run = RunDir(wait_for(lambda: next((work / "runs").glob("p-*"), None) if (work / "runs").exists() else None))
+        wait_for(lambda: any(e["type"] == "log" for e in read_events(run.events)), timeout=120)
+        headless.wait("training ━", "loss", timeout=30)  # its progress line, live in the pane
+        headless.tmux("kill-session", "-t", headless.name)
+        assert not headless.alive()
+        # a new terminal: the app offers to attach to the run that is still going
+        app.tmux("new-session", "-d", "-s", app.name, "-x", "80", "-y", "24", "-c", str(work), " ".join(prefix))
+        app.wait("Attach", run.run_id[:20], timeout=60)
+        app.keys("Enter")
+        app.wait("Train monitor", "RUNNING", timeout=60)
+        step_then = max(e["step"] for e in read_events(run.events) if e["type"] == "log")
+        app.tmux("kill-session", "-t", app.name)
+        assert read_state(run).status == "running"
+        wait_for(lambda: read_state(run).status in ("completed", "failed", "stopped"), timeout=300)
+        assert read_state(run).status == "completed"
+        steps = [e["step"] for e in read_events(run.events) if e["type"] == "log"]
+        assert max(steps) == 1500 > step_then and steps == sorted(set(steps))
+    finally:
+        headless.tmux("kill-server", check=False)
