@@ -87,17 +87,23 @@ async def test_chat_streams_text_before_the_answer_ends(ui_env, tmp_path_factory
         # ctrl+l clears the conversation; the next answer starts from scratch
         await pilot.press("ctrl+l")
         assert screen.histories["tuned"] == [] and not screen.query(".chat-answer")
-        # another run's adapter on the same base (what ctrl+o picks from the runs list), then switch to it
+        # another run's adapter on the same base, picked with ctrl+o from the runs tuiwiz knows, then switched to
+        from tuiwiz.runs import register
+
         dora = trained_run(tmp_path_factory, "dora")
-        screen.client.send("add_adapter", ref=str(dora.path), name="dora")
+        register(dora)  # as every run tuiwiz starts is
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: on(app, "ChoiceDialog") and dora.run_id in screen_text(app))
+        assert [label for _, label in app.screen.choices] == [dora.run_id]  # not the one loaded already
+        await pilot.press("down", "enter")
         await wait_for(pilot, lambda: len(screen.adapters) == 2, timeout=60)
         select = screen.query_one("#chat-adapter", Select)
-        assert [value for _, value in select._options][-3:] == [run.run_id, "dora", "base"]
-        select.value = "dora"
-        await wait_for(pilot, lambda: screen.active == "dora", timeout=30)
+        assert [value for _, value in select._options][-3:] == [run.run_id, dora.run_id, "base"]
+        select.value = dora.run_id
+        await wait_for(pilot, lambda: screen.active == dora.run_id, timeout=30)
         await ask(pilot, screen, COW, max_tokens="12")
         await wait_for(pilot, lambda: len(screen.finished) == 2, timeout=60)
-        assert screen.query(".chat-answer").last().who == "dora" and "adapter dora" in screen_text(app)
+        assert screen.query(".chat-answer").last().who == dora.run_id
         await pilot.press("escape")
         await wait_for(pilot, lambda: not on(app, "ChatScreen"))
         await wait_for(pilot, lambda: screen.client.returncode is not None, timeout=30)
