@@ -206,3 +206,47 @@ def test_jsonl_server_answers_and_names_bad_requests(tmp_path_factory):
     assert "messages" in errors[0]["message"] and "'x'" in errors[1]["message"]
     answer = "".join(e["text"] for e in events if e["event"] == "token" and e["id"] == 3)
     assert answer.startswith("The") and events[-1]["id"] == 3 and events[-1]["tokens"] <= 8
+
+
+def test_repl_ctrl_c_stops_the_answer_and_the_repl_goes_on(tmp_path_factory):
+    """Ctrl-C (SIGINT, as the terminal sends it) during an answer ends that answer, marked [stopped]; the
+    REPL asks for the next prompt. A sampled answer may end by itself before the signal lands, and a
+    Ctrl-C at the prompt quits (as it should): then it is tried again in a fresh REPL."""
+    import os
+    import signal
+    import threading
+    import time
+
+    run = trained_run(tmp_path_factory, "lora")
+    for attempt in range(4):
+        proc = subprocess.Popen([sys.executable, "-m", "tuiwiz", "chat", str(run.path), "--base", "--temperature",
+                                 "1.0", "--max-new-tokens", "3000"], cwd=ROOT, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=0)
+        out: list[str] = []
+        reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(1), "")), daemon=True)
+        reader.start()
+        try:
+            deadline = time.monotonic() + 120
+            while "you> " not in "".join(out) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proc.stdin.write("Tell me a very long story about a cow.\n")
+            proc.stdin.flush()
+            while len("".join(out).partition("base> ")[2]) < 3 and proc.poll() is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(proc.pid, signal.SIGINT)
+            while "".join(out).count("you> ") < 2 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            answer = "".join(out).partition("base> ")[2]
+            if answer.partition("\n")[0].endswith(" [stopped]") and proc.poll() is None:
+                proc.stdin.write("/quit\n")
+                proc.stdin.flush()
+                assert proc.wait(timeout=60) == 0
+                assert "Traceback" not in proc.stderr.read()
+                break
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+    else:
+        raise AssertionError(f"no answer was still going when Ctrl-C came, in {attempt + 1} tries: {''.join(out)!r}")
