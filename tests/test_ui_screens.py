@@ -531,3 +531,30 @@ async def test_review_probes_before_launch_and_quitting_ends_the_probe(ui_env):
         assert not on(app, "ConfirmDialog")
     assert not process_alive(pid_state)
     assert not probe_run.path.exists()
+
+
+async def test_data_screen_file_picker_by_keys(ui_env):
+    """ctrl+o opens the picker on the working folder; it lists folders and data files only; Enter opens a
+    folder and picks a file; the Data step then reads it."""
+    folder = ui_env / "mydata"
+    folder.mkdir()
+    rows = [{"instruction": f"Say {i}.", "output": f"{i}."} for i in range(12)]
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "notes.txt").write_text("not data\n")
+    app = app_at(prepared_state(ui_env, until="data"), "data")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: on(app, "DataScreen") and app.screen.ready(), timeout=60)
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: on(app, "PathPicker"))
+        tree = app.screen.query_one("#picker-tree")
+        await wait_for(pilot, lambda: any(n.data and n.data.path.name == "mydata" for n in tree.root.children))
+        index = next(i for i, n in enumerate(tree.root.children) if n.data.path.name == "mydata")
+        for _ in range(index + 1):
+            await pilot.press("down")
+        await pilot.press("enter")  # opens the folder
+        await wait_for(pilot, lambda: [n.data.path.name for n in tree.cursor_node.children] == ["pairs.jsonl"])
+        await pilot.press("down", "enter")  # notes.txt is not offered: the first child is the data file
+        await wait_for(pilot, lambda: on(app, "DataScreen") and app.screen.ready()
+                       and app.state.data_path == str(folder / "pairs.jsonl"), timeout=30)
+        assert len(app.state.data) == 12 and app.state.data.format == "alpaca"
+        assert "12 rows, alpaca" in screen_text(app)
