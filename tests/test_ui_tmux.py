@@ -143,7 +143,7 @@ def test_tmux_kill_session_leaves_the_run_going_and_the_app_attaches(tmp_path, d
                       " ".join([*prefix, "--profile", "p.yaml"]))
         run = RunDir(wait_for(lambda: next((work / "runs").glob("p-*"), None) if (work / "runs").exists() else None))
         wait_for(lambda: any(e["type"] == "log" for e in read_events(run.events)), timeout=120)
-        headless.wait("training ━", "loss", timeout=30)  # its progress line, live in the pane
+        headless.wait("training", "/1500", "loss", timeout=30)  # its progress line at 80 columns, the total whole
         headless.tmux("kill-session", "-t", headless.name)
         assert not headless.alive()
         # a new terminal: the app offers to attach to the run that is still going

@@ -92,11 +92,16 @@ def follow(run: RunDir, proc: subprocess.Popen | None = None, *, out: TextIO | N
     if live:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.table import Column
 
         console = Console(file=out)
+        # At 80 columns the step count and the time left stay whole; the loss/lr/throughput line is cut.
         progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console, transient=False,
+            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True, min_width=8)),
+            BarColumn(bar_width=12), MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=11)),
+            TextColumn("{task.fields[info]}", table_column=Column(
+                no_wrap=True, overflow="ellipsis", max_width=max(10, console.width - 44))),
+            TimeRemainingColumn(table_column=Column(no_wrap=True, min_width=7)), console=console, transient=False,
         )
         progress.start()
         task = progress.add_task("loading", total=None, info="")

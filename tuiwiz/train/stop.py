@@ -32,3 +32,21 @@ class StopFlag:
             local = bool(flag.item() > 0)
         self.requested = local
         return local
+
+
+def end_children(grace: float) -> None:
+    """SIGTERM every descendant of this process, then SIGKILL those still there after ``grace`` seconds."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass

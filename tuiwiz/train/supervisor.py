@@ -17,15 +17,13 @@ import signal
 import subprocess
 import time
 
-import psutil
-
 from ..distributed import is_distributed, launch_env, worker_argv, write_launch_files
 from ..events import EventWriter
 from ..paths import cache_dir
 from ..profile import Profile
 from ..runs import RunDir
 from .failures import Failure, RanksFailed
-from .stop import StopFlag
+from .stop import StopFlag, end_children
 from .worker import STOP_REQUEST, logs_dir, result_file
 
 GRACE_SECONDS = 30  # after the launcher exits, how long stray ranks get before SIGKILL
@@ -61,18 +59,7 @@ def _root_cause(results: dict[int, dict | None], exit_code: int) -> Failure:
 
 
 def _end_stragglers() -> None:
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        try:
-            child.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(children, timeout=GRACE_SECONDS)
-    for child in alive:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
+    end_children(GRACE_SECONDS)
 
 
 def supervise(run: RunDir, profile: Profile, events: EventWriter, finish, *, resume: bool,

@@ -41,20 +41,9 @@ def _become_subreaper() -> None:
 
 
 def _end_leftovers() -> None:
-    import psutil
+    from .stop import end_children
 
-    procs = psutil.Process().children(recursive=True)
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=GRACE_SECONDS)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
+    end_children(GRACE_SECONDS)
 
 
 def _reap_all() -> None:
