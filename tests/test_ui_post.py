@@ -128,11 +128,15 @@ async def test_chat_side_by_side_answers_differ_and_stop_ends_an_answer(ui_env, 
         assert len(requests) == 2
         text = screen_text(app)
         assert "base model (adapter off)" in text and f"adapter {run.run_id}"[:30] in text
-        # a long answer, stopped after its first tokens: the pair's second answer is not asked. A sampled answer
-        # may end by itself (end of text) before the stop arrives: then the pair completes, and it is asked again.
+        # a long answer, stopped after its first tokens: the pair's second answer is not asked. Sampled hot and
+        # from the whole vocabulary, the base model's answer rarely ends by itself early; when it does before
+        # the stop arrives, the pair completes, and it is asked again.
+        from textual.widgets import Input
+
+        screen.query_one("#chat-top-p", Input).value = "1"
         for attempt in range(6):
             asked = len(screen.finished)
-            await ask(pilot, screen, "Tell me a long story about a cow.", temperature="0.9", max_tokens="400")
+            await ask(pilot, screen, "Tell me a long story about a cow.", temperature="2", max_tokens="400")
             def pair_done() -> bool:
                 return screen.current is None and not screen.pending and len(screen.finished) > asked
 

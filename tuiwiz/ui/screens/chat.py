@@ -186,6 +186,8 @@ class ChatScreen(ReportsWorkerErrors, Screen[None]):
             note = f"[stopped] {event['tokens']} tokens" if event.get("stopped") else \
                 f"{event['tokens']} tokens, {event['tokens_per_second']:.0f}/s"
             bubble.finish(note)
+            scroll = self.query_one(f"#chat-{column}", VerticalScroll)
+            self.call_after_refresh(scroll.scroll_end, animate=False)  # the note under the answer, in view
             self.histories[column].append({"role": "assistant", "content": bubble.text})
             self.current = None
             if event.get("stopped"):
