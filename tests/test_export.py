@@ -308,3 +308,54 @@ def test_gguf_writes_llama3_and_linear_rope_scaling(lora_run, tmp_path, rope):
     np.testing.assert_allclose(plain.numpy() / factors, scaled.double().numpy(), rtol=1e-5)
     assert factors.min() == 1.0 and factors.max() == 8.0 and len(set(factors.round(4))) > 2  # all three bands
     assert len(reader.tensors) == len(hf_tensors(folder)) + 1
+
+
+def _sentencepiece_llama(folder, text_file):
+    """A Llama 2 style model: a SentencePiece BPE tokenizer with byte fallback (trained here), random weights."""
+    import sentencepiece as spm
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+
+    folder.mkdir()
+    spm.SentencePieceTrainer.train(input=str(text_file), model_prefix=str(folder / "sp"), vocab_size=320,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0,
+                                   unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    tokenizer = LlamaTokenizer(vocab_file=str(folder / "sp.model"))
+    tokenizer.save_pretrained(folder)  # its config and special tokens; the GGUF vocabulary comes from tokenizer.model
+    (folder / "sp.model").rename(folder / "tokenizer.model")  # shipped beside it, as Llama 2 repositories do
+    (folder / "sp.vocab").unlink()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_gguf_writes_a_sentencepiece_tokenizer_as_llama_cpp_does(tmp_path):
+    """Llama 2 and Mistral v0.1 tokenizers: tokens, scores and types from SentencePiece's tokenizer.model,
+    through gguf-py's vocab reader; without a tokenizer.model such a model is refused with a hint."""
+    import sentencepiece as spm
+
+    from tuiwiz.export import write_gguf
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(f"The cow number {i} says moo, and the cat says miaow {i * 7}." for i in range(400)))
+    folder = _sentencepiece_llama(tmp_path / "llama2", text)
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    reader, fields = read_gguf(write_gguf(folder, tmp_path / "sp.gguf"))
+    assert (fields["tokenizer.ggml.model"], fields["tokenizer.ggml.pre"]) == ("llama", "default")
+    tokens = fields["tokenizer.ggml.tokens"]
+    assert tokens[:sp.vocab_size()] == [sp.id_to_piece(i) for i in range(sp.vocab_size())]
+    types = fields["tokenizer.ggml.token_type"]
+    assert types[0] == 2 and types[1] == types[2] == 3  # unknown; control (<s>, </s>): gguf's TokenType
+    assert types[sp.piece_to_id("<0x41>")] == 6  # a byte-fallback piece is a byte token
+    scores = fields["tokenizer.ggml.scores"]
+    assert scores[:sp.vocab_size()] == pytest.approx([sp.get_score(i) for i in range(sp.vocab_size())])
+    assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"]) == (1, 2)
+    assert "tokenizer.ggml.merges" not in fields  # SentencePiece has scores, not merges
+    assert len(tokens) == 320 and {t.name for t in reader.tensors} >= {"token_embd.weight", "output.weight"}
+    (folder / "tokenizer.model").unlink()
+    with pytest.raises(UserError, match="from their tokenizer.model; this model has neither") as refused:
+        write_gguf(folder, tmp_path / "none.gguf")
+    assert "tokenizer.model" in refused.value.hint and not (tmp_path / "none.gguf").exists()

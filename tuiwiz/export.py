@@ -156,15 +156,43 @@ def _pre_tokenizer(tokenizer_json: dict) -> str:
                     hint="convert the merged folder with llama.cpp's convert_hf_to_gguf.py", kind="model")
 
 
-def _vocab(folder: Path) -> tuple[list[str], list[int], str]:
-    """(tokens in id order, their GGUF token types, pre-tokenizer name), as llama.cpp's converter makes them."""
+@dataclass(frozen=True)
+class GgufVocab:
+    model: str  # tokenizer.ggml.model: gpt2 (byte-level BPE) or llama (SentencePiece)
+    pre: str  # tokenizer.ggml.pre
+    tokens: list
+    types: list
+    scores: list | None = None  # SentencePiece only
+
+
+def _vocab(folder: Path) -> GgufVocab:
+    """The tokenizer as llama.cpp's converter writes it: byte-level BPE (GPT-2, Llama 3, Qwen), or
+    SentencePiece (Llama 2, Mistral v0.1) from its tokenizer.model, through gguf-py's own vocab reader."""
+    tokenizer_json = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")) \
+        if (folder / "tokenizer.json").is_file() else {}
+    model = tokenizer_json.get("model") or {}
+    if model.get("type") == "BPE" and not model.get("byte_fallback"):
+        return _byte_level_vocab(folder, tokenizer_json)
+    import gguf.vocab
+
+    if not (folder / "tokenizer.model").is_file():
+        raise UserError("GGUF export writes byte-level BPE (GPT-2, Llama 3 style) tokenizers, and SentencePiece "
+                        "ones (Llama 2 style) from their tokenizer.model; this model has neither",
+                        hint="copy the base model's tokenizer.model into the run's output folder, or convert the "
+                             "merged folder with llama.cpp's convert_hf_to_gguf.py", kind="model")
+    reader = gguf.vocab.SentencePieceVocab(folder)
+    tokens, scores, types = [], [], []
+    for text, score, kind in reader.all_tokens():
+        tokens.append(text.decode("utf-8") if isinstance(text, bytes) else text)
+        scores.append(float(score))
+        types.append(kind)
+    return GgufVocab("llama", "default", tokens, types, scores)
+
+
+def _byte_level_vocab(folder: Path, tokenizer_json: dict) -> GgufVocab:
     import gguf
     from transformers import AutoTokenizer
 
-    tokenizer_json = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-    if (tokenizer_json.get("model") or {}).get("type") != "BPE" or tokenizer_json["model"].get("byte_fallback"):
-        raise UserError("GGUF export writes byte-level BPE tokenizers (GPT-2, Llama 3 style); this model's differs",
-                        hint="convert the merged folder with llama.cpp's convert_hf_to_gguf.py", kind="model")
     pre = _pre_tokenizer(tokenizer_json)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     vocab = tokenizer.get_vocab()
@@ -182,7 +210,7 @@ def _vocab(folder: Path) -> tuple[list[str], list[int], str]:
         else:
             tokens.append(token)
             types.append(gguf.TokenType.NORMAL)
-    return tokens, types, pre
+    return GgufVocab("gpt2", pre, tokens, types)
 
 
 def permute_qk(weights, n_head: int, n_head_kv: int | None):
@@ -250,7 +278,8 @@ def write_gguf(folder: Path, dest: Path, quant: str = "f16", *, name: str = "mod
     n_layers = config["num_hidden_layers"]
     head_dim = config.get("head_dim") or config["hidden_size"] // n_head
     rope_theta = float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
-    tokens, types, pre = _vocab(folder)
+    vocab = _vocab(folder)
+    tokens = vocab.tokens
 
     writer = gguf.GGUFWriter(None, "llama")
     writer.add_name(name)
@@ -274,11 +303,13 @@ def write_gguf(folder: Path, dest: Path, quant: str = "f16", *, name: str = "mod
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens))
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
+    writer.add_token_types(vocab.types)
+    special = gguf.SpecialVocab(folder, load_merges=vocab.model == "gpt2", n_vocab=len(tokens))
     if isinstance(special.chat_template, str):
         special.chat_template = _strip_generation_tags(special.chat_template)
     special.add_to_gguf(writer, quiet=True)
