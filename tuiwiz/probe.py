@@ -106,7 +106,9 @@ def probe(loaded: LoadedProfile, *, steps: int = 3, machine=None, allow_truncati
     from .recommend import step_down
 
     machine = machine or probe_hardware(loaded.profile.output.runs_dir)
-    model = inspect_model(loaded.profile.model.name_or_path, loaded.profile.model.revision, build_demo=True)
+    # a hub model not downloaded yet: its shapes from the Hub; the probe's runner downloads it, as the run would
+    model = inspect_model(loaded.profile.model.name_or_path, loaded.profile.model.revision, build_demo=True,
+                          online=True)
     gpus = machine.gpus
     device = "cuda" if gpus else "cpu"
     budget = min(g.memory_free_mb for g in gpus) if gpus else machine.ram_available_mb
