@@ -173,9 +173,9 @@ _SIGNAL_CAUSES = {"SIGKILL": "often the kernel's out-of-memory killer; check dme
 def record_exit(run: RunDir, returncode: int | None, *, check_process: bool = True) -> bool:
     """Record a signal's end of a runner this process started and saw exit (only its parent learns it).
 
-    Nothing changes unless the runner died without writing its final status, or while the process
-    state.json names is still alive (a launcher killed alone leaves its trainer running).
-    Returns whether it did.
+    Nothing changes when the runner wrote its final status, nor while the process state.json names
+    is still alive (a launcher or watcher killed alone leaves its trainer running).
+    Returns whether it recorded the end.
     """
     import signal
 

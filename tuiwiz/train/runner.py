@@ -339,7 +339,7 @@ def _recover(run: RunDir, profile: Profile, events: EventWriter, failure: Failur
     sys.stdout.flush(), sys.stderr.flush()
     # A fresh process: the failed one's memory (and a CUDA context after an OOM) is best let go whole.
     os.execv(sys.executable, [sys.executable, "-m", "tuiwiz.train", str(run.path), "--resume",
-                              "--recovered", str(recovered + 1), "--watched"])
+                              "--recovered", str(attempt), "--watched"])
 
 
 def _recovery_exhausted(failure: Failure, recovered: int, limit: int) -> Failure:
