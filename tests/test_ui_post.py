@@ -62,7 +62,7 @@ async def test_chat_streams_text_before_the_answer_ends(ui_env, tmp_path_factory
         screen.query_one("#chat-adapter", Select).value = "base"
         await wait_for(pilot, lambda: screen.active == "base")
         assert "base model (adapter off)" in screen_text(app)
-        await ask(pilot, screen, COW, max_tokens="400")  # seconds of streaming, even on a quiet machine
+        await ask(pilot, screen, COW, max_tokens="600")  # seconds of streaming, even on a quiet machine
         # text is on the screen while the model process still generates
         seen = []
 
@@ -233,3 +233,71 @@ sys.exit(run_job(job))
                        "hint": None}]
     assert "a library printing to stdout" in err
     assert proc.returncode == 130 and not (tmp_path / "staging").exists()
+
+
+class Flood:
+    """Stands in for the model process: answers an ask with `count` token events at once, from a thread."""
+
+    def __init__(self, count: int):
+        self.count, self.returncode = count, None
+
+    def __call__(self, args, on_event, **kwargs):
+        import threading
+
+        self.on_event = on_event
+        threading.Thread(target=on_event, args=({"event": "ready", "adapters": [], "device": "cpu",
+                                                 "chat_template": True},), daemon=True).start()
+        return self
+
+    def send(self, op: str, **fields) -> bool:
+        import threading
+
+        def answer() -> None:
+            for i in range(self.count):
+                self.on_event({"event": "token", "id": fields["id"], "text": f"t{i} "})
+            self.on_event({"event": "done", "id": fields["id"], "tokens": self.count, "seconds": 1.0,
+                           "tokens_per_second": float(self.count), "first_token_s": 0.01, "stopped": False})
+
+        if op == "ask":
+            threading.Thread(target=answer, daemon=True).start()
+        return True
+
+    running = property(lambda self: self.returncode is None)
+
+    def cancel(self) -> None:
+        self.returncode = 130
+
+    def close(self, timeout: float = 5.0) -> int:
+        self.returncode = 0
+        return 0
+
+
+@pytest.mark.asyncio
+async def test_chat_takes_a_flood_of_tokens_together(ui_env):
+    """Tokens that arrive while the screen draws are shown with one update, so a long answer cannot
+    swamp the app (one update a token once left 2000 tokens still drawing a minute later)."""
+    from tuiwiz.ui.screens.chat import Bubble, ChatScreen
+
+    shown = []
+    real_show = Bubble._show
+
+    def counting_show(self, note: str = "") -> None:
+        shown.append(len(self.text))
+        real_show(self, note)
+
+    app = chat_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = ChatScreen("runs/demo", label="demo", process=Flood(5000))
+        app.push_screen(screen)
+        await wait_for(pilot, lambda: screen.ready)
+        Bubble._show = counting_show
+        try:
+            await ask(pilot, screen, COW, max_tokens="5000")
+            await wait_for(pilot, lambda: screen.finished, timeout=60)
+        finally:
+            Bubble._show = real_show
+        bubble = screen.query(".chat-answer").last()
+        assert bubble.text == "".join(f"t{i} " for i in range(5000))  # every token, in order
+        assert len([e for e in screen.events if e["event"] == "token"]) == 5000
+        assert len(shown) < 500, len(shown)  # redraws, not 5000 (the user bubble and the note add two)
+        assert screen.histories["tuned"][-1]["content"] == bubble.text

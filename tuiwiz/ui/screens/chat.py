@@ -1,7 +1,9 @@
 """Chat with a run's model inside the app, streamed from ``tuiwiz chat RUN --jsonl``.
 
 The model lives in a subprocess (this process never imports torch); a reader thread hands each
-token to the screen as it comes, so the app never waits on generation. Side by side, each prompt
+token to the screen as it comes, so the app never waits on generation. Tokens that arrive while
+the screen is busy drawing are taken together, so a long answer costs one redraw a frame, not one
+a token. Side by side, each prompt
 is answered first with the adapter off (the base model) and then on, from the one loaded model;
 each column keeps its own conversation. Other runs' adapters on the same base can be added and
 switched.
@@ -9,13 +11,16 @@ switched.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Checkbox, Footer, Input, Label, Select, Static
 
@@ -41,8 +46,8 @@ class Bubble(Static):
         self.first_shown: float | None = None  # when the first piece of text was on screen
         self._show()
 
-    def add(self, piece: str) -> None:
-        self.text += piece
+    def add(self, *pieces: str) -> None:
+        self.text += "".join(pieces)
         self._show()
         if self.first_shown is None and self.text:
             self.first_shown = time.perf_counter()
@@ -101,6 +106,12 @@ class ChatScreen(ReportsWorkerErrors, Screen[None]):
         self.system: str | None = None
         self.events: list[dict] = []  # every event, for tests
         self.finished: list[dict] = []  # (done events), for tests
+        self._inbox: deque[dict] = deque()  # events the reader thread has handed over, not yet shown
+        self._inbox_lock = threading.Lock()
+        self._woken = False  # a Delivered message is on its way for what is in the inbox
+
+    class Delivered(Message):
+        """Events wait in the inbox (one message for however many arrived meanwhile)."""
 
     # ---------------------------------------------------------------- layout
 
@@ -135,10 +146,36 @@ class ChatScreen(ReportsWorkerErrors, Screen[None]):
         self.client = self.process(["chat", self.ref], self._from_thread)  # a fork and exec: quick
 
     def _from_thread(self, event: dict) -> None:
+        event["_received"] = time.perf_counter()
+        with self._inbox_lock:
+            self._inbox.append(event)
+            if self._woken:
+                return
+            self._woken = True
         try:
-            self.app.call_from_thread(self._on_event, event)
+            self.post_message(self.Delivered())  # thread-safe, and it does not wait for the screen
         except RuntimeError:  # the app has gone
             pass
+
+    def on_chat_screen_delivered(self, _: Delivered) -> None:
+        with self._inbox_lock:
+            events, self._woken = list(self._inbox), False
+            self._inbox.clear()
+        pieces: list[str] = []  # consecutive tokens of the current answer: shown with one update
+        for event in events:
+            if event.get("event") == "token" and self.current and event.get("id") == self.current[0]:
+                self.events.append(event)
+                pieces.append(event["text"])
+                continue
+            self._show_tokens(pieces)
+            self._on_event(event)
+        self._show_tokens(pieces)
+
+    def _show_tokens(self, pieces: list[str]) -> None:
+        if pieces and self.current:
+            self.current[2].add(*pieces)
+            self.query_one(f"#chat-{self.current[1]}", VerticalScroll).scroll_end(animate=False)
+        pieces.clear()
 
     def _layout(self) -> None:
         both = self.compare and bool(self.adapters)
@@ -156,7 +193,6 @@ class ChatScreen(ReportsWorkerErrors, Screen[None]):
     # ---------------------------------------------------------------- events from the model process
 
     def _on_event(self, event: dict) -> None:
-        event["_received"] = time.perf_counter()
         self.events.append(event)
         kind = event.get("event")
         if kind == "ready":
@@ -177,9 +213,6 @@ class ChatScreen(ReportsWorkerErrors, Screen[None]):
             self.active = event.get("active")
             self._fill_adapters()
             self._layout()
-        elif kind == "token" and self.current and event.get("id") == self.current[0]:
-            self.current[2].add(event["text"])
-            self.query_one(f"#chat-{self.current[1]}", VerticalScroll).scroll_end(animate=False)
         elif kind == "done" and self.current and event.get("id") == self.current[0]:
             self.finished.append(event)
             _, column, bubble = self.current
