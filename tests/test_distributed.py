@@ -128,6 +128,23 @@ def test_a_rank_failing_with_an_exception_names_that_rank_and_its_error(tmp_path
 
 
 @pytest.mark.slow
+def test_a_rank_aborting_after_every_rank_finished_leaves_a_completed_run_and_a_warning(tmp_path):
+    """As a native destructor aborting on the way out would: the model was saved, so the run completed."""
+    profile = write_profile(tmp_path, "quickstart.yaml", distributed__strategy="ddp", distributed__num_processes=2,
+                            training__max_steps=3, training__logging_steps=1, training__save_steps=100000)
+    result = run_cli("--profile", profile, env={"TUIWIZ_INJECT_ABORT_AFTER_RESULT_RANK": "1"}, timeout=600)
+    run = only_run(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
+    assert read_state(run).status == "completed" and read_state(run).error is None
+    message = "rank 1 aborted (SIGABRT) after it had finished; the saved model is complete"
+    assert [e["message"] for e in read_events(run.events) if e["type"] == "warning"] == [message]
+    assert f"warning: {message}" in result.stdout
+    assert json.loads((run.path / "logs" / "rank1.exit.json").read_text())["signal"] == "SIGABRT"
+    assert "Fatal Python error: Aborted" in (run.path / "logs" / "rank1.log").read_text()  # with its stack
+    assert (run.output / "adapter_config.json").is_file()
+
+
+@pytest.mark.slow
 def test_auto_recover_of_a_multi_process_run(tmp_path):
     """Out of memory on the ranks (injected above micro-batch 4, from step 2): the supervisor's verdict is
     recovered from as a single process's is, with a halved micro-batch, resumed on both ranks."""

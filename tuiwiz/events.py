@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-EVENT_TYPES = ("run_start", "status", "log", "eval", "checkpoint", "error", "run_end")
+EVENT_TYPES = ("run_start", "status", "log", "eval", "checkpoint", "error", "warning", "run_end")
 
 
 class EventWriter:

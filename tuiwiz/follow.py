@@ -68,6 +68,8 @@ def _describe(event: dict) -> str | None:
     if kind == "error":
         hint = f"\n  hint: {event['hint']}" if event.get("hint") else ""
         return f"error ({event.get('kind')}): {event.get('message')}{hint}"
+    if kind == "warning":
+        return f"warning: {event.get('message')}"
     return None
 
 

@@ -91,12 +91,18 @@ def fork_watcher(run: RunDir) -> int | None:
 
         number = os.WTERMSIG(status)
         record_exit(run, -number, check_process=False)  # a no-op when the child wrote its end (a forced stop)
-        _end_leftovers()
-        _reap_all()
-        if number not in CORE_SIGNALS:  # no core file of ours in the run folder
-            signal.signal(number, signal.SIG_DFL)
-            os.kill(os.getpid(), number)  # end as the child did, for a launcher that follows us
-        return 128 + number
     _end_leftovers()
     _reap_all()
+    return exit_like(status)
+
+
+def exit_like(status: int) -> int:
+    """End as a child with this wait status did, for a launcher that follows us: raise its signal again,
+    or return the code to exit with (128+N for a signal that would dump core into the run folder)."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        if number not in CORE_SIGNALS:
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+        return 128 + number
     return os.waitstatus_to_exitcode(status)

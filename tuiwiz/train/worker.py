@@ -3,6 +3,11 @@
 Each rank writes its output to ``logs/rankN.log`` and its outcome to
 ``logs/rankN.result.json``; rank 0 alone writes the event log. The supervisor,
 not a rank, writes the run's final status: it alone sees every rank's outcome.
+
+A rank can still die after its result, in native teardown (a destructor that aborts), or
+die without one (SIGSEGV, SIGKILL). Only a parent learns of a signal, so each rank forks
+before it imports torch: the child trains, the parent waits and writes how the child
+ended to ``logs/rankN.exit.json``, then exits the same way.
 """
 
 from __future__ import annotations
@@ -30,14 +35,21 @@ def result_file(run: RunDir, rank: int):
     return logs_dir(run) / f"rank{rank}.result.json"
 
 
+def exit_file(run: RunDir, rank: int):
+    return logs_dir(run) / f"rank{rank}.exit.json"
+
+
+def _write_json(path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def _write_result(run: RunDir, rank: int, status: str, failure: Failure | None = None, **fields) -> None:
     data = {"rank": rank, "status": status, "time": time.time(), "pid": os.getpid(), **fields}
     if failure is not None:
         data["failure"] = failure.to_event()
-    path = result_file(run, rank)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
+    _write_json(result_file(run, rank), data)
 
 
 def _own_log(run: RunDir, rank: int) -> None:
@@ -49,20 +61,78 @@ def _own_log(run: RunDir, rank: int) -> None:
     os.close(fd)
 
 
-def run_worker(run: RunDir, *, resume: bool) -> int:
-    from .stop import StopFlag
-    from .runner import _train
+def _wait_and_record(run: RunDir, rank: int, child: int) -> int:
+    """The parent's part: wait for the child, write how it ended, return the code to exit with."""
+    from .watcher import exit_like
 
+    def relay(signum, frame):
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGTERM, relay)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except InterruptedError:
+            continue
+    number = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+    _write_json(exit_file(run, rank), {
+        "rank": rank, "pid": child, "time": time.time(), "code": os.waitstatus_to_exitcode(status),
+        "signal": signal.Signals(number).name if number in signal.valid_signals() else number,
+    })
+    return exit_like(status)
+
+
+def _leave_process_group() -> None:
+    """Once this rank has reported: wait for the others, then close the process group while the
+    interpreter is whole. Left to its exit, gloo's threads can free tensors as it is torn down and
+    abort a rank that has finished (SIGABRT; pytorch/pytorch#190489)."""
+    import gc
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        gc.collect()  # the DeepSpeed engine and its hooks go while the group still lives
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception:  # another rank is gone: its result (or its absence) tells; ours stands
+        traceback.print_exc()
+
+
+def run_worker(run: RunDir, *, resume: bool) -> int:
     rank = int(os.environ.get("RANK", "0"))
     _own_log(run, rank)
+    child = os.fork()
+    if child != 0:
+        return _wait_and_record(run, rank, child)
+    return _run_rank(run, rank, resume=resume)
+
+
+def _run_rank(run: RunDir, rank: int, *, resume: bool) -> int:
+    import faulthandler
+
+    from .runner import _train
+    from .stop import StopFlag
+
+    faulthandler.enable(all_threads=True)  # a native crash leaves its Python stack in the rank's log
     (logs_dir(run) / f"rank{rank}.pid").write_text(str(os.getpid()))
     events = EventWriter(run.events) if rank == 0 else None
     stop = StopFlag(request_file=run.path / STOP_REQUEST)
+    reported = [False]
 
     def on_terminate(signum, frame):
         # A graceful stop comes through the request file; a signal means the launcher is ending
-        # this rank because another one failed. Leave at once: a collective would hang.
-        _write_result(run, rank, "terminated", signal=signum)
+        # this rank because another one failed. Leave at once: a collective would hang. A result
+        # already written stands: the launcher may end a rank that has finished.
+        if not reported[0]:
+            _write_result(run, rank, "terminated", signal=signum)
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_terminate)
@@ -72,7 +142,7 @@ def run_worker(run: RunDir, *, resume: bool) -> int:
         profile = load_profile(run.profile).profile
         status, fields = _train(run, profile, resume=resume, events=events, stop=stop)
         _write_result(run, rank, status, **fields)
-        return 0
+        reported[0] = True
     except BaseException as exc:
         traceback.print_exc()
         _write_result(run, rank, "failed", classify(exc))
@@ -80,3 +150,7 @@ def run_worker(run: RunDir, *, resume: bool) -> int:
     finally:
         if events is not None:
             events.close()
+    _leave_process_group()
+    if os.environ.get("TUIWIZ_INJECT_ABORT_AFTER_RESULT_RANK") == str(rank):
+        os.abort()  # for the tests: as a native destructor on the way out, once every rank has finished
+    return 0
