@@ -132,6 +132,16 @@ def test_language_models_and_missing_packages_are_refused(classifier_run, tmp_pa
     assert not (tmp_path / "o").exists()
 
 
+def test_the_classifier_streams_from_disk_as_it_loads(classifier_run):
+    """What merge verification runs: base + adapter, and the merged model, block by block from disk."""
+    from tuiwiz.builtin_models import resolve_builtin
+
+    from .test_merge import assert_streamed_equals_loaded
+
+    assert_streamed_equals_loaded(classifier_run, resolve_builtin("minilm"), adapter=True, random_head=True)
+    assert_streamed_equals_loaded(classifier_run, classifier_run.path / "merged", adapter=False)
+
+
 def test_the_classifier_merge_equals_peft_merge_and_unload(classifier_run):
     """The MiniLM run: LoRA on the encoder and a trained head (modules_to_save), merged shard by shard,
     equals peft's merge_and_unload tensor by tensor, under the base checkpoint's own names."""

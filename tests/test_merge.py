@@ -139,6 +139,41 @@ def test_shard_merge_equals_peft_merge_and_unload(tmp_path_factory, tmp_path, na
         assert (result.out / name_).exists(), name_
 
 
+def assert_streamed_equals_loaded(run: RunDir, folder: Path, *, adapter: bool, random_head: bool = False) -> None:
+    """A model streamed block by block from disk gives the logits of the model loaded whole (with the
+    adapter off too, unless the base has a ``random_head`` that each load initialises its own way)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from tuiwiz.merge import plan_merge
+    from tuiwiz.merge_verify import _logits, load_model, streamed_model
+
+    source = plan_merge(str(run.path)).source
+    tokenizer = AutoTokenizer.from_pretrained(source.path)
+    loaded = load_model(folder, source, adapter=source.path if adapter else None)
+    streamed = streamed_model(folder, source, adapter=source.path if adapter else None)
+    pairs = [(_logits(loaded, tokenizer), _logits(streamed, tokenizer))]
+    if adapter and not random_head:
+        with loaded.disable_adapter(), streamed.model.disable_adapter():
+            pairs.append((_logits(loaded, tokenizer), _logits(streamed, tokenizer)))
+    for whole, streamed_logits in pairs:
+        for a, b in zip(whole, streamed_logits):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    if len(pairs) == 2:
+        assert not torch.equal(pairs[0][0][0], pairs[1][0][0])  # the adapter did change the answer
+    real = [name for name, param in streamed.model.named_parameters() if not param.is_meta]
+    assert bool(real) == adapter and all(("lora_" in n or "ia3_" in n or "modules_to_save" in n or "score" in n or "classifier" in n)
+                        for n in real), real[:5]  # between forward passes only the adapter (and a new head) is held
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_streamed_model_gives_the_loaded_models_logits(tmp_path_factory, name):
+    run = trained_run(tmp_path_factory, name)
+    from tuiwiz.merge import plan_merge
+
+    assert_streamed_equals_loaded(run, plan_merge(str(run.path)).source.base_model, adapter=True)
+
+
 def test_merged_model_reloads_and_generates_through_cli(tmp_path_factory, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -31,11 +31,47 @@ def load_model(folder: Path, source: RunOutput, *, adapter: Path | None = None):
     return model.eval()
 
 
+def streamed_model(folder: Path, source: RunOutput, *, adapter: Path | None = None):
+    """As load_model, with the weights left on disk until each block runs (see streamed_model.py)."""
+    import torch
+    import transformers
+
+    from .streamed_model import StreamedModel
+
+    config = transformers.AutoConfig.from_pretrained(folder)
+    if source.is_classifier:
+        labels = source.labels or ()
+        config.num_labels = len(labels)
+        config.id2label, config.label2id = dict(enumerate(labels)), {label: i for i, label in enumerate(labels)}
+        model_class = transformers.AutoModelForSequenceClassification
+    else:
+        model_class = transformers.AutoModelForCausalLM
+    dtype = getattr(config, "dtype", None) or torch.float32
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+    def wrap(model):
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, adapter)
+
+    return StreamedModel(folder, lambda: model_class.from_config(config, dtype=dtype),
+                         wrap=wrap if adapter is not None else None)
+
+
 def _logits(model, tokenizer) -> list:
     import torch
 
     with torch.inference_mode():
-        return [model(**tokenizer(text, return_tensors="pt")).logits.float() for text in VERIFY_PROMPTS]
+        # one padded batch: a streamed model reads its weights from disk once a forward pass
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+        rows = [tokenizer(text)["input_ids"] for text in VERIFY_PROMPTS]
+        longest = max(len(row) for row in rows)
+        ids = torch.tensor([row + [pad] * (longest - len(row)) for row in rows])
+        mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in rows])
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        if logits.dim() == 2:  # a classifier: one row of label scores a prompt
+            return list(logits)
+        return [logits[i, :len(row)] for i, row in enumerate(rows)]  # the prompts' own positions
 
 
 def _largest_gap(first: list, second: list) -> float:
@@ -45,26 +81,20 @@ def _largest_gap(first: list, second: list) -> float:
 def verify_merge(plan: MergePlan, merged: Path) -> tuple[float, float, float]:
     """(max_diff, changed_diff, tolerance): the merged model against base + adapter (peft) and the bare base.
 
-    The two models are loaded one after the other; safetensors are memory-mapped, so their
-    weights are page cache the kernel can drop, not private memory.
+    The models are streamed from disk block by block (streamed_model.py), so the peak is about one
+    block plus the adapter, as for the merge itself, not a whole model.
     """
-    import gc
-
     import torch
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(plan.source.path)
-    reference = load_model(plan.source.base_model, plan.source, adapter=plan.source.path)
+    reference = streamed_model(plan.source.base_model, plan.source, adapter=plan.source.path)
     with_adapter = _logits(reference, tokenizer)
-    with reference.disable_adapter():
+    with reference.model.disable_adapter():
         base = _logits(reference, tokenizer)
-    dtype = next(reference.parameters()).dtype
+    dtype = next(reference.model.parameters()).dtype
     del reference
-    gc.collect()
-    merged_model = load_model(merged, plan.source)
-    after = _logits(merged_model, tokenizer)
-    del merged_model
-    gc.collect()
+    after = _logits(streamed_model(merged, plan.source), tokenizer)
     if dtype == torch.float32:
         tolerance = FP32_TOLERANCE
     else:
