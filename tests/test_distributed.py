@@ -240,9 +240,8 @@ def test_impossible_combinations_are_refused_at_validation(tmp_path, text, messa
 
 
 @pytest.mark.slow
-# ZeRO-3 is left out: in one CI run its resumed run reached its last checkpoint, then rank 1 aborted
-# (SIGABRT in native code) on exit; it passed here before. Open in issue 6.
-@pytest.mark.parametrize("strategy,base", [("zero2", "demo-full.yaml"), ("ddp", "quickstart.yaml")])
+@pytest.mark.parametrize("strategy,base", [("zero2", "demo-full.yaml"), ("zero3", "demo-full.yaml"),
+                                           ("ddp", "quickstart.yaml")])
 def test_stop_checkpoint_and_resume_across_ranks(tmp_path, strategy, base):
     profile = write_profile(tmp_path, base, distributed__strategy=strategy, distributed__num_processes=2,
                             training__max_steps=60, training__logging_steps=1, training__save_steps=1000)
@@ -268,6 +267,11 @@ def test_stop_checkpoint_and_resume_across_ranks(tmp_path, strategy, base):
     assert max(losses(run)) == 60
     starts = [e for e in read_events(run.events) if e["type"] == "run_start"]
     assert starts[-1]["resumed_from"].endswith(f"checkpoint-{k}") and starts[-1]["world_size"] == 2
+    # and every rank left cleanly: none died on its way out (as ZeRO-3's once did, before the ranks
+    # closed their process group themselves)
+    assert not [e for e in read_events(run.events) if e["type"] == "warning"]
+    for rank in (0, 1):
+        assert json.loads((run.path / "logs" / f"rank{rank}.exit.json").read_text())["code"] == 0
 
 
 def test_more_processes_than_gpus_is_refused_before_a_run_exists(tmp_path):
