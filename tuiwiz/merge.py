@@ -4,7 +4,9 @@ Each base shard is read with ``safe_open``, the adapter's deltas are applied to 
 tensors it holds, and the merged shard is written before the next one is read, so the
 private memory peak is about one shard plus the adapter, not the whole model. The
 formulas follow peft's own merge code (``get_delta_weight`` of LoRA, DoRA, AdaLoRA and
-IA3). Every merge is verified against peft before it is renamed into place.
+IA3). Every merge is verified against peft before it is renamed into place; the
+verification streams the models from disk block by block, so it needs no more memory than
+the merge.
 
 This module holds a run's output, the plan and its resource checks, and ``merge_run``;
 the shard-by-shard merge and peft's formulas are in merge_shards.py, the verification in

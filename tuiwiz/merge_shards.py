@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .merge import TOKENIZER_FILES, MergePlan, Progress
+from .streamed_model import release_freed_memory
 
 _ADAPTER_PARTS = {
     "lora_A.weight": "A", "lora_B.weight": "B", "lora_B.bias": "B_bias", "lora_magnitude_vector": "magnitude",
@@ -185,6 +186,7 @@ def _merge_shards(plan: MergePlan, staging: Path, progress: Progress | None) -> 
         save_file(tensors, str(staging / shard.name), metadata={"format": "pt", **metadata})
         weight_map.update({key: shard.name for key in tensors})
         del tensors
+        release_freed_memory()  # this shard's buffers, before the next shard is read
     if progress:
         progress("merge", len(plan.shards), len(plan.shards))
     return weight_map

@@ -109,6 +109,7 @@ class StreamedModel:
                 while saved:
                     owner, name, meta = saved.pop()
                     owner._parameters[name] = meta  # the meta parameter back: ties stay tied
+                release_freed_memory()
 
             module.register_forward_pre_hook(load)
             module.register_forward_hook(drop)
@@ -152,4 +153,24 @@ def _wrapped(skeleton, wrap):
     finally:
         for owner, name, param in stand_ins:
             owner._parameters[name] = param
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the system (glibc's malloc_trim). Weights under glibc's mmap
+    threshold (32 MiB once it has grown) come from the heap, and what they leave free stays in the
+    process's resident memory until trimmed; elsewhere this does nothing."""
+    import ctypes
+    import ctypes.util
+
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None  # glibc's malloc_trim once looked up; False where there is none
 
