@@ -142,3 +142,20 @@ async def test_monitor_redraws_at_most_twice_a_second_and_caps_its_log(tmp_path,
         assert 1 <= redraws <= 2 * (elapsed + 1.0) + 1
         assert screen.query_one("#mon-log").line_count <= monitor.LOG_MAX_LINES
         assert screen.snapshot.step == step  # the last event shows
+
+
+def test_a_warning_of_the_run_shows_under_its_result(tmp_path):
+    """A rank that died after every rank reported leaves the run completed, with a warning event: the
+    monitor's result says it, as `tuiwiz --profile` prints it."""
+    from tuiwiz.ui.screens.monitor import result_text
+
+    path = write_fixture_run(tmp_path, status="completed", steps=10, max_steps=10, register=False)
+    warning = "rank 1 aborted (SIGABRT) after it had finished; the saved model is complete"
+    with open(path / "events.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"type": "warning", "time": 3.0, "message": warning}) + "\n")
+    reader = RunReader(RunDir(path), gpus=False)
+    reader.poll()
+    snapshot, _ = reader.take()
+    assert snapshot.status == "completed" and snapshot.warnings == (warning,)
+    shown = result_text(snapshot).plain
+    assert shown.startswith("✓ Completed") and f"⚠ {warning}" in shown

@@ -128,6 +128,7 @@ class RunSnapshot:
     last_checkpoint: str | None = None
     status_message: str | None = None
     errors: tuple[dict, ...] = ()
+    warnings: tuple[str, ...] = ()  # e.g. a rank that died on its way out after the run had finished
     run_end: dict | None = None
     state_error: str | None = None
     sampled: bool = False  # the history in the chart is a sample of a long log
@@ -167,6 +168,7 @@ class RunReader:
         self.last_eval: dict | None = None
         self.run_end: dict | None = None
         self.errors: list[dict] = []
+        self.warnings: list[str] = []
         self.status_event: dict | None = None
         self.last_checkpoint: str | None = None
         self.sampled = False
@@ -206,6 +208,7 @@ class RunReader:
             self.run_start = event
             self.run_end = None
             self.errors = []
+            self.warnings = []
         elif kind == "status":
             self.status_event = event
         elif kind == "checkpoint":
@@ -213,6 +216,8 @@ class RunReader:
         elif kind == "error":
             self.errors.append(event)
             self.errors = self.errors[-5:]
+        elif kind == "warning":
+            self.warnings = [*self.warnings, str(event.get("message", ""))][-3:]
         elif kind == "run_end":
             self.run_end = event
 
@@ -244,7 +249,7 @@ class RunReader:
                 line = handle.readline()
                 if line.endswith(b"\n"):
                     for event in _parse(line):
-                        if event.get("type") in ("log", "eval", "checkpoint", "run_start", "error"):
+                        if event.get("type") in ("log", "eval", "checkpoint", "run_start", "error", "warning"):
                             self.apply(event)
             handle.seek(tail_start - 1)
             handle.readline()
@@ -378,7 +383,8 @@ class RunReader:
             eta_s=None if status in FINISHED else self._eta(int(step), max_steps), elapsed_s=elapsed,
             loss_points=self.loss.points(), eval_points=self.eval_loss.points(), lr_points=self.lr.points(),
             eval_loss=metrics.get("loss"), eval_metrics=metrics, last_checkpoint=self.last_checkpoint,
-            status_message=status_message, errors=tuple(self.errors), run_end=self.run_end,
+            status_message=status_message, errors=tuple(self.errors), warnings=tuple(self.warnings),
+            run_end=self.run_end,
             state_error=state.error if state else None, sampled=self.sampled, events=self.events,
             gpus=self._gpus, ram_used_mb=self._ram[0] if self._ram else None,
             ram_total_mb=self._ram[1] if self._ram else None,

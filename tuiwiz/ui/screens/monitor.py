@@ -128,6 +128,7 @@ def result_text(s: RunSnapshot) -> Text:
         if metrics.get("train_tokens_per_second"):
             text.append(f", {metrics['train_tokens_per_second']:,.0f} tok/s")
         text.append(f"\nThe model is in {s.run_id}/output.")
+        _warnings(text, s)
         text.append("\nNext: m merge · e export · c chat · n new run · f2 runs", style="cyan")
         return text
     if s.status == "stopped":
@@ -136,6 +137,7 @@ def result_text(s: RunSnapshot) -> Text:
         if s.last_checkpoint:
             text.append(f"; checkpoint {s.last_checkpoint.rsplit('/', 1)[-1]} saved")
         text.append(f".\nContinue with `tuiwiz resume {s.run_id}` or from the runs list (f2, then r).")
+        _warnings(text, s)
         text.append("\nNext: n new run · f2 runs", style="cyan")
         return text
     text = Text("✗ Failed", style="bold red")
@@ -149,6 +151,11 @@ def result_text(s: RunSnapshot) -> Text:
     text.append(f"\nThe whole log is {s.run_id}/train.log.")
     text.append("\nNext: n new run · f2 runs (resume from the last checkpoint)", style="cyan")
     return text
+
+
+def _warnings(text: Text, s: RunSnapshot) -> None:
+    for warning in s.warnings:
+        text.append(f"\n⚠ {warning}", style="yellow")
 
 
 class MonitorScreen(ReportsWorkerErrors, Screen[str]):
