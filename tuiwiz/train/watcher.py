@@ -69,13 +69,9 @@ def _wait_for(child: int) -> int:
             return status
 
 
-def fork_watcher(run: RunDir) -> int | None:
-    """In the child: returns None, and the caller trains. In the parent: waits, returns the exit code."""
-    _become_subreaper()
-    child = os.fork()
-    if child == 0:
-        return None
-
+def relay_signals(child: int, *, interrupt: bool) -> None:
+    """A waiting parent passes SIGTERM (and SIGINT if ``interrupt``, else ignores it) on to ``child``,
+    and ignores a hang-up: the terminal going away is no reason to stop."""
     def relay(signum, frame):
         try:
             os.kill(child, signum)
@@ -83,8 +79,18 @@ def fork_watcher(run: RunDir) -> int | None:
             pass
 
     signal.signal(signal.SIGTERM, relay)
-    signal.signal(signal.SIGINT, relay)
+    signal.signal(signal.SIGINT, relay if interrupt else signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def fork_watcher(run: RunDir) -> int | None:
+    """In the child: returns None, and the caller trains. In the parent: waits, returns the exit code."""
+    _become_subreaper()
+    child = os.fork()
+    if child == 0:
+        return None
+
+    relay_signals(child, interrupt=True)
     status = _wait_for(child)
     if os.WIFSIGNALED(status):
         from ..runs import record_exit

@@ -63,17 +63,9 @@ def _own_log(run: RunDir, rank: int) -> None:
 
 def _wait_and_record(run: RunDir, rank: int, child: int) -> int:
     """The parent's part: wait for the child, write how it ended, return the code to exit with."""
-    from .watcher import exit_like
+    from .watcher import exit_like, relay_signals
 
-    def relay(signum, frame):
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
-
-    signal.signal(signal.SIGTERM, relay)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    relay_signals(child, interrupt=False)  # the supervisor decides what Ctrl-C does
     while True:
         try:
             _, status = os.waitpid(child, 0)
