@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 
+from ..atomic import write_text_atomic
 from ..events import EventWriter
 from ..profile_io import load_profile
 from ..runs import RunDir
@@ -40,9 +41,7 @@ def exit_file(run: RunDir, rank: int):
 
 
 def _write_json(path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data))
 
 
 def _write_result(run: RunDir, rank: int, status: str, failure: Failure | None = None, **fields) -> None:
@@ -66,12 +65,7 @@ def _wait_and_record(run: RunDir, rank: int, child: int) -> int:
     from .watcher import exit_like, relay_signals
 
     relay_signals(child, interrupt=False)  # the supervisor decides what Ctrl-C does
-    while True:
-        try:
-            _, status = os.waitpid(child, 0)
-            break
-        except InterruptedError:
-            continue
+    _, status = os.waitpid(child, 0)  # retried by Python when a relayed signal interrupts it
     number = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     _write_json(exit_file(run, rank), {
         "rank": rank, "pid": child, "time": time.time(), "code": os.waitstatus_to_exitcode(status),
