@@ -1,4 +1,4 @@
-"""Measure training memory and compare it with tuiwiz.memory's estimate.
+"""Measure training memory and compare it with tuiwiz.plan.memory's estimate.
 
 Each point of a matrix (architecture x method x sequence length x micro-batch,
 plus checkpointing, eager attention and the unfused loss) runs in a fresh
@@ -87,7 +87,7 @@ def point_config(point: dict) -> dict:
 
 
 def plan_for(point: dict):
-    from tuiwiz.memory import Plan
+    from tuiwiz.plan.memory import Plan
 
     cuda = point["device"] == "cuda"
     return Plan(
@@ -217,8 +217,8 @@ def build_checkpoints(points: list[dict], folder: Path) -> dict[str, str]:
 
 
 def estimate_point(point: dict, constants=None) -> dict:
-    from tuiwiz.memory import estimate
-    from tuiwiz.modelinfo import model_from_config
+    from tuiwiz.plan.memory import estimate
+    from tuiwiz.plan.modelinfo import model_from_config
 
     model = model_from_config(point_config(point), point["arch"])
     est = estimate(model, plan_for(point), constants=constants)
@@ -254,7 +254,7 @@ def attach_estimates(results: list[dict], constants=None) -> list[dict]:
 
 def fit(results: list[dict]):
     """Grid-search the fitted constants: smallest worst-case error, underestimates penalised."""
-    from tuiwiz.memory import CONSTANTS
+    from tuiwiz.plan.memory import CONSTANTS
 
     fit_set = [r for r in results if not r["point"].get("held_out")]
     best = None
@@ -330,7 +330,7 @@ def _report(args, out: Path, results: list[dict], seconds: int) -> int:
     results = attach_estimates(results)
     import importlib.metadata as md
 
-    from tuiwiz.memory import CONSTANTS
+    from tuiwiz.plan.memory import CONSTANTS
 
     report = {
         "device": args.device,

@@ -1,4 +1,4 @@
-"""Chat engine overhead: time to first token and tokens/s, tuiwiz.chat.ChatEngine vs plain model.generate.
+"""Chat engine overhead: time to first token and tokens/s, tuiwiz.post.chat.ChatEngine vs plain model.generate.
 
 A random Llama (about 60M parameters, fp32) with a LoRA adapter, loaded once by the engine; the
 baseline calls ``generate`` on that same model with the same prompt ids (the chat template applied
@@ -38,7 +38,7 @@ def build(folder: Path) -> tuple[Path, Path]:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from tuiwiz.demo import ensure_demo_model
+    from tuiwiz.demo.build import ensure_demo_model
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_demo_model())
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
@@ -88,7 +88,7 @@ def main() -> int:
         os.environ.setdefault("TUIWIZ_CACHE_DIR", str(Path(tmp) / "cache"))
         import torch
 
-        from tuiwiz.chat import ChatEngine, ChatSource
+        from tuiwiz.post.chat import ChatEngine, ChatSource
 
         base, adapter = build(Path(tmp))
         engine = ChatEngine(ChatSource(base, (("bench", adapter),), adapter, "sft", "bench")).load()

@@ -71,7 +71,7 @@ def main() -> int:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuiwiz.demo import demo_model_dir, qa_pairs
+    from tuiwiz.demo.build import demo_model_dir, qa_pairs
 
     _, held_out = qa_pairs()
     tokenizer = AutoTokenizer.from_pretrained(run / "output")

@@ -1,7 +1,7 @@
 """A long run's event log: summarising a million logged steps, and following a fast writer.
 
 1. Writes an events.jsonl of a million `log` events (about 300 MB) and times
-   `tuiwiz.runs.summarize` (what `tuiwiz runs` and the runs screen do) on it,
+   `tuiwiz.run.rundir.summarize` (what `tuiwiz runs` and the runs screen do) on it,
    and a full parse with `EventTail.read` in 4 MB chunks for comparison.
 2. Follows a writer that appends several thousand events a second for a few
    seconds with `EventTail`, keeping only the last N events as a follower
@@ -27,8 +27,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tuiwiz.events import EventTail, EventWriter  # noqa: E402
-from tuiwiz.runs import RunDir, RunState, summarize, write_state  # noqa: E402
+from tuiwiz.run.events import EventTail, EventWriter  # noqa: E402
+from tuiwiz.run.rundir import RunDir, RunState, summarize, write_state  # noqa: E402
 
 
 def _log_line(step: int, total: int) -> str:

@@ -5,7 +5,7 @@ random non-zero weights on every linear layer (no training needed), then merges 
 in a fresh subprocess:
 
 - ``tuiwiz-merge``: tuiwiz's merge phase alone (read shard, apply deltas, write shard);
-- ``tuiwiz``: ``tuiwiz.merge.merge_run``, the whole command: merge, then verification against peft;
+- ``tuiwiz``: ``tuiwiz.post.merge.merge_run``, the whole command: merge, then verification against peft;
 - ``peft``: load base + adapter, ``merge_and_unload()``, ``save_pretrained`` in the same shard size.
 
 Each child reports its peak resident set (VmHWM, file-backed pages included; not ru_maxrss, which
@@ -71,7 +71,7 @@ def build(workdir: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from tuiwiz.demo import ensure_demo_model
+    from tuiwiz.demo.build import ensure_demo_model
 
     base, run = workdir / "base", workdir / "run"
     if not (base / "model.safetensors.index.json").exists():
@@ -113,14 +113,14 @@ def child(mode: str, run: Path, out: Path) -> dict:
     started = time.perf_counter()
     result: dict = {}
     if mode == "tuiwiz-merge":
-        from tuiwiz.merge import plan_merge
-        from tuiwiz.merge_shards import _merge_shards, _write_index
+        from tuiwiz.post.merge import plan_merge
+        from tuiwiz.post.merge_shards import _merge_shards, _write_index
 
         plan = plan_merge(str(run))
         out.mkdir(parents=True)
         _write_index(out, _merge_shards(plan, out, None), len(plan.shards))
     elif mode == "tuiwiz":
-        from tuiwiz.merge import merge_run
+        from tuiwiz.post.merge import merge_run
 
         merged = merge_run(str(run), out)
         result = {"max_diff": merged.max_diff, "changed_diff": merged.changed_diff,

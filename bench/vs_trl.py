@@ -76,7 +76,7 @@ def run_tuiwiz(work: Path, env: dict, profile: Path) -> dict:
 
 
 def run_bare(work: Path, env: dict, settings: dict) -> dict:
-    from tuiwiz.demo import demo_model_dir, ensure_demo_dataset
+    from tuiwiz.demo.build import demo_model_dir, ensure_demo_dataset
 
     script = work / "bare.py"
     script.write_text(BARE)
@@ -99,7 +99,7 @@ def main() -> int:
     env = {**os.environ, "TUIWIZ_CACHE_DIR": str(work / "cache"), "TUIWIZ_STATE_DIR": str(work / "state"),
            "HF_HUB_OFFLINE": "1"}
     os.environ.update(TUIWIZ_CACHE_DIR=env["TUIWIZ_CACHE_DIR"])
-    from tuiwiz.demo import ensure_demo_datasets, ensure_demo_model
+    from tuiwiz.demo.build import ensure_demo_datasets, ensure_demo_model
 
     ensure_demo_model(), ensure_demo_datasets()  # built once, outside the timings
     data = yaml.safe_load((ROOT / "profiles/quickstart.yaml").read_text())
@@ -108,7 +108,7 @@ def main() -> int:
     profile = work / "quickstart.yaml"
     profile.write_text(yaml.safe_dump(data))
     t, m = data["training"], data["method"]
-    from tuiwiz.profile import TrainingConfig
+    from tuiwiz.profile.schema import TrainingConfig
 
     resolved = TrainingConfig(**t)  # the defaults the profile leaves to tuiwiz
     settings = {"epochs": t["num_train_epochs"], "lr": t["learning_rate"], "batch": t["per_device_train_batch_size"],

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tuiwiz.data import ColumnMap, load_dataset_file, split_validation
+from tuiwiz.data.datasets import ColumnMap, load_dataset_file, split_validation
 from tuiwiz.errors import UserError
 
 from .conftest import run_cli

@@ -17,7 +17,7 @@ QUESTION = [{"role": "user", "content": "What sound does the cow make?"}]
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    from tuiwiz.chat import ChatEngine
+    from tuiwiz.post.chat import ChatEngine
 
     return ChatEngine(str(trained_run(tmp_path_factory, "lora").path)).load()
 
@@ -76,7 +76,7 @@ def test_base_and_fine_tuned_answer_differently_and_the_fine_tuned_learned(engin
 
 
 def test_several_adapters_on_one_base(tmp_path_factory, engine):
-    from tuiwiz.chat import ChatEngine
+    from tuiwiz.post.chat import ChatEngine
 
     dora = trained_run(tmp_path_factory, "dora")
     name = engine.add_adapter(str(dora.path), name="dora")
@@ -98,7 +98,7 @@ def test_several_adapters_on_one_base(tmp_path_factory, engine):
 
 
 def test_a_merged_model_answers_as_base_plus_adapter(tmp_path_factory, engine):
-    from tuiwiz.chat import ChatEngine
+    from tuiwiz.post.chat import ChatEngine
 
     run = trained_run(tmp_path_factory, "lora")
     merged = ChatEngine(str(merged_once(run))).load()
@@ -110,7 +110,7 @@ def test_a_merged_model_answers_as_base_plus_adapter(tmp_path_factory, engine):
 
 
 def test_refuses_a_model_that_does_not_fit(tmp_path_factory):
-    from tuiwiz.chat import ChatEngine
+    from tuiwiz.post.chat import ChatEngine
 
     run = trained_run(tmp_path_factory, "lora")
     small = ChatEngine(str(run.path), memory_budget_mb=1)
@@ -146,7 +146,7 @@ def test_an_answer_is_not_busy_once_its_last_event_is_out():
     import queue
     import threading
 
-    from tuiwiz.chat_server import _Answer
+    from tuiwiz.post.chat_server import _Answer
 
     answer, seen = _Answer(), queue.Queue()
     finishing, lingering = threading.Event(), threading.Event()

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from tuiwiz.data import check_validation_labels, load_dataset_file
+from tuiwiz.data.datasets import check_validation_labels, load_dataset_file
 from tuiwiz.errors import UserError
-from tuiwiz.profile_io import load_profile, parse_profile_text
+from tuiwiz.profile.io import load_profile, parse_profile_text
 
 from .conftest import run_cli
 
@@ -330,7 +330,7 @@ def test_a_validation_file_may_hold_a_single_label(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_without_chat_template(tmp_path_factory):
-    from tuiwiz.demo import ensure_demo_model
+    from tuiwiz.demo.build import ensure_demo_model
 
     demo = ensure_demo_model()
     copy = tmp_path_factory.mktemp("models") / "no-template"
@@ -344,7 +344,7 @@ def model_without_chat_template(tmp_path_factory):
 
 
 def test_chat_data_for_a_model_without_chat_template(model_without_chat_template):
-    from tuiwiz.preflight import check_chat_template
+    from tuiwiz.run.preflight import check_chat_template
 
     demo, bare = model_without_chat_template
     chat = load_dataset_file(CORPUS / "data" / "chat.jsonl")
@@ -367,7 +367,7 @@ def test_chat_data_for_a_model_without_chat_template(model_without_chat_template
 
 
 def test_launch_preflight_refuses_unknown_validation_label(tmp_path):
-    from tuiwiz.launch import preflight
+    from tuiwiz.run.launch import preflight
 
     for name in ("train-labels.jsonl", "validation-unknown-label.jsonl"):
         shutil.copyfile(CORPUS / "data" / name, tmp_path / name)
@@ -382,7 +382,7 @@ def test_launch_preflight_refuses_unknown_validation_label(tmp_path):
 
 
 def test_launch_preflight_refuses_chat_data_without_template(tmp_path, model_without_chat_template):
-    from tuiwiz.launch import preflight
+    from tuiwiz.run.launch import preflight
 
     _, bare = model_without_chat_template
     shutil.copyfile(CORPUS / "data" / "chat.jsonl", tmp_path / "chat.jsonl")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tuiwiz.data import find_problems, load_dataset_file
+from tuiwiz.data.datasets import find_problems, load_dataset_file
 from tuiwiz.errors import UserError
 from tuiwiz.ui.testing import prepared_state, wait_for, widget_text
 

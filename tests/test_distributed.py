@@ -14,8 +14,8 @@ import signal
 import psutil
 import pytest
 
-from tuiwiz.events import read_events
-from tuiwiz.runs import RunDir, read_state
+from tuiwiz.run.events import read_events
+from tuiwiz.run.rundir import RunDir, read_state
 
 from .conftest import process_gone, run_cli, wait_for
 from .test_training import generate, losses, only_run, write_profile
@@ -233,7 +233,7 @@ def test_print_launch_and_node_rank_checks(tmp_path):
 ])
 def test_impossible_combinations_are_refused_at_validation(tmp_path, text, message):
     from tuiwiz.errors import UserError
-    from tuiwiz.profile_io import parse_profile_text
+    from tuiwiz.profile.io import parse_profile_text
 
     with pytest.raises(UserError) as info:
         parse_profile_text(text, file="p.yaml")
@@ -308,7 +308,7 @@ def test_offload_without_enough_cpu_ram_is_refused(tmp_path):
 
 
 def dist_profile(**distributed):
-    from tuiwiz.profile import Profile
+    from tuiwiz.profile.schema import Profile
 
     return Profile.model_validate({"method": {"type": "full"}, "distributed": distributed})
 
@@ -318,7 +318,7 @@ def usable_cpus() -> int:
 
 
 def test_launch_env_numbers_the_chosen_gpus_as_nvml_does():
-    from tuiwiz.distributed import accelerate_config, launch_env
+    from tuiwiz.run.distributed import accelerate_config, launch_env
 
     profile = dist_profile(strategy="ddp", num_processes=2, gpus=[3, 1])
     env = launch_env(profile)
@@ -332,7 +332,7 @@ def test_launch_env_numbers_the_chosen_gpus_as_nvml_does():
 
 
 def test_omp_threads_share_this_machines_cpus_between_its_processes():
-    from tuiwiz.distributed import launch_env
+    from tuiwiz.run.distributed import launch_env
 
     cpus = usable_cpus()
     assert launch_env(dist_profile(strategy="ddp", num_processes=2))["OMP_NUM_THREADS"] == str(max(1, cpus // 2))
@@ -348,8 +348,8 @@ def test_omp_threads_share_this_machines_cpus_between_its_processes():
 PINNED = """
 import os
 os.sched_setaffinity(0, {{{cpu}}})
-from tuiwiz.distributed import launch_env
-from tuiwiz.profile import Profile
+from tuiwiz.run.distributed import launch_env
+from tuiwiz.profile.schema import Profile
 print(launch_env(Profile.model_validate({{"distributed": {{"strategy": "ddp", "num_processes": 1}}}}))["OMP_NUM_THREADS"])
 """
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from tuiwiz.events import EventTail, EventWriter, iter_tail_events, read_events
-from tuiwiz.runs import (RunDir, RunnerLock, RunState, effective_status, find_run, read_state, register, registered_runs,
+from tuiwiz.run.events import EventTail, EventWriter, iter_tail_events, read_events
+from tuiwiz.run.rundir import (RunDir, RunnerLock, RunState, effective_status, find_run, read_state, register, registered_runs,
                          summarize, update_state, write_state)
 from tuiwiz.errors import UserError
 
@@ -108,7 +108,7 @@ def test_one_runner_per_run_dir(tmp_path):
     run = _run(tmp_path)
     first = RunnerLock(run)
     assert first.acquire()
-    code = f"from tuiwiz.runs import RunDir, RunnerLock; from pathlib import Path; print(RunnerLock(RunDir(Path({str(run.path)!r}))).acquire())"
+    code = f"from tuiwiz.run.rundir import RunDir, RunnerLock; from pathlib import Path; print(RunnerLock(RunDir(Path({str(run.path)!r}))).acquire())"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert other.stdout.strip() == "False"
     first.release()

@@ -42,7 +42,7 @@ def test_gguf_f16_reads_back_with_llama_cpp_names_metadata_and_tokenizer(lora_ru
     import gguf
     from transformers import AutoTokenizer
 
-    from tuiwiz.export import export_run
+    from tuiwiz.post.export import export_run
 
     result = export_run(str(lora_run.path), "gguf", tmp_path / "gguf", quant="f16")
     path = next(p for p in result.files if p.suffix == ".gguf")
@@ -112,7 +112,7 @@ def test_gguf_f16_reads_back_with_llama_cpp_names_metadata_and_tokenizer(lora_ru
     # plain Jinja (no transformers extension) renders the GGUF's template as transformers renders the original
     import jinja2
 
-    from tuiwiz.export import PROBE
+    from tuiwiz.post.export import PROBE
 
     plain = jinja2.Environment().from_string(template).render(messages=PROBE, add_generation_prompt=True,
                                                               bos_token=tokenizer.bos_token)
@@ -122,7 +122,7 @@ def test_gguf_f16_reads_back_with_llama_cpp_names_metadata_and_tokenizer(lora_ru
 def test_q8_0_and_ollama_modelfile(lora_run, tmp_path):
     import gguf
 
-    from tuiwiz.export import export_run, permute_qk
+    from tuiwiz.post.export import export_run, permute_qk
 
     result = export_run(str(lora_run.path), "ollama", tmp_path / "ollama", quant="q8_0")
     folder = tmp_path / "ollama"
@@ -147,14 +147,14 @@ def test_q8_0_and_ollama_modelfile(lora_run, tmp_path):
     assert lines[0] == f"FROM ./{path.name}" and (folder / path.name).exists()
     from transformers import AutoTokenizer
 
-    from tuiwiz.export import ollama_template
+    from tuiwiz.post.export import ollama_template
 
     translated = ollama_template(AutoTokenizer.from_pretrained(lora_run.path / "merged"))
     assert translated.exact and f'TEMPLATE """{translated.go}"""' in modelfile
     assert "{{ .Role }}" in translated.go and "{{ .Content }}" in translated.go and "<|im_start|>" in translated.go
     assert not any("approximately" in note for note in result.notes)
     assert 'PARAMETER stop "<|im_end|>"' in lines and 'PARAMETER stop "<|im_start|>"' in lines
-    from tuiwiz.export import sampling_defaults
+    from tuiwiz.post.export import sampling_defaults
 
     sampling = sampling_defaults(lora_run.path / "merged")
     assert f"PARAMETER temperature {sampling['temperature']}" in lines
@@ -164,7 +164,7 @@ def test_q8_0_and_ollama_modelfile(lora_run, tmp_path):
 
 
 def test_ollama_sampling_follows_the_models_generation_config(tmp_path):
-    from tuiwiz.export import OllamaTemplate, modelfile_text, sampling_defaults
+    from tuiwiz.post.export import OllamaTemplate, modelfile_text, sampling_defaults
 
     assert sampling_defaults(tmp_path) == {"temperature": 0.7, "top_p": 0.9}  # tuiwiz chat's, without one
     (tmp_path / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.6,
@@ -194,8 +194,8 @@ LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}{
 def test_chat_templates_translate_to_go(template, go, stops):
     from transformers import AutoTokenizer
 
-    from tuiwiz.demo import ensure_demo_model
-    from tuiwiz.export import modelfile_text, ollama_template
+    from tuiwiz.demo.build import ensure_demo_model
+    from tuiwiz.post.export import modelfile_text, ollama_template
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_demo_model())
     tokenizer.chat_template = template
@@ -215,9 +215,9 @@ def test_merged_and_adapter_exports_reload_and_carry_a_model_card(lora_run, tmp_
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
 
-    from tuiwiz.events import read_events
+    from tuiwiz.run.events import read_events
 
-    from tuiwiz.export import export_run
+    from tuiwiz.post.export import export_run
 
     merged = export_run(str(lora_run.path), "merged", tmp_path / "merged")
     assert merged.location == str(tmp_path / "merged") and any("verified" in note for note in merged.notes)
@@ -244,7 +244,7 @@ def test_merged_and_adapter_exports_reload_and_carry_a_model_card(lora_run, tmp_
 
 
 def test_refusals(lora_run, tmp_path, monkeypatch):
-    from tuiwiz.export import export_run
+    from tuiwiz.post.export import export_run
 
     result = run_cli("export", lora_run.path, "--format", "zip")
     assert result.returncode == 2 and "unknown export format" in result.stderr and "hint" in result.stderr
@@ -283,7 +283,7 @@ def test_gguf_writes_llama3_and_linear_rope_scaling(lora_run, tmp_path, rope):
     from transformers import AutoConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from tuiwiz.export import write_gguf
+    from tuiwiz.post.export import write_gguf
 
     folder = tmp_path / "scaled"
     shutil.copytree(lora_run.path / "merged", folder)
@@ -337,7 +337,7 @@ def test_gguf_writes_a_sentencepiece_tokenizer_as_llama_cpp_does(tmp_path):
     through gguf-py's vocab reader; without a tokenizer.model such a model is refused with a hint."""
     import sentencepiece as spm
 
-    from tuiwiz.export import write_gguf
+    from tuiwiz.post.export import write_gguf
 
     text = tmp_path / "text.txt"
     text.write_text("\n".join(f"The cow number {i} says moo, and the cat says miaow {i * 7}." for i in range(400)))

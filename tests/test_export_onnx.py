@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tuiwiz.errors import UserError
-from tuiwiz.runs import RunDir
+from tuiwiz.run.rundir import RunDir
 
 from .conftest import PROFILES, run_cli
 from .test_merge import copy_run, merged_once
@@ -50,7 +50,7 @@ def classifier_run(tmp_path_factory) -> RunDir:
 def onnx_folder(classifier_run, tmp_path_factory):
     for name in ("onnx", "onnxruntime", "onnxscript"):  # tuiwiz[onnx]; CI installs it with [all]
         pytest.importorskip(name)
-    from tuiwiz.export import export_run
+    from tuiwiz.post.export import export_run
 
     out = tmp_path_factory.mktemp("onnx-export") / "onnx"
     result = export_run(str(classifier_run.path), "onnx", out)
@@ -96,8 +96,8 @@ def test_an_onnx_file_that_differs_from_the_model_is_refused(classifier_run, onn
     import onnx
     from onnx import numpy_helper
 
-    import tuiwiz.export_onnx
-    from tuiwiz.export import export_run
+    import tuiwiz.post.export_onnx
+    from tuiwiz.post.export import export_run
 
     good, _ = onnx_folder
 
@@ -107,7 +107,7 @@ def test_an_onnx_file_that_differs_from_the_model_is_refused(classifier_run, onn
         bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(1e-3), bias.name))
         onnx.save(graph, str(dest))
 
-    monkeypatch.setattr(tuiwiz.export_onnx, "_write_onnx", wrong_by_1e3)
+    monkeypatch.setattr(tuiwiz.post.export_onnx, "_write_onnx", wrong_by_1e3)
     with pytest.raises(UserError, match="does not match the torch model") as info:
         export_run(str(classifier_run.path), "onnx", tmp_path / "bad")
     assert info.value.kind == "verify" and "0.001" in str(info.value)
@@ -117,7 +117,7 @@ def test_an_onnx_file_that_differs_from_the_model_is_refused(classifier_run, onn
 def test_language_models_and_missing_packages_are_refused(classifier_run, tmp_path, monkeypatch):
     import importlib.util
 
-    from tuiwiz.export import export_run
+    from tuiwiz.post.export import export_run
 
     language_model = copy_run(classifier_run, tmp_path / "sft", task="sft")
     with pytest.raises(UserError, match="ONNX export is for classification runs"):
@@ -134,7 +134,7 @@ def test_language_models_and_missing_packages_are_refused(classifier_run, tmp_pa
 
 def test_the_classifier_streams_from_disk_as_it_loads(classifier_run):
     """What merge verification runs: base + adapter, and the merged model, block by block from disk."""
-    from tuiwiz.builtin_models import resolve_builtin
+    from tuiwiz.demo.builtin import resolve_builtin
 
     from .test_merge import assert_streamed_equals_loaded
 
@@ -164,7 +164,7 @@ def test_the_classifier_merge_equals_peft_merge_and_unload(classifier_run):
     base_query = next(k for k in ours if k.endswith("layer.0.attention.self.query.weight"))
     from safetensors import safe_open
 
-    from tuiwiz.builtin_models import resolve_builtin
+    from tuiwiz.demo.builtin import resolve_builtin
 
     base = next(resolve_builtin("minilm").glob("*.safetensors"))
     with safe_open(base, framework="pt") as handle:

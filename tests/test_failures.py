@@ -35,9 +35,9 @@ import pytest
 import yaml
 
 from tuiwiz.errors import UserError
-from tuiwiz.profile_io import load_profile
-from tuiwiz.events import read_events
-from tuiwiz.runs import RunDir, read_state
+from tuiwiz.profile.io import load_profile
+from tuiwiz.run.events import read_events
+from tuiwiz.run.rundir import RunDir, read_state
 from tuiwiz.train.failures import PATIENCE, LossDiverged, LossWatch, NonFiniteLoss, classify
 
 from .conftest import PROFILES, process_gone, run_cli, wait_for
@@ -176,7 +176,7 @@ def test_loss_watch_keeps_its_references_across_a_resume():
 
 @pytest.fixture(scope="module")
 def demo_model():
-    from tuiwiz.demo import ensure_demo_model
+    from tuiwiz.demo.build import ensure_demo_model
 
     return ensure_demo_model()
 
@@ -271,7 +271,7 @@ def test_a_runner_killed_under_its_launcher_reads_killed_by_signal(tmp_path):
 
 
 def test_record_exit_only_for_a_signal_that_ended_a_live_status(tmp_path):
-    from tuiwiz.runs import RunState, record_exit, update_state, write_state
+    from tuiwiz.run.rundir import RunState, record_exit, update_state, write_state
 
     run = RunDir(tmp_path)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -307,7 +307,7 @@ def test_missing_bitsandbytes_for_qlora_is_dependency_missing(tmp_path):
 
 
 def _has_gpu() -> bool:
-    from tuiwiz.hardware import probe
+    from tuiwiz.plan.hardware import probe
 
     return probe().has_gpu
 
@@ -326,9 +326,9 @@ def test_out_of_ram_is_oom_cpu(tmp_path):
     run is made from a small profile and its frozen profile swapped for the big one, as if the estimate had
     been wrong or another program had taken the RAM. The real runner is started as start_runner starts it,
     but under the address-space limit, and followed with `tuiwiz attach`."""
-    from tuiwiz.demo import ensure_demo_dataset
-    from tuiwiz.launch import RUNNER_ENV, create_run
-    from tuiwiz.profile_io import dump_profile
+    from tuiwiz.demo.build import ensure_demo_dataset
+    from tuiwiz.run.launch import RUNNER_ENV, create_run
+    from tuiwiz.profile.io import dump_profile
 
     if _has_gpu():
         pytest.skip("the run would go to the GPU: an address-space limit does not simulate GPU memory")
@@ -474,7 +474,7 @@ def test_classify_keeps_user_errors_and_marks_bugs():
 
 
 def test_check_model_files(tmp_path, demo_model):
-    from tuiwiz.preflight import check_model_files
+    from tuiwiz.run.preflight import check_model_files
 
     check_model_files(demo_model)
     model = tmp_path / "model"
@@ -497,13 +497,13 @@ GB = 10**9
 
 
 def _profile(**sections):
-    from tuiwiz.profile import Profile
+    from tuiwiz.profile.schema import Profile
 
     return Profile.model_validate(sections)
 
 
 def test_disk_need_for_full_fine_tuning_counts_weights_and_adam_states():
-    from tuiwiz.preflight import SMALL_FILES, estimate_disk
+    from tuiwiz.run.preflight import SMALL_FILES, estimate_disk
 
     profile = _profile(method={"type": "full"}, training={"save_total_limit": 2})
     need = estimate_disk(profile, 14 * GB, parameters=7 * GB)  # a 7B model stored in bf16
@@ -517,7 +517,7 @@ def test_disk_need_for_full_fine_tuning_counts_weights_and_adam_states():
 
 
 def test_disk_need_for_an_adapter_is_small_and_counts_saves():
-    from tuiwiz.preflight import SMALL_FILES, estimate_disk
+    from tuiwiz.run.preflight import SMALL_FILES, estimate_disk
 
     lora = _profile(method={"type": "lora"}, training={"max_steps": 1000, "save_steps": 500})
     need = estimate_disk(lora, 14 * GB, parameters=7 * GB, trainable=40_000_000)
@@ -531,7 +531,7 @@ def test_disk_need_for_an_adapter_is_small_and_counts_saves():
 
 
 def test_check_disk_refuses_with_the_numbers(tmp_path):
-    from tuiwiz.preflight import check_disk
+    from tuiwiz.run.preflight import check_disk
 
     profile = _profile(method={"type": "full"})
     with pytest.raises(UserError) as info:
@@ -546,7 +546,7 @@ def test_check_disk_refuses_with_the_numbers(tmp_path):
 
 
 def test_check_ram_refuses_with_the_numbers():
-    from tuiwiz.preflight import RUNTIME_RAM, check_ram, estimate_ram
+    from tuiwiz.run.preflight import RUNTIME_RAM, check_ram, estimate_ram
 
     full = _profile(method={"type": "full"})
     n = 494 * 10**6
@@ -564,7 +564,7 @@ def test_check_ram_refuses_with_the_numbers():
 
 
 def test_check_resources_on_a_real_model_folder(tmp_path, demo_model, monkeypatch):
-    from tuiwiz import preflight
+    from tuiwiz.run import preflight
 
     profile = load_profile(PROFILES / "demo-full.yaml").profile
     preflight.check_resources(profile, demo_model, tmp_path / "runs", device="cpu")

@@ -21,10 +21,10 @@ import yaml
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from tuiwiz.data import DEFAULT_COLUMNS, ColumnMap, load_dataset_file
+from tuiwiz.data.datasets import DEFAULT_COLUMNS, ColumnMap, load_dataset_file
 from tuiwiz.errors import UserError
-from tuiwiz.profile import Profile
-from tuiwiz.profile_io import dump_profile, parse_profile_text
+from tuiwiz.profile.schema import Profile
+from tuiwiz.profile.io import dump_profile, parse_profile_text
 
 from .conftest import PROFILES
 

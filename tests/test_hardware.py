@@ -7,9 +7,9 @@ import psutil
 import pynvml
 import pytest
 
-from tuiwiz import hardware
+from tuiwiz.plan import hardware
 from tuiwiz.errors import UserError
-from tuiwiz.hardware import Machine, NvmlBackend, launch_env, poll_gpus, probe, save_snapshot
+from tuiwiz.plan.hardware import Machine, NvmlBackend, launch_env, poll_gpus, probe, save_snapshot
 
 
 def _nvml_error():

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from tuiwiz.events import read_events
-from tuiwiz.launch import stop_run
-from tuiwiz.runs import RunDir, read_state
+from tuiwiz.run.events import read_events
+from tuiwiz.run.launch import stop_run
+from tuiwiz.run.rundir import RunDir, read_state
 
 from .conftest import process_gone, run_cli, wait_for
 from .test_lifecycle import last_step

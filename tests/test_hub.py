@@ -181,7 +181,7 @@ def test_push_sends_the_adapter_and_its_card_with_the_token_only_in_the_header(l
 
 
 def test_a_refused_push_names_the_repository(lora_run, monkeypatch, hub_client):
-    from tuiwiz.export import export_run
+    from tuiwiz.post.export import export_run
 
     with FakeHub(create_status=403) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)  # read when the push starts, not when huggingface_hub loaded
@@ -196,7 +196,7 @@ def test_a_refused_push_names_the_repository(lora_run, monkeypatch, hub_client):
 
 
 def test_a_failed_lfs_upload_is_a_user_error_and_nothing_is_committed(lora_run, monkeypatch, hub_client):
-    from tuiwiz.export import export_run
+    from tuiwiz.post.export import export_run
 
     with FakeHub(storage_status=403) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
@@ -207,7 +207,7 @@ def test_a_failed_lfs_upload_is_a_user_error_and_nothing_is_committed(lora_run, 
 
 
 def test_an_unreachable_hub_is_a_user_error(lora_run, monkeypatch, hub_client):
-    from tuiwiz.export import export_run
+    from tuiwiz.post.export import export_run
 
     with FakeHub() as hub:
         url = hub.url

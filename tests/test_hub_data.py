@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tuiwiz.data import cached_hub_dataset_files
+from tuiwiz.data.datasets import cached_hub_dataset_files
 
 ROWS = [{"instruction": f"Say {w}", "output": w} for w in ("hi", "bye", "yes", "no")]
 
@@ -84,7 +84,7 @@ def test_the_wizard_previews_a_cached_hub_dataset(hub_cache, tmp_path):
 
 def test_the_runner_reads_the_cached_files_offline(hub_cache, monkeypatch, tmp_path):
     """datasets offline reloads only what it prepared itself; the runner falls back to the files."""
-    from tuiwiz.data import load_hub_dataset
+    from tuiwiz.data.datasets import load_hub_dataset
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
@@ -97,7 +97,7 @@ def test_the_runner_reads_the_cached_files_offline(hub_cache, monkeypatch, tmp_p
 
 @pytest.mark.slow
 def test_a_run_trains_on_a_cached_hub_dataset_offline(hub_cache, tmp_path):
-    from tuiwiz.events import read_events
+    from tuiwiz.run.events import read_events
 
     from .conftest import run_cli
     from .test_training import only_run, write_profile

@@ -72,7 +72,7 @@ class ModelHub(LoopbackServer):
 
 @pytest.fixture
 def demo_folder():
-    from tuiwiz.demo import ensure_demo_model
+    from tuiwiz.demo.build import ensure_demo_model
 
     return ensure_demo_model()
 
@@ -119,7 +119,7 @@ SAME = ("architecture", "model_type", "known_architecture", "num_layers", "hidde
 
 @pytest.mark.parametrize("layout", ["single", "sharded"])
 def test_a_hub_model_reads_as_its_downloaded_folder_without_its_weights(tmp_path, monkeypatch, demo_folder, layout):
-    from tuiwiz.modelinfo import inspect_model
+    from tuiwiz.plan.modelinfo import inspect_model
 
     folder = demo_folder if layout == "single" else sharded_copy(demo_folder, tmp_path / "sharded")
     with ModelHub({"acme/tiny-llama": folder}) as hub:
@@ -144,7 +144,7 @@ def test_a_hub_model_reads_as_its_downloaded_folder_without_its_weights(tmp_path
 
 
 def test_hub_model_errors_name_the_field(tmp_path, monkeypatch, demo_folder):
-    from tuiwiz.modelinfo import inspect_model
+    from tuiwiz.plan.modelinfo import inspect_model
 
     no_config = tmp_path / "adapter-only"
     no_config.mkdir()

@@ -12,9 +12,9 @@ import psutil
 import yaml
 import pytest
 
-from tuiwiz.events import read_events
-from tuiwiz.launch import stop_run, wait_finished
-from tuiwiz.runs import RunDir, read_state
+from tuiwiz.run.events import read_events
+from tuiwiz.run.launch import stop_run, wait_finished
+from tuiwiz.run.rundir import RunDir, read_state
 
 from .conftest import process_gone, run_cli, wait_for
 from .test_training import losses, only_run, write_profile

@@ -40,13 +40,13 @@ def test_light_commands_import_no_training_stack(argv):
 
 @pytest.mark.parametrize(
     "module",
-    ["tuiwiz.cli", "tuiwiz.profile_io", "tuiwiz.runs", "tuiwiz.events", "tuiwiz.launch", "tuiwiz.follow",
-     "tuiwiz.builtin_models", "tuiwiz.data", "tuiwiz.demo", "tuiwiz.rendering", "tuiwiz.distributed",
-     "tuiwiz.probe", "tuiwiz.preflight", "tuiwiz.hardware", "tuiwiz.modelinfo", "tuiwiz.memory", "tuiwiz.recommend",
-     "tuiwiz.fit_cli", "tuiwiz.merge", "tuiwiz.export", "tuiwiz.chat", "tuiwiz.modelcard", "tuiwiz.post_cli",
-     "tuiwiz.export_onnx", "tuiwiz.hub", "tuiwiz.chat_server",
-     "tuiwiz.architectures", "tuiwiz.weights", "tuiwiz.merge_shards", "tuiwiz.merge_verify",
-     "tuiwiz.profile_yaml", "tuiwiz.data_files"],
+    ["tuiwiz.cli.main", "tuiwiz.profile.io", "tuiwiz.run.rundir", "tuiwiz.run.events", "tuiwiz.run.launch", "tuiwiz.run.follow",
+     "tuiwiz.demo.builtin", "tuiwiz.data.datasets", "tuiwiz.demo.build", "tuiwiz.data.rendering", "tuiwiz.run.distributed",
+     "tuiwiz.run.probe", "tuiwiz.run.preflight", "tuiwiz.plan.hardware", "tuiwiz.plan.modelinfo", "tuiwiz.plan.memory", "tuiwiz.plan.recommend",
+     "tuiwiz.cli.plan", "tuiwiz.post.merge", "tuiwiz.post.export", "tuiwiz.post.chat", "tuiwiz.post.modelcard", "tuiwiz.cli.post",
+     "tuiwiz.post.export_onnx", "tuiwiz.post.hub", "tuiwiz.post.chat_server",
+     "tuiwiz.plan.architectures", "tuiwiz.plan.weights", "tuiwiz.post.merge_shards", "tuiwiz.post.merge_verify",
+     "tuiwiz.profile.yaml_tree", "tuiwiz.data.files"],
 )
 def test_core_modules_import_light(module):
     code = f"import sys, {module}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"

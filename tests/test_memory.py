@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tuiwiz.errors import UserError
-from tuiwiz.memory import CONSTANTS, Plan, estimate, trainable_parameters
-from tuiwiz.modelinfo import model_from_config
+from tuiwiz.plan.memory import CONSTANTS, Plan, estimate, trainable_parameters
+from tuiwiz.plan.modelinfo import model_from_config
 
 from .test_modelinfo import load_config, tiny, torch_count, torch_model
 
@@ -202,7 +202,7 @@ def test_breakdown_total_and_disk():
 
 
 def test_plan_from_profiles():
-    from tuiwiz.profile_io import load_profile
+    from tuiwiz.profile.io import load_profile
 
     for path in sorted((ROOT / "profiles").glob("*.yaml")):
         profile = load_profile(path).profile

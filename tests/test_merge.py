@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tuiwiz.errors import UserError
-from tuiwiz.runs import RunDir, read_state
+from tuiwiz.run.rundir import RunDir, read_state
 
 from .conftest import PROFILES, run_cli
 
@@ -31,7 +31,7 @@ def sharded_demo_base(root: Path) -> Path:
     """The demo model saved again in at least four shards."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuiwiz.demo import ensure_demo_model
+    from tuiwiz.demo.build import ensure_demo_model
 
     folder = root / "demo-sharded"
     if not (folder / "model.safetensors.index.json").exists():
@@ -74,7 +74,7 @@ def trained_run(tmp_path_factory, name: str) -> RunDir:
 
 def merged_once(run: RunDir) -> Path:
     """The run's verified merge in RUN/merged (where exports look for it), made once."""
-    from tuiwiz.merge import merge_run
+    from tuiwiz.post.merge import merge_run
 
     with open(run.path / ".merge-test.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -113,7 +113,7 @@ def merged_tensors(folder: Path) -> dict:
 def test_shard_merge_equals_peft_merge_and_unload(tmp_path_factory, tmp_path, name):
     import torch
 
-    from tuiwiz.merge import merge_run, plan_merge
+    from tuiwiz.post.merge import merge_run, plan_merge
 
     run = trained_run(tmp_path_factory, name)
     plan = plan_merge(str(run.path))
@@ -145,8 +145,8 @@ def assert_streamed_equals_loaded(run: RunDir, folder: Path, *, adapter: bool, r
     import torch
     from transformers import AutoTokenizer
 
-    from tuiwiz.merge import plan_merge
-    from tuiwiz.merge_verify import _logits, load_model, streamed_model
+    from tuiwiz.post.merge import plan_merge
+    from tuiwiz.post.merge_verify import _logits, load_model, streamed_model
 
     source = plan_merge(str(run.path)).source
     tokenizer = AutoTokenizer.from_pretrained(source.path)
@@ -169,7 +169,7 @@ def assert_streamed_equals_loaded(run: RunDir, folder: Path, *, adapter: bool, r
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_streamed_model_gives_the_loaded_models_logits(tmp_path_factory, name):
     run = trained_run(tmp_path_factory, name)
-    from tuiwiz.merge import plan_merge
+    from tuiwiz.post.merge import plan_merge
 
     assert_streamed_equals_loaded(run, plan_merge(str(run.path)).source.base_model, adapter=True)
 
@@ -202,8 +202,8 @@ def _no_leftovers(parent: Path, name: str) -> None:
 
 @pytest.mark.parametrize("fault", ["double-scale", "skip-one-module", "skip-all"])
 def test_verification_catches_a_wrong_merge(tmp_path_factory, tmp_path, monkeypatch, fault):
-    import tuiwiz.merge as merge
-    import tuiwiz.merge_shards as merge_shards
+    import tuiwiz.post.merge as merge
+    import tuiwiz.post.merge_shards as merge_shards
 
     run = trained_run(tmp_path_factory, "lora")
     if fault == "double-scale":
@@ -227,7 +227,7 @@ def test_verification_catches_a_wrong_merge(tmp_path_factory, tmp_path, monkeypa
 
 
 def test_refuses_when_memory_or_disk_is_short(tmp_path_factory, tmp_path, monkeypatch):
-    from tuiwiz.merge import merge_run, plan_merge
+    from tuiwiz.post.merge import merge_run, plan_merge
 
     run = trained_run(tmp_path_factory, "lora")
     plan = plan_merge(str(run.path))
@@ -249,7 +249,7 @@ def test_refuses_when_memory_or_disk_is_short(tmp_path_factory, tmp_path, monkey
     ("full", "nothing to merge"), ("bitfit", "nothing to merge"),
 ])
 def test_refuses_methods_that_do_not_merge(tmp_path_factory, tmp_path, method, expected):
-    from tuiwiz.merge import plan_merge
+    from tuiwiz.post.merge import plan_merge
 
     run = copy_run(trained_run(tmp_path_factory, "lora"), tmp_path / "copy", method=method)
     with pytest.raises(UserError) as info:
@@ -258,7 +258,7 @@ def test_refuses_methods_that_do_not_merge(tmp_path_factory, tmp_path, method, e
 
 
 def test_refuses_unfinished_runs_and_notes_qlora(tmp_path_factory, tmp_path):
-    from tuiwiz.merge import plan_merge
+    from tuiwiz.post.merge import plan_merge
 
     source = trained_run(tmp_path_factory, "lora")
     qlora = copy_run(source, tmp_path / "qlora", method="qlora")
@@ -285,7 +285,7 @@ def _gpt2():
 def _demo():
     from transformers import AutoModelForCausalLM
 
-    from tuiwiz.demo import ensure_demo_model
+    from tuiwiz.demo.build import ensure_demo_model
 
     return AutoModelForCausalLM.from_pretrained(ensure_demo_model())
 
@@ -297,7 +297,7 @@ def test_delta_formulas_equal_peft_for_more_variants(tmp_path, case):
     import peft
     import torch
 
-    from tuiwiz.merge_shards import _merged_bias, _merged_weight, _read_adapter
+    from tuiwiz.post.merge_shards import _merged_bias, _merged_weight, _read_adapter
 
     model, config = {
         "adalora": (_demo, lambda: peft.AdaLoraConfig(task_type="CAUSAL_LM", total_step=100, init_r=6, target_r=4,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tuiwiz.architectures import config_parameter_count
+from tuiwiz.plan.architectures import config_parameter_count
 from tuiwiz.errors import UserError
-from tuiwiz.modelinfo import cached_models, inspect_model, model_from_config
-from tuiwiz.weights import read_safetensors_header
+from tuiwiz.plan.modelinfo import cached_models, inspect_model, model_from_config
+from tuiwiz.plan.weights import read_safetensors_header
 
 CONFIGS = Path(__file__).parent / "fixtures" / "configs"
 CONFIG_NAMES = sorted(p.stem for p in CONFIGS.glob("*.json"))

@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 import yaml
 
-from tuiwiz.hardware import probe as probe_hardware
-from tuiwiz.probe import probe
-from tuiwiz.profile_io import load_profile
+from tuiwiz.plan.hardware import probe as probe_hardware
+from tuiwiz.run.probe import probe
+from tuiwiz.profile.io import load_profile
 
 from .conftest import run_cli
 from .test_training import write_profile

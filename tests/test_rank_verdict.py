@@ -85,7 +85,7 @@ def test_an_exception_on_a_rank_still_wins_over_the_ranks_ended_because_of_it():
 PARENT = """
 import os, sys
 from pathlib import Path
-from tuiwiz.runs import RunDir
+from tuiwiz.run.rundir import RunDir
 from tuiwiz.train.worker import _wait_and_record, logs_dir
 
 run = RunDir(Path(sys.argv[1]))

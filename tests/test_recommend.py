@@ -7,11 +7,11 @@ import sys
 import pytest
 
 from tuiwiz.errors import UserError
-from tuiwiz.hardware import probe
-from tuiwiz.memory import estimate
-from tuiwiz.modelinfo import model_from_config
-from tuiwiz.profile import DEFAULT_LEARNING_RATE, Profile
-from tuiwiz.recommend import DataStats, choose_seq_len, recommend, step_down, to_profile
+from tuiwiz.plan.hardware import probe
+from tuiwiz.plan.memory import estimate
+from tuiwiz.plan.modelinfo import model_from_config
+from tuiwiz.profile.schema import DEFAULT_LEARNING_RATE, Profile
+from tuiwiz.plan.recommend import DataStats, choose_seq_len, recommend, step_down, to_profile
 
 from .conftest import ROOT
 from .test_modelinfo import load_config
@@ -173,7 +173,7 @@ def test_step_down_without_consent_and_on_cpu():
 HEAVY = ("torch", "transformers", "peft", "trl", "bitsandbytes", "deepspeed", "datasets", "textual")
 CHECK = """
 import json, sys
-from tuiwiz import fit_cli
+from tuiwiz.cli import plan as fit_cli
 code = fit_cli.main({argv!r})
 print(json.dumps([code, sorted(m for m in {heavy!r} if m in sys.modules)]), file=sys.stderr)
 """
@@ -208,7 +208,7 @@ def test_fit_commands_output(tmp_path):
                                "--write", str(tmp_path / "p.yaml"))
     report = json.loads(out)
     assert code == 0 and report["options"][0]["fits"] and report["seq_len"] == 128
-    from tuiwiz.profile_io import load_profile
+    from tuiwiz.profile.io import load_profile
 
     written = load_profile(tmp_path / "p.yaml").profile
     assert written.method.type == report["options"][0]["plan"]["method"] and written.model.name_or_path == "minilm"
@@ -216,8 +216,8 @@ def test_fit_commands_output(tmp_path):
     assert code == 2
 
 
-@pytest.mark.parametrize("module", ["tuiwiz.hardware", "tuiwiz.modelinfo", "tuiwiz.memory", "tuiwiz.recommend",
-                                    "tuiwiz.fit_cli"])
+@pytest.mark.parametrize("module", ["tuiwiz.plan.hardware", "tuiwiz.plan.modelinfo", "tuiwiz.plan.memory", "tuiwiz.plan.recommend",
+                                    "tuiwiz.cli.plan"])
 def test_modules_import_light(module):
     code = f"import sys, {module}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -234,8 +234,8 @@ def test_to_profile_carries_the_distributed_strategy():
 
 
 def test_token_stats_of_the_demo_data():
-    from tuiwiz.modelinfo import inspect_model
-    from tuiwiz.rendering import token_stats
+    from tuiwiz.plan.modelinfo import inspect_model
+    from tuiwiz.data.rendering import token_stats
 
     stats = token_stats("demo:alpaca", inspect_model("demo", build_demo=True))
     assert stats.rows == 153 and 10 < stats.p50 <= stats.p95 <= stats.max < 64

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tuiwiz.demo import ensure_demo_dataset, ensure_demo_model
-from tuiwiz.rendering import ModelText, length_stats
+from tuiwiz.demo.build import ensure_demo_dataset, ensure_demo_model
+from tuiwiz.data.rendering import ModelText, length_stats
 
 LLAMA3 = (
     "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
@@ -70,7 +70,7 @@ def test_alpaca_rendering_and_counts_match_the_trainer(demo):
 
 
 def test_length_stats_on_demo_data(demo):
-    from tuiwiz.data import load_dataset_file
+    from tuiwiz.data.datasets import load_dataset_file
 
     data = load_dataset_file(ensure_demo_dataset("alpaca"))
     stats = length_stats(data.records, data.format, ModelText(demo), max_length=24)

@@ -36,8 +36,8 @@ import pytest
 import yaml
 
 from tuiwiz.errors import UserError
-from tuiwiz.profile import Profile
-from tuiwiz.profile_io import load_profile, parse_profile_text
+from tuiwiz.profile.schema import Profile
+from tuiwiz.profile.io import load_profile, parse_profile_text
 
 from .conftest import PROFILES, ROOT, run_cli
 from .test_training import only_run, write_profile
@@ -80,8 +80,8 @@ def test_trust_remote_code_is_off_unless_the_profile_sets_it(tmp_path):
     for path in PROFILES.glob("*.yaml"):
         assert load_profile(path).profile.model.trust_remote_code is False, path
     # The frozen copy in a run dir says so explicitly.
-    from tuiwiz.demo import ensure_demo_dataset
-    from tuiwiz.launch import create_run
+    from tuiwiz.demo.build import ensure_demo_dataset
+    from tuiwiz.run.launch import create_run
 
     ensure_demo_dataset("alpaca")
     run = create_run(load_profile(write_profile(tmp_path, "quickstart.yaml")))
@@ -334,8 +334,8 @@ def test_run_name_cannot_hold_a_path(name):
 
 @pytest.mark.parametrize("stem", ["..", "...", "-x", "a b", "name.with.dots", "ünï"])
 def test_runs_land_inside_runs_dir_whatever_the_profile_is_called(tmp_path, stem):
-    from tuiwiz.demo import ensure_demo_dataset
-    from tuiwiz.launch import create_run
+    from tuiwiz.demo.build import ensure_demo_dataset
+    from tuiwiz.run.launch import create_run
 
     ensure_demo_dataset("alpaca")
     folder = tmp_path / "profiles"

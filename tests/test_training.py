@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuiwiz.events import read_events
-from tuiwiz.runs import RunDir, read_state
+from tuiwiz.run.events import read_events
+from tuiwiz.run.rundir import RunDir, read_state
 
 from .conftest import PROFILES, run_cli
 
@@ -114,7 +114,7 @@ def test_classification_on_pretrained_minilm(tmp_path):
 
 def build_trainer(tmp_path: Path, base: str, **overrides):
     """The runner's own trainer for a shipped profile, built in this process (nothing trains)."""
-    from tuiwiz.profile_io import load_profile
+    from tuiwiz.profile.io import load_profile
     from tuiwiz.train.runner import _build_trainer
 
     tmp_path.mkdir(exist_ok=True)
@@ -151,7 +151,7 @@ def first_batch(trainer, tokenizer) -> list[tuple[str, list[str]]]:
 
 
 def test_sft_loss_is_on_the_completion_only(tmp_path):
-    from tuiwiz.demo import resolve_demo_uri
+    from tuiwiz.demo.build import resolve_demo_uri
 
     def records(name: str) -> list[dict]:
         return [json.loads(line) for line in resolve_demo_uri(f"demo:{name}").read_text().splitlines() if line]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tuiwiz.errors import UserError
-from tuiwiz.profile import Profile
+from tuiwiz.profile.schema import Profile
 from tuiwiz.ui.choices import (WizardState, check_profile_name, form_fields, form_values, headless_command,
                                is_hub_dataset, profile_from_form)
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tuiwiz.events import read_events
-from tuiwiz.runs import ACTIVE, effective_status
+from tuiwiz.run.events import read_events
+from tuiwiz.run.rundir import ACTIVE, effective_status
 from tuiwiz.ui.app import TuiwizApp
 from tuiwiz.ui.choices import WizardState, save_and_launch
 from tuiwiz.ui.testing import prepared_state, screen_text, wait_for, widget_text
@@ -161,7 +161,7 @@ async def test_a_runner_killed_by_a_signal_shows_the_signal_in_the_monitor(ui_en
     import os
     import signal
 
-    from tuiwiz.runs import read_state
+    from tuiwiz.run.rundir import read_state
 
     state = prepared_state(ui_env, until="review", option="cpu-lora", max_steps=300)
     run, proc, _ = save_and_launch(state, state.profile, state.profile_name)

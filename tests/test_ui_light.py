@@ -29,7 +29,7 @@ async def main():
             await wait_for(pilot, lambda: name() == screen and app.screen.ready(), timeout=60)
             await pilot.press("ctrl+n")
         await wait_for(pilot, lambda: name() == "ReviewScreen")
-        app.open_monitor(__import__("tuiwiz.runs", fromlist=["RunDir"]).RunDir(
+        app.open_monitor(__import__("tuiwiz.run.rundir", fromlist=["RunDir"]).RunDir(
             write_fixture_run(work / "runs", status="completed")))
         await wait_for(pilot, lambda: name() == "MonitorScreen" and app.screen.snapshot is not None)
         await pilot.press("f2")

@@ -9,8 +9,8 @@ import yaml
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from tuiwiz.profile_io import load_profile
-from tuiwiz.runs import read_state, registered_runs
+from tuiwiz.profile.io import load_profile
+from tuiwiz.run.rundir import read_state, registered_runs
 from tuiwiz.ui.app import TuiwizApp
 from tuiwiz.ui.choices import WizardState
 from tuiwiz.ui.plain import run_plain

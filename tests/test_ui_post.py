@@ -75,7 +75,7 @@ async def test_chat_streams_text_before_the_answer_ends(ui_env, tmp_path_factory
         bubble = screen.query(".chat-answer").last()
         partial_text, shown = seen[0]
         # the column follows the answer's end: some of its last words are on the screen
-        from tuiwiz.chat import printable
+        from tuiwiz.post.chat import printable
 
         last_words = [word for word in printable(partial_text).split()[-12:] if len(word) >= 3]
         assert any(word in shown for word in last_words), (last_words, shown)
@@ -92,7 +92,7 @@ async def test_chat_streams_text_before_the_answer_ends(ui_env, tmp_path_factory
         await pilot.press("ctrl+l")
         assert screen.histories["tuned"] == [] and not screen.query(".chat-answer")
         # another run's adapter on the same base, picked with ctrl+o from the runs tuiwiz knows, then switched to
-        from tuiwiz.runs import register
+        from tuiwiz.run.rundir import register
 
         dora = trained_run(tmp_path_factory, "dora")
         register(dora)  # as every run tuiwiz starts is
@@ -210,7 +210,7 @@ def test_a_cancelled_job_removes_what_it_wrote(tmp_path):
 import shutil, sys, time
 from pathlib import Path
 sys.path.insert(0, {str(ROOT)!r})
-from tuiwiz.jsonl import run_job
+from tuiwiz.post.jsonl import run_job
 staging = Path({str(tmp_path / "staging")!r})
 def job(channel):
     staging.mkdir()

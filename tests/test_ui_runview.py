@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tuiwiz.runs import RunDir
+from tuiwiz.run.rundir import RunDir
 from tuiwiz.ui import runview
 from tuiwiz.ui.runview import RunReader, Series
 from tuiwiz.ui.testing import write_fixture_run

@@ -74,7 +74,7 @@ async def test_model_screen_details_and_unknown_hub_id(ui_env):
 async def test_model_screen_keeps_a_folder_chosen_earlier(ui_env):
     """Back on the Model step (from Data), a folder typed earlier stays chosen: the list's first entry
     is not read in its place."""
-    from tuiwiz.demo import demo_model_dir
+    from tuiwiz.demo.build import demo_model_dir
 
     folder = str(demo_model_dir())
     state = prepared_state(ui_env, until="data", model=folder)
@@ -92,7 +92,7 @@ async def test_model_screen_keeps_a_folder_chosen_earlier(ui_env):
 
 
 async def test_model_screen_local_folder_picker(ui_env):
-    from tuiwiz.demo import demo_model_dir
+    from tuiwiz.demo.build import demo_model_dir
 
     state = prepared_state(ui_env, until="model")
     state.workdir = demo_model_dir().parent
@@ -258,14 +258,14 @@ async def test_review_shows_profile_path_and_command(ui_env):
 
 
 def several_nodes(profile, count: int):
-    from tuiwiz.profile import DistributedConfig, NodesConfig
+    from tuiwiz.profile.schema import DistributedConfig, NodesConfig
 
     nodes = NodesConfig(count=count, main_address="10.1.2.3")
     return profile.model_copy(update={"distributed": DistributedConfig(strategy="ddp", nodes=nodes)})
 
 
 async def test_review_of_a_two_node_profile_shows_every_nodes_command(ui_env):
-    from tuiwiz.profile_io import save_profile
+    from tuiwiz.profile.io import save_profile
 
     from .conftest import run_cli
 
@@ -421,7 +421,7 @@ async def test_monitor_next_actions_after_a_completed_run(ui_env):
 async def test_model_with_remote_code_asks_before_trusting_it(ui_env, tmp_path, answer):
     import shutil
 
-    from tuiwiz.demo import demo_model_dir
+    from tuiwiz.demo.build import demo_model_dir
     from tuiwiz.ui.choices import remote_code
 
     folder = tmp_path / "custom-model"
@@ -455,7 +455,7 @@ async def test_model_screen_reads_a_hub_model_not_downloaded_and_the_data_step_u
         ui_env, monkeypatch, tmp_path):
     """Typed by keys: a hub id not in the cache is read from the (fake, loopback) Hub's metadata; Next is
     allowed, and the Data step renders its samples with the tokenizer fetched beside that metadata."""
-    from tuiwiz.demo import demo_model_dir
+    from tuiwiz.demo.build import demo_model_dir
 
     from .test_hub_model import ModelHub, online
 
@@ -484,7 +484,7 @@ async def test_model_screen_reads_a_hub_model_not_downloaded_and_the_data_step_u
                            and "p50" in widget_text(app.screen.query_one("#length-stats")), timeout=30)
             # the same text the downloaded model's own template and tokenizer give
             record, shown = app.screen.checked.data.records[0], app.screen.sample_texts[0].plain
-    from tuiwiz.rendering import ModelText
+    from tuiwiz.data.rendering import ModelText
     from tuiwiz.ui.render import rendered_text
 
     assert any(name == "tokenizer.json" for name, _ in hub.reads)
@@ -494,7 +494,7 @@ async def test_model_screen_reads_a_hub_model_not_downloaded_and_the_data_step_u
 async def test_a_worker_that_fails_unexpectedly_is_said_not_waited_for(ui_env, monkeypatch):
     """A bug in a background task (here: inspecting a model raises a RuntimeError) shows a notice naming it,
     and the step stops saying "reading…"."""
-    import tuiwiz.modelinfo
+    import tuiwiz.plan.modelinfo
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom in inspect")
@@ -502,7 +502,7 @@ async def test_a_worker_that_fails_unexpectedly_is_said_not_waited_for(ui_env, m
     app = app_at(prepared_state(ui_env, until="model"), "model")
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: on(app, "ModelScreen") and app.screen.ready(), timeout=60)
-        monkeypatch.setattr(tuiwiz.modelinfo, "inspect_model", broken)
+        monkeypatch.setattr(tuiwiz.plan.modelinfo, "inspect_model", broken)
         app.screen.inspect("demo")
         await wait_for(pilot, lambda: "failed: RuntimeError" in widget_text(app.screen.query_one("#nav-message")))
         [notice] = list(app._notifications)
@@ -514,7 +514,7 @@ async def test_a_worker_that_fails_unexpectedly_is_said_not_waited_for(ui_env, m
 async def test_review_probes_before_launch_and_quitting_ends_the_probe(ui_env):
     """The probe starts as Review opens and Launch waits for it; quitting meanwhile ends the probe's runner
     and removes its folder, without the "keeps training" question (a probe is not the user's run)."""
-    from tuiwiz.runs import process_alive, read_state, registered_runs
+    from tuiwiz.run.rundir import process_alive, read_state, registered_runs
 
     app = app_at(prepared_state(ui_env, until="review", option="cpu-lora", probe_first=True), "review")
     async with app.run_test(size=SIZE) as pilot:

@@ -121,8 +121,8 @@ def test_tmux_kill_session_leaves_the_run_going_and_the_app_attaches(tmp_path, d
     the app that attached to it. The run trains on to completion both times."""
     import yaml
 
-    from tuiwiz.events import read_events
-    from tuiwiz.runs import RunDir, read_state
+    from tuiwiz.run.events import read_events
+    from tuiwiz.run.rundir import RunDir, read_state
 
     from .conftest import PROFILES, wait_for
 

@@ -10,9 +10,9 @@ import psutil
 import torch
 from transformers import TrainerCallback
 
-from ..events import EventWriter
-from .failures import LossDiverged, LossWatch, NonFiniteLoss
-from .stop import StopFlag
+from tuiwiz.run.events import EventWriter
+from tuiwiz.train.failures import LossDiverged, LossWatch, NonFiniteLoss
+from tuiwiz.train.stop import StopFlag
 
 
 def memory_snapshot() -> dict:

@@ -1,11 +1,11 @@
-"""From normalised records (tuiwiz.data) to the datasets the trainers take."""
+"""From normalised records (tuiwiz.data.datasets) to the datasets the trainers take."""
 
 from __future__ import annotations
 
-from ..data import LoadedData
-from ..errors import UserError
-from ..profile import Profile
-from ..rendering import ALPACA_PROMPT, ALPACA_PROMPT_INPUT, alpaca_messages
+from tuiwiz.data.datasets import LoadedData
+from tuiwiz.errors import UserError
+from tuiwiz.profile.schema import Profile
+from tuiwiz.data.rendering import ALPACA_PROMPT, ALPACA_PROMPT_INPUT, alpaca_messages
 
 
 def _alpaca_rows(records, tokenizer) -> list[dict]:

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..errors import UserError
+from tuiwiz.errors import UserError
 
 
 @dataclass(frozen=True)

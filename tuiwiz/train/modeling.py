@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UserError
-from ..profile import Profile
+from tuiwiz.errors import UserError
+from tuiwiz.profile.schema import Profile
 
 
 @dataclass(frozen=True)

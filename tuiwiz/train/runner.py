@@ -17,21 +17,21 @@ from pathlib import Path
 
 import psutil
 
-from .. import __version__
-from ..atomic import write_text_atomic
-from ..errors import UserError
-from ..events import EventWriter
-from ..profile import Profile
-from ..profile_io import load_profile
-from ..runs import RunDir, RunnerLock, update_state
-from .failures import Failure, RanksFailed, classify
-from .stop import StopFlag
+from tuiwiz import __version__
+from tuiwiz.files import write_text_atomic
+from tuiwiz.errors import UserError
+from tuiwiz.run.events import EventWriter
+from tuiwiz.profile.schema import Profile
+from tuiwiz.profile.io import load_profile
+from tuiwiz.run.rundir import RunDir, RunnerLock, update_state
+from tuiwiz.train.failures import Failure, RanksFailed, classify
+from tuiwiz.train.stop import StopFlag
 
 
 def _load_data(profile: Profile):
-    from ..data import ColumnMap, check_validation_labels, load_dataset_file, load_hub_dataset, split_validation
-    from ..demo import resolve_demo_uri
-    from ..profile_io import is_local_data
+    from tuiwiz.data.datasets import ColumnMap, check_validation_labels, load_dataset_file, load_hub_dataset, split_validation
+    from tuiwiz.demo.build import resolve_demo_uri
+    from tuiwiz.profile.io import is_local_data
 
     columns = ColumnMap(**profile.data.columns.model_dump())
     options = dict(format=profile.data.format, columns=columns, task=profile.task, limit=profile.data.limit)
@@ -98,7 +98,7 @@ def _training_kwargs(profile: Profile, precision, run: RunDir, has_eval: bool) -
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         dataloader_num_workers=0,
     )
-    from ..distributed import DEEPSPEED_CONFIG, deepspeed_config
+    from tuiwiz.run.distributed import DEEPSPEED_CONFIG, deepspeed_config
 
     if deepspeed_config(profile) is not None:
         kwargs["deepspeed"] = str(run.path / DEEPSPEED_CONFIG)
@@ -134,10 +134,10 @@ def _build_trainer(profile: Profile, run: RunDir, callbacks: list):
     import transformers
     from datasets import Dataset
 
-    from ..builtin_models import is_builtin, resolve_builtin
-    from .callbacks import AdaLoraCallback
-    from .examples import classification_dataset, sft_rows
-    from .modeling import apply_method, count_parameters, load_model, load_tokenizer, resolve_precision
+    from tuiwiz.demo.builtin import is_builtin, resolve_builtin
+    from tuiwiz.train.callbacks import AdaLoraCallback
+    from tuiwiz.train.examples import classification_dataset, sft_rows
+    from tuiwiz.train.modeling import apply_method, count_parameters, load_model, load_tokenizer, resolve_precision
 
     transformers.logging.set_verbosity_warning()
     precision = resolve_precision(profile)
@@ -258,7 +258,7 @@ def _versions() -> dict:
 def _train(run: RunDir, profile: Profile, *, resume: bool, events: EventWriter | None,
            stop: StopFlag) -> tuple[str, dict]:
     """Build, train, save. Returns (status, fields): completed, or stopped with the checkpoint."""
-    from .callbacks import RunnerCallback
+    from tuiwiz.train.callbacks import RunnerCallback
 
     callback = RunnerCallback(events, stop)
     trainer, info = _build_trainer(profile, run, [callback])
@@ -305,10 +305,10 @@ def _recover(run: RunDir, profile: Profile, events: EventWriter, failure: Failur
 
     Returns only when there is nothing to recover to.
     """
-    from ..hardware import probe as probe_hardware
-    from ..modelinfo import inspect_model
-    from ..profile_io import dump_profile
-    from ..recommend import step_down
+    from tuiwiz.plan.hardware import probe as probe_hardware
+    from tuiwiz.plan.modelinfo import inspect_model
+    from tuiwiz.profile.io import dump_profile
+    from tuiwiz.plan.recommend import step_down
 
     step = step_down(profile, inspect_model(profile.model.name_or_path, profile.model.revision, build_demo=True),
                      probe_hardware(run.path), allow_truncation=False)
@@ -363,11 +363,11 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
     """
     run = RunDir(Path(run_dir).resolve())
     if worker:
-        from .worker import run_worker
+        from tuiwiz.train.worker import run_worker
 
         return run_worker(run, resume=resume)
     if not watched:
-        from .watcher import fork_watcher
+        from tuiwiz.train.watcher import fork_watcher
 
         code = fork_watcher(run)
         if code is not None:
@@ -404,10 +404,10 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
                      watcher_create_time=watcher.create_time() if watcher else None, exit_code=None, error=None)
         events.emit("status", status="loading", resume=resume)
         profile = load_profile(run.profile).profile
-        from ..distributed import is_distributed
+        from tuiwiz.run.distributed import is_distributed
 
         if is_distributed(profile):
-            from .supervisor import supervise
+            from tuiwiz.train.supervisor import supervise
 
             return supervise(run, profile, events, finish, resume=resume, node_rank=node_rank, stop=stop)
         status, fields = _train(run, profile, resume=resume, events=events, stop=stop)

@@ -19,14 +19,14 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from ..distributed import is_distributed, launch_env, worker_argv, write_launch_files
-from ..events import EventWriter
-from ..paths import cache_dir
-from ..profile import Profile
-from ..runs import RunDir
-from .failures import Failure, RanksFailed
-from .stop import StopFlag, end_children
-from .worker import STOP_REQUEST, exit_file, logs_dir, result_file
+from tuiwiz.run.distributed import is_distributed, launch_env, worker_argv, write_launch_files
+from tuiwiz.run.events import EventWriter
+from tuiwiz.paths import cache_dir
+from tuiwiz.profile.schema import Profile
+from tuiwiz.run.rundir import RunDir
+from tuiwiz.train.failures import Failure, RanksFailed
+from tuiwiz.train.stop import StopFlag, end_children
+from tuiwiz.train.worker import STOP_REQUEST, exit_file, logs_dir, result_file
 
 GRACE_SECONDS = 30  # after the launcher exits, how long stray ranks get before SIGKILL
 

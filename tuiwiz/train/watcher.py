@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 
-from ..runs import RunDir
+from tuiwiz.run.rundir import RunDir
 
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 # Signals whose default action dumps core: for these the parent exits 128+N instead of raising them.
@@ -41,7 +41,7 @@ def _become_subreaper() -> None:
 
 
 def _end_leftovers() -> None:
-    from .stop import end_children
+    from tuiwiz.train.stop import end_children
 
     end_children(GRACE_SECONDS)
 
@@ -93,7 +93,7 @@ def fork_watcher(run: RunDir) -> int | None:
     relay_signals(child, interrupt=True)
     status = _wait_for(child)
     if os.WIFSIGNALED(status):
-        from ..runs import record_exit
+        from tuiwiz.run.rundir import record_exit
 
         number = os.WTERMSIG(status)
         record_exit(run, -number, check_process=False)  # a no-op when the child wrote its end (a forced stop)

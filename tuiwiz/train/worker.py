@@ -19,11 +19,11 @@ import sys
 import time
 import traceback
 
-from ..atomic import write_text_atomic
-from ..events import EventWriter
-from ..profile_io import load_profile
-from ..runs import RunDir
-from .failures import Failure, classify
+from tuiwiz.files import write_text_atomic
+from tuiwiz.run.events import EventWriter
+from tuiwiz.profile.io import load_profile
+from tuiwiz.run.rundir import RunDir
+from tuiwiz.train.failures import Failure, classify
 
 STOP_REQUEST = "stop.request"
 
@@ -62,7 +62,7 @@ def _own_log(run: RunDir, rank: int) -> None:
 
 def _wait_and_record(run: RunDir, rank: int, child: int) -> int:
     """The parent's part: wait for the child, write how it ended, return the code to exit with."""
-    from .watcher import exit_like, relay_signals
+    from tuiwiz.train.watcher import exit_like, relay_signals
 
     relay_signals(child, interrupt=False)  # the supervisor decides what Ctrl-C does
     _, status = os.waitpid(child, 0)  # retried by Python when a relayed signal interrupts it
@@ -104,8 +104,8 @@ def run_worker(run: RunDir, *, resume: bool) -> int:
 def _run_rank(run: RunDir, rank: int, *, resume: bool) -> int:
     import faulthandler
 
-    from .runner import _train
-    from .stop import StopFlag
+    from tuiwiz.train.runner import _train
+    from tuiwiz.train.stop import StopFlag
 
     faulthandler.enable(all_threads=True)  # a native crash leaves its Python stack in the rank's log
     (logs_dir(run) / f"rank{rank}.pid").write_text(str(os.getpid()))

@@ -10,10 +10,10 @@ from __future__ import annotations
 def run_wizard(plain: bool = False) -> int:
     """Run the wizard in this terminal; returns the process exit code."""
     if plain:
-        from .plain import run_plain
+        from tuiwiz.ui.plain import run_plain
 
         return run_plain()
-    from .app import TuiwizApp
+    from tuiwiz.ui.app import TuiwizApp
 
     app = TuiwizApp()
     try:

@@ -17,12 +17,12 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from .choices import STEPS, WizardState
+from tuiwiz.ui.choices import STEPS, WizardState
 
 
 def _active_runs() -> list:
     """Registered runs whose runner is alive, newest first (in a worker: psutil and a disk scan)."""
-    from ..runs import ACTIVE, effective_status, is_probe_run, registered_runs
+    from tuiwiz.run.rundir import ACTIVE, effective_status, is_probe_run, registered_runs
 
     return [run for run in reversed(registered_runs())
             if effective_status(run) in ACTIVE and not is_probe_run(run.path)]
@@ -87,7 +87,7 @@ class TuiwizApp(App[int]):
 
     def on_mount(self) -> None:
         if self.attach_on_start:
-            from ..runs import find_run
+            from tuiwiz.run.rundir import find_run
 
             self.action_attach(str(find_run(self.attach_on_start).path))
             return
@@ -112,17 +112,17 @@ class TuiwizApp(App[int]):
 
     def _step_screen(self, step: str) -> Screen:
         if step == "hardware":
-            from .screens.hardware import HardwareScreen as cls
+            from tuiwiz.ui.screens.hardware import HardwareScreen as cls
         elif step == "model":
-            from .screens.model import ModelScreen as cls
+            from tuiwiz.ui.screens.model import ModelScreen as cls
         elif step == "data":
-            from .screens.data import DataScreen as cls
+            from tuiwiz.ui.screens.data import DataScreen as cls
         elif step == "method":
-            from .screens.method import MethodScreen as cls
+            from tuiwiz.ui.screens.method import MethodScreen as cls
         elif step == "settings":
-            from .screens.settings import SettingsScreen as cls
+            from tuiwiz.ui.screens.settings import SettingsScreen as cls
         else:
-            from .screens.review import ReviewScreen as cls
+            from tuiwiz.ui.screens.review import ReviewScreen as cls
         return cls(self.state)
 
     def restart_wizard(self, step: str = "model") -> None:
@@ -139,7 +139,7 @@ class TuiwizApp(App[int]):
             self.call_from_thread(self._ask_attach, running)
 
     def _ask_attach(self, running: list) -> None:
-        from .screens.dialogs import AttachDialog
+        from tuiwiz.ui.screens.dialogs import AttachDialog
 
         def answered(choice: str | None) -> None:
             if choice == "attach":
@@ -153,7 +153,7 @@ class TuiwizApp(App[int]):
 
     def open_monitor(self, run, after: str | None = None) -> None:
         """Follow ``run``. On detach: back to the screen below, or to the runs list when there is none."""
-        from .screens.monitor import MonitorScreen
+        from tuiwiz.ui.screens.monitor import MonitorScreen
 
         def closed(answer: str | None) -> None:
             if answer == "new":
@@ -165,19 +165,19 @@ class TuiwizApp(App[int]):
         self.push_screen(MonitorScreen(run), closed)
 
     def action_attach(self, path: str) -> None:
-        from ..runs import RunDir
+        from tuiwiz.run.rundir import RunDir
 
         self.open_monitor(RunDir(Path(path)))
 
     def action_runs(self) -> None:
-        from .screens.runs import RunsScreen
+        from tuiwiz.ui.screens.runs import RunsScreen
 
         if isinstance(self.screen, RunsScreen):
             return
         self.push_screen(RunsScreen())
 
     def action_help(self) -> None:
-        from .screens.help import HelpScreen
+        from tuiwiz.ui.screens.help import HelpScreen
 
         if type(self.screen).__name__ == "HelpScreen":
             return
@@ -204,7 +204,7 @@ class TuiwizApp(App[int]):
         """A probe run measures a fit for this session only: it ends with the app (its folder goes with it)."""
         import shutil
 
-        from ..launch import stop_run
+        from tuiwiz.run.launch import stop_run
 
         for run in self.probe_runs:
             stop_run(run, force=True)
@@ -217,7 +217,7 @@ class TuiwizApp(App[int]):
         if not running:
             self.exit(0)
             return
-        from .screens.dialogs import ConfirmDialog
+        from tuiwiz.ui.screens.dialogs import ConfirmDialog
 
         names = ", ".join(run.run_id for run in running[:3]) + (" and more" if len(running) > 3 else "")
         message = (f"{names} keep{'s' if len(running) == 1 else ''} training: the runner does not depend on "

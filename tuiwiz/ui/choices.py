@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
+from tuiwiz.errors import UserError
 
 STEPS = ("hardware", "model", "data", "method", "settings", "review")
 STEP_TITLES = {"hardware": "Hardware", "model": "Model", "data": "Data", "method": "Method",
@@ -88,21 +88,21 @@ class DataCheck:
 
 
 def is_hub_dataset(path: str) -> bool:
-    from ..profile_io import is_hub_id, is_local_data
+    from tuiwiz.profile.io import is_hub_id, is_local_data
 
     return not path.startswith("demo:") and not is_local_data(path) and is_hub_id(path.partition(":")[0])
 
 
 def column_map(columns: dict[str, str | None]):
-    from ..data import ColumnMap
+    from tuiwiz.data.datasets import ColumnMap
 
     return ColumnMap(**{role: (columns.get(role) or None) for role in COLUMN_ROLES})
 
 
 def check_data(state: WizardState, max_length: int = 512) -> DataCheck:
     """Read ``state.data_path`` as the runner will, and count tokens with the model's tokenizer."""
-    from ..data import load_dataset_file
-    from ..demo import resolve_demo_uri
+    from tuiwiz.data.datasets import load_dataset_file
+    from tuiwiz.demo.build import resolve_demo_uri
 
     path = state.data_path.strip()
     if not path:
@@ -110,7 +110,7 @@ def check_data(state: WizardState, max_length: int = 512) -> DataCheck:
                                                kind="data"))
     hub_note = None
     if is_hub_dataset(path):
-        from ..data import cached_hub_dataset_files
+        from tuiwiz.data.datasets import cached_hub_dataset_files
 
         name, _, split = path.partition(":")
         files = cached_hub_dataset_files(name, split or "train")
@@ -134,7 +134,7 @@ def check_data(state: WizardState, max_length: int = 512) -> DataCheck:
     note = hub_note
     folder = getattr(state.model_info, "path", None)
     if folder:
-        from ..rendering import ModelText, length_stats
+        from tuiwiz.data.rendering import ModelText, length_stats
 
         try:
             stats = length_stats(loaded.records, loaded.format, ModelText(folder), max_length)
@@ -147,7 +147,7 @@ def check_data(state: WizardState, max_length: int = 512) -> DataCheck:
 
 def data_stats(state: WizardState):
     """DataStats for the recommender: the measured lengths, or the user's max length as given."""
-    from ..recommend import DataStats
+    from tuiwiz.plan.recommend import DataStats
 
     if state.max_length:
         return DataStats.assumed(state.max_length)
@@ -161,12 +161,12 @@ def suggested_max_length(state: WizardState) -> int:
     """The max length the recommender would choose for this data and model."""
     if state.model_info is None:
         return 512
-    from ..recommend import choose_seq_len
+    from tuiwiz.plan.recommend import choose_seq_len
 
     stats = state.length_stats
     ds = None
     if stats is not None and stats.lengths:
-        from ..recommend import DataStats
+        from tuiwiz.plan.recommend import DataStats
 
         ds = DataStats.from_lengths(stats.lengths)
     return choose_seq_len(ds, state.model_info)[0]
@@ -176,15 +176,15 @@ def suggested_max_length(state: WizardState) -> int:
 
 
 def recommend_for(state: WizardState):
-    from ..recommend import recommend
+    from tuiwiz.plan.recommend import recommend
 
     return recommend(state.machine, state.model_info, data_stats(state), state.task)
 
 
 def draft_profile(state: WizardState):
     """The profile for the chosen option, with the data choices of the data step."""
-    from ..profile import ColumnsConfig, OutputConfig
-    from ..recommend import to_profile
+    from tuiwiz.profile.schema import ColumnsConfig, OutputConfig
+    from tuiwiz.plan.recommend import to_profile
 
     option = state.option()
     if option is None:
@@ -319,7 +319,7 @@ def profile_from_form(base, values: dict[str, object]):
     """``base`` with the form's values, validated by the profile schema. Raises UserError naming the field."""
     import yaml
 
-    from ..profile_io import parse_profile_text
+    from tuiwiz.profile.io import parse_profile_text
 
     data = base.model_dump(mode="json", exclude_none=True)
     for key, raw in values.items():
@@ -365,15 +365,15 @@ def node_commands_for(state: WizardState, name: str, profile) -> list[str] | Non
     None for one machine, where ``headless_command`` is the whole story."""
     if profile is None or profile.distributed.nodes.count < 2:
         return None
-    from ..distributed import node_commands
+    from tuiwiz.run.distributed import node_commands
 
     return node_commands(profile, relative(profile_path(state, name), state.workdir))
 
 
 def save_and_launch(state: WizardState, profile, name: str):
     """Save the profile under profiles/, make its run dir and start the runner. Returns (run, proc, path)."""
-    from ..launch import create_run, start_runner
-    from ..profile_io import load_profile, save_profile
+    from tuiwiz.run.launch import create_run, start_runner
+    from tuiwiz.profile.io import load_profile, save_profile
 
     problem = check_profile_name(name)
     if problem:

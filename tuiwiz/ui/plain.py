@@ -7,12 +7,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..errors import UserError
-from .choices import (DEMO_DATA_FOR_TASK, FORMATS, TASKS, WizardState, check_data, check_profile_name,
+from tuiwiz.errors import UserError
+from tuiwiz.ui.choices import (DEMO_DATA_FOR_TASK, FORMATS, TASKS, WizardState, check_data, check_profile_name,
                       default_profile_name, draft_profile, form_fields, form_values, headless_command,
                       node_commands_for,
                       profile_from_form, recommend_for, relative, save_and_launch, suggested_max_length)
-from .units import count, mib, size
+from tuiwiz.units import count, mib, size
 
 CUSTOM = "another model: a local folder or a hub id…"
 
@@ -55,7 +55,7 @@ def _print(*lines: str) -> None:
 
 
 def _hardware(state: WizardState) -> None:
-    from ..hardware import probe
+    from tuiwiz.plan.hardware import probe
 
     m = probe(state.workdir)
     state.machine = m
@@ -73,8 +73,8 @@ def _hardware(state: WizardState) -> None:
 
 
 def _inspect(name: str):
-    from ..modelinfo import inspect_model
-    from .choices import ensure_demo_model_subprocess
+    from tuiwiz.plan.modelinfo import inspect_model
+    from tuiwiz.ui.choices import ensure_demo_model_subprocess
 
     try:
         return inspect_model(name, online=True)
@@ -87,8 +87,8 @@ def _inspect(name: str):
 
 
 def _model(state: WizardState, ask: Prompts) -> None:
-    from ..builtin_models import BUILTIN_MODELS
-    from ..modelinfo import cached_models
+    from tuiwiz.demo.builtin import BUILTIN_MODELS
+    from tuiwiz.plan.modelinfo import cached_models
 
     _print("", "2 Model")
     choices = list(BUILTIN_MODELS) + [m.repo_id for m in cached_models()] + [CUSTOM]
@@ -112,7 +112,7 @@ def _data(state: WizardState, ask: Prompts) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    from .render import rendered_text
+    from tuiwiz.ui.render import rendered_text
 
     _print("", "3 Data")
     state.task = ask.select("Task", list(TASKS), default=state.task)
@@ -133,7 +133,7 @@ def _data(state: WizardState, ask: Prompts) -> None:
     _print(f"  {len(check.data):,} examples, format {check.data.format}")
     console = Console()
     if check.stats is not None:
-        from ..rendering import ModelText
+        from tuiwiz.data.rendering import ModelText
 
         text = ModelText(state.model_info.path)
         for i, record in enumerate(check.data.records[:3]):
@@ -195,12 +195,12 @@ def _settings(state: WizardState, ask: Prompts) -> None:
 
 
 def _review(state: WizardState, ask: Prompts) -> int:
-    from ..follow import follow, print_result
-    from ..profile_io import dump_profile
+    from tuiwiz.run.follow import follow, print_result
+    from tuiwiz.profile.io import dump_profile
 
     _print("", "6 Review", "")
     _print(dump_profile(state.profile))
-    from .choices import profile_path
+    from tuiwiz.ui.choices import profile_path
 
     _print(f"saved as   {relative(profile_path(state, state.profile_name), state.workdir)}",
            f"headless   {headless_command(state, state.profile_name)}")
@@ -212,7 +212,7 @@ def _review(state: WizardState, ask: Prompts) -> int:
     run, proc, path = save_and_launch(state, state.profile, state.profile_name)
     _print(f"run {run.run_id} in {run.path}",
            "Ctrl-C stops it (a checkpoint is saved); the run does not depend on this terminal.")
-    # sys.stdout as it is now (follow's default is bound when tuiwiz.follow is first imported)
+    # sys.stdout as it is now (follow's default is bound when tuiwiz.run.follow is first imported)
     result = follow(run, proc, out=sys.stdout)
     print_result(run, result, out=sys.stdout)
     return result.exit_code

@@ -40,10 +40,10 @@ def _repo_problem(value: str) -> str | None:
 
 async def post_action(app, what: str, run_path: str, run_id: str) -> None:
     """Run ``what`` (merge, export or chat) for the completed run at ``run_path``. Call from a worker."""
-    from .screens.dialogs import ChoiceDialog, TextDialog
+    from tuiwiz.ui.screens.dialogs import ChoiceDialog, TextDialog
 
     if what == "chat":
-        from .screens.chat import ChatScreen
+        from tuiwiz.ui.screens.chat import ChatScreen
 
         mode = await app.push_screen_wait(ChoiceDialog("Chat", CHAT_MODES))
         if mode is not None:
@@ -69,6 +69,6 @@ async def post_action(app, what: str, run_path: str, run_id: str) -> None:
             if repo is None:
                 return
             args += ["--repo", repo]
-    from .screens.job import JobScreen
+    from tuiwiz.ui.screens.job import JobScreen
 
     await app.push_screen_wait(JobScreen(what, args, title=title))

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..events import EventTail
-from ..runs import FINISHED, RunDir, effective_status, read_state
+from tuiwiz.run.events import EventTail
+from tuiwiz.run.rundir import FINISHED, RunDir, effective_status, read_state
 
 SMALL_LOG = 2 * 1024 * 1024  # read whole below this size
 HEAD_BYTES = 64 * 1024
@@ -299,7 +299,7 @@ class RunReader:
         if now - self._last_gpu_poll < 1.0:
             return
         self._last_gpu_poll = now
-        from .. import hardware
+        from tuiwiz.plan import hardware
 
         if self.watch_gpus:
             self._gpus = tuple(GpuLive(r.index, r.memory_used_mb, r.memory_total_mb, r.utilization_pct,

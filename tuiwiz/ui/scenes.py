@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .app import TuiwizApp
-from .testing import Replay, fixed_clock, hold_running, prepared_state, wait_for, write_fixture_run
+from tuiwiz.ui.app import TuiwizApp
+from tuiwiz.ui.testing import Replay, fixed_clock, hold_running, prepared_state, wait_for, write_fixture_run
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def _post(what: str):
             await wait_for(pilot, lambda: _on(pilot, "HardwareScreen") and pilot.app.screen.ready())
             run = f"runs/{RECORDED_RUN}"
             if what == "chat":
-                from .screens.chat import ChatScreen
+                from tuiwiz.ui.screens.chat import ChatScreen
 
                 screen = ChatScreen(run, compare=True, label=RECORDED_RUN, process=Replay("chat"))
                 pilot.app.push_screen(screen)
@@ -178,7 +178,7 @@ def _post(what: str):
                 await pilot.press("enter")
                 await wait_for(pilot, lambda: len(screen.finished) == 2)
             else:
-                from .screens.job import JobScreen
+                from tuiwiz.ui.screens.job import JobScreen
 
                 args = [what, run] if what == "merge" else ["export", run, "--format", "gguf", "--quant", "q8_0"]
                 title = f"Merge · {RECORDED_RUN}" if what == "merge" else f"Export gguf · {RECORDED_RUN}"

@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TUIWIZ_STATE_DIR"] = str(home_path / "state")
         from textual._doc import take_svg_screenshot
 
-        from .scenes import SCENES, ensure_demo, scene_environment, stop_sleepers
-        from .testing import settle
+        from tuiwiz.ui.scenes import SCENES, ensure_demo, scene_environment, stop_sleepers
+        from tuiwiz.ui.testing import settle
 
         ensure_demo()
         written = []

@@ -70,7 +70,7 @@ def write_fixture_run(runs_dir: Path, run_id: str = "demo-lora-20260101-000000-b
     """
     import socket
 
-    from ..runs import RunDir, register as register_run
+    from tuiwiz.run.rundir import RunDir, register as register_run
 
     if max_steps is None:
         max_steps = steps if status == "completed" else 200
@@ -140,9 +140,9 @@ def prepared_state(workdir: Path, *, until: str = "review", model: str = "demo",
     probe is off unless asked for: a screen test or a screenshot shows the step as it opens, not a
     probe's timing (the whole-flow tests start from a fresh WizardState, with the probe on).
     """
-    from ..hardware import probe
-    from ..modelinfo import inspect_model
-    from .choices import STEPS, WizardState, check_data, default_profile_name, draft_profile, recommend_for
+    from tuiwiz.plan.hardware import probe
+    from tuiwiz.plan.modelinfo import inspect_model
+    from tuiwiz.ui.choices import STEPS, WizardState, check_data, default_profile_name, draft_profile, recommend_for
 
     state = WizardState(workdir=Path(workdir), probe_first=probe_first)
     stop = STEPS.index(until)

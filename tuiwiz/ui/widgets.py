@@ -7,8 +7,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button, Static
 
-from .choices import STEP_TITLES, STEPS
-from .units import bar
+from tuiwiz.ui.choices import STEP_TITLES, STEPS
+from tuiwiz.units import bar
 
 
 class StepBar(Static):

@@ -12,8 +12,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Static
 
-from ..choices import STEPS, WizardState
-from ..widgets import NavBar, StepBar
+from tuiwiz.ui.choices import STEPS, WizardState
+from tuiwiz.ui.widgets import NavBar, StepBar
 
 
 class ReportsWorkerErrors:

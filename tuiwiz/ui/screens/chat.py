@@ -24,10 +24,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Checkbox, Footer, Input, Label, Select, Static
 
-from ...chat import printable
-from ...jsonl_client import JsonlProcess
-from ..widgets import StepBar
-from .base import ReportsWorkerErrors
+from tuiwiz.post.chat import printable
+from tuiwiz.post.jsonl_client import JsonlProcess
+from tuiwiz.ui.widgets import StepBar
+from tuiwiz.ui.screens.base import ReportsWorkerErrors
 
 BASE = "base"  # the adapter choice that answers with the adapter off
 SETTINGS = (  # id, label, default, parse, check, what is allowed
@@ -366,7 +366,7 @@ class ChatScreen(ReportsWorkerErrors, Screen[None]):
 
     @work
     async def action_add_adapter(self) -> None:
-        from .dialogs import ChoiceDialog
+        from tuiwiz.ui.screens.dialogs import ChoiceDialog
 
         choices = await self._adapter_runs()
         if not choices:
@@ -381,7 +381,7 @@ class ChatScreen(ReportsWorkerErrors, Screen[None]):
         import asyncio
 
         def scan() -> list[tuple[str, str]]:
-            from ...runs import effective_status, registered_runs
+            from tuiwiz.run.rundir import effective_status, registered_runs
 
             found = []
             for run in reversed(registered_runs()):

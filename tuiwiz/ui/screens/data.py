@@ -15,10 +15,10 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static, TabbedContent, TabPane
 
-from ..choices import COLUMN_ROLES, DEMO_DATA_FOR_TASK, FORMATS, TASKS, check_data, column_map, suggested_max_length
-from ..widgets import cached_plot
-from ..render import PROMPT_STYLE, TRAINED_STYLE, problem_text, rendered_text
-from .base import StepScreen
+from tuiwiz.ui.choices import COLUMN_ROLES, DEMO_DATA_FOR_TASK, FORMATS, TASKS, check_data, column_map, suggested_max_length
+from tuiwiz.ui.widgets import cached_plot
+from tuiwiz.ui.render import PROMPT_STYLE, TRAINED_STYLE, problem_text, rendered_text
+from tuiwiz.ui.screens.base import StepScreen
 
 SAMPLES = 3
 
@@ -168,7 +168,7 @@ class DataScreen(StepScreen):
         runner, stops at the first."""
         if error is None or error.kind != "data" or not error.file:
             return None
-        from ...data import find_problems
+        from tuiwiz.data.datasets import find_problems
 
         return find_problems(error.file, format=self.state.data_format, columns=column_map(self.state.columns),
                              task=self.state.task)
@@ -222,7 +222,7 @@ class DataScreen(StepScreen):
                                     ("trained part", TRAINED_STYLE)))
         model_text = None
         if folder:
-            from ...rendering import ModelText
+            from tuiwiz.data.rendering import ModelText
 
             model_text = ModelText(folder)
         for i, widget in enumerate(samples):
@@ -359,8 +359,8 @@ class DataScreen(StepScreen):
 
     @work
     async def action_browse(self) -> None:
-        from ...profile_io import DATA_SUFFIXES
-        from .dialogs import PathPicker
+        from tuiwiz.profile.io import DATA_SUFFIXES
+        from tuiwiz.ui.screens.dialogs import PathPicker
 
         picked = await self.app.push_screen_wait(
             PathPicker(self.state.workdir, suffixes=DATA_SUFFIXES, title="Data file"))

@@ -11,9 +11,9 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from ..units import mib
-from ..widgets import meter
-from .base import StepScreen
+from tuiwiz.units import mib
+from tuiwiz.ui.widgets import meter
+from tuiwiz.ui.screens.base import StepScreen
 
 
 def gpu_panel(gpu, width: int) -> Group:
@@ -85,7 +85,7 @@ class HardwareScreen(StepScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False)
     def _probe(self) -> None:
-        from ...hardware import probe
+        from tuiwiz.plan.hardware import probe
 
         machine = probe(self.state.workdir)
         self.app.call_from_thread(self.show, machine)

@@ -14,9 +14,9 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, ProgressBar, Static
 
-from ...jsonl_client import JsonlProcess
-from ..widgets import StepBar
-from .base import ReportsWorkerErrors
+from tuiwiz.post.jsonl_client import JsonlProcess
+from tuiwiz.ui.widgets import StepBar
+from tuiwiz.ui.screens.base import ReportsWorkerErrors
 
 STAGES = {"merge": "merging shards", "verify": "verifying the merge", "gguf": "writing GGUF tensors",
           "onnx": "exporting ONNX"}
@@ -131,7 +131,7 @@ class JobScreen(ReportsWorkerErrors, Screen[dict | None]):
     @work
     async def _offer_overwrite(self, message: str) -> None:
         """The destination exists: replace it (the command again with --overwrite), or leave it be."""
-        from .dialogs import ConfirmDialog
+        from tuiwiz.ui.screens.dialogs import ConfirmDialog
 
         replace = await self.app.push_screen_wait(ConfirmDialog(
             "Replace it?", f"{message}. Replace it with a new {self.what}?", yes="Replace", danger=True))
@@ -153,7 +153,7 @@ class JobScreen(ReportsWorkerErrors, Screen[dict | None]):
     @work
     async def action_close(self) -> None:
         if self.running:
-            from .dialogs import ConfirmDialog
+            from tuiwiz.ui.screens.dialogs import ConfirmDialog
 
             sure = await self.app.push_screen_wait(ConfirmDialog(
                 f"Cancel the {self.what}?", "The command stops and removes what it had written so far.",

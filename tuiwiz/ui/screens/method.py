@@ -12,11 +12,11 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
-from ...errors import UserError
-from ..choices import recommend_for
-from ..units import count, size
-from ..widgets import fit_bar
-from .base import StepScreen
+from tuiwiz.errors import UserError
+from tuiwiz.ui.choices import recommend_for
+from tuiwiz.units import count, size
+from tuiwiz.ui.widgets import fit_bar
+from tuiwiz.ui.screens.base import StepScreen
 
 TERMS = (
     ("weights", "weights"), ("adapter", "adapter"), ("gradients", "gradients"), ("optimizer", "optimizer states"),

@@ -16,9 +16,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from ...errors import UserError
-from ..units import count, size
-from .base import StepScreen
+from tuiwiz.errors import UserError
+from tuiwiz.units import count, size
+from tuiwiz.ui.screens.base import StepScreen
 
 SHORT = {"demo": "tiny Llama, built here", "minilm": "MiniLM-L6 (BERT)"}
 FOLDER = "\x00folder"
@@ -57,7 +57,7 @@ def model_table(info) -> Table:
 def _builtin_options() -> list[Option]:
     import importlib.util
 
-    from ...builtin_models import BUILTIN_MODELS
+    from tuiwiz.demo.builtin import BUILTIN_MODELS
 
     options = []
     for name in BUILTIN_MODELS:
@@ -155,7 +155,7 @@ class ModelScreen(StepScreen):
 
     @work
     async def pick_folder(self) -> None:
-        from .dialogs import PathPicker
+        from tuiwiz.ui.screens.dialogs import PathPicker
 
         folder = await self.app.push_screen_wait(PathPicker(self.state.workdir, title="Model folder"))
         if folder is not None:
@@ -171,7 +171,7 @@ class ModelScreen(StepScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="inspect")
     def _inspect(self, name: str) -> None:
-        from ...modelinfo import inspect_model
+        from tuiwiz.plan.modelinfo import inspect_model
 
         try:
             info = inspect_model(name, online=True)  # a hub id not downloaded: its metadata
@@ -190,7 +190,7 @@ class ModelScreen(StepScreen):
         screen = self
 
         def job() -> None:
-            from ..choices import ensure_demo_model_subprocess
+            from tuiwiz.ui.choices import ensure_demo_model_subprocess
 
             try:
                 ensure_demo_model_subprocess()
@@ -229,7 +229,7 @@ class ModelScreen(StepScreen):
 
     @work(thread=True, exit_on_error=False, group="scan")
     def _scan_cache(self) -> None:
-        from ...modelinfo import cached_models
+        from tuiwiz.plan.modelinfo import cached_models
 
         try:
             found = cached_models()
@@ -257,8 +257,8 @@ class ModelScreen(StepScreen):
 
     async def advance(self) -> None:
         """Next: a model that ships its own Python code runs only after the user says yes."""
-        from ..choices import remote_code
-        from .dialogs import ConfirmDialog
+        from tuiwiz.ui.choices import remote_code
+        from tuiwiz.ui.screens.dialogs import ConfirmDialog
 
         info = self.state.model_info
         files = remote_code(info.path) if info is not None and info.path else ()

@@ -20,11 +20,11 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Log, Static
 
-from ..runview import RunReader, RunSnapshot
-from ..units import bar, duration, mib, number
-from ..post import offered, post_action
-from ..widgets import StepBar, cached_plot, meter
-from .base import ReportsWorkerErrors
+from tuiwiz.ui.runview import RunReader, RunSnapshot
+from tuiwiz.units import bar, duration, mib, number
+from tuiwiz.ui.post import offered, post_action
+from tuiwiz.ui.widgets import StepBar, cached_plot, meter
+from tuiwiz.ui.screens.base import ReportsWorkerErrors
 
 REDRAW_SECONDS = 0.5  # charts and panels at most 2 Hz
 LOG_MAX_LINES = 1000
@@ -279,7 +279,7 @@ class MonitorScreen(ReportsWorkerErrors, Screen[str]):
 
         The runner's own watcher records a trainer's end; this covers both killed at once.
         """
-        from ...runs import read_state, record_exit
+        from tuiwiz.run.rundir import read_state, record_exit
 
         state = read_state(self.run)
         if state is not None and pid in (state.pid, state.pgid):  # this run's runner, not another's
@@ -361,7 +361,7 @@ class MonitorScreen(ReportsWorkerErrors, Screen[str]):
 
     @work
     async def action_stop(self) -> None:
-        from .dialogs import ConfirmDialog
+        from tuiwiz.ui.screens.dialogs import ConfirmDialog
 
         sure = await self.app.push_screen_wait(ConfirmDialog(
             "Stop the run?", "The runner saves a checkpoint at the end of the current step and stops. "
@@ -371,7 +371,7 @@ class MonitorScreen(ReportsWorkerErrors, Screen[str]):
 
     @work
     async def action_kill(self) -> None:
-        from .dialogs import ConfirmDialog
+        from tuiwiz.ui.screens.dialogs import ConfirmDialog
 
         sure = await self.app.push_screen_wait(ConfirmDialog(
             "Kill the run now?", "The runner is killed at once, without saving a checkpoint: the steps since the "
@@ -381,7 +381,7 @@ class MonitorScreen(ReportsWorkerErrors, Screen[str]):
 
     @work(thread=True, exit_on_error=False, group="stop")
     def _stop(self, force: bool) -> None:
-        from ...launch import stop_run
+        from tuiwiz.run.launch import stop_run
 
         asked = stop_run(self.run, force=force)
         message = ("killed" if force else "asked the runner to checkpoint and stop") if asked else "not running"

@@ -12,9 +12,9 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from ...errors import UserError
-from ..choices import headless_command, node_commands_for, profile_path, relative
-from .base import StepScreen
+from tuiwiz.errors import UserError
+from tuiwiz.ui.choices import headless_command, node_commands_for, profile_path, relative
+from tuiwiz.ui.screens.base import StepScreen
 
 
 PROBE_STEPS = 3
@@ -46,7 +46,7 @@ MAX_NODE_LINES = 4  # more nodes than this would push the profile off an 80x24 s
 def node_lines(profile, commands: list[str]) -> Text:
     """One line per node with the command to run there; past MAX_NODE_LINES the middle ones, which
     differ only in their rank, are summed up in one line (--print-launch lists them all)."""
-    from ...distributed import main_port
+    from tuiwiz.run.distributed import main_port
 
     nodes = profile.distributed.nodes
     text = Text.assemble(("\nHeadless    ", "bold"), f"one command on each of {nodes.count} machines, "
@@ -120,7 +120,7 @@ class ReviewScreen(StepScreen):
             self.update_nav()
 
     def _show_profile(self) -> None:
-        from ...profile_io import dump_profile
+        from tuiwiz.profile.io import dump_profile
 
         profile = self.state.profile
         name = self.state.profile_name or "profile"
@@ -162,8 +162,8 @@ class ReviewScreen(StepScreen):
         state, profile, name = self.state, self.state.profile, self.state.profile_name
 
         def job() -> None:
-            from ...probe import probe
-            from ...profile_io import LoadedProfile, resolve_paths
+            from tuiwiz.run.probe import probe
+            from tuiwiz.profile.io import LoadedProfile, resolve_paths
 
             loaded = LoadedProfile(resolve_paths(profile, state.profiles_dir), profile_path(state, name))
             try:
@@ -206,7 +206,7 @@ class ReviewScreen(StepScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="launch")
     def _launch(self) -> None:
-        from ..choices import save_and_launch
+        from tuiwiz.ui.choices import save_and_launch
 
         try:
             run, proc, path = save_and_launch(self.state, self.state.profile, self.state.profile_name)

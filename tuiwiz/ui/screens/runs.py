@@ -13,12 +13,12 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from ...errors import UserError
-from ..units import duration, number
-from ..post import offered, post_action
-from ..widgets import StepBar
-from .base import ReportsWorkerErrors
-from .monitor import STATUS_STYLE
+from tuiwiz.errors import UserError
+from tuiwiz.units import duration, number
+from tuiwiz.ui.post import offered, post_action
+from tuiwiz.ui.widgets import StepBar
+from tuiwiz.ui.screens.base import ReportsWorkerErrors
+from tuiwiz.ui.screens.monitor import STATUS_STYLE
 
 REFRESH_SECONDS = 2.0
 
@@ -73,7 +73,7 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
     def refresh_runs(self) -> None:
-        from ...runs import registered_runs, summarize
+        from tuiwiz.run.rundir import registered_runs, summarize
 
         summaries = []
         for run in reversed(registered_runs()):
@@ -142,7 +142,7 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
     # ---------------------------------------------------------------- actions
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        from ...runs import ACTIVE, FINISHED
+        from tuiwiz.run.rundir import ACTIVE, FINISHED
 
         s = self.selected() if self.is_mounted else None
         status = s.status.rstrip("?") if s else None
@@ -161,7 +161,7 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
         return True
 
     def _run(self):
-        from ...runs import RunDir
+        from tuiwiz.run.rundir import RunDir
 
         s = self.selected()
         return RunDir(Path(s.path)) if s else None
@@ -175,7 +175,7 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
         run = self._run()
         if run is None:
             return
-        from ...launch import start_runner
+        from tuiwiz.run.launch import start_runner
 
         try:
             self.app.processes.append(start_runner(run, resume=True))
@@ -186,7 +186,7 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
 
     @work
     async def action_stop(self) -> None:
-        from .dialogs import ConfirmDialog
+        from tuiwiz.ui.screens.dialogs import ConfirmDialog
 
         run = self._run()
         if run is None:
@@ -194,14 +194,14 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
         if await self.app.push_screen_wait(ConfirmDialog(
                 "Stop the run?", f"{run.run_id} saves a checkpoint and stops; r resumes it.", yes="Stop",
                 danger=True)):
-            from ...launch import stop_run
+            from tuiwiz.run.launch import stop_run
 
             stop_run(run)
             self.refresh_runs()
 
     @work
     async def action_delete(self) -> None:
-        from .dialogs import ConfirmDialog
+        from tuiwiz.ui.screens.dialogs import ConfirmDialog
 
         run = self._run()
         if run is None:

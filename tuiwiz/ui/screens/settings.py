@@ -10,10 +10,10 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Checkbox, Collapsible, Input, Label, Select, Static
 
-from ...errors import UserError
-from ..choices import (FormField, check_profile_name, default_profile_name, draft_profile, form_fields, form_values,
+from tuiwiz.errors import UserError
+from tuiwiz.ui.choices import (FormField, check_profile_name, default_profile_name, draft_profile, form_fields, form_values,
                        profile_from_form)
-from .base import StepScreen
+from tuiwiz.ui.screens.base import StepScreen
 
 
 class SettingsScreen(StepScreen):
@@ -77,7 +77,7 @@ class SettingsScreen(StepScreen):
             self.base = state.profile if state.profile is not None else draft_profile(state)
             self.problem: UserError | None = None
         except UserError as exc:  # no option chosen: only reachable by skipping steps
-            from ...profile import Profile
+            from tuiwiz.profile.schema import Profile
 
             self.base, self.problem = Profile(), exc
         self.fields = form_fields(self.base)

@@ -1,0 +1,279 @@
+"""The ``tuiwiz`` command. Imports stay light: no torch stack on this path."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from tuiwiz import __version__
+from tuiwiz.errors import UserError
+
+DESCRIPTION = "tuiwiz: fine-tune language models from the terminal."
+EPILOG = """examples:
+  tuiwiz --profile profiles/quickstart.yaml     train the built-in demo (20 to 30 s on a 2-core CPU)
+  tuiwiz --profile my.yaml --detach             start a run and return; it survives the terminal
+  tuiwiz runs                                   every run on this machine and its state
+  tuiwiz attach RUN | stop RUN | resume RUN     RUN is a run id or a run folder
+  tuiwiz profile validate my.yaml               check a profile without running it
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuiwiz", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"tuiwiz {__version__}")
+    parser.add_argument("--profile", metavar="FILE", help="run this profile headlessly")
+    parser.add_argument("--detach", action="store_true", help="with --profile: start the run and return at once")
+    parser.add_argument("--node-rank", type=int, metavar="N",
+                        help="with --profile: start this machine's part of a multi-node run")
+    parser.add_argument("--print-launch", action="store_true",
+                        help="with --profile: print the command for every node (and the accelerate config) and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    profile = sub.add_parser("profile", help="check profiles, print the profile JSON Schema")
+    psub = profile.add_subparsers(dest="profile_command", metavar="ACTION", required=True)
+    validate = psub.add_parser("validate", help="check a profile file")
+    validate.add_argument("file")
+    psub.add_parser("schema", help="print the profile JSON Schema (for editor completion)")
+
+    runs = sub.add_parser("runs", help="list runs on this machine")
+    runs.add_argument("--json", action="store_true", help="machine-readable output")
+
+    for name, text in (("attach", "follow a run's progress"), ("stop", "stop a run (a checkpoint is saved)"),
+                       ("resume", "continue a stopped or failed run from its last checkpoint")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("run", metavar="RUN", help="run id or run folder")
+        if name == "stop":
+            command.add_argument("--force", action="store_true", help="kill at once, without a checkpoint")
+            command.add_argument("--no-wait", action="store_true", help="return without waiting for the run to end")
+        if name == "resume":
+            command.add_argument("--detach", action="store_true", help="return at once")
+
+    probe = sub.add_parser("probe", help="run a few real steps at full length: does the profile fit?")
+    probe.add_argument("file", metavar="PROFILE")
+    probe.add_argument("--steps", type=int, default=3, help="optimizer steps to run (default 3)")
+    probe.add_argument("--allow-truncation", action="store_true",
+                       help="may shorten data.max_length if nothing else fits")
+    probe.add_argument("--write", metavar="FILE", help="save the fitting profile, with its fit record, here")
+    sub.add_parser("demo", help="build the demo model and datasets, print where they are")
+    parser.add_argument("--plain", action="store_true", help="the wizard as plain prompts instead of a full-screen app")
+    for module in _command_modules():
+        module.add_commands(sub)
+    return parser
+
+
+def _command_modules() -> list:
+    """The command groups that live beside this file (planning, post-training)."""
+    from tuiwiz.cli import plan, post
+
+    return [plan, post]
+
+
+def _cmd_validate(path: str) -> int:
+    from tuiwiz.profile.io import load_profile
+
+    loaded = load_profile(path)
+    p = loaded.profile
+    print(f"{path}: valid (task {p.task}, method {p.method.type}, model {p.model.name_or_path}, data {p.data.path})")
+    return 0
+
+
+def _cmd_schema() -> int:
+    from tuiwiz.profile.io import profile_json_schema
+
+    print(profile_json_schema())
+    return 0
+
+
+def _cmd_runs(as_json: bool) -> int:
+    from tuiwiz.run.rundir import registered_runs, summarize
+
+    summaries = [summarize(run) for run in registered_runs()]
+    if as_json:
+        print(json.dumps([s.to_dict() for s in summaries], indent=2))
+        return 0
+    if not summaries:
+        print("no runs yet: tuiwiz --profile profiles/quickstart.yaml starts one")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("run", "status", "model", "method", "step", "loss", "started"):
+        table.add_column(column)
+    for s in summaries:
+        step = f"{s.step}/{s.max_steps}" if s.step is not None else "-"
+        loss = f"{s.loss:.4f}" if isinstance(s.loss, (int, float)) else "-"
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.started)) if s.started else "-"
+        table.add_row(s.run_id, s.status, str(s.model), str(s.method), step, loss, started)
+    Console().print(table)
+    return 0
+
+
+def _follow_and_report(run, proc=None) -> int:
+    from tuiwiz.run.follow import follow, print_result
+
+    result = follow(run, proc)
+    print_result(run, result)
+    return result.exit_code
+
+
+def _cmd_print_launch(profile_path: str) -> int:
+    from tuiwiz.run.distributed import accelerate_config, deepspeed_config, node_commands
+    from tuiwiz.profile.io import load_profile
+
+    profile = load_profile(profile_path).profile
+    for rank, command in enumerate(node_commands(profile, profile_path)):
+        print(f"# node {rank}\n{command}")
+    if profile.distributed.world_size > 1:
+        import yaml
+
+        print("\n# accelerate config written into the run folder (node 0):")
+        print(yaml.safe_dump(accelerate_config(profile, 0), sort_keys=False).rstrip())
+    ds = deepspeed_config(profile)
+    if ds is not None:
+        print("\n# deepspeed.json:\n" + json.dumps(ds, indent=2))
+    return 0
+
+
+def _cmd_train(profile_path: str, detach: bool, node_rank: int | None = None) -> int:
+    from tuiwiz.run.launch import create_run, start_runner
+    from tuiwiz.profile.io import load_profile
+
+    loaded = load_profile(profile_path)
+    nodes = loaded.profile.distributed.nodes
+    if node_rank is not None and not 0 <= node_rank < nodes.count:
+        raise UserError(f"--node-rank {node_rank} is outside 0..{nodes.count - 1}", file=profile_path,
+                        field="distributed.nodes.count", hint="each machine takes one rank below nodes.count")
+    run = create_run(loaded)
+    proc = start_runner(run, node_rank=node_rank)
+    if detach:
+        print(run.run_id)
+        print(f"started in {run.path}; follow with: tuiwiz attach {run.run_id}", file=sys.stderr)
+        return 0
+    print(f"run {run.run_id} in {run.path}")
+    return _follow_and_report(run, proc)
+
+
+def _cmd_attach(ref: str) -> int:
+    from tuiwiz.run.rundir import find_run
+
+    return _follow_and_report(find_run(ref))
+
+
+def _cmd_stop(ref: str, force: bool, no_wait: bool) -> int:
+    from tuiwiz.run.launch import stop_run, wait_finished
+    from tuiwiz.run.rundir import effective_status, find_run
+
+    run = find_run(ref)
+    if not stop_run(run, force=force):
+        print(f"run {run.run_id} is not running ({effective_status(run)})")
+        return 0
+    if no_wait:
+        print(f"asked run {run.run_id} to stop")
+        return 0
+    status = wait_finished(run, timeout=600)
+    print(f"run {run.run_id}: {status or 'still stopping'}")
+    return 0
+
+
+def _cmd_resume(ref: str, detach: bool) -> int:
+    from tuiwiz.run.launch import start_runner
+    from tuiwiz.run.rundir import FINISHED, effective_status, find_run
+
+    run = find_run(ref)
+    status = effective_status(run)
+    if status not in FINISHED or status == "completed":
+        raise UserError(
+            f"run {run.run_id} is {status}; only stopped or failed runs can be resumed",
+            hint=f"`tuiwiz attach {run.run_id}` follows a running one", kind="run",
+        )
+    proc = start_runner(run, resume=True)
+    if detach:
+        print(run.run_id)
+        return 0
+    return _follow_and_report(run, proc)
+
+
+def _cmd_probe(path: str, steps: int, allow_truncation: bool, write: str | None) -> int:
+    from tuiwiz.run.probe import probe
+    from tuiwiz.profile.io import load_profile, save_profile
+
+    result = probe(load_profile(path), steps=steps, allow_truncation=allow_truncation)
+    for attempt in result.attempts:
+        t = attempt.profile.training
+        measured = f"{attempt.measured_mb:,.0f} MiB" if attempt.measured_mb is not None else "-"
+        outcome = attempt.status if not attempt.error_kind else f"{attempt.status} ({attempt.error_kind})"
+        print(f"micro-batch {t.per_device_train_batch_size} x{t.gradient_accumulation_steps}, "
+              f"max_length {attempt.profile.data.max_length}, checkpointing {t.gradient_checkpointing}, "
+              f"{attempt.profile.method.type}: estimated {attempt.estimated_mb:,.0f} MiB, measured {measured}, "
+              f"{outcome}")
+    for change in result.changes:
+        print(f"stepped down: {change}")
+    budget = f"{result.budget_mb:,.0f} MiB {'free on the GPU' if result.device == 'cuda' else 'of RAM available'}"
+    if not result.fits:
+        hint = (f"{result.needs_consent}; rerun with --allow-truncation to accept" if result.needs_consent
+                else "choose a smaller model or a lighter method (qlora)")
+        raise UserError(f"{path}: no setting tried fits in {budget}", hint=hint, kind="fit")
+    print(f"fits: peak {result.profile.fit.measured_peak_mb:,.0f} MiB of {budget}")
+    if write:
+        save_profile(result.profile, write)
+        print(f"saved to {write}")
+    return 0
+
+
+def _cmd_demo() -> int:
+    from tuiwiz.demo.build import DEMO_DATASETS, ensure_demo_dataset, ensure_demo_model
+
+    print(f"model: {ensure_demo_model()}")
+    for name in DEMO_DATASETS:
+        print(f"demo:{name}: {ensure_demo_dataset(name)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.profile:
+            if args.command:
+                parser.error("--profile runs a profile; it does not combine with a command")
+            if args.print_launch:
+                return _cmd_print_launch(args.profile)
+            return _cmd_train(args.profile, args.detach, args.node_rank)
+        if args.command == "profile":
+            return _cmd_validate(args.file) if args.profile_command == "validate" else _cmd_schema()
+        if args.command == "runs":
+            return _cmd_runs(args.json)
+        if args.command == "attach":
+            return _cmd_attach(args.run)
+        if args.command == "stop":
+            return _cmd_stop(args.run, args.force, args.no_wait)
+        if args.command == "resume":
+            return _cmd_resume(args.run, args.detach)
+        if args.command == "probe":
+            return _cmd_probe(args.file, args.steps, args.allow_truncation, args.write)
+        if args.command == "demo":
+            return _cmd_demo()
+        for module in _command_modules():
+            code = module.dispatch(args)
+            if code is not None:
+                return code
+        if args.command is None:
+            from tuiwiz.ui import run_wizard
+
+            return run_wizard(plain=args.plain)
+        parser.print_help()
+        return 2
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

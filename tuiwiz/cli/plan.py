@@ -1,0 +1,231 @@
+"""``tuiwiz hw``, ``tuiwiz inspect`` and ``tuiwiz recommend``: the fit check from the command line.
+
+Hooked into tuiwiz/cli.py with ``add_commands(subparsers)`` and ``dispatch(args)``;
+also runnable alone (``python -m tuiwiz.cli.plan``). Light: no torch stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tuiwiz.errors import UserError
+
+COMMANDS = ("hw", "inspect", "recommend")
+
+
+def add_commands(subparsers) -> None:
+    hw = subparsers.add_parser("hw", help="GPUs, CPU, RAM and disk of this machine")
+    hw.add_argument("--json", action="store_true", help="machine-readable output")
+    hw.add_argument("--save", metavar="FILE", help="record this machine as a snapshot (TUIWIZ_HARDWARE=FILE)")
+    hw.add_argument("--disk-path", default=".", help="where runs are written (for free disk); default: here")
+
+    inspect = subparsers.add_parser("inspect", help="what a model is, read from its files (no weights loaded)")
+    inspect.add_argument("model", metavar="MODEL", help="'demo', 'minilm', a local folder, or a cached hub id")
+    inspect.add_argument("--revision", help="hub branch, tag or commit")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+
+    rec = subparsers.add_parser("recommend", help="which fine-tuning settings fit this machine")
+    rec.add_argument("--model", required=True, metavar="M", help="'demo', a local folder, or a cached hub id")
+    rec.add_argument("--data", metavar="D", help="dataset file: its token lengths set the max length")
+    rec.add_argument("--seq-len", type=int, metavar="N", help="plan for N-token examples instead of measuring --data")
+    rec.add_argument("--hardware", metavar="SNAPSHOT", help="plan for a recorded machine (name or JSON file)")
+    rec.add_argument("--task", choices=("sft", "pretrain", "classification"), default="sft")
+    rec.add_argument("--target-batch", type=int, default=16, help="effective batch size to reach (default 16)")
+    rec.add_argument("--experts", action="store_true", help="also IA3, AdaLoRA, prefix/p-tuning, BitFit")
+    rec.add_argument("--json", action="store_true", help="machine-readable output")
+    rec.add_argument("--write", metavar="PROFILE.yaml", help="write the best option as a profile")
+
+
+def dispatch(args) -> int | None:
+    """Run the command if it is one of these; None otherwise."""
+    command = getattr(args, "command", None)
+    if command == "hw":
+        return _cmd_hw(args)
+    if command == "inspect":
+        return _cmd_inspect(args)
+    if command == "recommend":
+        return _cmd_recommend(args)
+    return None
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _gib_mb(mb: int | None) -> str:
+    return "-" if mb is None else f"{mb / 1024:.1f} GiB"
+
+
+def _gib(n: int | float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def _cmd_hw(args) -> int:
+    from tuiwiz.plan.hardware import probe, save_snapshot
+
+    machine = probe(args.disk_path)
+    if args.save:
+        path = save_snapshot(machine, args.save)
+        print(f"saved {path}; plan for this machine elsewhere with TUIWIZ_HARDWARE={path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(machine.to_dict(), indent=2))
+        return 0
+    from rich.table import Table
+
+    console = _console()
+    if machine.gpus:
+        table = Table(box=None, pad_edge=False)
+        for column in ("gpu", "name", "free", "total", "cc", "bf16", "util", "temp", "processes"):
+            table.add_column(column)
+        for g in machine.gpus:
+            procs = ", ".join(f"{p.name or p.pid} {_gib_mb(p.used_mb)}" for p in g.processes) or "-"
+            table.add_row(str(g.index), g.name, _gib_mb(g.memory_free_mb), _gib_mb(g.memory_total_mb),
+                          "{}.{}".format(*g.compute_capability), "yes" if g.bf16 else "no",
+                          "-" if g.utilization_pct is None else f"{g.utilization_pct}%",
+                          "-" if g.temperature_c is None else f"{g.temperature_c}°C", procs)
+        console.print(table)
+        console.print(f"driver {machine.driver_version or '?'}, CUDA {machine.cuda_version or '?'}")
+    cores = f"{machine.cpu_count_physical} cores / " if machine.cpu_count_physical else ""
+    console.print(f"CPU {machine.cpu_model} ({cores}{machine.cpu_count_logical} threads), "
+                  f"RAM {_gib_mb(machine.ram_available_mb)} free of {_gib_mb(machine.ram_total_mb)}, "
+                  f"disk {_gib_mb(machine.disk_free_mb)} free at {machine.disk_path}", highlight=False)
+    if machine.notice:
+        console.print(f"[yellow]{machine.notice}[/]")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from tuiwiz.plan.modelinfo import inspect_model
+
+    info = inspect_model(args.model, args.revision, online=True)
+    if args.json:
+        print(json.dumps(info.to_dict(), indent=2))
+        return 0
+    console = _console()
+    rows = [
+        ("model", f"{info.name} (Hugging Face Hub, not downloaded)" if info.source == "hub"
+         else f"{info.name} ({info.source}: {info.path})"),
+        ("architecture", f"{info.architecture or '?'} ({info.model_type})"),
+        ("parameters", f"{info.num_parameters:,} ({_count(info.num_parameters)}, from {info.parameter_source})"),
+        ("shape", f"{info.num_layers} layers, hidden {info.hidden_size}, {info.num_heads} heads "
+                  f"({info.num_kv_heads} key/value), head dim {info.head_dim}, MLP {info.intermediate_size}"),
+        ("vocabulary", f"{info.vocab_size:,}{', tied embeddings' if info.tie_word_embeddings else ''}"),
+        ("context", f"{info.context_length:,} tokens" if info.context_length else "?"),
+        ("dtype", info.dtype or "?"),
+        ("linear layers", ", ".join(info.linear_modules) or "-"),
+        ("license", info.license or "?"),
+        ("to download" if info.source == "hub" else "on disk", _gib(info.size_on_disk)),
+    ]
+    for key, value in rows:
+        console.print(f"[bold]{key:>14}[/]  {value}", highlight=False)
+    for warning in info.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    return 0
+
+
+def _data_stats(args, model):
+    from tuiwiz.plan.recommend import DataStats
+
+    if args.seq_len:
+        if args.seq_len < 8:
+            raise UserError("--seq-len must be at least 8", field="--seq-len")
+        return DataStats.assumed(args.seq_len)
+    if not args.data:
+        return None
+    from tuiwiz.data.rendering import token_stats
+
+    return token_stats(args.data, model, task=args.task)
+
+
+def _option_dict(option) -> dict:
+    from dataclasses import asdict
+
+    est = option.estimate
+    return {
+        "key": option.key, "title": option.title, "fits": option.fits, "reason": option.reason,
+        "rejected": option.rejected, "gpus": list(option.gpu_indices), "plan": asdict(option.plan),
+        "effective_batch": option.effective_batch, "learning_rate": option.learning_rate,
+        "lora_alpha": option.lora_alpha, "trainable_parameters": option.trainable_parameters,
+        "needed_bytes": option.needed, "per_device": est.per_device.terms(),
+        "fit": [asdict(f) for f in option.fit], "cpu_ram_bytes": est.cpu_ram, "disk_total_bytes": est.disk_total,
+        "warnings": list(option.warnings),
+    }
+
+
+def _cmd_recommend(args) -> int:
+    from tuiwiz.plan.hardware import probe
+    from tuiwiz.plan.modelinfo import inspect_model
+    from tuiwiz.plan.recommend import recommend, to_profile
+
+    machine = probe(snapshot=args.hardware)
+    model = inspect_model(args.model, online=True)
+    stats = _data_stats(args, model)
+    result = recommend(machine, model, stats, args.task, target_batch=args.target_batch, experts=args.experts)
+    if args.write:
+        if result.best is None:
+            raise UserError("no option fits this machine, so there is no profile to write",
+                            hint="a smaller model, a shorter --seq-len, or a machine with more memory")
+        if not args.data:
+            raise UserError("--write needs --data: the profile names the dataset", field="--data")
+        from tuiwiz.profile.io import save_profile
+
+        save_profile(to_profile(result.best, args.model, args.data, args.task), args.write)
+        print(f"wrote {args.write} ({result.best.title})", file=sys.stderr)
+    if args.json:
+        print(json.dumps({
+            "machine": machine.source, "model": model.name, "parameters": model.num_parameters,
+            "seq_len": result.seq_len, "seq_len_reason": result.seq_len_reason, "warnings": list(result.warnings),
+            "options": [_option_dict(o) for o in result.options],
+        }, indent=2))
+        return 0
+    from rich.table import Table
+
+    console = _console()
+    gpus = ", ".join(f"{g.index}: {g.name} {_gib_mb(g.memory_free_mb)} free" for g in machine.gpus) or \
+        f"no GPU, {_gib_mb(machine.ram_available_mb)} RAM free"
+    console.print(f"[bold]{model.name}[/] ({_count(model.num_parameters)} parameters) on {gpus}", highlight=False)
+    console.print(f"max length {result.seq_len} tokens: {result.seq_len_reason}", highlight=False)
+    table = Table(box=None, pad_edge=False)
+    for column in ("", "option", "needs", "batch", "ckpt", "trainable", "why not"):
+        table.add_column(column)
+    for o in result.options:
+        p = o.plan
+        mark = "[green]✓[/]" if o.fits else "[red]✗[/]"
+        batch = f"{p.micro_batch}×{p.gradient_accumulation}" + (f"×{len(o.gpu_indices)}" if len(o.gpu_indices) > 1
+                                                                 else "")
+        table.add_row(mark, o.title, _gib(o.needed), batch, "on" if p.gradient_checkpointing else "off",
+                      _count(o.trainable_parameters), o.rejected or "")
+    console.print(table)
+    if result.best is not None:
+        console.print(f"[bold]best:[/] {result.best.title}. {result.best.reason}", highlight=False)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    if result.best is None:
+        console.print("[red]nothing fits[/]: try a smaller model or a shorter max length")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tuiwiz")
+    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return dispatch(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

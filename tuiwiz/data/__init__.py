@@ -1,0 +1,1 @@
+"""Datasets: reading files and hub datasets, sniffing their format, rendering examples as the model sees them."""

@@ -1,0 +1,468 @@
+"""Which fine-tuning settings fit this machine, ranked, each with its reason.
+
+Pure Python over hardware.Machine, modelinfo.ModelInfo and DataStats (token
+lengths of the dataset). ``recommend`` tries every method and distributed
+strategy, finds the largest micro-batch that fits (gradient checkpointing only
+where it is needed), and says why each rejected option does not fit.
+``step_down`` is the next lighter setting after an out-of-memory error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from tuiwiz.errors import UserError
+from tuiwiz.plan.hardware import Machine
+from tuiwiz.plan.memory import GiB, MemoryEstimate, Plan, estimate
+from tuiwiz.plan.modelinfo import ModelInfo
+from tuiwiz.profile.schema import DEFAULT_LEARNING_RATE, Profile
+
+# Fraction of free memory a plan may use: leaves room for the estimate's error and other processes.
+GPU_HEADROOM = 0.92
+RAM_HEADROOM = 0.85
+DEFAULT_SEQ_LEN = 512
+MIN_SEQ_LEN = 64
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """Token lengths of a dataset's examples (after the chat template, with special tokens)."""
+
+    rows: int
+    p50: int
+    p95: int
+    max: int
+    lengths: tuple[int, ...] = ()  # every example's length when known; makes truncated_at exact
+    total_tokens: int | None = None
+    source: str | None = None  # e.g. "train.jsonl, tokenizer of Qwen/Qwen2.5-0.5B"
+
+    @classmethod
+    def from_lengths(cls, lengths, source: str | None = None) -> "DataStats":
+        ordered = sorted(int(n) for n in lengths)
+        if not ordered:
+            raise UserError("the dataset has no examples", hint="check the data file and its format", kind="data")
+
+        def pct(q: float) -> int:
+            return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+        return cls(rows=len(ordered), p50=pct(0.5), p95=pct(0.95), max=ordered[-1], lengths=tuple(ordered),
+                   total_tokens=sum(ordered), source=source)
+
+    @classmethod
+    def assumed(cls, seq_len: int) -> "DataStats":
+        """A stand-in when only a sequence length is known (``--seq-len``)."""
+        return cls(rows=0, p50=seq_len, p95=seq_len, max=seq_len, source="assumed")
+
+    def truncated_at(self, max_len: int) -> int:
+        """How many examples are longer than ``max_len`` (at least an estimate without ``lengths``)."""
+        if self.lengths:
+            return sum(1 for n in self.lengths if n > max_len)
+        if self.max <= max_len:
+            return 0
+        if self.p95 <= max_len:
+            return max(1, round(0.05 * self.rows))  # somewhere in the top 5%
+        return round((0.5 if self.p50 > max_len else 0.05) * self.rows)
+
+
+@dataclass(frozen=True)
+class DeviceFit:
+    index: int | None  # GPU index; None for the CPU
+    needed: int
+    available: int
+
+    @property
+    def fits(self) -> bool:
+        return self.needed <= self.available
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str  # e.g. full, full-zero3, lora, qlora, cpu-lora
+    title: str
+    plan: Plan
+    gpu_indices: tuple[int, ...]  # () on the CPU
+    estimate: MemoryEstimate
+    fit: tuple[DeviceFit, ...]
+    fits: bool
+    effective_batch: int
+    learning_rate: float
+    lora_alpha: float | None
+    reason: str  # why choose it (one sentence)
+    rejected: str | None = None  # why it does not fit
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def trainable_parameters(self) -> int:
+        return self.estimate.trainable_parameters
+
+    @property
+    def needed(self) -> int:
+        return self.estimate.total
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    options: tuple[Option, ...]  # fitting options by preference, then the rest by how close they come
+    seq_len: int
+    seq_len_reason: str
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def best(self) -> Option | None:
+        return self.options[0] if self.options and self.options[0].fits else None
+
+    @property
+    def fitting(self) -> tuple[Option, ...]:
+        return tuple(o for o in self.options if o.fits)
+
+    def option(self, key: str) -> Option | None:
+        return next((o for o in self.options if o.key == key), None)
+
+
+def _round64(n: int) -> int:
+    return max(MIN_SEQ_LEN, -(-int(n) // 64) * 64)
+
+
+def choose_seq_len(data: DataStats | None, model: ModelInfo) -> tuple[int, str, list[str]]:
+    """Max length: the longest example when the tail is short, else the 95th percentile; a multiple of 64."""
+    warnings = []
+    context = model.context_length or 1_048_576
+    if data is None:
+        seq, why = min(DEFAULT_SEQ_LEN, context), f"no data statistics: assumed {DEFAULT_SEQ_LEN} tokens"
+        warnings.append(why)
+    elif data.source == "assumed":
+        seq, why = _round64(data.max), f"{data.max} tokens as given"
+    elif data.max <= 1.25 * data.p95:
+        seq = _round64(data.max)
+        why = f"covers every example (longest {data.max:,} tokens)"
+    else:
+        seq = _round64(data.p95)
+        cut = data.truncated_at(seq)
+        why = f"covers 95% of examples (p95 {data.p95:,} tokens); {cut:,} longer ones are truncated"
+    if seq > context:
+        warnings.append(f"the data needs {seq:,} tokens but the model's context is {context:,}: truncated to it")
+        seq, why = context, f"the model's context length ({context:,} tokens)"
+    return seq, why, warnings
+
+
+def _lora_targets(model: ModelInfo) -> tuple[str, ...] | None:
+    """Every block's linear layers (peft's all-linear), named explicitly where the architecture is known."""
+    return model.linear_modules if model.known_architecture and model.linear_modules else None
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    key: str
+    title: str
+    method: str
+    strategy: str
+    gpus: tuple[int, ...]
+
+
+def _candidates(machine: Machine, model: ModelInfo, experts: bool) -> list[_Candidate]:
+    extra = ["ia3", "adalora", "prefix_tuning", "p_tuning"] + (["bitfit"] if model.bias_parameters else [])
+    names = {"ia3": "IA3", "adalora": "AdaLoRA", "prefix_tuning": "prefix tuning", "p_tuning": "p-tuning",
+             "bitfit": "BitFit", "prompt_tuning": "prompt tuning"}
+    if not machine.has_gpu:
+        cands = [_Candidate("cpu-full", "full fine-tuning on the CPU", "full", "single", ()),
+                 _Candidate("cpu-lora", "LoRA on the CPU", "lora", "single", ()),
+                 _Candidate("cpu-qlora", "QLoRA on the CPU", "qlora", "single", ()),
+                 _Candidate("cpu-prompt_tuning", "prompt tuning on the CPU", "prompt_tuning", "single", ())]
+        if experts:
+            cands += [_Candidate(f"cpu-{m}", f"{names[m]} on the CPU", m, "single", ()) for m in extra]
+        return cands
+    gpus = sorted(machine.gpus, key=lambda g: -g.memory_free_mb)
+    best = (gpus[0].index,)
+    # a busy GPU (half the best one's free memory or less) would hold the others back: leave it out
+    group = tuple(sorted(g.index for g in gpus if g.memory_free_mb >= 0.5 * gpus[0].memory_free_mb))
+    cands = []
+    if len(group) > 1:
+        n = len(group)
+        cands += [_Candidate("full-ddp", f"full fine-tuning on {n} GPUs (DDP)", "full", "ddp", group),
+                  _Candidate("full-zero2", f"full fine-tuning on {n} GPUs (ZeRO-2)", "full", "zero2", group),
+                  _Candidate("full-zero3", f"full fine-tuning on {n} GPUs (ZeRO-3)", "full", "zero3", group)]
+    cands.append(_Candidate("full", "full fine-tuning", "full", "single", best))
+    cands += [_Candidate("lora", "LoRA", "lora", "single", best),
+              _Candidate("qlora", "QLoRA (4-bit base)", "qlora", "single", best)]
+    offload_on = group if len(group) > 1 else best
+    cands.append(_Candidate("full-zero3-offload", f"full fine-tuning, ZeRO-3 with optimizer offload to CPU"
+                            f"{f' on {len(offload_on)} GPUs' if len(offload_on) > 1 else ''}", "full",
+                            "zero3_offload_optimizer", offload_on))
+    if experts:
+        cands.append(_Candidate("full-zero3-offload-all", "full fine-tuning, ZeRO-3 with parameters and optimizer "
+                                "offloaded to CPU", "full", "zero3_offload_all", offload_on))
+        cands += [_Candidate(m, names[m], m, "single", best) for m in extra]
+    cands.append(_Candidate("prompt_tuning", "prompt tuning", "prompt_tuning", "single", best))
+    return cands
+
+
+def _precision(machine: Machine, gpus: tuple[int, ...]) -> str:
+    if not gpus:
+        return "fp32"
+    chosen = [g for g in machine.gpus if g.index in gpus]
+    return "bf16" if all(g.bf16 for g in chosen) else "fp16"
+
+
+def _optimizer(method: str) -> str:
+    return "paged_adamw_8bit" if method == "qlora" else "adamw_torch"
+
+
+def _fit(machine: Machine, cand: _Candidate, est: MemoryEstimate) -> tuple[tuple[DeviceFit, ...], str | None]:
+    if not cand.gpus:
+        available = int(machine.ram_available_mb * 2**20 * RAM_HEADROOM)
+        fit = (DeviceFit(None, est.total, available),)
+        if est.total > available:
+            return fit, (f"needs {est.total / GiB:.1f} GiB of RAM, the machine has "
+                         f"{machine.ram_available_mb / 1024:.1f} GiB available")
+        return fit, None
+    fits = tuple(DeviceFit(g.index, est.total, int(g.memory_free_bytes * GPU_HEADROOM))
+                 for g in machine.gpus if g.index in cand.gpus)
+    short = [f for f in fits if not f.fits]
+    if short:
+        worst = min(short, key=lambda f: f.available)
+        free = next(g for g in machine.gpus if g.index == worst.index).memory_free_mb / 1024
+        where = "the card has" if len(machine.gpus) == 1 else f"GPU {worst.index} has"
+        text = f"needs {est.total / GiB:.1f} GiB per GPU, {where} {free:.1f} GiB free"
+        if est.total <= free * GiB:
+            text += f" ({worst.available / GiB:.1f} GiB usable: the estimate keeps {1 - GPU_HEADROOM:.0%} spare)"
+        return fits, text
+    ram = int(machine.ram_available_mb * 2**20 * RAM_HEADROOM)
+    if est.cpu_ram > ram:
+        text = (f"needs {est.cpu_ram / GiB:.0f} GiB of CPU RAM for the offloaded states, the machine has "
+                f"{machine.ram_available_mb / 1024:.0f} GiB available")
+        if est.cpu_ram <= machine.ram_available_mb * 2**20:  # else "needs 180 of 200" reads as if it fits
+            text += f" ({ram / GiB:.0f} GiB usable: the estimate keeps {1 - RAM_HEADROOM:.0%} spare)"
+        return fits, text
+    return fits, None
+
+
+def _search(machine, model, cand, seq, target_batch, precision, task):
+    """The largest micro-batch that fits; checkpointing only when it buys a 4x larger one or is needed."""
+    n = max(1, len(cand.gpus))
+    base = Plan(method=cand.method, device="cuda" if cand.gpus else "cpu", precision=precision, seq_len=seq,
+                strategy=cand.strategy, optimizer=_optimizer(cand.method), task=task,
+                fused_loss=task != "classification",
+                lora_targets=_lora_targets(model) if cand.method in ("lora", "qlora", "adalora") else None)
+    top = 1 << max(0, int(math.log2(max(1, target_batch // n))))
+    found = {}
+    for gc in (False, True):
+        mb = top
+        while mb >= 1:
+            plan = replace(base, micro_batch=mb, gradient_checkpointing=gc,
+                           gradient_accumulation=max(1, math.ceil(target_batch / (mb * n))))
+            est = estimate(model, plan, n)
+            fit, why = _fit(machine, cand, est)
+            if why is None:
+                found[gc] = (plan, est, fit)
+                break
+            mb //= 2
+    if False in found and (True not in found or found[True][0].micro_batch < 4 * found[False][0].micro_batch
+                           or found[False][0].micro_batch * seq >= 4096):
+        return (*found[False], None)
+    if True in found:
+        return (*found[True], None)
+    # nothing fits: report the lightest setting
+    plan = replace(base, micro_batch=1, gradient_checkpointing=True, gradient_accumulation=max(1, target_batch // n))
+    est = estimate(model, plan, n)
+    fit, why = _fit(machine, cand, est)
+    return plan, est, fit, why
+
+
+_REASONS = {
+    "full": "updates every weight: the best quality where it fits",
+    "lora": "trains small low-rank adapters on a frozen {dtype} model: close to full fine-tuning at a fraction "
+            "of the memory",
+    "qlora": "LoRA on a 4-bit NF4 base model: the least memory, somewhat slower and slightly less accurate",
+    "prompt_tuning": "trains only {v} virtual tokens: tiny and fast, but weaker than LoRA on most tasks",
+    "prefix_tuning": "trains key/value prefixes for every layer: small, for generation-style tasks",
+    "p_tuning": "virtual tokens produced by a small MLP: small, mostly for understanding tasks",
+    "ia3": "learns per-channel scales on a few layers: the fewest parameters of the adapter methods",
+    "adalora": "LoRA whose rank budget moves to the layers that need it; slower to train",
+    "bitfit": "trains the bias terms only: tiny, works best on encoder models",
+}
+_STRATEGY_NOTES = {
+    "ddp": "each GPU holds a full copy; fastest where it fits",
+    "zero2": "optimizer states and gradients split across the GPUs",
+    "zero3": "weights, gradients and optimizer states split across the GPUs",
+    "zero3_offload_optimizer": "optimizer states in CPU RAM: fits big models, several times slower",
+    "zero3_offload_all": "weights and optimizer states in CPU RAM: fits almost anything, very slow",
+}
+
+
+def _reason(cand: _Candidate, plan: Plan, est: MemoryEstimate, model: ModelInfo) -> str:
+    text = _REASONS[cand.method].format(dtype=plan.precision, v=plan.num_virtual_tokens)
+    if cand.strategy in _STRATEGY_NOTES:
+        text += f"; {_STRATEGY_NOTES[cand.strategy]}"
+    share = est.trainable_parameters / max(1, model.num_parameters)
+    return f"{text[0].upper()}{text[1:]} ({_count(est.trainable_parameters)} trainable, {share:.2%})."
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def recommend(machine: Machine, model: ModelInfo, data_stats: DataStats | None, task: str = "sft", *,
+              target_batch: int = 16, experts: bool = False) -> Recommendation:
+    """Every option for this machine, ranked: those that fit first, in order of preference."""
+    seq, seq_reason, warnings = choose_seq_len(data_stats, model)
+    warnings += list(model.warnings)
+    if not machine.has_gpu:
+        warnings.append("no GPU: training runs on the CPU, which suits small models and the demo")
+    options = []
+    for rank, cand in enumerate(_candidates(machine, model, experts)):
+        precision = _precision(machine, cand.gpus)
+        option_warnings = []
+        if cand.method == "qlora" and not cand.gpus:
+            plan = Plan(method="qlora", device="cpu", precision="fp32", seq_len=seq, task=task)
+            est = estimate(model, plan)
+            options.append((rank, Option(cand.key, cand.title, plan, (), est, (), False, target_batch,
+                                         DEFAULT_LEARNING_RATE["qlora"], None, _REASONS["qlora"] + ".",
+                                         "on a CPU 4-bit weights save RAM but dequantising makes every step slower; LoRA fits")))
+            continue
+        try:
+            plan, est, fit, rejected = _search(machine, model, cand, seq, target_batch, precision, task)
+        except UserError as exc:  # e.g. IA3 has no default targets for this architecture
+            warnings.append(f"{cand.title}: {exc.message}")
+            continue
+        if est.disk_total > (machine.disk_free_mb or 0) * 2**20 and machine.disk_free_mb is not None:
+            option_warnings.append(f"checkpoints and output need {est.disk_total / GiB:.0f} GiB of disk, "
+                                   f"{machine.disk_free_mb / 1024:.0f} GiB free")
+        n = max(1, len(cand.gpus))
+        lora_alpha = 2.0 * plan.lora_r if cand.method in ("lora", "qlora") else None
+        options.append((rank, Option(
+            key=cand.key, title=cand.title, plan=plan, gpu_indices=cand.gpus, estimate=est, fit=fit,
+            fits=rejected is None, effective_batch=plan.micro_batch * plan.gradient_accumulation * n,
+            learning_rate=DEFAULT_LEARNING_RATE[cand.method], lora_alpha=lora_alpha,
+            reason=_reason(cand, plan, est, model), rejected=rejected,
+            warnings=tuple(option_warnings) + est.notes,
+        )))
+
+    def order(item):
+        rank, o = item
+        if o.fits:
+            return (0, rank, 0.0)
+        room = min((f.available for f in o.fit), default=1) or 1
+        return (1, 0, o.needed / room)
+
+    ranked = tuple(o for _, o in sorted(options, key=order))
+    return Recommendation(ranked, seq, seq_reason, tuple(dict.fromkeys(warnings)))
+
+
+# ---------------------------------------------------------------- to a profile, and back down
+
+
+def _method_config(option: Option):
+    from tuiwiz.profile import schema as p
+
+    plan = option.plan
+    targets = list(plan.lora_targets) if plan.lora_targets else "all-linear"
+    if plan.method == "full":
+        return p.FullMethod()
+    if plan.method == "lora":
+        return p.LoraMethod(r=plan.lora_r, lora_alpha=option.lora_alpha or 2 * plan.lora_r, target_modules=targets)
+    if plan.method == "qlora":
+        return p.QLoraMethod(r=plan.lora_r, lora_alpha=option.lora_alpha or 2 * plan.lora_r,
+                             target_modules=targets, bits=plan.qlora_bits)
+    if plan.method == "adalora":
+        return p.AdaLoraMethod(target_modules=targets)
+    return {"prompt_tuning": p.PromptTuningMethod, "prefix_tuning": p.PrefixTuningMethod,
+            "p_tuning": p.PTuningMethod, "ia3": p.IA3Method, "bitfit": p.BitFitMethod}[plan.method]()
+
+
+def to_profile(option: Option, model_name: str, data_path: str, task: str = "sft") -> Profile:
+    """A valid profile for ``option``, its distributed strategy included."""
+    from tuiwiz.profile.schema import DataConfig, DistributedConfig, ModelConfig, TrainingConfig
+
+    plan = option.plan
+    strategy = {"zero3_offload_optimizer": "zero3", "zero3_offload_all": "zero3"}.get(plan.strategy, plan.strategy)
+    n = max(1, len(option.gpu_indices))
+    distributed = DistributedConfig(
+        strategy="single" if strategy == "single" and n == 1 else strategy, num_processes=n,
+        gpus=list(option.gpu_indices) if option.gpu_indices else None,
+        offload_optimizer=plan.strategy in ("zero3_offload_optimizer", "zero3_offload_all"),
+        offload_params=plan.strategy == "zero3_offload_all",
+    )
+    return Profile(
+        task=task,
+        model=ModelConfig(name_or_path=model_name,
+                          attn_implementation="auto" if plan.attn_implementation == "sdpa"
+                          else plan.attn_implementation),
+        data=DataConfig(path=data_path, max_length=plan.seq_len),
+        method=_method_config(option),
+        training=TrainingConfig(
+            per_device_train_batch_size=plan.micro_batch, gradient_accumulation_steps=plan.gradient_accumulation,
+            gradient_checkpointing=plan.gradient_checkpointing, precision=plan.precision, optim=plan.optimizer,
+            learning_rate=option.learning_rate,
+        ),
+        distributed=distributed,
+    )
+
+
+@dataclass(frozen=True)
+class StepDown:
+    """The next lighter profile after an out-of-memory error. Unpacks as ``(profile, reason)``."""
+
+    profile: Profile
+    reason: str
+    kind: str  # micro_batch / checkpointing / max_length / method
+    needs_consent: bool = False
+
+    def __iter__(self):
+        return iter((self.profile, self.reason))
+
+
+def step_down(profile: Profile, model: ModelInfo, machine: Machine, *,
+              allow_truncation: bool = True) -> StepDown | None:
+    """Halve the micro-batch (same effective batch), then checkpoint, then shorten (consent), then lighten.
+
+    None when nothing lighter is left. With ``allow_truncation=False`` the max-length step is skipped.
+    """
+    step = _step_down(profile, model, machine, allow_truncation)
+    if step is None:
+        return None
+    return replace(step, profile=Profile.model_validate(step.profile.model_dump()))
+
+
+def _step_down(profile: Profile, model: ModelInfo, machine: Machine, allow_truncation: bool) -> StepDown | None:
+    t = profile.training
+    if t.per_device_train_batch_size > 1:
+        mb = t.per_device_train_batch_size // 2
+        effective = t.per_device_train_batch_size * t.gradient_accumulation_steps
+        accum = max(1, math.ceil(effective / mb))
+        new = profile.model_copy(update={"training": t.model_copy(update={
+            "per_device_train_batch_size": mb, "gradient_accumulation_steps": accum})})
+        return StepDown(new, f"micro-batch {t.per_device_train_batch_size} → {mb}, gradient accumulation "
+                             f"{t.gradient_accumulation_steps} → {accum} (effective batch {mb * accum})",
+                        "micro_batch")
+    if not t.gradient_checkpointing:
+        new = profile.model_copy(update={"training": t.model_copy(update={"gradient_checkpointing": True})})
+        return StepDown(new, "gradient checkpointing on: activations are recomputed in the backward pass "
+                             "(about 30% slower, much less memory)", "checkpointing")
+    length = profile.data.max_length
+    if allow_truncation and length > 2 * MIN_SEQ_LEN:
+        shorter = max(MIN_SEQ_LEN, (length // 2) // 64 * 64)
+        new = profile.model_copy(update={"data": profile.data.model_copy(update={"max_length": shorter})})
+        return StepDown(new, f"max length {length} → {shorter} tokens: longer examples will be truncated",
+                        "max_length", needs_consent=True)
+    lighter = {"full": "lora", "bitfit": "lora", "lora": "qlora" if machine.has_gpu else None,
+               "adalora": "lora"}.get(profile.method.type)
+    if lighter is None:
+        return None
+    from tuiwiz.profile import schema as p
+
+    if lighter == "lora":
+        method = p.LoraMethod(target_modules=list(model.linear_modules) if model.known_architecture
+                              and model.linear_modules else "all-linear")
+    else:
+        old = profile.method
+        method = p.QLoraMethod(r=old.r, lora_alpha=old.lora_alpha, lora_dropout=old.lora_dropout,
+                               target_modules=old.target_modules, use_dora=old.use_dora, use_rslora=old.use_rslora)
+    training = t.model_copy(update={"learning_rate": DEFAULT_LEARNING_RATE[lighter],
+                                    "optim": "paged_adamw_8bit" if lighter == "qlora" else t.optim})
+    new = profile.model_copy(update={"method": method, "training": training})
+    return StepDown(new, f"{profile.method.type} → {lighter}: {_REASONS[lighter].format(dtype='16-bit', v='')}",
+                    "method")

@@ -1,0 +1,1 @@
+"""After training: merge, export (GGUF, Ollama, ONNX, hub) and the chat engine, all reading a finished run's folder."""

@@ -1,0 +1,178 @@
+"""Following a run from its event log, for the headless commands.
+
+A rich progress bar on a terminal; one plain line per logged step otherwise.
+The end of a run is read from the state file checked against the process,
+never from the log alone (a resumed run's log holds earlier endings).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from tuiwiz.run.events import EventTail
+from tuiwiz.run.launch import stop_run
+from tuiwiz.run.rundir import FINISHED, RunDir, effective_status, read_state, record_exit
+
+EXIT_CODES = {"completed": 0, "failed": 1, "stopped": 130}
+
+
+@dataclass
+class FollowResult:
+    status: str
+    last_log: dict | None = None
+    run_end: dict | None = None
+    errors: list[dict] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.status, 1)
+
+
+def format_log(event: dict) -> str:
+    parts = [f"step {event.get('step')}/{event.get('max_steps')}"]
+    if event.get("epoch") is not None:
+        parts.append(f"epoch {event['epoch']:.2f}")
+    if event.get("loss") is not None:
+        parts.append(f"loss {event['loss']:.4f}")
+    if event.get("learning_rate") is not None:
+        parts.append(f"lr {event['learning_rate']:.2e}")
+    if event.get("tokens_per_second"):
+        parts.append(f"{event['tokens_per_second']:.0f} tok/s")
+    return "  ".join(parts)
+
+
+def _describe(event: dict) -> str | None:
+    kind = event.get("type")
+    if kind == "log":
+        return format_log(event)
+    if kind == "status":
+        extra = f" ({event['message']})" if event.get("message") else ""
+        return f"status: {event.get('status')}{extra}"
+    if kind == "run_start":
+        resumed = f", resumed from {event['resumed_from']}" if event.get("resumed_from") else ""
+        return (
+            f"training {event.get('model')} with {event.get('method')} on {event.get('device')} "
+            f"({event.get('precision')}, world size {event.get('world_size')}): "
+            f"{event.get('params_trainable'):,} of {event.get('params_total'):,} parameters trainable, "
+            f"{event.get('train_examples')} examples{resumed}"
+        )
+    if kind == "eval":
+        metrics = ", ".join(f"{k[5:]} {v:.4f}" for k, v in event.items() if k.startswith("eval_") and isinstance(v, float))
+        return f"eval at step {event.get('step')}: {metrics}"
+    if kind == "checkpoint":
+        return f"checkpoint saved at step {event.get('step')}"
+    if kind == "error":
+        hint = f"\n  hint: {event['hint']}" if event.get("hint") else ""
+        return f"error ({event.get('kind')}): {event.get('message')}{hint}"
+    if kind == "warning":
+        return f"warning: {event.get('message')}"
+    return None
+
+
+def _finished(run: RunDir, proc: subprocess.Popen | None) -> bool:
+    if proc is not None and proc.poll() is None:
+        return False
+    state = read_state(run)
+    if state is None:
+        return True
+    return effective_status(run, state) in FINISHED
+
+
+def follow(run: RunDir, proc: subprocess.Popen | None = None, *, out: TextIO | None = None,
+           live: bool | None = None, poll: float = 0.25) -> FollowResult:
+    """Show a run's events until it ends. Ctrl-C asks it to stop; twice kills it."""
+    out = out or sys.stdout  # the stream in force now, not at import
+    live = out.isatty() if live is None else live
+    tail = EventTail(run.events)
+    result = FollowResult(status="unknown")
+    interrupts = 0
+    progress = task = None
+    if live:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.table import Column
+
+        console = Console(file=out)
+        # At 80 columns the step count and the time left stay whole; the loss/lr/throughput line is cut.
+        progress = Progress(
+            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True, min_width=8)),
+            BarColumn(bar_width=12), MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=11)),
+            TextColumn("{task.fields[info]}", table_column=Column(
+                no_wrap=True, overflow="ellipsis", max_width=max(10, console.width - 44))),
+            TimeRemainingColumn(table_column=Column(no_wrap=True, min_width=7)), console=console, transient=False,
+        )
+        progress.start()
+        task = progress.add_task("loading", total=None, info="")
+
+    def say(text: str) -> None:
+        if progress is not None:
+            progress.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=out, flush=True)
+
+    try:
+        while True:
+            try:
+                done = _finished(run, proc)
+                if done and proc is not None:
+                    record_exit(run, proc.returncode)  # a signal's end, read before the last events
+                for event in tail.read():
+                    kind = event.get("type")
+                    if kind == "log":
+                        result.last_log = event
+                        if progress is not None:
+                            info = format_log(event).split("  ", 1)[-1]
+                            progress.update(task, description="training", completed=event.get("step") or 0,
+                                            total=event.get("max_steps") or None, info=info)
+                            continue
+                    elif kind == "run_end":
+                        result.run_end = event
+                    elif kind == "error":
+                        result.errors.append(event)
+                    text = _describe(event)
+                    if text:
+                        say(text)
+                if done:
+                    break
+                time.sleep(poll)
+            except KeyboardInterrupt:
+                interrupts += 1
+                if interrupts == 1:
+                    say("stopping: the run saves a checkpoint and ends (Ctrl-C again to kill it at once)")
+                    stop_run(run)
+                else:
+                    say("killing the run")
+                    stop_run(run, force=True)
+    finally:
+        if progress is not None:
+            progress.stop()
+    result.status = effective_status(run)
+    return result
+
+
+def print_result(run: RunDir, result: FollowResult, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    state = read_state(run)
+    if result.status == "completed" and result.run_end:
+        metrics = result.run_end.get("metrics", {})
+        print(
+            f"completed: train loss {metrics.get('train_loss', float('nan')):.4f}, "
+            f"{metrics.get('train_runtime', 0):.1f} s, {metrics.get('train_tokens_per_second', 0):.0f} tokens/s",
+            file=out,
+        )
+        print(f"output: {result.run_end.get('output')}", file=out)
+    elif result.status == "stopped":
+        checkpoint = run.last_checkpoint()
+        where = f" at {checkpoint}" if checkpoint else ""
+        print(f"stopped; checkpoint{where}. Continue with: tuiwiz resume {run.run_id}", file=out)
+    elif result.status == "failed":
+        if not result.errors:
+            message = (state.error if state and state.error else
+                       "the runner process ended without a final status (killed, or it crashed)")
+            print(f"failed: {message}", file=out)
+        print(f"log: {run.log}", file=out)
+    print(f"run: {run.run_id} ({run.path})", file=out)

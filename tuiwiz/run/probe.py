@@ -1,0 +1,144 @@
+"""The probe run: a few real optimizer steps at full length, before the real run.
+
+The estimate says a profile fits; the probe checks it. It runs the profile's
+own runner for ``steps`` optimizer steps with every batch padded to
+``data.max_length`` (the worst case the data can produce), reads the real peak
+(peak RSS on the CPU; ``torch.cuda.max_memory_reserved`` on a GPU) from the event
+log, and compares it with the estimate and with what the machine has. When the
+run does not fit (it runs out of memory, or its peak exceeds the budget) it
+steps down (micro-batch into gradient accumulation, then gradient checkpointing,
+then a shorter max length only with consent, then a lighter method) and tries
+again. The result is recorded in the profile's ``fit`` section.
+
+The probe's runs live in ``RUNS_DIR/.probes/`` and are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuiwiz.errors import UserError
+from tuiwiz.run.events import read_events
+from tuiwiz.profile.schema import FitRecord, Profile
+from tuiwiz.profile.io import LoadedProfile
+
+OOM_KINDS = ("oom_gpu", "oom_cpu")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    profile: Profile
+    estimated_mb: float
+    measured_mb: float | None
+    status: str  # completed / failed
+    error_kind: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    profile: Profile  # the profile that fits (with its fit record), or the last one tried
+    fits: bool
+    device: str
+    budget_mb: float
+    attempts: tuple[Attempt, ...] = field(default_factory=tuple)
+    changes: tuple[str, ...] = ()
+    needs_consent: str | None = None  # a step-down (shorter max length) the user must agree to
+
+    @property
+    def last(self) -> Attempt:
+        return self.attempts[-1]
+
+
+def _probe_profile(profile: Profile, steps: int) -> Profile:
+    t = profile.training.model_copy(update={
+        "max_steps": steps, "logging_steps": 1, "save_steps": 1_000_000, "eval_steps": None,
+        "pad_to_max_length": True, "gradient_accumulation_steps": 1,
+    })
+    data = profile.data.model_copy(update={"validation_split": 0.0, "validation_path": None})
+    runs_dir = str(Path(profile.output.runs_dir) / ".probes")
+    output = profile.output.model_copy(update={"runs_dir": runs_dir, "run_name": "probe"})
+    return profile.model_copy(update={"training": t, "data": data, "output": output, "fit": None})
+
+
+def _measured_peak_mb(events: list[dict], device: str) -> float | None:
+    key = "gpu_reserved_mb" if device == "cuda" else "peak_rss_mb"
+    peaks = [e["memory"][key] for e in events if e.get("type") == "log" and key in e.get("memory", {})]
+    return max(peaks) if peaks else None
+
+
+def run_probe_once(profile: Profile, source: Path | None, *, steps: int = 3,
+                   on_run: Callable | None = None) -> tuple[str, float | None, dict | None]:
+    """One probe run through the real launcher and runner. Returns (status, peak MB, error event).
+
+    ``on_run`` is told each probe's run dir as it is made (a front end stops it if it quits first).
+    """
+    from tuiwiz.run.follow import follow
+    from tuiwiz.run.launch import create_run, start_runner
+
+    probe = _probe_profile(profile, steps)
+    run = create_run(LoadedProfile(probe, source))
+    if on_run is not None:
+        on_run(run)
+    try:
+        proc = start_runner(run)
+        import io
+
+        result = follow(run, proc, out=io.StringIO(), live=False, poll=0.1)
+        events = read_events(run.events)
+        start = next((e for e in events if e["type"] == "run_start"), {})
+        error = next((e for e in reversed(events) if e["type"] == "error"), None)
+        return result.status, _measured_peak_mb(events, start.get("device", "cpu")), error
+    finally:
+        shutil.rmtree(run.path, ignore_errors=True)
+
+
+def probe(loaded: LoadedProfile, *, steps: int = 3, machine=None, allow_truncation: bool = False,
+          max_attempts: int = 4, on_run: Callable | None = None) -> ProbeResult:
+    """Probe the profile, stepping down until it fits. Raises UserError on bad input."""
+    from tuiwiz.plan.hardware import probe as probe_hardware
+    from tuiwiz.plan.memory import Plan, estimate
+    from tuiwiz.plan.modelinfo import inspect_model
+    from tuiwiz.plan.recommend import step_down
+
+    machine = machine or probe_hardware(loaded.profile.output.runs_dir)
+    # a hub model not downloaded yet: its shapes from the Hub; the probe's runner downloads it, as the run would
+    model = inspect_model(loaded.profile.model.name_or_path, loaded.profile.model.revision, build_demo=True,
+                          online=True)
+    gpus = machine.gpus
+    device = "cuda" if gpus else "cpu"
+    budget = min(g.memory_free_mb for g in gpus) if gpus else machine.ram_available_mb
+    profile = loaded.profile
+    attempts: list[Attempt] = []
+    changes: list[str] = []
+    consent = None
+    for _ in range(max_attempts):
+        plan = Plan.from_profile(profile, model, device=device, bf16=all(g.bf16 for g in gpus) if gpus else False)
+        est_mb = estimate(model, plan, max(1, len(gpus))).total / 2**20
+        status, peak, error = run_probe_once(profile, loaded.source, steps=steps, on_run=on_run)
+        attempts.append(Attempt(profile, est_mb, peak, status, error and error.get("kind"), error and error.get("message")))
+        out_of_memory = (error or {}).get("kind") in OOM_KINDS or (peak is not None and peak > budget)
+        if status == "completed" and not out_of_memory:
+            record = FitRecord(device=device, estimated_peak_mb=round(est_mb, 1), measured_peak_mb=round(peak or 0, 1),
+                               budget_mb=round(budget, 1), probed_at=dt.datetime.now().isoformat(timespec="seconds"),
+                               changes=changes)
+            return ProbeResult(profile.model_copy(update={"fit": record}), True, device, budget, tuple(attempts),
+                               tuple(changes))
+        if status != "completed" and not out_of_memory:
+            raise UserError(
+                f"the probe run failed: {error.get('message') if error else status}",
+                hint=(error or {}).get("hint") or "see the probe's train.log", kind=(error or {}).get("kind", "run"),
+            )
+        step = step_down(profile, model, machine, allow_truncation=True)
+        if step is None:
+            break
+        if step.needs_consent and not allow_truncation:
+            consent = step.reason
+            break
+        profile, reason = step
+        changes.append(reason)
+    return ProbeResult(profile, False, device, budget, tuple(attempts), tuple(changes), consent)
