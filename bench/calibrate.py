@@ -119,10 +119,10 @@ def _status_kb(key: str) -> int:
 
 
 def run_point(point: dict, checkpoint: str) -> dict:
+    import peft
     import psutil
     import torch
     import transformers
-    import peft
     from trl.trainer.utils import add_fused_lm_head
 
     torch.manual_seed(0)

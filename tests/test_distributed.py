@@ -7,9 +7,9 @@ shared test cache (TORCH_EXTENSIONS_DIR under TUIWIZ_CACHE_DIR).
 """
 
 import json
-import warnings
 import os
 import signal
+import warnings
 
 import psutil
 import pytest

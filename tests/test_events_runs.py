@@ -7,10 +7,21 @@ import sys
 
 import pytest
 
-from tuiwiz.run.events import EventTail, EventWriter, iter_tail_events, read_events
-from tuiwiz.run.rundir import (RunDir, RunnerLock, RunState, effective_status, find_run, read_state, register, registered_runs,
-                         summarize, update_state, write_state)
 from tuiwiz.errors import UserError
+from tuiwiz.run.events import EventTail, EventWriter, iter_tail_events, read_events
+from tuiwiz.run.rundir import (
+    RunDir,
+    RunnerLock,
+    RunState,
+    effective_status,
+    find_run,
+    read_state,
+    register,
+    registered_runs,
+    summarize,
+    update_state,
+    write_state,
+)
 
 from .conftest import PROFILES, run_cli
 from .test_training import build_trainer, only_run, write_profile

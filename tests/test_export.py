@@ -215,9 +215,8 @@ def test_merged_and_adapter_exports_reload_and_carry_a_model_card(lora_run, tmp_
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
 
-    from tuiwiz.run.events import read_events
-
     from tuiwiz.post.export import export_run
+    from tuiwiz.run.events import read_events
 
     merged = export_run(str(lora_run.path), "merged", tmp_path / "merged")
     assert merged.location == str(tmp_path / "merged") and any("verified" in note for note in merged.notes)
@@ -278,7 +277,6 @@ def test_gguf_writes_llama3_and_linear_rope_scaling(lora_run, tmp_path, rope):
     (rope_freqs), checked here against transformers' own scaled frequencies; linear as a factor."""
     import shutil
 
-    import gguf
     import torch
     from transformers import AutoConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS

@@ -327,8 +327,8 @@ def test_out_of_ram_is_oom_cpu(tmp_path):
     been wrong or another program had taken the RAM. The real runner is started as start_runner starts it,
     but under the address-space limit, and followed with `tuiwiz attach`."""
     from tuiwiz.demo.build import ensure_demo_dataset
-    from tuiwiz.run.launch import RUNNER_ENV, create_run
     from tuiwiz.profile.io import dump_profile
+    from tuiwiz.run.launch import RUNNER_ENV, create_run
 
     if _has_gpu():
         pytest.skip("the run would go to the GPU: an address-space limit does not simulate GPU memory")
@@ -371,7 +371,7 @@ def test_a_checkpoint_that_cannot_be_written_is_disk_full(tmp_path, demo_model):
 def _raised(fn) -> BaseException:
     try:
         fn()
-    except BaseException as exc:  # noqa: BLE001 - the point is to keep whatever was raised
+    except BaseException as exc:
         return exc
     raise AssertionError("nothing was raised")
 

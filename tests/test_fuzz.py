@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from tuiwiz.data.datasets import DEFAULT_COLUMNS, ColumnMap, load_dataset_file
 from tuiwiz.errors import UserError
-from tuiwiz.profile.schema import Profile
 from tuiwiz.profile.io import dump_profile, parse_profile_text
+from tuiwiz.profile.schema import Profile
 
 from .conftest import PROFILES
 

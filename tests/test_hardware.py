@@ -7,8 +7,8 @@ import psutil
 import pynvml
 import pytest
 
-from tuiwiz.plan import hardware
 from tuiwiz.errors import UserError
+from tuiwiz.plan import hardware
 from tuiwiz.plan.hardware import Machine, NvmlBackend, launch_env, poll_gpus, probe, save_snapshot
 
 

@@ -9,8 +9,8 @@ import sys
 import time
 
 import psutil
-import yaml
 import pytest
+import yaml
 
 from tuiwiz.run.events import read_events
 from tuiwiz.run.launch import stop_run, wait_finished

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tuiwiz.plan.architectures import config_parameter_count
 from tuiwiz.errors import UserError
+from tuiwiz.plan.architectures import config_parameter_count
 from tuiwiz.plan.modelinfo import cached_models, inspect_model, model_from_config
 from tuiwiz.plan.weights import read_safetensors_header
 

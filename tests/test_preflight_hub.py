@@ -140,8 +140,8 @@ def hub_cache(tmp_path, monkeypatch):
 
 
 def _preflight(tmp_path: Path, **ids) -> None:
-    from tuiwiz.run.launch import preflight
     from tuiwiz.profile.io import load_profile
+    from tuiwiz.run.launch import preflight
 
     preflight(load_profile(_profile(tmp_path, **ids)))
 
@@ -179,8 +179,8 @@ def test_a_cached_hub_model_gets_the_disk_check_before_a_run_exists(tmp_path, mo
     from huggingface_hub import constants
 
     from tuiwiz.demo.build import ensure_demo_model
-    from tuiwiz.run.launch import create_run
     from tuiwiz.profile.io import load_profile
+    from tuiwiz.run.launch import create_run
 
     from .test_modelinfo import fake_hub_cache
 

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from tuiwiz.plan.hardware import probe as probe_hardware
-from tuiwiz.run.probe import probe
 from tuiwiz.profile.io import load_profile
+from tuiwiz.run.probe import probe
 
 from .conftest import run_cli
 from .test_training import write_profile

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from tuiwiz.errors import UserError
-from tuiwiz.profile.schema import DEFAULT_LEARNING_RATE, METHOD_TYPES, Profile
 from tuiwiz.profile.io import load_profile, parse_profile_text, profile_json_schema, save_profile
+from tuiwiz.profile.schema import DEFAULT_LEARNING_RATE, METHOD_TYPES, Profile
 
 from .conftest import PROFILES, run_cli
 

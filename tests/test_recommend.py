@@ -10,8 +10,8 @@ from tuiwiz.errors import UserError
 from tuiwiz.plan.hardware import probe
 from tuiwiz.plan.memory import estimate
 from tuiwiz.plan.modelinfo import model_from_config
-from tuiwiz.profile.schema import DEFAULT_LEARNING_RATE, Profile
 from tuiwiz.plan.recommend import DataStats, choose_seq_len, recommend, step_down, to_profile
+from tuiwiz.profile.schema import DEFAULT_LEARNING_RATE, Profile
 
 from .conftest import ROOT
 from .test_modelinfo import load_config
@@ -234,8 +234,8 @@ def test_to_profile_carries_the_distributed_strategy():
 
 
 def test_token_stats_of_the_demo_data():
-    from tuiwiz.plan.modelinfo import inspect_model
     from tuiwiz.data.rendering import token_stats
+    from tuiwiz.plan.modelinfo import inspect_model
 
     stats = token_stats("demo:alpaca", inspect_model("demo", build_demo=True))
     assert stats.rows == 153 and 10 < stats.p50 <= stats.p95 <= stats.max < 64

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tuiwiz.demo.build import ensure_demo_dataset, ensure_demo_model
 from tuiwiz.data.rendering import ModelText, length_stats
+from tuiwiz.demo.build import ensure_demo_dataset, ensure_demo_model
 
 LLAMA3 = (
     "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"

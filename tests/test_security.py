@@ -36,8 +36,8 @@ import pytest
 import yaml
 
 from tuiwiz.errors import UserError
-from tuiwiz.profile.schema import Profile
 from tuiwiz.profile.io import load_profile, parse_profile_text
+from tuiwiz.profile.schema import Profile
 
 from .conftest import PROFILES, ROOT, run_cli
 from .test_training import only_run, write_profile

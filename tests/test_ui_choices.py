@@ -6,8 +6,15 @@ import pytest
 
 from tuiwiz.errors import UserError
 from tuiwiz.profile.schema import Profile
-from tuiwiz.ui.choices import (WizardState, check_profile_name, form_fields, form_values, headless_command,
-                               is_hub_dataset, profile_from_form)
+from tuiwiz.ui.choices import (
+    WizardState,
+    check_profile_name,
+    form_fields,
+    form_values,
+    headless_command,
+    is_hub_dataset,
+    profile_from_form,
+)
 
 
 def test_form_entries_are_read_as_yaml_would():

@@ -24,7 +24,7 @@ ENTER, DOWN, BACKSPACE = "\r", "\x1b[B", "\x7f"
 async def app_profile(workdir):
     """The app's profile for: demo, demo:alpaca, LoRA on the CPU, max_steps 2, everything else as offered."""
     app = TuiwizApp(WizardState(workdir=workdir), offer_attach=False, blink=False)
-    on = lambda name: type(app.screen).__name__ == name  # noqa: E731
+    on = lambda name: type(app.screen).__name__ == name
     async with app.run_test(size=(80, 24)) as pilot:
         for screen in ("HardwareScreen", "ModelScreen", "DataScreen"):
             await wait_for(pilot, lambda: on(screen) and app.screen.ready(), timeout=60)

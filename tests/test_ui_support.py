@@ -11,9 +11,9 @@ import pytest
 @pytest.fixture(scope="session")
 def demo_built(tmp_path_factory):
     """The demo model, built once per session in a child process (building imports torch)."""
-    from .conftest import ROOT, _shared_cache
-
     import os
+
+    from .conftest import ROOT, _shared_cache
 
     cache = _shared_cache(tmp_path_factory)
     env = {**os.environ, "TUIWIZ_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}

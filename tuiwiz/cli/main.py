@@ -122,8 +122,8 @@ def _follow_and_report(run, proc=None) -> int:
 
 
 def _cmd_print_launch(profile_path: str) -> int:
-    from tuiwiz.run.distributed import accelerate_config, deepspeed_config, node_commands
     from tuiwiz.profile.io import load_profile
+    from tuiwiz.run.distributed import accelerate_config, deepspeed_config, node_commands
 
     profile = load_profile(profile_path).profile
     for rank, command in enumerate(node_commands(profile, profile_path)):
@@ -140,8 +140,8 @@ def _cmd_print_launch(profile_path: str) -> int:
 
 
 def _cmd_train(profile_path: str, detach: bool, node_rank: int | None = None) -> int:
-    from tuiwiz.run.launch import create_run, start_runner
     from tuiwiz.profile.io import load_profile
+    from tuiwiz.run.launch import create_run, start_runner
 
     loaded = load_profile(profile_path)
     nodes = loaded.profile.distributed.nodes
@@ -199,8 +199,8 @@ def _cmd_resume(ref: str, detach: bool) -> int:
 
 
 def _cmd_probe(path: str, steps: int, allow_truncation: bool, write: str | None) -> int:
-    from tuiwiz.run.probe import probe
     from tuiwiz.profile.io import load_profile, save_profile
+    from tuiwiz.run.probe import probe
 
     result = probe(load_profile(path), steps=steps, allow_truncation=allow_truncation)
     for attempt in result.attempts:

@@ -246,8 +246,8 @@ def token_stats(data_ref: str, model, *, task: str = "sft", columns=None, format
 
     from tuiwiz.data.datasets import load_dataset_file
     from tuiwiz.demo.build import resolve_demo_uri
-    from tuiwiz.profile.io import is_local_data
     from tuiwiz.plan.recommend import DataStats
+    from tuiwiz.profile.io import is_local_data
 
     if data_ref.startswith("demo:"):
         path = resolve_demo_uri(data_ref)

@@ -91,7 +91,7 @@ class Machine:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Machine":
+    def from_dict(cls, data: dict) -> Machine:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["gpus"] = tuple(_gpu_from_dict(g) for g in data.get("gpus", ()))

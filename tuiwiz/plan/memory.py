@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from tuiwiz.plan.architectures import IA3_TARGETS
 from tuiwiz.errors import UserError
+from tuiwiz.plan.architectures import IA3_TARGETS
 from tuiwiz.plan.modelinfo import ModelInfo
 
 MiB = 1024**2
@@ -97,7 +97,7 @@ class Plan:
 
     @classmethod
     def from_profile(cls, profile, model: ModelInfo, *, device: str = "cuda", bf16: bool = True,
-                     strategy: str = "single") -> "Plan":
+                     strategy: str = "single") -> Plan:
         """The plan a profile describes, with 'auto' settled as the runner settles it."""
         t, m = profile.training, profile.method
         precision = t.precision

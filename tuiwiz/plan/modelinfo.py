@@ -16,8 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tuiwiz.plan.architectures import LinearLayer, _text_config, config_layout
 from tuiwiz.errors import UserError
+from tuiwiz.plan.architectures import LinearLayer, _text_config, config_layout
 from tuiwiz.plan.weights import _DTYPE_NAMES, _is_buffer, _linears_from_weights, read_safetensors_header
 
 

@@ -38,7 +38,7 @@ class DataStats:
     source: str | None = None  # e.g. "train.jsonl, tokenizer of Qwen/Qwen2.5-0.5B"
 
     @classmethod
-    def from_lengths(cls, lengths, source: str | None = None) -> "DataStats":
+    def from_lengths(cls, lengths, source: str | None = None) -> DataStats:
         ordered = sorted(int(n) for n in lengths)
         if not ordered:
             raise UserError("the dataset has no examples", hint="check the data file and its format", kind="data")
@@ -50,7 +50,7 @@ class DataStats:
                    total_tokens=sum(ordered), source=source)
 
     @classmethod
-    def assumed(cls, seq_len: int) -> "DataStats":
+    def assumed(cls, seq_len: int) -> DataStats:
         """A stand-in when only a sequence length is known (``--seq-len``)."""
         return cls(rows=0, p50=seq_len, p95=seq_len, max=seq_len, source="assumed")
 

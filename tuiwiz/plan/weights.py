@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuiwiz.plan.architectures import LinearLayer
 from tuiwiz.errors import UserError
+from tuiwiz.plan.architectures import LinearLayer
 
 # Tensors in some checkpoints that are buffers, not parameters.
 _BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".inv_freq", ".position_ids")

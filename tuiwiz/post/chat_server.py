@@ -6,8 +6,8 @@ import json
 import sys
 import threading
 
-from tuiwiz.post.chat import ACTIVE, ChatEngine, GenerationSettings
 from tuiwiz.errors import UserError
+from tuiwiz.post.chat import ACTIVE, ChatEngine, GenerationSettings
 
 
 class _Answer:
@@ -71,7 +71,8 @@ def _answer(engine: ChatEngine, channel, request: dict, parsed, finish) -> None:
         finish(lambda: channel.emit("done", id=rid, tokens=s.new_tokens, first_token_s=s.first_token_s,
                                     seconds=s.seconds, stopped=s.stopped, tokens_per_second=s.tokens_per_second))
     except BaseException as exc:  # what fails while generating is reported as itself
-        finish(lambda: channel.error(exc, id=rid))
+        failure = exc
+        finish(lambda: channel.error(failure, id=rid))
 
 
 def _refuse_busy(channel, request: dict) -> None:

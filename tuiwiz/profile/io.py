@@ -17,10 +17,10 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tuiwiz.files import write_text_atomic
-from tuiwiz.demo.builtin import is_builtin
 from tuiwiz.data.files import decode_text, read_file_bytes
+from tuiwiz.demo.builtin import is_builtin
 from tuiwiz.errors import UserError
+from tuiwiz.files import write_text_atomic
 from tuiwiz.profile.schema import Profile
 from tuiwiz.profile.yaml_tree import _compose, _mark_line
 

@@ -62,7 +62,7 @@ class DataConfig(_Strict):
     limit: int | None = Field(None, ge=1, description="Use only the first N rows.")
 
     @model_validator(mode="after")
-    def _one_validation_source(self) -> "DataConfig":
+    def _one_validation_source(self) -> DataConfig:
         if self.validation_split and self.validation_path:
             raise ValueError("set validation_split or validation_path, not both")
         return self
@@ -106,7 +106,7 @@ class PromptTuningMethod(_VirtualTokens):
     prompt_tuning_init_text: str | None = None
 
     @model_validator(mode="after")
-    def _text_needs_text(self) -> "PromptTuningMethod":
+    def _text_needs_text(self) -> PromptTuningMethod:
         if self.prompt_tuning_init == "TEXT" and not self.prompt_tuning_init_text:
             raise ValueError("prompt_tuning_init TEXT needs prompt_tuning_init_text")
         return self
@@ -145,7 +145,7 @@ class AdaLoraMethod(_Strict):
     target_modules: TargetModules = "auto"
 
     @model_validator(mode="after")
-    def _ranks(self) -> "AdaLoraMethod":
+    def _ranks(self) -> AdaLoraMethod:
         if self.target_r > self.init_r:
             raise ValueError("target_r must not exceed init_r")
         return self
@@ -158,17 +158,7 @@ class BitFitMethod(_Strict):
 
 
 Method = Annotated[
-    Union[
-        FullMethod,
-        LoraMethod,
-        QLoraMethod,
-        PromptTuningMethod,
-        PrefixTuningMethod,
-        PTuningMethod,
-        IA3Method,
-        AdaLoraMethod,
-        BitFitMethod,
-    ],
+    FullMethod | LoraMethod | QLoraMethod | PromptTuningMethod | PrefixTuningMethod | PTuningMethod | IA3Method | AdaLoraMethod | BitFitMethod,
     Field(discriminator="type"),
 ]
 
@@ -275,7 +265,7 @@ class NodesConfig(_Strict):
                     "runs side by side do not collide), 29500 across machines.")
 
     @model_validator(mode="after")
-    def _rank_in_range(self) -> "NodesConfig":
+    def _rank_in_range(self) -> NodesConfig:
         if self.rank >= self.count:
             raise ValueError(f"nodes.rank {self.rank} must be below nodes.count {self.count}")
         return self
@@ -299,7 +289,7 @@ class DistributedConfig(_Strict):
         return self.num_processes * self.nodes.count
 
     @model_validator(mode="after")
-    def _consistent(self) -> "DistributedConfig":
+    def _consistent(self) -> DistributedConfig:
         if self.strategy == "single" and self.world_size > 1:
             raise ValueError("strategy single runs one process: set strategy ddp, zero2 or zero3 for several")
         if self.offload_params and self.strategy != "zero3":
@@ -340,7 +330,7 @@ class Profile(_Strict):
     fit: FitRecord | None = None
 
     @model_validator(mode="after")
-    def _combinations(self) -> "Profile":
+    def _combinations(self) -> Profile:
         fmt = self.data.format
         if self.task == "classification" and fmt not in ("auto", "classification"):
             raise ValueError(f"task classification needs data.format classification, not {fmt}")

@@ -18,10 +18,22 @@ from pathlib import Path
 
 from tuiwiz.demo.builtin import is_builtin, resolve_builtin
 from tuiwiz.errors import UserError
-from tuiwiz.profile.schema import Profile
 from tuiwiz.profile.io import DATA_SUFFIXES, LoadedProfile, dump_profile, is_hub_id, is_local_data
-from tuiwiz.run.rundir import (ACTIVE, FINISHED, RunDir, RunnerLock, RunState, is_probe_run, process_alive, read_state, register,
-                   update_state, watcher_alive, write_state)
+from tuiwiz.profile.schema import Profile
+from tuiwiz.run.rundir import (
+    ACTIVE,
+    FINISHED,
+    RunDir,
+    RunnerLock,
+    RunState,
+    is_probe_run,
+    process_alive,
+    read_state,
+    register,
+    update_state,
+    watcher_alive,
+    write_state,
+)
 
 # Environment the runner always gets: NVML and CUDA agree on GPU numbering.
 RUNNER_ENV = {
@@ -112,7 +124,6 @@ def _check_lengths(profile: Profile, data, folder: Path) -> None:
 def _check_data(profile: Profile, source: str) -> None:
     from tuiwiz.data import datasets as datamod
     from tuiwiz.demo.build import resolve_demo_uri
-
     from tuiwiz.run.preflight import check_chat_template
 
     columns = datamod.ColumnMap(**profile.data.columns.model_dump())

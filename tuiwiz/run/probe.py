@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuiwiz.errors import UserError
-from tuiwiz.run.events import read_events
-from tuiwiz.profile.schema import FitRecord, Profile
 from tuiwiz.profile.io import LoadedProfile
+from tuiwiz.profile.schema import FitRecord, Profile
+from tuiwiz.run.events import read_events
 
 OOM_KINDS = ("oom_gpu", "oom_cpu")
 

@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuiwiz.files import write_text_atomic
 from tuiwiz.errors import UserError
-from tuiwiz.run.events import iter_tail_events
+from tuiwiz.files import write_text_atomic
 from tuiwiz.paths import state_dir
+from tuiwiz.run.events import iter_tail_events
 
 ACTIVE = ("created", "starting", "loading", "running", "stopping")
 FINISHED = ("completed", "stopped", "failed")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from tuiwiz.data.datasets import LoadedData
+from tuiwiz.data.rendering import ALPACA_PROMPT, ALPACA_PROMPT_INPUT, alpaca_messages
 from tuiwiz.errors import UserError
 from tuiwiz.profile.schema import Profile
-from tuiwiz.data.rendering import ALPACA_PROMPT, ALPACA_PROMPT_INPUT, alpaca_messages
 
 
 def _alpaca_rows(records, tokenizer) -> list[dict]:

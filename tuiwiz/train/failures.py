@@ -32,7 +32,7 @@ class RanksFailed(RuntimeError):
     """A multi-process run that failed: the supervisor's verdict over its ranks, raised so that the runner
     records it (and recovers from it) as it does a failure of its own."""
 
-    def __init__(self, failure: "Failure") -> None:
+    def __init__(self, failure: Failure) -> None:
         super().__init__(failure.message)
         self.failure = failure
 

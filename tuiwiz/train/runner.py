@@ -18,18 +18,24 @@ from pathlib import Path
 import psutil
 
 from tuiwiz import __version__
-from tuiwiz.files import write_text_atomic
 from tuiwiz.errors import UserError
-from tuiwiz.run.events import EventWriter
-from tuiwiz.profile.schema import Profile
+from tuiwiz.files import write_text_atomic
 from tuiwiz.profile.io import load_profile
+from tuiwiz.profile.schema import Profile
+from tuiwiz.run.events import EventWriter
 from tuiwiz.run.rundir import RunDir, RunnerLock, update_state
 from tuiwiz.train.failures import Failure, RanksFailed, classify
 from tuiwiz.train.stop import StopFlag
 
 
 def _load_data(profile: Profile):
-    from tuiwiz.data.datasets import ColumnMap, check_validation_labels, load_dataset_file, load_hub_dataset, split_validation
+    from tuiwiz.data.datasets import (
+        ColumnMap,
+        check_validation_labels,
+        load_dataset_file,
+        load_hub_dataset,
+        split_validation,
+    )
     from tuiwiz.demo.build import resolve_demo_uri
     from tuiwiz.profile.io import is_local_data
 
@@ -307,8 +313,8 @@ def _recover(run: RunDir, profile: Profile, events: EventWriter, failure: Failur
     """
     from tuiwiz.plan.hardware import probe as probe_hardware
     from tuiwiz.plan.modelinfo import inspect_model
-    from tuiwiz.profile.io import dump_profile
     from tuiwiz.plan.recommend import step_down
+    from tuiwiz.profile.io import dump_profile
 
     step = step_down(profile, inspect_model(profile.model.name_or_path, profile.model.revision, build_demo=True),
                      probe_hardware(run.path), allow_truncation=False)

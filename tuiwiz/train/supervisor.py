@@ -19,10 +19,10 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from tuiwiz.run.distributed import is_distributed, launch_env, worker_argv, write_launch_files
-from tuiwiz.run.events import EventWriter
 from tuiwiz.paths import cache_dir
 from tuiwiz.profile.schema import Profile
+from tuiwiz.run.distributed import is_distributed, launch_env, worker_argv, write_launch_files
+from tuiwiz.run.events import EventWriter
 from tuiwiz.run.rundir import RunDir
 from tuiwiz.train.failures import Failure, RanksFailed
 from tuiwiz.train.stop import StopFlag, end_children

@@ -20,8 +20,8 @@ import time
 import traceback
 
 from tuiwiz.files import write_text_atomic
-from tuiwiz.run.events import EventWriter
 from tuiwiz.profile.io import load_profile
+from tuiwiz.run.events import EventWriter
 from tuiwiz.run.rundir import RunDir
 from tuiwiz.train.failures import Failure, classify
 

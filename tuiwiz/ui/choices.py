@@ -183,8 +183,8 @@ def recommend_for(state: WizardState):
 
 def draft_profile(state: WizardState):
     """The profile for the chosen option, with the data choices of the data step."""
-    from tuiwiz.profile.schema import ColumnsConfig, OutputConfig
     from tuiwiz.plan.recommend import to_profile
+    from tuiwiz.profile.schema import ColumnsConfig, OutputConfig
 
     option = state.option()
     if option is None:
@@ -372,8 +372,8 @@ def node_commands_for(state: WizardState, name: str, profile) -> list[str] | Non
 
 def save_and_launch(state: WizardState, profile, name: str):
     """Save the profile under profiles/, make its run dir and start the runner. Returns (run, proc, path)."""
-    from tuiwiz.run.launch import create_run, start_runner
     from tuiwiz.profile.io import load_profile, save_profile
+    from tuiwiz.run.launch import create_run, start_runner
 
     problem = check_profile_name(name)
     if problem:

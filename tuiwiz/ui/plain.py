@@ -8,10 +8,25 @@ import sys
 from pathlib import Path
 
 from tuiwiz.errors import UserError
-from tuiwiz.ui.choices import (DEMO_DATA_FOR_TASK, FORMATS, TASKS, WizardState, check_data, check_profile_name,
-                      default_profile_name, draft_profile, form_fields, form_values, headless_command,
-                      node_commands_for,
-                      profile_from_form, recommend_for, relative, save_and_launch, suggested_max_length)
+from tuiwiz.ui.choices import (
+    DEMO_DATA_FOR_TASK,
+    FORMATS,
+    TASKS,
+    WizardState,
+    check_data,
+    check_profile_name,
+    default_profile_name,
+    draft_profile,
+    form_fields,
+    form_values,
+    headless_command,
+    node_commands_for,
+    profile_from_form,
+    recommend_for,
+    relative,
+    save_and_launch,
+    suggested_max_length,
+)
 from tuiwiz.units import count, mib, size
 
 CUSTOM = "another model: a local folder or a hub id…"
@@ -195,8 +210,8 @@ def _settings(state: WizardState, ask: Prompts) -> None:
 
 
 def _review(state: WizardState, ask: Prompts) -> int:
-    from tuiwiz.run.follow import follow, print_result
     from tuiwiz.profile.io import dump_profile
+    from tuiwiz.run.follow import follow, print_result
 
     _print("", "6 Review", "")
     _print(dump_profile(state.profile))

@@ -70,7 +70,8 @@ def write_fixture_run(runs_dir: Path, run_id: str = "demo-lora-20260101-000000-b
     """
     import socket
 
-    from tuiwiz.run.rundir import RunDir, register as register_run
+    from tuiwiz.run.rundir import RunDir
+    from tuiwiz.run.rundir import register as register_run
 
     if max_steps is None:
         max_steps = steps if status == "completed" else 200

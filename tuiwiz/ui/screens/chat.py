@@ -26,8 +26,8 @@ from textual.widgets import Checkbox, Footer, Input, Label, Select, Static
 
 from tuiwiz.post.chat import printable
 from tuiwiz.post.jsonl_client import JsonlProcess
-from tuiwiz.ui.widgets import StepBar
 from tuiwiz.ui.screens.base import ReportsWorkerErrors
+from tuiwiz.ui.widgets import StepBar
 
 BASE = "base"  # the adapter choice that answers with the adapter off
 SETTINGS = (  # id, label, default, parse, check, what is allowed

@@ -15,10 +15,18 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static, TabbedContent, TabPane
 
-from tuiwiz.ui.choices import COLUMN_ROLES, DEMO_DATA_FOR_TASK, FORMATS, TASKS, check_data, column_map, suggested_max_length
-from tuiwiz.ui.widgets import cached_plot
+from tuiwiz.ui.choices import (
+    COLUMN_ROLES,
+    DEMO_DATA_FOR_TASK,
+    FORMATS,
+    TASKS,
+    check_data,
+    column_map,
+    suggested_max_length,
+)
 from tuiwiz.ui.render import PROMPT_STYLE, TRAINED_STYLE, problem_text, rendered_text
 from tuiwiz.ui.screens.base import StepScreen
+from tuiwiz.ui.widgets import cached_plot
 
 SAMPLES = 3
 

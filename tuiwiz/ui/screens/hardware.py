@@ -11,9 +11,9 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from tuiwiz.units import mib
-from tuiwiz.ui.widgets import meter
 from tuiwiz.ui.screens.base import StepScreen
+from tuiwiz.ui.widgets import meter
+from tuiwiz.units import mib
 
 
 def gpu_panel(gpu, width: int) -> Group:

@@ -15,8 +15,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, ProgressBar, Static
 
 from tuiwiz.post.jsonl_client import JsonlProcess
-from tuiwiz.ui.widgets import StepBar
 from tuiwiz.ui.screens.base import ReportsWorkerErrors
+from tuiwiz.ui.widgets import StepBar
 
 STAGES = {"merge": "merging shards", "verify": "verifying the merge", "gguf": "writing GGUF tensors",
           "onnx": "exporting ONNX"}

@@ -14,9 +14,9 @@ from textual.widgets import DataTable, Static
 
 from tuiwiz.errors import UserError
 from tuiwiz.ui.choices import recommend_for
-from tuiwiz.units import count, size
-from tuiwiz.ui.widgets import fit_bar
 from tuiwiz.ui.screens.base import StepScreen
+from tuiwiz.ui.widgets import fit_bar
+from tuiwiz.units import count, size
 
 TERMS = (
     ("weights", "weights"), ("adapter", "adapter"), ("gradients", "gradients"), ("optimizer", "optimizer states"),

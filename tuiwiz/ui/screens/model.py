@@ -17,8 +17,8 @@ from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tuiwiz.errors import UserError
-from tuiwiz.units import count, size
 from tuiwiz.ui.screens.base import StepScreen
+from tuiwiz.units import count, size
 
 SHORT = {"demo": "tiny Llama, built here", "minilm": "MiniLM-L6 (BERT)"}
 FOLDER = "\x00folder"

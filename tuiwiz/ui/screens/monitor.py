@@ -20,11 +20,11 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Log, Static
 
-from tuiwiz.ui.runview import RunReader, RunSnapshot
-from tuiwiz.units import bar, duration, mib, number
 from tuiwiz.ui.post import offered, post_action
-from tuiwiz.ui.widgets import StepBar, cached_plot, meter
+from tuiwiz.ui.runview import RunReader, RunSnapshot
 from tuiwiz.ui.screens.base import ReportsWorkerErrors
+from tuiwiz.ui.widgets import StepBar, cached_plot, meter
+from tuiwiz.units import bar, duration, mib, number
 
 REDRAW_SECONDS = 0.5  # charts and panels at most 2 Hz
 LOG_MAX_LINES = 1000

@@ -16,7 +16,6 @@ from tuiwiz.errors import UserError
 from tuiwiz.ui.choices import headless_command, node_commands_for, profile_path, relative
 from tuiwiz.ui.screens.base import StepScreen
 
-
 PROBE_STEPS = 3
 
 
@@ -162,8 +161,8 @@ class ReviewScreen(StepScreen):
         state, profile, name = self.state, self.state.profile, self.state.profile_name
 
         def job() -> None:
-            from tuiwiz.run.probe import probe
             from tuiwiz.profile.io import LoadedProfile, resolve_paths
+            from tuiwiz.run.probe import probe
 
             loaded = LoadedProfile(resolve_paths(profile, state.profiles_dir), profile_path(state, name))
             try:

@@ -14,11 +14,11 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from tuiwiz.errors import UserError
-from tuiwiz.units import duration, number
 from tuiwiz.ui.post import offered, post_action
-from tuiwiz.ui.widgets import StepBar
 from tuiwiz.ui.screens.base import ReportsWorkerErrors
 from tuiwiz.ui.screens.monitor import STATUS_STYLE
+from tuiwiz.ui.widgets import StepBar
+from tuiwiz.units import duration, number
 
 REFRESH_SECONDS = 2.0
 

@@ -11,8 +11,15 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Checkbox, Collapsible, Input, Label, Select, Static
 
 from tuiwiz.errors import UserError
-from tuiwiz.ui.choices import (FormField, check_profile_name, default_profile_name, draft_profile, form_fields, form_values,
-                       profile_from_form)
+from tuiwiz.ui.choices import (
+    FormField,
+    check_profile_name,
+    default_profile_name,
+    draft_profile,
+    form_fields,
+    form_values,
+    profile_from_form,
+)
 from tuiwiz.ui.screens.base import StepScreen
 
 
