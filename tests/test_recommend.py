@@ -10,7 +10,8 @@ from tuiwiz.errors import UserError
 from tuiwiz.plan.hardware import probe
 from tuiwiz.plan.memory import estimate
 from tuiwiz.plan.modelinfo import model_from_config
-from tuiwiz.plan.recommend import DataStats, choose_seq_len, recommend, step_down, to_profile
+from tuiwiz.data.stats import DataStats
+from tuiwiz.plan.recommend import choose_seq_len, recommend, step_down, to_profile
 from tuiwiz.profile.schema import DEFAULT_LEARNING_RATE, Profile
 
 from .conftest import ROOT

@@ -135,7 +135,7 @@ def _cmd_inspect(args) -> int:
 
 
 def _data_stats(args, model):
-    from tuiwiz.plan.recommend import DataStats
+    from tuiwiz.data.stats import DataStats
 
     if args.seq_len:
         if args.seq_len < 8:

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tuiwiz.data.files import _error, _jsonl_rows, decode_text, read_file_bytes, read_rows
+from tuiwiz.data.files import data_error, jsonl_rows, read_rows
 from tuiwiz.errors import UserError
+from tuiwiz.text_files import decode_text, read_file_bytes
 
 FORMATS = ("alpaca", "messages", "text", "classification")
 ROLES = ("system", "user", "assistant", "tool")
@@ -109,17 +110,17 @@ def _kind_of(value) -> str:
 
 def _text(value, path, line, field) -> str:
     if value is None or (isinstance(value, float) and value != value):
-        raise _error(f"'{field}' is empty", path, line, field)
+        raise data_error(f"'{field}' is empty", path, line, field)
     if isinstance(value, (dict, list, tuple, bytes, bytearray)):
-        raise _error(f"'{field}' should be text, not {_kind_of(value)}", path, line, field)
+        raise data_error(f"'{field}' should be text, not {_kind_of(value)}", path, line, field)
     try:
         text = str(value)
         text.encode("utf-8")
     except (UnicodeEncodeError, ValueError):  # a lone surrogate (JSON "\ud800"); an int too long to print
-        raise _error(f"'{field}' holds a value that is not valid text (a lone \\u surrogate escape, or a "
+        raise data_error(f"'{field}' holds a value that is not valid text (a lone \\u surrogate escape, or a "
                      "number thousands of digits long)", path, line, field) from None
     if not text.strip():
-        raise _error(f"'{field}' is empty", path, line, field, hint="remove the row or fill in the field")
+        raise data_error(f"'{field}' is empty", path, line, field, hint="remove the row or fill in the field")
     return text
 
 
@@ -130,37 +131,37 @@ def _messages(value, path, line, field) -> list[dict]:
         except ValueError:
             pass
     if not isinstance(value, list) or not value:
-        raise _error(f"'{field}' should be a non-empty list of messages", path, line, field,
+        raise data_error(f"'{field}' should be a non-empty list of messages", path, line, field,
                      hint='[{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]')
     out = []
     for i, message in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(message, dict):
-            raise _error(f"{where} should be an object with role and content", path, line, where)
+            raise data_error(f"{where} should be an object with role and content", path, line, where)
         role = message.get("role", message.get("from"))
         content = message.get("content", message.get("value"))
         if not isinstance(role, str) or role not in SHAREGPT_ROLES:
-            raise _error(f"{where} has an unknown role {role!r}", path, line, f"{where}.role",
+            raise data_error(f"{where} has an unknown role {role!r}", path, line, f"{where}.role",
                          hint="roles are " + ", ".join(ROLES) + " (ShareGPT's human/gpt work too)")
         if not isinstance(content, str):
-            raise _error(f"{where} has no text content", path, line, f"{where}.content")
+            raise data_error(f"{where} has no text content", path, line, f"{where}.content")
         content = _text(content, path, line, f"{where}.content") if content.strip() else content
         out.append({"role": SHAREGPT_ROLES[role], "content": content})
     if not any(m["role"] == "assistant" for m in out):
-        raise _error("this conversation has no assistant message to learn from", path, line, field,
+        raise data_error("this conversation has no assistant message to learn from", path, line, field,
                      hint="each conversation needs at least one assistant turn")
     return out
 
 
 def _normalise(item, fmt: str, columns: ColumnMap, path: Path, line: int) -> dict:
     if not isinstance(item, dict):
-        raise _error(f"a record should be an object, not {_kind_of(item)}", path, line)
+        raise data_error(f"a record should be an object, not {_kind_of(item)}", path, line)
     keys = list(item)
     col = {role: columns.find(role, keys) for role in DEFAULT_COLUMNS}
     missing = [role for role in NEEDED[fmt] if col[role] is None]
     if missing:
         wanted = ", ".join(getattr(columns, r) or "/".join(DEFAULT_COLUMNS[r]) for r in missing)
-        raise _error(
+        raise data_error(
             f"this {fmt} record lacks {wanted}; it has {', '.join(map(str, keys)) or 'no fields'}", path, line,
             field=missing[0], hint=f"map your column with data.columns.{missing[0]}: NAME",
         )
@@ -201,16 +202,16 @@ def normalise_rows(rows: list[tuple[int, object]], path: Path | str, *, format: 
     if limit is not None:
         rows = rows[:limit]
     if not rows:
-        raise _error("the dataset has no records", path, hint="add records, or check data.limit")
+        raise data_error("the dataset has no records", path, hint="add records, or check data.limit")
     first_line, first = rows[0]
     if format == "auto":
         if not isinstance(first, dict):
-            raise _error(f"a record should be an object, not {_kind_of(first)}", path, first_line)
+            raise data_error(f"a record should be an object, not {_kind_of(first)}", path, first_line)
         format = sniff_format(list(first), columns, task)
         if format is None:
             expected = {"classification": "text and label", "pretrain": "text"}.get(
                 task, "instruction+output (alpaca), messages (chat) or text")
-            raise _error(
+            raise data_error(
                 f"cannot tell the format: task {task} needs {expected} columns; "
                 f"the first record has {', '.join(map(str, first)) or 'no fields'}",
                 path, first_line, hint="map your columns under data.columns, or set data.format",
@@ -229,7 +230,7 @@ def normalise_rows(rows: list[tuple[int, object]], path: Path | str, *, format: 
     if format == "classification" and records:  # no records: only when every one was a problem
         labels = tuple(sorted({r["label"] for r in records}))
         if len(labels) < 2 and not evaluation:
-            raise _error(f"classification needs at least two labels; every row is '{labels[0]}'", path,
+            raise data_error(f"classification needs at least two labels; every row is '{labels[0]}'", path,
                          field=columns.label or "label")
     return LoadedData(str(path), format, records, lines, labels)
 
@@ -290,11 +291,11 @@ def _rows_past_bad_json(path: Path, on_problem: Callable[[UserError], None]) -> 
             raise
     text = decode_text(read_file_bytes(path), path)  # raises again if the text itself is the problem
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):  # the numbering _jsonl_rows uses
+    for number, line in enumerate(text.splitlines(), start=1):  # the numbering jsonl_rows uses
         try:
-            rows += [(number, item) for _, item in _jsonl_rows(path, line)]
+            rows += [(number, item) for _, item in jsonl_rows(path, line)]
         except UserError as exc:
-            exc.line = number  # _jsonl_rows saw a file of this one line
+            exc.line = number  # jsonl_rows saw a file of this one line
             on_problem(exc)
     return rows
 
@@ -323,7 +324,7 @@ def check_validation_labels(train: LoadedData, evaluation: LoadedData, *, label_
     known = set(train.labels)
     for record, line in zip(evaluation.records, evaluation.source_lines):
         if record["label"] not in known:
-            raise _error(
+            raise data_error(
                 f"label '{record['label']}' is not among the training labels ({', '.join(train.labels)})",
                 evaluation.path, line, label_column or "label",
                 hint=f"every evaluation label must also occur in the training data ({train.path})",
@@ -392,7 +393,7 @@ def split_validation(data: LoadedData, fraction: float, seed: int) -> tuple[Load
     random.Random(seed).shuffle(order)
     n_eval = max(1, round(len(order) * fraction))
     if n_eval >= len(order):
-        raise _error(f"validation_split {fraction} leaves no training rows from {len(order)}", data.path,
+        raise data_error(f"validation_split {fraction} leaves no training rows from {len(order)}", data.path,
                      field="data.validation_split", hint="lower data.validation_split or add rows")
     held, kept = sorted(order[:n_eval]), sorted(order[n_eval:])
 

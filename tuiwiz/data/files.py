@@ -9,62 +9,12 @@ import json
 from pathlib import Path
 
 from tuiwiz.errors import UserError
+from tuiwiz.text_files import decode_text, read_file_bytes
 
 
-def _error(message: str, path: Path | str, line: int | None = None, field: str | None = None,
+def data_error(message: str, path: Path | str, line: int | None = None, field: str | None = None,
            hint: str | None = None) -> UserError:
     return UserError(message, hint=hint, file=path, line=line, field=field, kind="data")
-
-
-_UTF16_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16",
-               b"\xfe\xff": "UTF-16"}
-
-
-def _utf16_without_bom(sample: bytes) -> bool:
-    """ASCII text saved as UTF-16: a zero byte in nearly every other position, and only there."""
-    if len(sample) < 8:
-        return False
-    even, odd = sample[0::2], sample[1::2]
-    return any(half.count(0) > 0.9 * len(half) and other.count(0) == 0
-               for half, other in ((even, odd), (odd, even)))
-
-
-def read_file_bytes(path: Path, kind: str = "data") -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read this file: {exc.strerror or exc}", file=path, kind=kind,
-                        hint="check the file's permissions") from None
-
-
-def decode_text(raw: bytes, path: Path | str, *, kind: str = "data",
-                what: str = "JSON, JSONL or CSV text") -> str:
-    """UTF-8 text (a BOM is skipped), or a UserError that names the encoding the file has.
-
-    UTF-16 is refused rather than guessed: without a BOM it cannot be told apart reliably,
-    and every other tool in the chain (tokenizers, the hub) expects UTF-8.
-    """
-    def refuse(message: str, line: int | None = None, hint: str | None = None) -> UserError:
-        return UserError(message, hint=hint, file=path, line=line, kind=kind)
-
-    head = raw[:4]
-    for bom, name in _UTF16_BOMS.items():
-        if head.startswith(bom):
-            raise refuse(f"this file is {name} text (it starts with a {name} byte-order mark); tuiwiz reads UTF-8",
-                         hint=f"convert it: iconv -f {name} -t UTF-8 FILE > NEW (or save as UTF-8 in your editor)")
-    sample = raw[:65536]
-    if _utf16_without_bom(sample):
-        raise refuse("this file looks like UTF-16 text (a zero byte after every character); tuiwiz reads UTF-8",
-                     hint="convert it: iconv -f UTF-16LE -t UTF-8 FILE > NEW")
-    if b"\x00" in sample:
-        raise refuse(f"this is a binary file, not {what}",
-                     hint="give a .json, .jsonl, .csv, .tsv or .parquet file" if kind == "data" else None)
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise refuse(f"not UTF-8 text (byte {exc.start})", line,
-                     hint="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 FILE > NEW)") from None
 
 
 class _BadJSON(Exception):
@@ -86,7 +36,7 @@ def _json_value(decode, *args):
         raise _BadJSON(f"not valid JSON here: {exc}".split(";")[0]) from None
 
 
-def _jsonl_rows(path: Path, text: str) -> list[tuple[int, object]]:
+def jsonl_rows(path: Path, text: str) -> list[tuple[int, object]]:
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -94,7 +44,7 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[int, object]]:
         try:
             rows.append((number, _json_value(json.loads, line)))
         except _BadJSON as exc:
-            raise _error(exc.message, path, number,
+            raise data_error(exc.message, path, number,
                          hint="each line of a .jsonl file is one complete JSON object") from None
     return rows
 
@@ -108,13 +58,13 @@ def _json_rows(path: Path, text: str) -> list[tuple[int, object]]:
             whole = _json_value(json.loads, text)
         except _BadJSON as exc:
             if exc.message.startswith("not valid JSON: Extra data"):  # JSON Lines saved as .json
-                return _jsonl_rows(path, text)
-            raise _error(exc.message, path, exc.lineno or 1) from None
+                return jsonl_rows(path, text)
+            raise data_error(exc.message, path, exc.lineno or 1) from None
         if isinstance(whole, dict):
             lists = [key for key, value in whole.items() if isinstance(value, list)]
             if len(lists) == 1:
                 return [(1, item) for item in whole[lists[0]]]
-        raise _error("a .json dataset is an array of records", path, 1,
+        raise data_error("a .json dataset is an array of records", path, 1,
                      hint='write [{"instruction": ..., "output": ...}, ...] or use JSON Lines')
     rows = []
     position = start + 1
@@ -125,18 +75,18 @@ def _json_rows(path: Path, text: str) -> list[tuple[int, object]]:
         line += text.count("\n", counted, position)
         counted = position
         if position >= len(text):
-            raise _error("the JSON array is not closed", path, line, hint="end the file with ]")
+            raise data_error("the JSON array is not closed", path, line, hint="end the file with ]")
         if text[position] == "]":
             break
         try:
             item, position = _json_value(decoder.raw_decode, text, position)
         except _BadJSON as exc:
-            raise _error(exc.message, path, exc.lineno or line) from None
+            raise data_error(exc.message, path, exc.lineno or line) from None
         rows.append((line, item))
     rest = text[position + 1:]
     if rest.strip():
         line += text.count("\n", counted, position + 1 + len(rest) - len(rest.lstrip()))
-        raise _error("unexpected text after the JSON array's closing ]", path, line,
+        raise data_error("unexpected text after the JSON array's closing ]", path, line,
                      hint="a .json dataset is one array; remove what follows it")
     return rows
 
@@ -153,7 +103,7 @@ def _csv_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, object]]
             hint = f"a quoted field that starts on line {start} is never closed with a \""
         elif "expected after" in str(exc):
             hint = 'a quote inside a quoted field is written twice: "say ""hi"""'
-        return _error(f"not valid CSV: {exc}", path, start, hint=hint)
+        return data_error(f"not valid CSV: {exc}", path, start, hint=hint)
 
     try:
         header = next(reader)
@@ -163,7 +113,7 @@ def _csv_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, object]]
         raise bad_csv(exc) from None
     header = [name.strip() for name in header]
     if len(set(header)) != len(header) or not all(header):
-        raise _error("the header row has empty or repeated column names", path, 1, hint="name every column once")
+        raise data_error("the header row has empty or repeated column names", path, 1, hint="name every column once")
     rows = []
     while True:
         start = reader.line_num + 1  # the line a record starts on (a quoted cell may span lines)
@@ -176,7 +126,7 @@ def _csv_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, object]]
         if not any(v.strip() for v in values):
             continue
         if len(values) != len(header):
-            raise _error(
+            raise data_error(
                 f"this row has {len(values)} fields, the header has {len(header)}", path, start,
                 hint="quote fields that contain the delimiter or line breaks",
             )
@@ -188,30 +138,30 @@ def _parquet_rows(path: Path) -> list[tuple[int, object]]:
     try:
         import pyarrow.parquet as pq
     except ModuleNotFoundError:
-        raise _error("reading Parquet needs pyarrow", path, hint="pip install pyarrow") from None
+        raise data_error("reading Parquet needs pyarrow", path, hint="pip install pyarrow") from None
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise _error(f"not a readable Parquet file: {exc}", path) from None
+        raise data_error(f"not a readable Parquet file: {exc}", path) from None
     return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
 
 
 def read_rows(path: Path) -> list[tuple[int, object]]:
     """The raw rows of a data file with their line numbers. Raises UserError."""
     if not path.exists():
-        raise _error("no such dataset file", path, hint="check data.path; relative paths start at the profile's folder")
+        raise data_error("no such dataset file", path, hint="check data.path; relative paths start at the profile's folder")
     if path.is_dir():
-        raise _error("this is a folder, not a dataset file", path, hint="name a .jsonl, .json, .csv or .parquet file")
+        raise data_error("this is a folder, not a dataset file", path, hint="name a .jsonl, .json, .csv or .parquet file")
     if not path.is_file():
-        raise _error("this is not a regular file (a device or a pipe)", path, hint="name a dataset file")
+        raise data_error("this is not a regular file (a device or a pipe)", path, hint="name a dataset file")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _parquet_rows(path)
     text = decode_text(read_file_bytes(path), path)
     if not text.strip():
-        raise _error("the dataset file is empty", path, hint="add records, one per line for .jsonl")
+        raise data_error("the dataset file is empty", path, hint="add records, one per line for .jsonl")
     if suffix in (".csv", ".tsv"):
         return _csv_rows(path, text, "\t" if suffix == ".tsv" else ",")
     if suffix == ".json":
         return _json_rows(path, text)
-    return _jsonl_rows(path, text)
+    return jsonl_rows(path, text)

@@ -245,8 +245,8 @@ def token_stats(data_ref: str, model, *, task: str = "sft", columns=None, format
     from pathlib import Path as _Path
 
     from tuiwiz.data.datasets import load_dataset_file
+    from tuiwiz.data.stats import DataStats
     from tuiwiz.demo.build import resolve_demo_uri
-    from tuiwiz.plan.recommend import DataStats
     from tuiwiz.profile.io import is_local_data
 
     if data_ref.startswith("demo:"):

@@ -217,10 +217,10 @@ def config_layout(config: dict) -> tuple[_Layout, _Dims, bool]:
 
 def config_parameter_count(config: dict) -> int:
     """Parameters of the model ``config`` describes (its ``architectures[0]`` class), from shapes alone."""
-    return config_layout(_text_config(config))[0].total
+    return config_layout(text_config(config))[0].total
 
 
-def _text_config(config: dict) -> dict:
+def text_config(config: dict) -> dict:
     """Multimodal configs keep the language model in ``text_config``."""
     text = config.get("text_config")
     if isinstance(text, dict) and text:

@@ -12,9 +12,14 @@ one folder per commit, which is what ``ModelInfo.path`` names.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from tuiwiz.errors import UserError
+from tuiwiz.files import write_bytes_atomic
+from tuiwiz.hub_access import HUB_TIMEOUT, hub_endpoint, hub_repo_info
+from tuiwiz.paths import cache_dir
+from tuiwiz.plan.weights import TensorEntry
 
 # The small files worth having before a download: the shapes, and what renders the Data step's samples.
 TEXT_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json", "chat_template.jinja",
@@ -24,8 +29,6 @@ INDEX = "model.safetensors.index.json"
 
 
 def metadata_folder(repo_id: str, sha: str) -> Path:
-    from tuiwiz.paths import cache_dir
-
     return cache_dir() / "hub-metadata" / repo_id.replace("/", "--") / sha
 
 
@@ -41,7 +44,6 @@ def _fetch(api, repo_id: str, sha: str, filename: str, timeout: float) -> bytes:
 
 def _save_text_files(api, repo_id: str, sha: str, names: set[str], sizes: dict[str, int | None],
                      timeout: float) -> Path:
-    from tuiwiz.files import write_bytes_atomic
 
     folder = metadata_folder(repo_id, sha)
     folder.mkdir(parents=True, exist_ok=True)
@@ -73,7 +75,6 @@ def _shards(api, repo_id: str, sha: str, names: set[str], timeout: float) -> lis
 def _headers(api, repo_id: str, sha: str, shards: list[str], timeout: float) -> list:
     from huggingface_hub.errors import SafetensorsParsingError
 
-    from tuiwiz.plan.weights import _Tensor
 
     def read(name: str):
         return api.parse_safetensors_file_metadata(repo_id, name, revision=sha, timeout=timeout)
@@ -85,22 +86,30 @@ def _headers(api, repo_id: str, sha: str, shards: list[str], timeout: float) -> 
         raise UserError(f"a safetensors header of {repo_id} on the Hub cannot be read: {exc}",
                         field="model.name_or_path", hint="the repository is damaged; try another revision",
                         kind="model") from None
-    return [_Tensor(name, t.dtype, tuple(t.shape)) for f in files for name, t in f.tensors.items()]
+    return [TensorEntry(name, t.dtype, tuple(t.shape)) for f in files for name, t in f.tensors.items()]
 
 
-def inspect_hub_model(repo_id: str, revision: str | None = None):
-    """A ModelInfo for a model on the Hub, from its metadata alone. Raises UserError.
+@dataclass(frozen=True)
+class HubModelFiles:
+    """What the planner reads of a model on the Hub, fetched without its weights."""
+
+    folder: Path  # config.json and the tokenizer files, saved in tuiwiz's own cache
+    params: list  # every tensor's name, dtype and shape, from the safetensors headers
+    weight_files: tuple[str, ...]
+    size: int  # bytes of every file in the repository
+    license: str | None
+
+
+def fetch_hub_model(repo_id: str, revision: str | None = None) -> HubModelFiles:
+    """A model on the Hub, from its metadata alone. Raises UserError.
 
     Offline, missing, gated without a token, or unreachable: the same refusals as preflight's.
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from tuiwiz.plan.modelinfo import complete_from_files
-    from tuiwiz.run.preflight import HUB_TIMEOUT, _hub_endpoint, hub_repo_info
-
     info = hub_repo_info(repo_id, "model", field="model.name_or_path", revision=revision, files_metadata=True)
-    api = HfApi(endpoint=_hub_endpoint())
+    api = HfApi(endpoint=hub_endpoint())
     sha = info.sha or revision or "main"
     sizes = {s.rfilename: s.size for s in info.siblings or ()}
     names = set(sizes)
@@ -119,9 +128,6 @@ def inspect_hub_model(repo_id: str, revision: str | None = None):
     license_ = getattr(card, "license", None) if card is not None else None
     if isinstance(license_, list):
         license_ = ", ".join(map(str, license_))
-    return complete_from_files(
-        repo_id, folder, source="hub", revision=revision, params=params,
-        weight_files=tuple(n for n in sorted(names) if n.endswith(".safetensors")),
-        size=sum(v or 0 for v in sizes.values()), license=str(license_) if license_ else None,
-    )
+    return HubModelFiles(folder, params, weight_files=tuple(n for n in sorted(names) if n.endswith(".safetensors")),
+                         size=sum(v or 0 for v in sizes.values()), license=str(license_) if license_ else None)
 

@@ -472,7 +472,6 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
     )
 
 
-_optimizer_bytes_per_param = optimizer_bytes_per_param  # the name tuiwiz/preflight.py imports
 
 
 def gib(n: int | float) -> str:

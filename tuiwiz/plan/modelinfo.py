@@ -17,8 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tuiwiz.errors import UserError
-from tuiwiz.plan.architectures import LinearLayer, _text_config, config_layout
-from tuiwiz.plan.weights import _DTYPE_NAMES, _is_buffer, _linears_from_weights, read_safetensors_header
+from tuiwiz.hub_access import is_hub_id, looks_like_path
+from tuiwiz.plan.architectures import LinearLayer, config_layout, text_config
+from tuiwiz.plan.weights import DTYPE_NAMES, is_buffer, linears_from_weights, read_safetensors_header
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _weight_files(folder: Path) -> tuple[Path, ...]:
+def weight_file_paths(folder: Path) -> tuple[Path, ...]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         data = _read_json(index)
@@ -125,13 +126,6 @@ def _weight_files(folder: Path) -> tuple[Path, ...]:
 
 class NotInCache(UserError):
     """A well-formed hub id that the Hugging Face cache does not hold."""
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or name.endswith("/") or name.count("/") > 1
 
 
 def resolve_model_dir(name: str, revision: str | None = None, *, build_demo: bool = False,
@@ -155,7 +149,7 @@ def resolve_model_dir(name: str, revision: str | None = None, *, build_demo: boo
             raise UserError(f"{name} is a file, not a model folder", file=path, kind="model",
                             hint="give the folder that holds config.json and the weights")
         return path, "local"
-    if _looks_like_path(name) or not _HUB_ID.match(name):
+    if looks_like_path(name) or not is_hub_id(name):
         raise UserError(f"model folder {name} does not exist", field="model.name_or_path", kind="model",
                         hint="give a local folder, a Hugging Face model id, or 'demo'")
     from huggingface_hub import snapshot_download
@@ -236,10 +230,12 @@ def inspect_model(name_or_path: str, revision: str | None = None, *, build_demo:
     except NotInCache:
         if not online or cache_dir is not None:
             raise
-        from tuiwiz.plan.hub_model import inspect_hub_model
+        from tuiwiz.plan.hub_model import fetch_hub_model
 
-        return inspect_hub_model(name_or_path, revision)
-    files = _weight_files(folder)
+        hub = fetch_hub_model(name_or_path, revision)
+        return complete_from_files(name_or_path, hub.folder, source="hub", revision=revision, params=hub.params,
+                                   weight_files=hub.weight_files, size=hub.size, license=hub.license)
+    files = weight_file_paths(folder)
     params = [t for f in files for t in read_safetensors_header(f)]
     return complete_from_files(name_or_path, folder, source=source, revision=revision, params=params,
                                weight_files=tuple(f.name for f in files), size=_size_on_disk(folder),
@@ -262,12 +258,12 @@ def complete_from_files(name: str, folder: Path, *, source: str, revision: str |
     warnings = list(info.warnings)
     quant = raw["quantization_config"].get("quant_method") if isinstance(raw.get("quantization_config"),
                                                                            dict) else None
-    params = [t for t in params if not _is_buffer(t.name)]
+    params = [t for t in params if not is_buffer(t.name)]
     found: dict = {}
     if params and not quant:
         found = dict(num_parameters=sum(t.numel for t in params), parameter_source="safetensors",
                      bias_parameters=sum(t.numel for t in params if t.name.endswith(".bias")))
-        from_weights = _linears_from_weights(params, conv1d=info.model_type == "gpt2")
+        from_weights = linears_from_weights(params, conv1d=info.model_type == "gpt2")
         if from_weights:  # in the table's order where the table knows the module
             order = [layer.path for layer in info.linear_layers]
             found["linear_layers"] = tuple(sorted(
@@ -276,7 +272,7 @@ def complete_from_files(name: str, folder: Path, *, source: str, revision: str |
             by_dtype = Counter()
             for t in params:
                 by_dtype[t.dtype] += t.numel
-            found["dtype"] = _DTYPE_NAMES.get(by_dtype.most_common(1)[0][0])
+            found["dtype"] = DTYPE_NAMES.get(by_dtype.most_common(1)[0][0])
     elif quant:
         warnings.append(f"pre-quantized checkpoint ({quant}): parameter count from config.json")
     elif not weight_files:
@@ -288,7 +284,7 @@ def complete_from_files(name: str, folder: Path, *, source: str, revision: str |
 
 def model_from_config(config: dict, name: str = "config") -> ModelInfo:
     """A ModelInfo from a config dict alone (no files): for planning and tests. KeyError without shapes."""
-    text = _text_config(config)
+    text = text_config(config)
     layout, d, known = config_layout(text)
     model_type = str(text.get("model_type") or "unknown")
     warnings = []

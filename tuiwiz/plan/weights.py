@@ -15,12 +15,12 @@ _BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".inv_freq", ".position_i
 _EMBEDDING_WORDS = ("embed", "wte", "wpe", "shared")
 _OUTPUT_HEADS = ("lm_head", "embed_out", "cls.predictions.decoder", "score", "classifier", "output")
 _BASE_PREFIXES = ("model", "bert", "roberta", "transformer", "gpt_neox", "base_model")
-_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "U8": "uint8",
+DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "U8": "uint8",
                 "I8": "int8"}
 
 
 @dataclass(frozen=True)
-class _Tensor:
+class TensorEntry:
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -33,7 +33,7 @@ class _Tensor:
         return n
 
 
-def read_safetensors_header(path: Path) -> tuple[_Tensor, ...]:
+def read_safetensors_header(path: Path) -> tuple[TensorEntry, ...]:
     """The tensor table of one .safetensors file: 8-byte little-endian length, then JSON."""
     hint = "the file is damaged or incomplete: download it again"
     size = path.stat().st_size
@@ -58,7 +58,7 @@ def read_safetensors_header(path: Path) -> tuple[_Tensor, ...]:
             shape = tuple(int(s) for s in entry["shape"])
             start, stop = (int(x) for x in entry["data_offsets"])
             end = max(end, stop)
-            tensors.append(_Tensor(name, str(entry["dtype"]), shape))
+            tensors.append(TensorEntry(name, str(entry["dtype"]), shape))
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"bad safetensors header: {exc}", file=path, hint=hint, kind="model") from None
     if 8 + length + end > size:
@@ -67,11 +67,11 @@ def read_safetensors_header(path: Path) -> tuple[_Tensor, ...]:
     return tuple(tensors)
 
 
-def _is_buffer(name: str) -> bool:
+def is_buffer(name: str) -> bool:
     return name.endswith(_BUFFER_SUFFIXES)
 
 
-def _linears_from_weights(tensors, conv1d: bool) -> tuple[LinearLayer, ...]:
+def linears_from_weights(tensors, conv1d: bool) -> tuple[LinearLayer, ...]:
     names = {t.name for t in tensors}
     groups: dict[tuple[str, int, int, bool], int] = {}
     for t in tensors:

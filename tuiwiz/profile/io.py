@@ -17,12 +17,12 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tuiwiz.data.files import decode_text, read_file_bytes
 from tuiwiz.demo.builtin import is_builtin
 from tuiwiz.errors import UserError
 from tuiwiz.files import write_text_atomic
 from tuiwiz.profile.schema import Profile
-from tuiwiz.profile.yaml_tree import _compose, _mark_line
+from tuiwiz.profile.yaml_tree import compose, mark_line
+from tuiwiz.text_files import decode_text, read_file_bytes
 
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
 _SECRET_KEY = re.compile(r"(^|_)(token|api_key|apikey|access_key|password|passwd|secret|credentials)$", re.IGNORECASE)
@@ -32,7 +32,6 @@ _SECRET_VALUE = re.compile(
     r"(?<![A-Za-z0-9])(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{40,}|gh[pousr]_[A-Za-z0-9]{30,}"
     r"|github_pat_[A-Za-z0-9_]{30,}|AKIA[0-9A-Z]{16})"
 )
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 MAX_PROFILE_BYTES = 2**20
 
 
@@ -240,7 +239,7 @@ def _error_from_validation(exc: ValidationError, root: yaml.Node | None, file: s
         if named:
             field, loc = named.group(), tuple(named.group().split("."))
     node, _ = _node_at(root, loc)
-    line = _mark_line(node) if node is not None else None
+    line = mark_line(node) if node is not None else None
     message = _message_for(error, same_place)
     more = len({_dotted(e["loc"]) for e in errors}) - 1
     if more:
@@ -257,7 +256,7 @@ def _check_secrets(root: yaml.Node | None, file: str, path: str = "") -> None:
                 raise UserError(
                     f"'{key.value}' looks like a secret; profiles never hold tokens",
                     hint="remove it and set HF_TOKEN in the environment (or run `hf auth login`)",
-                    file=file, line=_mark_line(key), field=field, kind="profile",
+                    file=file, line=mark_line(key), field=field, kind="profile",
                 )
             _check_secrets(value, file, field)
     elif isinstance(root, yaml.SequenceNode):
@@ -267,7 +266,7 @@ def _check_secrets(root: yaml.Node | None, file: str, path: str = "") -> None:
         raise UserError(
             "this value looks like an access token; profiles never hold tokens",
             hint="remove it and set HF_TOKEN in the environment",
-            file=file, line=_mark_line(root), field=path or None, kind="profile",
+            file=file, line=mark_line(root), field=path or None, kind="profile",
         )
 
 
@@ -280,7 +279,7 @@ def parse_profile_text(text: str, file: str = "<profile>") -> Profile:
     """Validate YAML text as a profile, without resolving paths."""
     if len(text) > MAX_PROFILE_BYTES:
         raise _too_big(len(text.encode("utf-8", "replace")), file)
-    root, data = _compose(text, file)
+    root, data = compose(text, file)
     if data is None:
         raise UserError("the profile is empty", hint="start from profiles/quickstart.yaml", file=file, kind="profile")
     if not isinstance(data, dict):
@@ -357,7 +356,3 @@ def profile_json_schema() -> str:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "tuiwiz profile"
     return json.dumps(schema, indent=2)
-
-
-def is_hub_id(value: str) -> bool:
-    return bool(_HUB_ID.match(value))

@@ -10,7 +10,7 @@ import yaml
 from tuiwiz.errors import UserError
 
 
-def _mark_line(node: yaml.Node) -> int:
+def mark_line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
@@ -24,7 +24,7 @@ _PLAIN_TAGS = {_TAG + name for name in ("str", "int", "float", "bool", "null", "
 
 def _profile_error(message: str, file: str, node: yaml.Node | None = None, hint: str | None = None,
                    field: str | None = None) -> UserError:
-    line = _mark_line(node) if node is not None else None
+    line = mark_line(node) if node is not None else None
     return UserError(message, hint=hint, file=file, line=line, field=field, kind="profile")
 
 
@@ -91,7 +91,7 @@ def _measure_new(node: yaml.Node, depth: int, path: str, measure, file: str) -> 
             if isinstance(key, yaml.ScalarNode) and key.tag != _TAG + "merge":
                 inner = f"{path}.{key.value}" if path else str(key.value)
                 if key.value in seen:
-                    first = _mark_line(seen[key.value])
+                    first = mark_line(seen[key.value])
                     raise _profile_error(
                         f"'{key.value}' is set twice in this section (first on line {first}); YAML would silently "
                         "keep only the last one", file, key, hint="remove one of the two", field=inner,
@@ -151,7 +151,7 @@ def _unreadable_scalar(loader: yaml.SafeLoader, root: yaml.Node) -> yaml.ScalarN
     return None
 
 
-def _compose(text: str, file: str):
+def compose(text: str, file: str):
     """(root node, plain data) of YAML text, checked before it is constructed. Raises UserError."""
     deep = _deep_flow_line(text)
     if deep is not None:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from tuiwiz.demo.builtin import is_builtin, resolve_builtin
 from tuiwiz.errors import UserError
-from tuiwiz.profile.io import DATA_SUFFIXES, LoadedProfile, dump_profile, is_hub_id, is_local_data
+from tuiwiz.hub_access import is_hub_id, looks_like_path
+from tuiwiz.profile.io import DATA_SUFFIXES, LoadedProfile, dump_profile, is_local_data
 from tuiwiz.profile.schema import Profile
 from tuiwiz.run.rundir import (
     ACTIVE,
@@ -63,11 +64,10 @@ def _check_model(profile: Profile, source: str) -> None:
                 file=source, field="model.name_or_path", kind="model",
             )
         return
-    from tuiwiz.plan.modelinfo import _looks_like_path
     from tuiwiz.run.preflight import check_hub_repo
 
     # resolve_paths made every folder that exists absolute: what is left is a hub id or a missing folder
-    if _looks_like_path(name) or not is_hub_id(name):
+    if looks_like_path(name) or not is_hub_id(name):
         raise UserError(
             f"no such folder: {name}{_relative_to(source)}, and it is not a Hugging Face model id",
             hint="give the folder that holds config.json (relative to the profile's folder), an id such as "

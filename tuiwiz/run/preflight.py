@@ -17,6 +17,8 @@ from pathlib import Path
 
 from tuiwiz.data.datasets import LoadedData
 from tuiwiz.errors import UserError
+from tuiwiz.hub_access import hub_repo_info
+from tuiwiz.plan.memory import optimizer_bytes_per_param
 from tuiwiz.profile.schema import Profile
 
 GB = 10**9
@@ -32,12 +34,6 @@ _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 def _gb(n: int | float) -> str:
     return f"{n / GB:.1f} GB"
 
-
-def _optimizer_bytes(optim: str, state_bytes: int) -> float:
-    """Optimizer state per trainable parameter, as the checkpoint stores it."""
-    from tuiwiz.plan.memory import _optimizer_bytes_per_param
-
-    return _optimizer_bytes_per_param(optim, state_bytes)
 
 
 def _existing_parent(path: Path) -> Path:
@@ -94,12 +90,12 @@ def estimate_disk(profile: Profile, model_size_bytes: int, *, parameters: int | 
     if method in PEFT_METHODS:
         adapter = trainable if trainable is not None else n // 100
         weights = adapter * 4  # peft keeps adapters in fp32
-        checkpoint = weights + int(adapter * _optimizer_bytes(t.optim, 4))
+        checkpoint = weights + int(adapter * optimizer_bytes_per_param(t.optim, 4))
         output = weights
     else:
         wb = int(_load_bytes(profile, "cuda"))
         trained = n if method == "full" else (trainable if trainable is not None else n // 1000)
-        checkpoint = n * wb + int(trained * _optimizer_bytes(t.optim, wb))
+        checkpoint = n * wb + int(trained * optimizer_bytes_per_param(t.optim, wb))
         output = n * wb
     # The Trainer writes a new checkpoint before it deletes the oldest: save_total_limit + 1 at once.
     # A stop (SIGTERM) saves one more than the save_steps schedule.
@@ -149,7 +145,7 @@ def estimate_ram(profile: Profile, model_size_bytes: int, *, device: str, parame
     n = parameters if parameters is not None else model_size_bytes // 2
     need = RUNTIME_RAM + n * _load_bytes(profile, device)
     if device == "cpu" and profile.method.type == "full":
-        need += n * 4 + n * _optimizer_bytes(profile.training.optim, 4)  # gradients and optimizer states
+        need += n * 4 + n * optimizer_bytes_per_param(profile.training.optim, 4)  # gradients and optimizer states
     return int(need)
 
 
@@ -243,11 +239,11 @@ def check_model_files(model_folder: str | Path, *, field: str = "model.name_or_p
     Reads the safetensors headers only (a few KB); a folder with pytorch .bin weights alone passes
     (they cannot be checked without torch).
     """
-    from tuiwiz.plan.modelinfo import _weight_files
+    from tuiwiz.plan.modelinfo import weight_file_paths
     from tuiwiz.plan.weights import read_safetensors_header
 
     folder = Path(model_folder)
-    files = _weight_files(folder)
+    files = weight_file_paths(folder)
     if not files and not list(folder.glob("*.bin")):
         raise UserError(
             f"the model folder {folder} has no weights (no model.safetensors, no shards, no .bin)",
@@ -259,24 +255,6 @@ def check_model_files(model_folder: str | Path, *, field: str = "model.name_or_p
 
 
 # --- hub repositories --------------------------------------------------------------
-
-HUB_TIMEOUT = 10.0  # seconds for one metadata request: a planning check, not a download
-_TRUE = ("1", "ON", "YES", "TRUE")  # huggingface_hub's reading of a boolean variable
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE as it is now, or as huggingface_hub read it at import."""
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
-
-
-def _hub_endpoint() -> str:
-    # HF_ENDPOINT as it is now: huggingface_hub reads it once, at import
-    from huggingface_hub import constants
-
-    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or constants.ENDPOINT
-
 
 def _prepared_by_datasets(name: str) -> bool:
     """A dataset that ``datasets`` prepared itself (HF_DATASETS_CACHE/namespace___name/config/version/hash),
@@ -314,60 +292,3 @@ def check_hub_repo(repo_id: str, repo_type: str = "model", *, field: str, file: 
     if _in_cache(repo_id, repo_type, revision, split):
         return
     hub_repo_info(repo_id, repo_type, field=field, file=file, revision=revision, split=split)
-
-
-def hub_repo_info(repo_id: str, repo_type: str = "model", *, field: str, file: str | None = None,
-                  revision: str | None = None, split: str = "train", files_metadata: bool = False):
-    """The Hub's metadata of a repository (one request), or a UserError that says why there is none:
-    offline, not found, gated without a token, a revision missing, the Hub unreachable."""
-    what = "model" if repo_type == "model" else "dataset"
-    named = f"{what} {repo_id}" + (f" at revision {revision}" if revision else "") + (
-        f" (split {split})" if repo_type == "dataset" and split != "train" else "")
-    download = f"hf download {repo_id}" + (" --repo-type dataset" if repo_type == "dataset" else "") + (
-        f" --revision {revision}" if revision else "")
-    local = f"; for a local folder write ./{repo_id}" if repo_type == "model" else ""
-
-    def refuse(message: str, hint: str, at: str = field) -> UserError:
-        return UserError(message, hint=hint, file=file, field=at, kind="model" if what == "model" else "data")
-
-    if hub_offline():
-        raise refuse(f"{named} is not in the Hugging Face cache, and HF_HUB_OFFLINE is set",
-                     f"download it first (`{download}`) on a machine with a network, or unset HF_HUB_OFFLINE{local}")
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    endpoint = _hub_endpoint()
-    api = HfApi(endpoint=endpoint)
-    ask = api.model_info if repo_type == "model" else api.dataset_info
-    not_found = refuse(f"no {what} {repo_id} on the Hugging Face Hub ({endpoint}), and it is not in the cache",
-                       f"check the spelling{local}; for a private repository set HF_TOKEN (or `hf auth login`)")
-    try:
-        info = ask(repo_id, revision=revision, timeout=HUB_TIMEOUT, files_metadata=files_metadata)
-    except GatedRepoError:
-        info = None  # exists, but gated: refused below
-    except RepositoryNotFoundError:
-        raise not_found from None
-    except RevisionNotFoundError:
-        raise refuse(f"{what} {repo_id} has no revision {revision} on the Hugging Face Hub",
-                     "give a branch, tag or commit of the repository", at="model.revision") from None
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status == 404:  # a 404 without the Hub's error code
-            raise not_found from None
-        raise refuse(f"the Hugging Face Hub ({endpoint}) answered {status or 'with an error'} when asked about {named}",
-                     "check HF_TOKEN" if status in (401, 403) else
-                     f"try again later, or download it first (`{download}`)") from None
-    except (OSError, *HfHubHTTPError.__bases__) as exc:  # its HTTP library's too: a refused connection is no OSError
-        raise refuse(f"the Hugging Face Hub ({endpoint}) could not be reached to look up {named} "
-                     f"({type(exc).__name__}), and it is not in the cache: the runner could not download it either",
-                     f"check the network or HF_ENDPOINT, or download it first (`{download}`)") from None
-    if info is None or (getattr(info, "gated", False) and not _has_token()):
-        raise refuse(f"{named} is gated on the Hugging Face Hub: it needs an account that accepted its conditions",
-                     "accept them on the repository's page, then set HF_TOKEN (or `hf auth login`)")
-    return info
-
-
-def _has_token() -> bool:
-    from huggingface_hub import get_token
-
-    return bool(get_token())

@@ -88,7 +88,8 @@ class DataCheck:
 
 
 def is_hub_dataset(path: str) -> bool:
-    from tuiwiz.profile.io import is_hub_id, is_local_data
+    from tuiwiz.hub_access import is_hub_id
+    from tuiwiz.profile.io import is_local_data
 
     return not path.startswith("demo:") and not is_local_data(path) and is_hub_id(path.partition(":")[0])
 
@@ -147,7 +148,7 @@ def check_data(state: WizardState, max_length: int = 512) -> DataCheck:
 
 def data_stats(state: WizardState):
     """DataStats for the recommender: the measured lengths, or the user's max length as given."""
-    from tuiwiz.plan.recommend import DataStats
+    from tuiwiz.data.stats import DataStats
 
     if state.max_length:
         return DataStats.assumed(state.max_length)
@@ -166,7 +167,7 @@ def suggested_max_length(state: WizardState) -> int:
     stats = state.length_stats
     ds = None
     if stats is not None and stats.lengths:
-        from tuiwiz.plan.recommend import DataStats
+        from tuiwiz.data.stats import DataStats
 
         ds = DataStats.from_lengths(stats.lengths)
     return choose_seq_len(ds, state.model_info)[0]

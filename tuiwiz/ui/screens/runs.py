@@ -14,7 +14,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from tuiwiz.errors import UserError
-from tuiwiz.ui.post import offered, post_action
+from tuiwiz.ui.screens.post_flow import offered, post_action
 from tuiwiz.ui.screens.base import ReportsWorkerErrors
 from tuiwiz.ui.screens.monitor import STATUS_STYLE
 from tuiwiz.ui.widgets import StepBar
@@ -215,7 +215,7 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
 
     @work
     async def action_post(self, what: str) -> None:
-        """Merge, export or chat the selected completed run (see ui/post.py)."""
+        """Merge, export or chat the selected completed run (see ui/screens/post_flow.py)."""
         run = self._run()
         if run is not None:
             await post_action(self.app, what, str(run.path), run.run_id)
