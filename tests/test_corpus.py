@@ -367,7 +367,7 @@ def test_chat_data_for_a_model_without_chat_template(model_without_chat_template
 
 
 def test_launch_preflight_refuses_unknown_validation_label(tmp_path):
-    from tuiwiz.run.launch import preflight
+    from tuiwiz.run.preflight import preflight
 
     for name in ("train-labels.jsonl", "validation-unknown-label.jsonl"):
         shutil.copyfile(CORPUS / "data" / name, tmp_path / name)
@@ -382,7 +382,7 @@ def test_launch_preflight_refuses_unknown_validation_label(tmp_path):
 
 
 def test_launch_preflight_refuses_chat_data_without_template(tmp_path, model_without_chat_template):
-    from tuiwiz.run.launch import preflight
+    from tuiwiz.run.preflight import preflight
 
     _, bare = model_without_chat_template
     shutil.copyfile(CORPUS / "data" / "chat.jsonl", tmp_path / "chat.jsonl")

@@ -141,7 +141,7 @@ def hub_cache(tmp_path, monkeypatch):
 
 def _preflight(tmp_path: Path, **ids) -> None:
     from tuiwiz.profile.io import load_profile
-    from tuiwiz.run.launch import preflight
+    from tuiwiz.run.preflight import preflight
 
     preflight(load_profile(_profile(tmp_path, **ids)))
 

@@ -1,200 +1,212 @@
-"""Checks that need the model's files or the machine, made before a run dir exists.
+"""Everything checked before a run dir exists: the model, the data, the processes and the machine.
 
-Free disk for the checkpoints and the output, RAM to load and train, and a chat
-template for chat data; a hub model or dataset that is in the cache or on the Hub.
-Torch-free: sizes come from file sizes and safetensors headers. Free space and RAM
-can be injected, so every refusal is testable. Each check raises ``UserError`` with
-the numbers it compared.
+``preflight(loaded)`` is the one entry; each check raises ``UserError`` naming the profile's file
+and field. What needs the model's files reads them light (config.json, safetensors headers); a hub
+model or dataset must be in the cache or on the Hub. Disk and RAM arithmetic is in resources.py.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from tuiwiz.data.datasets import LoadedData
+from tuiwiz.demo.builtin import is_builtin, resolve_builtin
 from tuiwiz.errors import UserError
-from tuiwiz.hub_access import hub_repo_info
-from tuiwiz.plan.memory import optimizer_bytes_per_param
+from tuiwiz.hub_access import hub_repo_info, is_hub_id, looks_like_path
+from tuiwiz.profile.io import DATA_SUFFIXES, LoadedProfile, is_local_data
 from tuiwiz.profile.schema import Profile
-
-GB = 10**9
-MiB = 2**20
-# Per checkpoint and for the output: tokenizer files, trainer state, scheduler and RNG state.
-SMALL_FILES = 64 * MiB
-# The runner process before the model is built (torch, transformers imported; memory.CONSTANTS.cpu_runtime).
-RUNTIME_RAM = 700 * MiB
-PEFT_METHODS = ("lora", "qlora", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3", "adalora")
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+from tuiwiz.run.resources import check_resources
 
 
-def _gb(n: int | float) -> str:
-    return f"{n / GB:.1f} GB"
+def _check_model(profile: Profile, source: str) -> None:
+    name = profile.model.name_or_path
+    if is_builtin(name):
+        resolve_builtin(name, build=False)
+        return
+    path = Path(name)
+    if path.is_absolute():
+        if not path.exists():
+            raise UserError(
+                f"model folder {name} does not exist", hint="give a local folder, a hub id, or 'demo'",
+                file=source, field="model.name_or_path", kind="model",
+            )
+        if not (path / "config.json").is_file():
+            raise UserError(
+                f"model folder {name} has no config.json",
+                hint="point model.name_or_path at the folder that holds config.json and the weights",
+                file=source, field="model.name_or_path", kind="model",
+            )
+        return
 
-
-
-def _existing_parent(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def model_weight_bytes(folder: str | Path) -> int:
-    """Bytes of the model's weight files (safetensors, else .bin), from their sizes alone."""
-    folder = Path(folder)
-    files = list(folder.glob("*.safetensors")) or list(folder.glob("*.bin"))
-    return sum(f.stat().st_size for f in files if f.is_file())
-
-
-# --- disk --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DiskNeed:
-    checkpoint: int  # bytes of one checkpoint
-    checkpoints: int  # how many exist at once at the worst moment
-    output: int  # bytes of the final model or adapter
-    exact_count: bool  # False: the number of checkpoints is a floor (unlimited, step count unknown)
-
-    @property
-    def total(self) -> int:
-        return self.checkpoint * self.checkpoints + self.output
-
-
-def _load_bytes(profile: Profile, device: str) -> float:
-    """Bytes per base parameter as the runner loads it (train/modeling.py's _load_dtype)."""
-    if profile.method.type == "qlora":
-        return 1 if profile.method.bits == 8 else 0.5
-    if profile.model.dtype in _DTYPE_BYTES:
-        return _DTYPE_BYTES[profile.model.dtype]
-    if profile.method.type in ("full", "bitfit") or device == "cpu" or profile.training.precision == "fp32":
-        return 4  # full fine-tuning keeps fp32 weights under mixed precision
-    return 2
-
-
-def estimate_disk(profile: Profile, model_size_bytes: int, *, parameters: int | None = None,
-                  trainable: int | None = None, total_steps: int | None = None) -> DiskNeed:
-    """What a run writes under its run dir at the worst moment.
-
-    ``parameters`` defaults to ``model_size_bytes / 2`` (16-bit weights, as most hub models are
-    stored). A PEFT method's ``trainable`` parameters default to 1% of them: pass the exact count
-    (``memory.trainable_parameters``) where the model's shapes are known.
-    """
-    t = profile.training
-    n = parameters if parameters is not None else model_size_bytes // 2
-    method = profile.method.type
-    if method in PEFT_METHODS:
-        adapter = trainable if trainable is not None else n // 100
-        weights = adapter * 4  # peft keeps adapters in fp32
-        checkpoint = weights + int(adapter * optimizer_bytes_per_param(t.optim, 4))
-        output = weights
-    else:
-        wb = int(_load_bytes(profile, "cuda"))
-        trained = n if method == "full" else (trainable if trainable is not None else n // 1000)
-        checkpoint = n * wb + int(trained * optimizer_bytes_per_param(t.optim, wb))
-        output = n * wb
-    # The Trainer writes a new checkpoint before it deletes the oldest: save_total_limit + 1 at once.
-    # A stop (SIGTERM) saves one more than the save_steps schedule.
-    counts = []
-    if t.save_total_limit is not None:
-        counts.append(t.save_total_limit + 1)
-    steps = total_steps if total_steps is not None else (t.max_steps if t.max_steps > 0 else None)
-    if steps is not None:
-        counts.append(steps // t.save_steps + 1)
-    return DiskNeed(checkpoint + SMALL_FILES, min(counts) if counts else 1, output + SMALL_FILES, bool(counts))
-
-
-def check_disk(profile: Profile, model_size_bytes: int, runs_dir: str | Path, *, parameters: int | None = None,
-               trainable: int | None = None, total_steps: int | None = None,
-               free_bytes: int | None = None) -> DiskNeed:
-    """Refuse a run whose checkpoints and output cannot fit on the runs folder's disk.
-
-    ``free_bytes`` replaces the disk's real free space (tests).
-    """
-    need = estimate_disk(profile, model_size_bytes, parameters=parameters, trainable=trainable,
-                         total_steps=total_steps)
-    if free_bytes is None:
-        free_bytes = shutil.disk_usage(_existing_parent(Path(runs_dir))).free
-    if need.total > free_bytes:
-        t = profile.training
-        count = f"{need.checkpoints} checkpoint{'s' if need.checkpoints > 1 else ''}"
+    # resolve_paths made every folder that exists absolute: what is left is a hub id or a missing folder
+    if looks_like_path(name) or not is_hub_id(name):
         raise UserError(
-            f"the run needs {_gb(need.total)} free on the disk of {runs_dir} ({count} of {_gb(need.checkpoint)} "
-            f"at once, and a {_gb(need.output)} output); {_gb(free_bytes)} is free",
-            hint=f"free space, lower training.save_total_limit (now {t.save_total_limit}), raise "
-                 f"training.save_steps (now {t.save_steps}), or set output.runs_dir to a bigger disk",
-            field="output.runs_dir", kind="resources",
+            f"no such folder: {name}{_relative_to(source)}, and it is not a Hugging Face model id",
+            hint="give the folder that holds config.json (relative to the profile's folder), an id such as "
+                 "org/name, or 'demo'", file=source, field="model.name_or_path", kind="model",
         )
-    return need
+    check_hub_repo(name, "model", field="model.name_or_path", file=source, revision=profile.model.revision)
 
 
-# --- RAM ---------------------------------------------------------------------------
+def _relative_to(source: str) -> str:
+    return f" (read relative to {Path(source).parent})" if source != "<profile>" else ""
 
 
-def estimate_ram(profile: Profile, model_size_bytes: int, *, device: str, parameters: int | None = None) -> int:
-    """A floor for the runner's RAM: the process, the weights as loaded, and on a CPU what trains there.
+def _model_folder(profile: Profile) -> Path | None:
+    """The model's folder on this machine: the built-in's, the local folder, or a hub id's cached snapshot."""
+    name = profile.model.name_or_path
+    if is_builtin(name):
+        return resolve_builtin(name, build=False)
+    if Path(name).is_absolute():
+        return Path(name)
+    from tuiwiz.plan.modelinfo import resolve_model_dir
 
-    The model is built in RAM before the Trainer moves it to a GPU, so the weights count on both
-    (QLoRA quantizes while it loads: its weights count at their 4- or 8-bit size). Activations are
-    left out: ``memory.estimate`` counts them where the shapes are known (pass its figure to check_ram).
-    """
-    n = parameters if parameters is not None else model_size_bytes // 2
-    need = RUNTIME_RAM + n * _load_bytes(profile, device)
-    if device == "cpu" and profile.method.type == "full":
-        need += n * 4 + n * optimizer_bytes_per_param(profile.training.optim, 4)  # gradients and optimizer states
-    return int(need)
+    try:
+        folder, source = resolve_model_dir(name, profile.model.revision)
+    except UserError:
+        return None  # not downloaded yet: the runner downloads it
+    return folder if source == "hf-cache" else None
 
 
-def check_ram(profile: Profile, model_size_bytes: int, *, device: str = "cpu", parameters: int | None = None,
-              needed_bytes: int | None = None, available_bytes: int | None = None) -> int:
-    """Refuse a run that cannot fit in the RAM available now. Returns the bytes it needs.
+def _local_model_folder(profile: Profile) -> Path | None:
+    """The model's folder when it is already on this machine (its tokenizer is read from there)."""
+    folder = _model_folder(profile)
+    return folder if folder is not None and (folder / "tokenizer.json").is_file() else None
 
-    ``needed_bytes`` replaces the floor of estimate_ram (a memory.estimate figure);
-    ``available_bytes`` replaces psutil's available memory (tests).
-    """
-    need = needed_bytes if needed_bytes is not None else estimate_ram(
-        profile, model_size_bytes, device=device, parameters=parameters)
-    if available_bytes is None:
-        import psutil
 
-        available_bytes = psutil.virtual_memory().available
-    if need > available_bytes:
-        where = "to train on the CPU" if device == "cpu" else "to load the model before it moves to the GPU"
+def _check_lengths(profile: Profile, data, folder: Path) -> None:
+    """Refuse data whose every example leaves nothing to learn within max_length."""
+    from tuiwiz.data.rendering import ModelText, length_stats
+
+    if data.format not in ("alpaca", "messages"):
+        return  # text and classification rows are truncated, never emptied
+    try:
+        stats = length_stats(data.records, data.format, ModelText(folder), profile.data.max_length)
+    except UserError:
+        return  # no fast tokenizer here: the runner checks after tokenizing
+    if stats.sampled and stats.prompt_too_long >= stats.rows:
         raise UserError(
-            f"the run needs {_gb(need)} of RAM {where}; {_gb(available_bytes)} is available",
-            hint="close other programs, use a smaller model, or a method that trains less "
-                 "(lora or qlora instead of full)",
-            field="model.name_or_path", kind="resources",
+            f"every example's prompt is at least data.max_length={profile.data.max_length} tokens "
+            f"(examples run to {stats.p50} tokens at the median, {stats.max} at most), "
+            "so no answer token would be trained",
+            hint=f"raise data.max_length to about {stats.p95 + 64}, or shorten the prompts",
+            file=data.path, field="data.max_length", kind="data",
         )
-    return need
 
 
-def check_resources(profile: Profile, model_folder: str | Path, runs_dir: str | Path, *,
-                    total_steps: int | None = None, device: str | None = None) -> None:
-    """check_disk and check_ram for a model folder on this machine, with exact counts where the shapes are known."""
-    from tuiwiz.plan.hardware import probe
-    from tuiwiz.plan.memory import Plan, estimate
+def _check_data(profile: Profile, source: str) -> None:
+    from tuiwiz.data import datasets as datamod
+    from tuiwiz.demo.build import resolve_demo_uri
+
+    columns = datamod.ColumnMap(**profile.data.columns.model_dump())
+    folder = _local_model_folder(profile)
+    loaded = {}
+    for field_name, value in (("data.path", profile.data.path), ("data.validation_path", profile.data.validation_path)):
+        if not value:
+            continue
+        if value.startswith("demo:"):
+            try:
+                resolve_demo_uri(value, build=False)
+            except UserError as exc:
+                raise UserError(exc.message, hint=exc.hint, file=source, field=field_name, kind="data") from None
+            continue
+        if not is_local_data(value):
+            _check_hub_data(value, source, field_name)
+            continue  # the runner loads it
+        data = datamod.load_dataset_file(
+            Path(value), format=profile.data.format, columns=columns, task=profile.task, limit=profile.data.limit,
+            evaluation=field_name == "data.validation_path",
+        )
+        loaded[field_name] = data
+        if folder is not None:
+            check_chat_template(data, folder, field=field_name)
+            if field_name == "data.path":
+                _check_lengths(profile, data, folder)
+    if len(loaded) == 2:
+        datamod.check_validation_labels(loaded["data.path"], loaded["data.validation_path"],
+                                        label_column=profile.data.columns.label)
+
+
+def _check_hub_data(value: str, source: str, field_name: str) -> None:
+
+    name, _, split = value.partition(":")  # org/name or org/name:split, as the runner reads it
+    if not is_hub_id(name):
+        raise UserError(
+            f"no such file or folder: {value}{_relative_to(source)}, and it is not a Hugging Face dataset id",
+            hint=f"give a data file ({', '.join(DATA_SUFFIXES)}; relative to the profile's folder), "
+                 "an id such as org/name or org/name:split, or demo:NAME", file=source, field=field_name, kind="data",
+        )
+    check_hub_repo(name, "dataset", field=field_name, file=source, split=split or "train")
+
+
+def _check_processes(profile: Profile, source: str) -> None:
+    """One process per GPU: more processes than this machine has GPUs cannot work.
+
+    A machine without NVIDIA GPUs runs the ranks on the CPU over gloo (for trying a setup out).
+    """
+    dist = profile.distributed
+    if dist.offload_optimizer or dist.offload_params:
+        _check_offload_ram(profile, source)
+    if dist.num_processes == 1 or dist.gpus is not None:
+        return
+    from tuiwiz.plan.hardware import probe as probe_hardware
+
+    gpus = probe_hardware(profile.output.runs_dir).gpus
+    if gpus and dist.num_processes > len(gpus):
+        raise UserError(
+            f"{dist.num_processes} processes but this machine has {len(gpus)} GPU{'s' if len(gpus) > 1 else ''}",
+            hint=f"set distributed.num_processes to at most {len(gpus)}", file=source,
+            field="distributed.num_processes", kind="profile",
+        )
+
+
+def _check_offload_ram(profile: Profile, source: str) -> None:
+    """ZeRO offload keeps optimizer states (and parameters) in host RAM: refuse when it is short."""
+    from tuiwiz.plan.hardware import probe as probe_hardware
+    from tuiwiz.plan.memory import Plan, estimate, gib
     from tuiwiz.plan.modelinfo import inspect_model
 
-    machine = probe(str(runs_dir)) if device is None else None
-    if device is None:
-        device = "cuda" if machine.has_gpu else "cpu"
-    size = model_weight_bytes(model_folder)
-    parameters = trainable = needed = None
+    name = profile.model.name_or_path
+    if is_builtin(name) and not (resolve_builtin(name, build=False) / "config.json").is_file():
+        return  # the demo before its first build: small by construction
     try:
-        info = inspect_model(str(model_folder))
-        plan = Plan.from_profile(profile, info, device=device, bf16=machine.all_bf16 if machine else True)
-        est = estimate(info, plan)
-        parameters, trainable = est.total_parameters, est.trainable_parameters
-        needed = est.cpu_ram if device == "cpu" else None
-    except (UserError, ValueError, KeyError):
-        pass  # an unknown layout: the floors from file sizes still apply
-    check_disk(profile, size, runs_dir, parameters=parameters, trainable=trainable, total_steps=total_steps)
-    check_ram(profile, size, device=device, parameters=parameters, needed_bytes=needed)
+        model = inspect_model(name, profile.model.revision)
+    except UserError:
+        return  # a hub model not in the cache: the runner will say so
+    dist = profile.distributed
+    machine = probe_hardware(profile.output.runs_dir)
+    strategy = "zero3_offload_all" if dist.offload_params else "zero3_offload_optimizer"
+    plan = Plan.from_profile(profile, model, device="cuda", bf16=True, strategy=strategy)
+    need = estimate(model, plan, dist.num_processes).cpu_ram
+    have = machine.ram_available_mb * 2**20
+    if need > have:
+        raise UserError(
+            f"offloading to CPU needs about {gib(need)} of RAM on this machine; {gib(have)} is available",
+            hint="offload only the optimizer (offload_params: false), use more GPUs, or a lighter method (lora)",
+            file=source, field="distributed.offload_params" if dist.offload_params else "distributed.offload_optimizer",
+            kind="resources",
+        )
+
+
+def _check_resources(profile: Profile) -> None:
+    """Weights readable, and room on disk and in RAM, before a run dir exists."""
+
+    folder = _model_folder(profile)
+    if folder is None or not (folder / "config.json").is_file():
+        return  # a hub id not downloaded, or the demo before its first build
+    check_model_files(folder)
+    check_resources(profile, folder, profile.output.runs_dir)
+
+
+def preflight(loaded: LoadedProfile) -> None:
+    """Everything that can be checked before a run dir exists. Raises UserError."""
+    source = str(loaded.source) if loaded.source else "<profile>"
+    _check_model(loaded.profile, source)
+    _check_data(loaded.profile, source)
+    _check_processes(loaded.profile, source)
+    _check_resources(loaded.profile)
 
 
 # --- chat template -----------------------------------------------------------------
