@@ -6,16 +6,17 @@ import sys
 
 import pytest
 
+from tuiwiz.data.stats import DataStats
 from tuiwiz.errors import UserError
+from tuiwiz.methods import METHODS
 from tuiwiz.plan.hardware import probe
 from tuiwiz.plan.memory import estimate
 from tuiwiz.plan.modelinfo import model_from_config
-from tuiwiz.data.stats import DataStats
 from tuiwiz.plan.recommend import choose_seq_len, recommend, step_down, to_profile
-from tuiwiz.profile.schema import DEFAULT_LEARNING_RATE, Profile
+from tuiwiz.profile.schema import Profile
 
-from .conftest import ROOT
-from .test_modelinfo import load_config
+from .support import ROOT
+from .support.configs import load_config
 
 CHAT_2K = DataStats.from_lengths([300 + (i * 37) % 1700 for i in range(999)] + [2000])  # up to 2,000 tokens
 
@@ -62,7 +63,7 @@ def test_llama3_8b_on_rtx4090_gets_lora_or_qlora_never_full():
 def test_qwen_small_on_h100_gets_full_fine_tuning():
     rec = recommend(probe(snapshot="h100-80gb"), model("qwen2.5-0.5b"), CHAT_2K)
     assert rec.best.key == "full" and rec.best.plan.strategy == "single"
-    assert rec.best.learning_rate == DEFAULT_LEARNING_RATE["full"]
+    assert rec.best.learning_rate == METHODS["full"].learning_rate
     assert rec.best.effective_batch == 16
 
 
@@ -131,7 +132,7 @@ def test_to_profile_is_valid_and_matches_the_option(snapshot, name):
         assert (t.per_device_train_batch_size, t.gradient_accumulation_steps) == (
             option.plan.micro_batch, option.plan.gradient_accumulation)
         assert profile.data.max_length == rec.seq_len and t.precision == option.plan.precision
-        assert profile.learning_rate == DEFAULT_LEARNING_RATE[option.plan.method]
+        assert profile.learning_rate == METHODS[option.plan.method].learning_rate
         if option.plan.method in ("lora", "qlora"):
             assert profile.method.target_modules == list(model(name).linear_modules)
             assert profile.method.lora_alpha == 2 * profile.method.r

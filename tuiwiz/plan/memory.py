@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from tuiwiz.errors import UserError
+from tuiwiz.methods import METHOD_NAMES, METHODS
 from tuiwiz.plan.architectures import IA3_TARGETS
 from tuiwiz.plan.modelinfo import ModelInfo
 
 MiB = 1024**2
 GiB = 1024**3
 
-METHODS = ("full", "lora", "qlora", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3", "adalora", "bitfit")
 STRATEGIES = ("single", "ddp", "zero2", "zero3", "zero3_offload_optimizer", "zero3_offload_all")
 ZERO = ("zero2", "zero3", "zero3_offload_optimizer", "zero3_offload_all")
 PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -88,7 +88,7 @@ class Plan:
     save_total_limit: int = 2
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("method", self.method, METHODS), ("strategy", self.strategy, STRATEGIES),
+        for name, value, allowed in (("method", self.method, METHOD_NAMES), ("strategy", self.strategy, STRATEGIES),
                                      ("precision", self.precision, tuple(PRECISION_BYTES))):
             if value not in allowed:
                 raise ValueError(f"Plan.{name} must be one of {allowed}, not {value!r}")
@@ -124,7 +124,7 @@ class Plan:
         if m.type == "ia3":
             kwargs.update(ia3_targets=None if m.target_modules == "auto" else tuple(m.target_modules),
                           ia3_feedforward=None if m.feedforward_modules == "auto" else tuple(m.feedforward_modules))
-        if m.type in ("prompt_tuning", "prefix_tuning", "p_tuning"):
+        if METHODS[m.type].family == "prompt":
             kwargs["num_virtual_tokens"] = m.num_virtual_tokens
         if m.type == "prefix_tuning":
             kwargs.update(prefix_projection=m.prefix_projection, encoder_hidden_size=m.encoder_hidden_size)
@@ -254,7 +254,7 @@ def _weight_bytes(plan: Plan) -> int:
         return _DTYPE_BYTES[plan.weights_dtype]
     if plan.precision == "fp32":
         return 4
-    if plan.method in ("full", "bitfit"):
+    if METHODS[plan.method].whole_model:
         # mixed precision keeps fp32 weights; DeepSpeed holds 16-bit ones and an fp32 master in the optimizer
         return 2 if plan.strategy in ZERO else 4
     return 2
@@ -298,7 +298,7 @@ def _layer_activation_bytes(model: ModelInfo, plan: Plan, a: int, r: int, c: Con
     attention = a * (attn_inputs * H + q + 2 * kv_saved + q + q)  # inputs, q/k/v, output, o_proj input
     mlp = a * mlp_inputs * H + 4 * a * inter
     extra = 0.0
-    if plan.method in ("lora", "qlora", "adalora"):
+    if METHODS[plan.method].low_rank:
         rank = plan.adalora_init_r if plan.method == "adalora" else plan.lora_r
         mask = 1 if plan.lora_dropout > 0 else 0
         for layer in _targeted(model, plan.lora_targets):
@@ -356,7 +356,7 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
     T = trainable_parameters(model, plan)
     wb = _weight_bytes(plan)
     a = 4 if cpu or plan.precision == "fp32" else 2
-    full = plan.method in ("full", "bitfit")
+    full = METHODS[plan.method].whole_model
     zero = plan.strategy in ZERO and not cpu
 
     # weights
@@ -416,7 +416,7 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
         notes.append("paged optimizer states can spill to CPU RAM under pressure; counted on the GPU here")
 
     # activations
-    tokens_per_seq = plan.seq_len + (plan.num_virtual_tokens if plan.method in ("prompt_tuning", "p_tuning") else 0)
+    tokens_per_seq = plan.seq_len + (plan.num_virtual_tokens if METHODS[plan.method].virtual_tokens else 0)
     tokens = plan.micro_batch * tokens_per_seq
     kv_len = tokens_per_seq + (plan.num_virtual_tokens if plan.method == "prefix_tuning" else 0)
     r = 4 if (a == 4 or plan.method == "qlora" or (full and wb == 4)) else a
@@ -452,7 +452,7 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
     # host RAM and disk
     runtime = c.cpu_runtime
     cpu_ram = breakdown.total if cpu else runtime + cpu_offload
-    merge = 0 if full or plan.method in ("prompt_tuning", "prefix_tuning", "p_tuning") else N * 2 + runtime
+    merge = N * 2 + runtime if METHODS[plan.method].mergeable else 0
     if zero:
         checkpoint = 16 * N  # 16-bit weights, fp32 master and Adam states, and a 16-bit export
         output = 2 * N

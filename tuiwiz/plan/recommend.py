@@ -14,10 +14,11 @@ from dataclasses import dataclass, replace
 
 from tuiwiz.data.stats import DataStats
 from tuiwiz.errors import UserError
+from tuiwiz.methods import METHODS
 from tuiwiz.plan.hardware import Machine
 from tuiwiz.plan.memory import GiB, MemoryEstimate, Plan, estimate
 from tuiwiz.plan.modelinfo import ModelInfo
-from tuiwiz.profile.schema import DEFAULT_LEARNING_RATE, Profile
+from tuiwiz.profile.schema import Profile
 
 # Fraction of free memory a plan may use: leaves room for the estimate's error and other processes.
 GPU_HEADROOM = 0.92
@@ -123,15 +124,13 @@ class _Candidate:
 
 def _candidates(machine: Machine, model: ModelInfo, experts: bool) -> list[_Candidate]:
     extra = ["ia3", "adalora", "prefix_tuning", "p_tuning"] + (["bitfit"] if model.bias_parameters else [])
-    names = {"ia3": "IA3", "adalora": "AdaLoRA", "prefix_tuning": "prefix tuning", "p_tuning": "p-tuning",
-             "bitfit": "BitFit", "prompt_tuning": "prompt tuning"}
     if not machine.has_gpu:
         cands = [_Candidate("cpu-full", "full fine-tuning on the CPU", "full", "single", ()),
                  _Candidate("cpu-lora", "LoRA on the CPU", "lora", "single", ()),
                  _Candidate("cpu-qlora", "QLoRA on the CPU", "qlora", "single", ()),
                  _Candidate("cpu-prompt_tuning", "prompt tuning on the CPU", "prompt_tuning", "single", ())]
         if experts:
-            cands += [_Candidate(f"cpu-{m}", f"{names[m]} on the CPU", m, "single", ()) for m in extra]
+            cands += [_Candidate(f"cpu-{m}", f"{METHODS[m].title} on the CPU", m, "single", ()) for m in extra]
         return cands
     gpus = sorted(machine.gpus, key=lambda g: -g.memory_free_mb)
     best = (gpus[0].index,)
@@ -153,7 +152,7 @@ def _candidates(machine: Machine, model: ModelInfo, experts: bool) -> list[_Cand
     if experts:
         cands.append(_Candidate("full-zero3-offload-all", "full fine-tuning, ZeRO-3 with parameters and optimizer "
                                 "offloaded to CPU", "full", "zero3_offload_all", offload_on))
-        cands += [_Candidate(m, names[m], m, "single", best) for m in extra]
+        cands += [_Candidate(m, METHODS[m].title, m, "single", best) for m in extra]
     cands.append(_Candidate("prompt_tuning", "prompt tuning", "prompt_tuning", "single", best))
     return cands
 
@@ -204,7 +203,7 @@ def _search(machine, model, cand, seq, target_batch, precision, task):
     base = Plan(method=cand.method, device="cuda" if cand.gpus else "cpu", precision=precision, seq_len=seq,
                 strategy=cand.strategy, optimizer=_optimizer(cand.method), task=task,
                 fused_loss=task != "classification",
-                lora_targets=_lora_targets(model) if cand.method in ("lora", "qlora", "adalora") else None)
+                lora_targets=_lora_targets(model) if METHODS[cand.method].low_rank else None)
     top = 1 << max(0, int(math.log2(max(1, target_batch // n))))
     found = {}
     for gc in (False, True):
@@ -281,8 +280,9 @@ def recommend(machine: Machine, model: ModelInfo, data_stats: DataStats | None, 
             plan = Plan(method="qlora", device="cpu", precision="fp32", seq_len=seq, task=task)
             est = estimate(model, plan)
             options.append((rank, Option(cand.key, cand.title, plan, (), est, (), False, target_batch,
-                                         DEFAULT_LEARNING_RATE["qlora"], None, _REASONS["qlora"] + ".",
-                                         "on a CPU 4-bit weights save RAM but dequantising makes every step slower; LoRA fits")))
+                                         METHODS["qlora"].learning_rate, None, _REASONS["qlora"] + ".",
+                                         "on a CPU 4-bit weights save RAM but dequantising makes every step "
+                                         "slower; LoRA fits")))
             continue
         try:
             plan, est, fit, rejected = _search(machine, model, cand, seq, target_batch, precision, task)
@@ -297,7 +297,7 @@ def recommend(machine: Machine, model: ModelInfo, data_stats: DataStats | None, 
         options.append((rank, Option(
             key=cand.key, title=cand.title, plan=plan, gpu_indices=cand.gpus, estimate=est, fit=fit,
             fits=rejected is None, effective_batch=plan.micro_batch * plan.gradient_accumulation * n,
-            learning_rate=DEFAULT_LEARNING_RATE[cand.method], lora_alpha=lora_alpha,
+            learning_rate=METHODS[cand.method].learning_rate, lora_alpha=lora_alpha,
             reason=_reason(cand, plan, est, model), rejected=rejected,
             warnings=tuple(option_warnings) + est.notes,
         )))
@@ -422,7 +422,7 @@ def _step_down(profile: Profile, model: ModelInfo, machine: Machine, allow_trunc
         old = profile.method
         method = p.QLoraMethod(r=old.r, lora_alpha=old.lora_alpha, lora_dropout=old.lora_dropout,
                                target_modules=old.target_modules, use_dora=old.use_dora, use_rslora=old.use_rslora)
-    training = t.model_copy(update={"learning_rate": DEFAULT_LEARNING_RATE[lighter],
+    training = t.model_copy(update={"learning_rate": METHODS[lighter].learning_rate,
                                     "optim": "paged_adamw_8bit" if lighter == "qlora" else t.optim})
     new = profile.model_copy(update={"method": method, "training": training})
     return StepDown(new, f"{profile.method.type} → {lighter}: {_REASONS[lighter].format(dtype='16-bit', v='')}",

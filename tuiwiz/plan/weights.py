@@ -56,7 +56,7 @@ def read_safetensors_header(path: Path) -> tuple[TensorEntry, ...]:
             if name == "__metadata__":
                 continue
             shape = tuple(int(s) for s in entry["shape"])
-            start, stop = (int(x) for x in entry["data_offsets"])
+            _start, stop = (int(x) for x in entry["data_offsets"])
             end = max(end, stop)
             tensors.append(TensorEntry(name, str(entry["dtype"]), shape))
     except (ValueError, KeyError, TypeError) as exc:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from tuiwiz.demo.builtin import is_builtin
 from tuiwiz.errors import UserError
 from tuiwiz.files import write_text_atomic
+from tuiwiz.methods import METHOD_NAMES
 from tuiwiz.profile.schema import Profile
 from tuiwiz.profile.yaml_tree import compose, mark_line
 from tuiwiz.text_files import decode_text, read_file_bytes
@@ -155,9 +156,8 @@ def _dotted(loc: tuple) -> str:
     parts = [str(p) for p in loc if not isinstance(p, int) and not _is_member_tag(p)]
     # Drop a union tag (method.lora.r -> method.r): the tag is the value of `type`.
     if len(parts) >= 2 and parts[0] == "method":
-        from tuiwiz.profile.schema import METHOD_TYPES
 
-        if parts[1] in METHOD_TYPES:
+        if parts[1] in METHOD_NAMES:
             parts.pop(1)
     return ".".join(parts)
 
@@ -186,12 +186,11 @@ def _hint_for(error: dict) -> str | None:
             return f"did you mean '{close[0]}'? Valid keys here: {', '.join(valid)}"
         return f"valid keys here: {', '.join(valid)}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        from tuiwiz.profile.schema import METHOD_TYPES
 
         tag = str(error.get("input", {}).get("type", "")) if isinstance(error.get("input"), dict) else ""
-        close = difflib.get_close_matches(tag, METHOD_TYPES, n=1)
+        close = difflib.get_close_matches(tag, METHOD_NAMES, n=1)
         prefix = f"did you mean '{close[0]}'? " if close else ""
-        return prefix + "method.type is one of: " + ", ".join(METHOD_TYPES)
+        return prefix + "method.type is one of: " + ", ".join(METHOD_NAMES)
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
         close = difflib.get_close_matches(str(error.get("input")), re.findall(r"'([^']*)'", expected), n=1)

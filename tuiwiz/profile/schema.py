@@ -1,18 +1,20 @@
 """The profile: every choice of a fine-tune, as a versioned pydantic schema.
 
 Field names follow transformers' ``TrainingArguments`` and peft's configs where
-those exist. Loading, saving and error reporting live in ``profile_io``.
+those exist. Loading, saving and error reporting live in ``io.py``; what each method is, in ``tuiwiz.methods``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tuiwiz.methods import METHODS
+
 PROFILE_VERSION = 1
 
-TargetModules = Union[Literal["auto", "all-linear"], list[str]]
+TargetModules = Literal["auto", "all-linear"] | list[str]
 
 
 class _Strict(BaseModel):
@@ -158,26 +160,10 @@ class BitFitMethod(_Strict):
 
 
 Method = Annotated[
-    FullMethod | LoraMethod | QLoraMethod | PromptTuningMethod | PrefixTuningMethod | PTuningMethod | IA3Method | AdaLoraMethod | BitFitMethod,
+    FullMethod | LoraMethod | QLoraMethod | PromptTuningMethod | PrefixTuningMethod | PTuningMethod | IA3Method
+    | AdaLoraMethod | BitFitMethod,
     Field(discriminator="type"),
 ]
-
-METHOD_TYPES = (
-    "full", "lora", "qlora", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3", "adalora", "bitfit",
-)
-
-# Learning rates that work for each method when the profile leaves it unset.
-DEFAULT_LEARNING_RATE = {
-    "full": 2e-5,
-    "lora": 2e-4,
-    "qlora": 2e-4,
-    "prompt_tuning": 3e-2,
-    "prefix_tuning": 1e-2,
-    "p_tuning": 1e-2,
-    "ia3": 3e-3,
-    "adalora": 1e-3,
-    "bitfit": 1e-3,
-}
 
 Optimizer = Literal[
     "adamw_torch",
@@ -361,4 +347,4 @@ class Profile(_Strict):
     @property
     def learning_rate(self) -> float:
         """The learning rate in force: the profile's, or the method's default."""
-        return self.training.learning_rate or DEFAULT_LEARNING_RATE[self.method.type]
+        return self.training.learning_rate or METHODS[self.method.type].learning_rate

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuiwiz.errors import UserError
+from tuiwiz.methods import METHODS
 from tuiwiz.plan.memory import optimizer_bytes_per_param
 from tuiwiz.profile.schema import Profile
 
@@ -21,7 +22,6 @@ MiB = 2**20
 SMALL_FILES = 64 * MiB
 # The runner process before the model is built (torch, transformers imported; memory.CONSTANTS.cpu_runtime).
 RUNTIME_RAM = 700 * MiB
-PEFT_METHODS = ("lora", "qlora", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3", "adalora")
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -65,7 +65,7 @@ def _load_bytes(profile: Profile, device: str) -> float:
         return 1 if profile.method.bits == 8 else 0.5
     if profile.model.dtype in _DTYPE_BYTES:
         return _DTYPE_BYTES[profile.model.dtype]
-    if profile.method.type in ("full", "bitfit") or device == "cpu" or profile.training.precision == "fp32":
+    if METHODS[profile.method.type].whole_model or device == "cpu" or profile.training.precision == "fp32":
         return 4  # full fine-tuning keeps fp32 weights under mixed precision
     return 2
 
@@ -81,7 +81,7 @@ def estimate_disk(profile: Profile, model_size_bytes: int, *, parameters: int | 
     t = profile.training
     n = parameters if parameters is not None else model_size_bytes // 2
     method = profile.method.type
-    if method in PEFT_METHODS:
+    if METHODS[method].uses_peft:
         adapter = trainable if trainable is not None else n // 100
         weights = adapter * 4  # peft keeps adapters in fp32
         checkpoint = weights + int(adapter * optimizer_bytes_per_param(t.optim, 4))
