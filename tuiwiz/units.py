@@ -1,4 +1,5 @@
-"""Numbers as people read them: sizes, counts, durations, and text bars. No Textual here."""
+"""Numbers as people read them: sizes, counts, durations, and text bars. The one place that formats
+them, for every front end and every message. No Textual here."""
 
 from __future__ import annotations
 
@@ -24,13 +25,24 @@ def mib(n_mib: int | float | None) -> str:
     return size(None if n_mib is None else n_mib * MIB)
 
 
-def count(n: int | float | None) -> str:
-    """1234567 -> 1.2M."""
+def gib(n: int | float | None) -> str:
+    """Bytes in GiB with one decimal, as memory budgets are compared: 8589934592 -> 8.0 GiB."""
+    return "-" if n is None else f"{n / GIB:.1f} GiB"
+
+
+def gb(n: int | float) -> str:
+    """Bytes in decimal GB with one decimal, as disks are sold and ``df -H`` shows them."""
+    return f"{n / 1e9:.1f} GB"
+
+
+def count(n: int | float | None, digits: int | None = None) -> str:
+    """1234567 -> 1.2M; with ``digits``, always that many decimals (1.23M for 2)."""
     if n is None:
         return "?"
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
-            return f"{n / scale:.{0 if abs(n) / scale >= 100 else 1}f}{unit}"
+            places = digits if digits is not None else 0 if abs(n) / scale >= 100 else 1
+            return f"{n / scale:.{places}f}{unit}"
     return f"{n:.0f}"
 
 
@@ -38,7 +50,7 @@ def duration(seconds: float | None) -> str:
     """3725 -> 1h02m; 75 -> 1m15s; 9 -> 9s."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return "-"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours >= 24:

@@ -11,6 +11,7 @@ import json
 import sys
 
 from tuiwiz.errors import UserError
+from tuiwiz.units import MIB, count, gib
 
 COMMANDS = ("hw", "inspect", "recommend")
 
@@ -57,18 +58,11 @@ def _console():
 
 
 def _gib_mb(mb: int | None) -> str:
-    return "-" if mb is None else f"{mb / 1024:.1f} GiB"
-
-
-def _gib(n: int | float) -> str:
-    return f"{n / 2**30:.1f} GiB"
+    return gib(None if mb is None else mb * MIB)
 
 
 def _count(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
+    return count(n, digits=2)
 
 
 def _cmd_hw(args) -> int:
@@ -125,7 +119,7 @@ def _cmd_inspect(args) -> int:
         ("dtype", info.dtype or "?"),
         ("linear layers", ", ".join(info.linear_modules) or "-"),
         ("license", info.license or "?"),
-        ("to download" if info.source == "hub" else "on disk", _gib(info.size_on_disk)),
+        ("to download" if info.source == "hub" else "on disk", gib(info.size_on_disk)),
     ]
     for key, value in rows:
         console.print(f"[bold]{key:>14}[/]  {value}", highlight=False)
@@ -204,7 +198,7 @@ def _cmd_recommend(args) -> int:
         mark = "[green]✓[/]" if o.fits else "[red]✗[/]"
         batch = f"{p.micro_batch}×{p.gradient_accumulation}" + (f"×{len(o.gpu_indices)}" if len(o.gpu_indices) > 1
                                                                  else "")
-        table.add_row(mark, o.title, _gib(o.needed), batch, "on" if p.gradient_checkpointing else "off",
+        table.add_row(mark, o.title, gib(o.needed), batch, "on" if p.gradient_checkpointing else "off",
                       _count(o.trainable_parameters), o.rejected or "")
     console.print(table)
     if result.best is not None:

@@ -470,9 +470,3 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
         cpu_ram=int(cpu_ram), cpu_ram_merge=merge, disk_checkpoint=checkpoint, disk_output=output,
         disk_total=output + plan.save_total_limit * checkpoint, notes=tuple(dict.fromkeys(notes)),
     )
-
-
-
-
-def gib(n: int | float) -> str:
-    return f"{n / GiB:.1f} GiB"

@@ -19,6 +19,7 @@ from tuiwiz.plan.hardware import Machine
 from tuiwiz.plan.memory import GiB, MemoryEstimate, Plan, estimate
 from tuiwiz.plan.modelinfo import ModelInfo
 from tuiwiz.profile.schema import Profile
+from tuiwiz.units import count, gib
 
 # Fraction of free memory a plan may use: leaves room for the estimate's error and other processes.
 GPU_HEADROOM = 0.92
@@ -173,7 +174,7 @@ def _fit(machine: Machine, cand: _Candidate, est: MemoryEstimate) -> tuple[tuple
         available = int(machine.ram_available_mb * 2**20 * RAM_HEADROOM)
         fit = (DeviceFit(None, est.total, available),)
         if est.total > available:
-            return fit, (f"needs {est.total / GiB:.1f} GiB of RAM, the machine has "
+            return fit, (f"needs {gib(est.total)} of RAM, the machine has "
                          f"{machine.ram_available_mb / 1024:.1f} GiB available")
         return fit, None
     fits = tuple(DeviceFit(g.index, est.total, int(g.memory_free_bytes * GPU_HEADROOM))
@@ -183,9 +184,9 @@ def _fit(machine: Machine, cand: _Candidate, est: MemoryEstimate) -> tuple[tuple
         worst = min(short, key=lambda f: f.available)
         free = next(g for g in machine.gpus if g.index == worst.index).memory_free_mb / 1024
         where = "the card has" if len(machine.gpus) == 1 else f"GPU {worst.index} has"
-        text = f"needs {est.total / GiB:.1f} GiB per GPU, {where} {free:.1f} GiB free"
+        text = f"needs {gib(est.total)} per GPU, {where} {free:.1f} GiB free"
         if est.total <= free * GiB:
-            text += f" ({worst.available / GiB:.1f} GiB usable: the estimate keeps {1 - GPU_HEADROOM:.0%} spare)"
+            text += f" ({gib(worst.available)} usable: the estimate keeps {1 - GPU_HEADROOM:.0%} spare)"
         return fits, text
     ram = int(machine.ram_available_mb * 2**20 * RAM_HEADROOM)
     if est.cpu_ram > ram:
@@ -255,14 +256,7 @@ def _reason(cand: _Candidate, plan: Plan, est: MemoryEstimate, model: ModelInfo)
     if cand.strategy in _STRATEGY_NOTES:
         text += f"; {_STRATEGY_NOTES[cand.strategy]}"
     share = est.trainable_parameters / max(1, model.num_parameters)
-    return f"{text[0].upper()}{text[1:]} ({_count(est.trainable_parameters)} trainable, {share:.2%})."
-
-
-def _count(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
+    return f"{text[0].upper()}{text[1:]} ({count(est.trainable_parameters, digits=1)} trainable, {share:.2%})."
 
 
 def recommend(machine: Machine, model: ModelInfo, data_stats: DataStats | None, task: str = "sft", *,

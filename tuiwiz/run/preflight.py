@@ -18,6 +18,7 @@ from tuiwiz.hub_access import hub_repo_info, is_hub_id, looks_like_path
 from tuiwiz.profile.io import DATA_SUFFIXES, LoadedProfile, is_local_data
 from tuiwiz.profile.schema import Profile
 from tuiwiz.run.resources import check_resources
+from tuiwiz.units import gib
 
 
 def _check_model(profile: Profile, source: str) -> None:
@@ -165,7 +166,7 @@ def _check_processes(profile: Profile, source: str) -> None:
 def _check_offload_ram(profile: Profile, source: str) -> None:
     """ZeRO offload keeps optimizer states (and parameters) in host RAM: refuse when it is short."""
     from tuiwiz.plan.hardware import probe as probe_hardware
-    from tuiwiz.plan.memory import Plan, estimate, gib
+    from tuiwiz.plan.memory import Plan, estimate
     from tuiwiz.plan.modelinfo import inspect_model
 
     name = profile.model.name_or_path

@@ -15,6 +15,7 @@ from tuiwiz.errors import UserError
 from tuiwiz.methods import METHODS
 from tuiwiz.plan.memory import optimizer_bytes_per_param
 from tuiwiz.profile.schema import Profile
+from tuiwiz.units import gb
 
 GB = 10**9
 MiB = 2**20
@@ -23,10 +24,6 @@ SMALL_FILES = 64 * MiB
 # The runner process before the model is built (torch, transformers imported; memory.CONSTANTS.cpu_runtime).
 RUNTIME_RAM = 700 * MiB
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-def _gb(n: int | float) -> str:
-    return f"{n / GB:.1f} GB"
 
 
 
@@ -117,8 +114,8 @@ def check_disk(profile: Profile, model_size_bytes: int, runs_dir: str | Path, *,
         t = profile.training
         count = f"{need.checkpoints} checkpoint{'s' if need.checkpoints > 1 else ''}"
         raise UserError(
-            f"the run needs {_gb(need.total)} free on the disk of {runs_dir} ({count} of {_gb(need.checkpoint)} "
-            f"at once, and a {_gb(need.output)} output); {_gb(free_bytes)} is free",
+            f"the run needs {gb(need.total)} free on the disk of {runs_dir} ({count} of {gb(need.checkpoint)} "
+            f"at once, and a {gb(need.output)} output); {gb(free_bytes)} is free",
             hint=f"free space, lower training.save_total_limit (now {t.save_total_limit}), raise "
                  f"training.save_steps (now {t.save_steps}), or set output.runs_dir to a bigger disk",
             field="output.runs_dir", kind="resources",
@@ -159,7 +156,7 @@ def check_ram(profile: Profile, model_size_bytes: int, *, device: str = "cpu", p
     if need > available_bytes:
         where = "to train on the CPU" if device == "cpu" else "to load the model before it moves to the GPU"
         raise UserError(
-            f"the run needs {_gb(need)} of RAM {where}; {_gb(available_bytes)} is available",
+            f"the run needs {gb(need)} of RAM {where}; {gb(available_bytes)} is available",
             hint="close other programs, use a smaller model, or a method that trains less "
                  "(lora or qlora instead of full)",
             field="model.name_or_path", kind="resources",

@@ -224,7 +224,7 @@ def _review(state: WizardState, ask: Prompts) -> int:
     if not ask.confirm("Save the profile and launch the run?", default=True):
         _print("not launched")
         return 0
-    run, proc, path = save_and_launch(state, state.profile, state.profile_name)
+    run, proc, _path = save_and_launch(state, state.profile, state.profile_name)
     _print(f"run {run.run_id} in {run.path}",
            "Ctrl-C stops it (a checkpoint is saved); the run does not depend on this terminal.")
     # sys.stdout as it is now (follow's default is bound when tuiwiz.run.follow is first imported)

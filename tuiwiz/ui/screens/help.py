@@ -38,7 +38,7 @@ class HelpScreen(ModalScreen[None]):
         table.add_column(style="bold", no_wrap=True)
         table.add_column()
         seen = set()
-        for key, active in self.below.active_bindings.items():
+        for active in self.below.active_bindings.values():
             binding = active.binding
             # the screen's and the app's own keys; widgets' scrolling keys are the usual ones
             if not isinstance(active.node, (App, Screen)):

@@ -208,7 +208,7 @@ class ReviewScreen(StepScreen):
         from tuiwiz.ui.choices import save_and_launch
 
         try:
-            run, proc, path = save_and_launch(self.state, self.state.profile, self.state.profile_name)
+            run, proc, _path = save_and_launch(self.state, self.state.profile, self.state.profile_name)
         except UserError as exc:
             self.app.call_from_thread(self._failed, exc)
             return
