@@ -3,9 +3,17 @@
 Runs `tuiwiz --profile profiles/quickstart.yaml` in a fresh cache (the demo build
 included), times the whole command, then answers the held-out demo prompts
 greedily with the base model and with the fine-tuned one and scores both:
-exact answers, and the share of answer tokens predicted right (teacher forcing).
 
-    python bench/demo_learning.py [--json OUT.json]
+- exact answers: the greedy answer equals the expected one, character for character (the facts);
+- held-out loss: mean cross-entropy of the expected answer's tokens given the prompt;
+- answer tokens right (teacher forcing): each answer token predicted from the prompt and the
+  *expected* tokens before it, so it measures the form of the answer (template, the animal named
+  in the question, the kind of word), not whether the model produces the facts on its own.
+
+The README's before/after table is the first samples of the JSON, quoted as they are
+(tests/test_readme_figures.py checks it).
+
+    python bench/demo_learning.py [--json bench/results/demo-learning.json]
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ def score(model, tokenizer, pairs: list[tuple[str, str]]) -> dict:
     import torch
 
     exact = token_right = token_total = 0
+    nll = 0.0
     samples = []
     for question, answer in pairs:
         prompt = tokenizer.apply_chat_template(
@@ -42,10 +51,12 @@ def score(model, tokenizer, pairs: list[tuple[str, str]]) -> dict:
         with torch.no_grad():
             logits = model(input_ids=full).logits[0, ids.shape[1] - 1:-1]
         token_right += int((logits.argmax(-1) == torch.tensor(target)).sum())
+        nll += float(torch.nn.functional.cross_entropy(logits.float(), torch.tensor(target), reduction="sum"))
         token_total += len(target)
         if len(samples) < 6:
             samples.append({"prompt": question, "expected": answer, "answer": text})
-    return {"exact": exact / len(pairs), "token_accuracy": token_right / token_total, "samples": samples}
+    return {"exact": exact / len(pairs), "exact_count": exact, "held_out_loss": nll / token_total,
+            "token_accuracy": token_right / token_total, "samples": samples}
 
 
 def main() -> int:
@@ -81,7 +92,7 @@ def main() -> int:
     after = score(tuned, tokenizer, held_out)
     figures = {
         "quickstart_wall_s": round(wall, 1),
-        "first_loss": losses[0], "last_loss": losses[-1],
+        "first_loss": losses[0], "last_loss": losses[-1],  # training loss, first and last logged step
         "held_out_prompts": len(held_out),
         "before": before, "after": after,
     }
