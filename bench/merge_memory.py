@@ -113,12 +113,12 @@ def child(mode: str, run: Path, out: Path) -> dict:
     started = time.perf_counter()
     result: dict = {}
     if mode == "tuiwiz-merge":
-        from tuiwiz.post.merge import plan_merge
-        from tuiwiz.post.merge_shards import _merge_shards, _write_index
+        from tuiwiz.post.merge_plan import plan_merge
+        from tuiwiz.post.merge_shards import merge_shards, write_index
 
         plan = plan_merge(str(run))
         out.mkdir(parents=True)
-        _write_index(out, _merge_shards(plan, out, None), len(plan.shards))
+        write_index(out, merge_shards(plan, out, None), len(plan.shards))
     elif mode == "tuiwiz":
         from tuiwiz.post.merge import merge_run
 

@@ -9,19 +9,20 @@ import pytest
 
 from tuiwiz.errors import UserError
 
-from .conftest import ROOT
-from .test_merge import merged_once, trained_run
+from .support import ROOT
+from .support.trained_runs import merged_once
 
 QUESTION = [{"role": "user", "content": "What sound does the cow make?"}]
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def engine(trained_run):
     from tuiwiz.post.chat import ChatEngine
 
-    return ChatEngine(str(trained_run(tmp_path_factory, "lora").path)).load()
+    return ChatEngine(str(trained_run("lora").path)).load()
 
 
+@pytest.mark.slow
 def test_stream_yields_pieces_while_generating(engine):
     import time
 
@@ -37,6 +38,7 @@ def test_stream_yields_pieces_while_generating(engine):
     assert not engine.generating
 
 
+@pytest.mark.slow
 def test_the_system_prompt_reaches_the_model(engine):
     """The system prompt is rendered by the tokenizer's chat template ahead of the conversation, replacing a
     system message the conversation carried, and it conditions the answer's logits."""
@@ -53,6 +55,7 @@ def test_the_system_prompt_reaches_the_model(engine):
     assert not torch.allclose(plain, system)
 
 
+@pytest.mark.slow
 def test_stop_ends_a_generation_early(engine):
     pieces = []
     for piece in engine.stream(QUESTION, adapter=None, temperature=0, max_new_tokens=300):
@@ -67,6 +70,7 @@ def test_stop_ends_a_generation_early(engine):
     assert engine.answer(QUESTION, temperature=0, max_new_tokens=8)
 
 
+@pytest.mark.slow
 def test_base_and_fine_tuned_answer_differently_and_the_fine_tuned_learned(engine):
     base, tuned = engine.compare(QUESTION, temperature=0, max_new_tokens=16)
     assert base != tuned
@@ -75,10 +79,11 @@ def test_base_and_fine_tuned_answer_differently_and_the_fine_tuned_learned(engin
     assert engine.active_adapter == engine.source.label  # compare leaves the adapter on
 
 
-def test_several_adapters_on_one_base(tmp_path_factory, engine):
+@pytest.mark.slow
+def test_several_adapters_on_one_base(trained_run, engine):
     from tuiwiz.post.chat import ChatEngine
 
-    dora = trained_run(tmp_path_factory, "dora")
+    dora = trained_run("dora")
     name = engine.add_adapter(str(dora.path), name="dora")
     assert set(engine.adapters) == {engine.source.label, "dora"}
     settings = {"temperature": 0, "max_new_tokens": 12}
@@ -97,10 +102,11 @@ def test_several_adapters_on_one_base(tmp_path_factory, engine):
         engine.add_adapter(str(dora.path), name="dora")
 
 
-def test_a_merged_model_answers_as_base_plus_adapter(tmp_path_factory, engine):
+@pytest.mark.slow
+def test_a_merged_model_answers_as_base_plus_adapter(trained_run, engine):
     from tuiwiz.post.chat import ChatEngine
 
-    run = trained_run(tmp_path_factory, "lora")
+    run = trained_run("lora")
     merged = ChatEngine(str(merged_once(run))).load()
     assert merged.adapters == ()
     settings = {"temperature": 0, "max_new_tokens": 12}
@@ -109,10 +115,11 @@ def test_a_merged_model_answers_as_base_plus_adapter(tmp_path_factory, engine):
         merged.answer(QUESTION, adapter=None)
 
 
-def test_refuses_a_model_that_does_not_fit(tmp_path_factory):
+@pytest.mark.slow
+def test_refuses_a_model_that_does_not_fit(trained_run):
     from tuiwiz.post.chat import ChatEngine
 
-    run = trained_run(tmp_path_factory, "lora")
+    run = trained_run("lora")
     small = ChatEngine(str(run.path), memory_budget_mb=1)
     with pytest.raises(UserError) as info:
         small.load()
@@ -127,8 +134,9 @@ def _repl(args, stdin: str, env=None):
                           env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120)
 
 
-def test_repl_through_stdin(tmp_path_factory):
-    run = trained_run(tmp_path_factory, "lora")
+@pytest.mark.slow
+def test_repl_through_stdin(trained_run):
+    run = trained_run("lora")
     result = _repl([run.path, "--compare", "--temperature", "0", "--max-new-tokens", "12"],
                    "What sound does the cow make?\n/clear\nWhat color is the cat?\n/quit\n")
     assert result.returncode == 0, result.stderr
@@ -165,12 +173,13 @@ def test_an_answer_is_not_busy_once_its_last_event_is_out():
     answer.join()
 
 
-def test_jsonl_server_answers_and_names_bad_requests(tmp_path_factory):
+@pytest.mark.slow
+def test_jsonl_server_answers_and_names_bad_requests(tmp_path_factory, trained_run):
     """`tuiwiz chat RUN --jsonl`, the app's protocol: a malformed request is an input error with its id,
     the next request is still answered, and only JSON lines reach stdout."""
     import json
 
-    run = trained_run(tmp_path_factory, "lora")
+    run = trained_run("lora")
     question = [{"role": "user", "content": "What sound does the cow make?"}]
     requests = [{"op": "ask", "id": 1}, {"op": "ask", "id": 2, "messages": question, "max_new_tokens": "x"},
                 {"op": "nope"}]
@@ -208,7 +217,8 @@ def test_jsonl_server_answers_and_names_bad_requests(tmp_path_factory):
     assert answer.startswith("The") and events[-1]["id"] == 3 and events[-1]["tokens"] <= 8
 
 
-def test_repl_ctrl_c_stops_the_answer_and_the_repl_goes_on(tmp_path_factory):
+@pytest.mark.slow
+def test_repl_ctrl_c_stops_the_answer_and_the_repl_goes_on(trained_run):
     """Ctrl-C (SIGINT, as the terminal sends it) during an answer ends that answer, marked [stopped]; the
     REPL asks for the next prompt. A sampled answer may end by itself before the signal lands, and a
     Ctrl-C at the prompt quits (as it should): then it is tried again in a fresh REPL."""
@@ -217,7 +227,7 @@ def test_repl_ctrl_c_stops_the_answer_and_the_repl_goes_on(tmp_path_factory):
     import threading
     import time
 
-    run = trained_run(tmp_path_factory, "lora")
+    run = trained_run("lora")
     for attempt in range(4):
         proc = subprocess.Popen([sys.executable, "-m", "tuiwiz", "chat", str(run.path), "--base", "--temperature",
                                  "1.0", "--max-new-tokens", "3000"], cwd=ROOT, stdin=subprocess.PIPE,

@@ -10,13 +10,13 @@ import pytest
 
 from tuiwiz.errors import UserError
 
-from .conftest import run_cli
-from .test_merge import copy_run, merged_once, trained_run
+from .support.processes import run_cli
+from .support.trained_runs import copy_run, merged_once
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory):
-    run = trained_run(tmp_path_factory, "lora")
+def lora_run(trained_run):
+    run = trained_run("lora")
     merged_once(run)  # GGUF and Ollama exports reuse the verified merge in RUN/merged
     return run
 
@@ -38,6 +38,7 @@ def read_gguf(path):
     return reader, fields
 
 
+@pytest.mark.slow
 def test_gguf_f16_reads_back_with_llama_cpp_names_metadata_and_tokenizer(lora_run, tmp_path):
     import gguf
     from transformers import AutoTokenizer
@@ -112,17 +113,19 @@ def test_gguf_f16_reads_back_with_llama_cpp_names_metadata_and_tokenizer(lora_ru
     # plain Jinja (no transformers extension) renders the GGUF's template as transformers renders the original
     import jinja2
 
-    from tuiwiz.post.export import PROBE
+    from tuiwiz.post.export_ollama import PROBE
 
     plain = jinja2.Environment().from_string(template).render(messages=PROBE, add_generation_prompt=True,
                                                               bos_token=tokenizer.bos_token)
     assert plain == tokenizer.apply_chat_template(PROBE, tokenize=False, add_generation_prompt=True)
 
 
+@pytest.mark.slow
 def test_q8_0_and_ollama_modelfile(lora_run, tmp_path):
     import gguf
 
-    from tuiwiz.post.export import export_run, permute_qk
+    from tuiwiz.post.export import export_run
+    from tuiwiz.post.export_gguf import permute_qk
 
     result = export_run(str(lora_run.path), "ollama", tmp_path / "ollama", quant="q8_0")
     folder = tmp_path / "ollama"
@@ -147,14 +150,14 @@ def test_q8_0_and_ollama_modelfile(lora_run, tmp_path):
     assert lines[0] == f"FROM ./{path.name}" and (folder / path.name).exists()
     from transformers import AutoTokenizer
 
-    from tuiwiz.post.export import ollama_template
+    from tuiwiz.post.export_ollama import ollama_template
 
     translated = ollama_template(AutoTokenizer.from_pretrained(lora_run.path / "merged"))
     assert translated.exact and f'TEMPLATE """{translated.go}"""' in modelfile
     assert "{{ .Role }}" in translated.go and "{{ .Content }}" in translated.go and "<|im_start|>" in translated.go
     assert not any("approximately" in note for note in result.notes)
     assert 'PARAMETER stop "<|im_end|>"' in lines and 'PARAMETER stop "<|im_start|>"' in lines
-    from tuiwiz.post.export import sampling_defaults
+    from tuiwiz.post.export_ollama import sampling_defaults
 
     sampling = sampling_defaults(lora_run.path / "merged")
     assert f"PARAMETER temperature {sampling['temperature']}" in lines
@@ -164,7 +167,7 @@ def test_q8_0_and_ollama_modelfile(lora_run, tmp_path):
 
 
 def test_ollama_sampling_follows_the_models_generation_config(tmp_path):
-    from tuiwiz.post.export import OllamaTemplate, modelfile_text, sampling_defaults
+    from tuiwiz.post.export_ollama import OllamaTemplate, modelfile_text, sampling_defaults
 
     assert sampling_defaults(tmp_path) == {"temperature": 0.7, "top_p": 0.9}  # tuiwiz chat's, without one
     (tmp_path / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.6,
@@ -195,7 +198,7 @@ def test_chat_templates_translate_to_go(template, go, stops):
     from transformers import AutoTokenizer
 
     from tuiwiz.demo.build import ensure_demo_model
-    from tuiwiz.post.export import modelfile_text, ollama_template
+    from tuiwiz.post.export_ollama import modelfile_text, ollama_template
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_demo_model())
     tokenizer.chat_template = template
@@ -210,6 +213,7 @@ def test_chat_templates_translate_to_go(template, go, stops):
     assert "TEMPLATE" not in text and "could not be translated" in notes[0]
 
 
+@pytest.mark.slow
 def test_merged_and_adapter_exports_reload_and_carry_a_model_card(lora_run, tmp_path):
     import torch
     from peft import AutoPeftModelForCausalLM
@@ -242,6 +246,7 @@ def test_merged_and_adapter_exports_reload_and_carry_a_model_card(lora_run, tmp_
         assert "/" not in card.split("base_model: ")[1].splitlines()[0]  # no local path leaks into a card
 
 
+@pytest.mark.slow
 def test_refusals(lora_run, tmp_path, monkeypatch):
     from tuiwiz.post.export import export_run
 
@@ -255,6 +260,7 @@ def test_refusals(lora_run, tmp_path, monkeypatch):
     assert not (tmp_path / "g").exists() and not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_hub_needs_a_repo_a_network_and_a_token(lora_run, tmp_path):
     no_repo = run_cli("export", lora_run.path, "--format", "hub")
     assert no_repo.returncode == 2 and "--repo" in no_repo.stderr
@@ -267,6 +273,7 @@ def test_hub_needs_a_repo_a_network_and_a_token(lora_run, tmp_path):
     assert "never stores" in no_token.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rope", [
     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
      "original_max_position_embeddings": 64},
@@ -281,7 +288,7 @@ def test_gguf_writes_llama3_and_linear_rope_scaling(lora_run, tmp_path, rope):
     from transformers import AutoConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from tuiwiz.post.export import write_gguf
+    from tuiwiz.post.export_gguf import write_gguf
 
     folder = tmp_path / "scaled"
     shutil.copytree(lora_run.path / "merged", folder)
@@ -335,7 +342,7 @@ def test_gguf_writes_a_sentencepiece_tokenizer_as_llama_cpp_does(tmp_path):
     through gguf-py's vocab reader; without a tokenizer.model such a model is refused with a hint."""
     import sentencepiece as spm
 
-    from tuiwiz.post.export import write_gguf
+    from tuiwiz.post.export_gguf import write_gguf
 
     text = tmp_path / "text.txt"
     text.write_text("\n".join(f"The cow number {i} says moo, and the cat says miaow {i * 7}." for i in range(400)))

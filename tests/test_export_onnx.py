@@ -16,8 +16,9 @@ import yaml
 from tuiwiz.errors import UserError
 from tuiwiz.run.rundir import RunDir
 
-from .conftest import PROFILES, run_cli
-from .test_merge import copy_run, merged_once
+from .support import PROFILES
+from .support.processes import run_cli
+from .support.trained_runs import assert_streamed_equals_loaded, copy_run, merged_once, merged_tensors
 
 pytestmark = pytest.mark.slow
 LABELS = ["food", "sports", "tech", "weather"]
@@ -136,8 +137,6 @@ def test_the_classifier_streams_from_disk_as_it_loads(classifier_run):
     """What merge verification runs: base + adapter, and the merged model, block by block from disk."""
     from tuiwiz.demo.builtin import resolve_builtin
 
-    from .test_merge import assert_streamed_equals_loaded
-
     assert_streamed_equals_loaded(classifier_run, resolve_builtin("minilm"), adapter=True, random_head=True)
     assert_streamed_equals_loaded(classifier_run, classifier_run.path / "merged", adapter=False)
 
@@ -147,8 +146,6 @@ def test_the_classifier_merge_equals_peft_merge_and_unload(classifier_run):
     equals peft's merge_and_unload tensor by tensor, under the base checkpoint's own names."""
     import torch
     from peft import AutoPeftModelForSequenceClassification
-
-    from .test_merge import merged_tensors
 
     ours = merged_tensors(classifier_run.path / "merged")
     model = AutoPeftModelForSequenceClassification.from_pretrained(classifier_run.output, num_labels=len(LABELS))

@@ -20,8 +20,8 @@ import pytest
 
 from tuiwiz.errors import UserError
 
-from .conftest import LoopbackServer, run_cli
-from .test_merge import trained_run
+from .support.hub import LoopbackServer
+from .support.processes import run_cli
 
 REPO = "someone/tiny-lora"
 TOKEN = "hf_tuiwizTestToken0123456789abcdef"
@@ -121,8 +121,8 @@ class FakeHub(LoopbackServer):
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory):
-    return trained_run(tmp_path_factory, "lora")
+def lora_run(trained_run):
+    return trained_run("lora")
 
 
 @pytest.fixture
@@ -141,6 +141,7 @@ def files_holding(root: Path, secret: str) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
+@pytest.mark.slow
 def test_push_sends_the_adapter_and_its_card_with_the_token_only_in_the_header(lora_run, tmp_path):
     hf_home = tmp_path / "hf"
     with FakeHub() as hub:
@@ -180,6 +181,7 @@ def test_push_sends_the_adapter_and_its_card_with_the_token_only_in_the_header(l
         assert files_holding(place, TOKEN) == []
 
 
+@pytest.mark.slow
 def test_a_refused_push_names_the_repository(lora_run, monkeypatch, hub_client):
     from tuiwiz.post.export import export_run
 
@@ -195,6 +197,7 @@ def test_a_refused_push_names_the_repository(lora_run, monkeypatch, hub_client):
     assert hub.files == {}
 
 
+@pytest.mark.slow
 def test_a_failed_lfs_upload_is_a_user_error_and_nothing_is_committed(lora_run, monkeypatch, hub_client):
     from tuiwiz.post.export import export_run
 
@@ -206,6 +209,7 @@ def test_a_failed_lfs_upload_is_a_user_error_and_nothing_is_committed(lora_run, 
     assert hub.commits == [] and hub.files == {}
 
 
+@pytest.mark.slow
 def test_an_unreachable_hub_is_a_user_error(lora_run, monkeypatch, hub_client):
     from tuiwiz.post.export import export_run
 

@@ -1,96 +1,21 @@
 """Shard-by-shard merge: equal to peft's merge_and_unload, verified, refused when it cannot work.
 
 The runs train on the demo base saved in several shards. They are trained once per test
-session and shared with test_export.py and test_chat.py through ``trained_run``.
+session and shared with the other post-training tests through the ``trained_run`` fixture.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tuiwiz.errors import UserError
-from tuiwiz.run.rundir import RunDir, read_state
+from tuiwiz.run.rundir import RunDir
 
-from .conftest import PROFILES, run_cli
-
-# name -> (shipped profile, overrides); steps kept small: the suite must stay fast
-RECIPES = {
-    "lora": ("quickstart.yaml", {"training": {"max_steps": 30, "save_steps": 1000}}),
-    "dora": ("demo-lora-dora.yaml", {"training": {"max_steps": 8, "save_steps": 1000}}),
-    "ia3": ("demo-ia3.yaml", {"training": {"max_steps": 10, "save_steps": 1000}}),
-}
-
-
-def sharded_demo_base(root: Path) -> Path:
-    """The demo model saved again in at least four shards."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tuiwiz.demo.build import ensure_demo_model
-
-    folder = root / "demo-sharded"
-    if not (folder / "model.safetensors.index.json").exists():
-        source = ensure_demo_model()
-        staging = root / "demo-sharded.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        AutoModelForCausalLM.from_pretrained(source).save_pretrained(staging, max_shard_size="1MB")
-        AutoTokenizer.from_pretrained(source).save_pretrained(staging)
-        staging.rename(folder)
-    return folder
-
-
-def trained_run(tmp_path_factory, name: str) -> RunDir:
-    """A completed run of RECIPES[name] on the sharded demo base, trained once per session."""
-    root = tmp_path_factory.getbasetemp() / "post-training"
-    root.mkdir(exist_ok=True)
-    with open(root / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        base = sharded_demo_base(root)
-        runs = root / name / "runs"
-        done = [p for p in runs.glob("*") if (p / "state.json").exists()] if runs.exists() else []
-        if done and read_state(RunDir(done[0])).status == "completed":
-            return RunDir(done[0])
-        shutil.rmtree(root / name, ignore_errors=True)
-        profile_name, overrides = RECIPES[name]
-        data = yaml.safe_load((PROFILES / profile_name).read_text())
-        data["model"]["name_or_path"] = str(base)
-        data["output"]["runs_dir"] = str(runs)
-        for section, values in overrides.items():
-            data.setdefault(section, {}).update(values)
-        data["training"].pop("num_train_epochs", None)
-        (root / name).mkdir(parents=True)
-        profile = root / name / "profile.yaml"
-        profile.write_text(yaml.safe_dump(data))
-        result = run_cli("--profile", profile)
-        run = RunDir(next(runs.glob("*")))
-        assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
-        return run
-
-
-def merged_once(run: RunDir) -> Path:
-    """The run's verified merge in RUN/merged (where exports look for it), made once."""
-    from tuiwiz.post.merge import merge_run
-
-    with open(run.path / ".merge-test.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (run.path / "merged" / "tuiwiz.json").exists():
-            merge_run(str(run.path))
-    return run.path / "merged"
-
-
-def copy_run(run: RunDir, dest: Path, **meta_changes) -> RunDir:
-    """A copy of a run whose output/tuiwiz.json has some fields changed (for refusal tests)."""
-    shutil.copytree(run.path, dest, ignore=shutil.ignore_patterns("checkpoints", "merged*", "export*"))
-    meta_path = dest / "output" / "tuiwiz.json"
-    meta = json.loads(meta_path.read_text())
-    meta.update(meta_changes)
-    meta_path.write_text(json.dumps(meta))
-    return RunDir(dest)
+from .support.processes import run_cli
+from .support.trained_runs import RECIPES, assert_streamed_equals_loaded, copy_run, merged_tensors
 
 
 def peft_merged_state(run: RunDir) -> dict:
@@ -100,22 +25,15 @@ def peft_merged_state(run: RunDir) -> dict:
     return {k: v.detach().clone() for k, v in model.merge_and_unload().state_dict().items()}
 
 
-def merged_tensors(folder: Path) -> dict:
-    from safetensors.torch import load_file
-
-    tensors = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(shard))
-    return tensors
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(RECIPES))
-def test_shard_merge_equals_peft_merge_and_unload(tmp_path_factory, tmp_path, name):
+def test_shard_merge_equals_peft_merge_and_unload(trained_run, tmp_path, name):
     import torch
 
-    from tuiwiz.post.merge import merge_run, plan_merge
+    from tuiwiz.post.merge import merge_run
+    from tuiwiz.post.merge_plan import plan_merge
 
-    run = trained_run(tmp_path_factory, name)
+    run = trained_run(name)
     plan = plan_merge(str(run.path))
     assert len(plan.shards) >= 4
     result = merge_run(plan, tmp_path / "merged")
@@ -139,46 +57,21 @@ def test_shard_merge_equals_peft_merge_and_unload(tmp_path_factory, tmp_path, na
         assert (result.out / name_).exists(), name_
 
 
-def assert_streamed_equals_loaded(run: RunDir, folder: Path, *, adapter: bool, random_head: bool = False) -> None:
-    """A model streamed block by block from disk gives the logits of the model loaded whole (with the
-    adapter off too, unless the base has a ``random_head`` that each load initialises its own way)."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from tuiwiz.post.merge import plan_merge
-    from tuiwiz.post.merge_verify import _logits, load_model, streamed_model
-
-    source = plan_merge(str(run.path)).source
-    tokenizer = AutoTokenizer.from_pretrained(source.path)
-    loaded = load_model(folder, source, adapter=source.path if adapter else None)
-    streamed = streamed_model(folder, source, adapter=source.path if adapter else None)
-    pairs = [(_logits(loaded, tokenizer), _logits(streamed, tokenizer))]
-    if adapter and not random_head:
-        with loaded.disable_adapter(), streamed.model.disable_adapter():
-            pairs.append((_logits(loaded, tokenizer), _logits(streamed, tokenizer)))
-    for whole, streamed_logits in pairs:
-        for a, b in zip(whole, streamed_logits):
-            torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
-    if len(pairs) == 2:
-        assert not torch.equal(pairs[0][0][0], pairs[1][0][0])  # the adapter did change the answer
-    real = [name for name, param in streamed.model.named_parameters() if not param.is_meta]
-    assert bool(real) == adapter and all(("lora_" in n or "ia3_" in n or "modules_to_save" in n or "score" in n or "classifier" in n)
-                        for n in real), real[:5]  # between forward passes only the adapter (and a new head) is held
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(RECIPES))
-def test_streamed_model_gives_the_loaded_models_logits(tmp_path_factory, name):
-    run = trained_run(tmp_path_factory, name)
-    from tuiwiz.post.merge import plan_merge
+def test_streamed_model_gives_the_loaded_models_logits(trained_run, name):
+    run = trained_run(name)
+    from tuiwiz.post.merge_plan import plan_merge
 
     assert_streamed_equals_loaded(run, plan_merge(str(run.path)).source.base_model, adapter=True)
 
 
-def test_merged_model_reloads_and_generates_through_cli(tmp_path_factory, tmp_path):
+@pytest.mark.slow
+def test_merged_model_reloads_and_generates_through_cli(trained_run, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    run = trained_run(tmp_path_factory, "lora")
+    run = trained_run("lora")
     out = tmp_path / "cli-merged"
     result = run_cli("merge", run.path, "--out", out)
     assert result.returncode == 0, result.stderr
@@ -200,12 +93,13 @@ def _no_leftovers(parent: Path, name: str) -> None:
     assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["double-scale", "skip-one-module", "skip-all"])
-def test_verification_catches_a_wrong_merge(tmp_path_factory, tmp_path, monkeypatch, fault):
+def test_verification_catches_a_wrong_merge(trained_run, tmp_path, monkeypatch, fault):
     import tuiwiz.post.merge as merge
     import tuiwiz.post.merge_shards as merge_shards
 
-    run = trained_run(tmp_path_factory, "lora")
+    run = trained_run("lora")
     if fault == "double-scale":
         right = merge_shards._lora_scaling
         monkeypatch.setattr(merge_shards, "_lora_scaling", lambda config, module, rank: 2 * right(config, module, rank))
@@ -226,10 +120,12 @@ def test_verification_catches_a_wrong_merge(tmp_path_factory, tmp_path, monkeypa
     _no_leftovers(tmp_path, "merged")
 
 
-def test_refuses_when_memory_or_disk_is_short(tmp_path_factory, tmp_path, monkeypatch):
-    from tuiwiz.post.merge import merge_run, plan_merge
+@pytest.mark.slow
+def test_refuses_when_memory_or_disk_is_short(trained_run, tmp_path, monkeypatch):
+    from tuiwiz.post.merge import merge_run
+    from tuiwiz.post.merge_plan import plan_merge
 
-    run = trained_run(tmp_path_factory, "lora")
+    run = trained_run("lora")
     plan = plan_merge(str(run.path))
     monkeypatch.setenv("TUIWIZ_MEMORY_BUDGET_MB", "1")
     with pytest.raises(UserError) as info:
@@ -244,23 +140,25 @@ def test_refuses_when_memory_or_disk_is_short(tmp_path_factory, tmp_path, monkey
     assert result.returncode == 2 and "free memory" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, expected", [
     ("prompt_tuning", "cannot be merged"), ("p_tuning", "cannot be merged"),
     ("full", "nothing to merge"), ("bitfit", "nothing to merge"),
 ])
-def test_refuses_methods_that_do_not_merge(tmp_path_factory, tmp_path, method, expected):
-    from tuiwiz.post.merge import plan_merge
+def test_refuses_methods_that_do_not_merge(trained_run, tmp_path, method, expected):
+    from tuiwiz.post.merge_plan import plan_merge
 
-    run = copy_run(trained_run(tmp_path_factory, "lora"), tmp_path / "copy", method=method)
+    run = copy_run(trained_run("lora"), tmp_path / "copy", method=method)
     with pytest.raises(UserError) as info:
         plan_merge(str(run.path))
     assert expected in info.value.message and info.value.hint
 
 
-def test_refuses_unfinished_runs_and_notes_qlora(tmp_path_factory, tmp_path):
-    from tuiwiz.post.merge import plan_merge
+@pytest.mark.slow
+def test_refuses_unfinished_runs_and_notes_qlora(trained_run, tmp_path):
+    from tuiwiz.post.merge_plan import plan_merge
 
-    source = trained_run(tmp_path_factory, "lora")
+    source = trained_run("lora")
     qlora = copy_run(source, tmp_path / "qlora", method="qlora")
     assert "not the 4-bit" in plan_merge(str(qlora.path)).note
     assert plan_merge(str(source.path)).note is None

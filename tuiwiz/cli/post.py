@@ -44,7 +44,8 @@ def _print_progress(stage: str, done: int, total: int) -> None:
 
 def _merge_jsonl(args: argparse.Namespace) -> int:
     from tuiwiz.post.jsonl import run_job
-    from tuiwiz.post.merge import merge_run, plan_merge
+    from tuiwiz.post.merge import merge_run
+    from tuiwiz.post.merge_plan import plan_merge
 
     def job(channel) -> dict:
         plan = plan_merge(args.run)
@@ -59,7 +60,8 @@ def _merge_jsonl(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from tuiwiz.post.merge import merge_run, plan_merge
+    from tuiwiz.post.merge import merge_run
+    from tuiwiz.post.merge_plan import plan_merge
 
     if args.jsonl:
         return _merge_jsonl(args)

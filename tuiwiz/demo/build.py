@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import random
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from tuiwiz.errors import UserError
+from tuiwiz.files import staged_folder
 from tuiwiz.paths import cache_dir
 
 DEMO_VERSION = 2
@@ -143,17 +142,9 @@ def _build_atomically(final: Path, build) -> Path:
     with _build_lock(final.name):
         if (final / ".complete").exists():
             return final
-        staging = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        try:
+        with staged_folder(final) as staging:
             build(staging)
             (staging / ".complete").write_text("ok\n")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     return final
 
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuiwiz.errors import UserError
-from tuiwiz.post.merge import RunOutput, available_ram_bytes, run_output
+from tuiwiz.post.merge_plan import available_ram_bytes
+from tuiwiz.post.outputs import RunOutput, run_output
 
 
 @dataclass(frozen=True)

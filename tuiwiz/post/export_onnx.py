@@ -6,8 +6,9 @@ import shutil
 from pathlib import Path
 
 from tuiwiz.errors import UserError
-from tuiwiz.post.export import _merged_folder
-from tuiwiz.post.merge import TOKENIZER_FILES, Progress, RunOutput
+from tuiwiz.post.export_folders import merged_folder
+from tuiwiz.post.merge_verify import FP32_TOLERANCE, load_model
+from tuiwiz.post.outputs import TOKENIZER_FILES, Progress, RunOutput
 
 # Texts of different lengths, so the padded batch has real padding; the first two are the export's example.
 ONNX_TEXTS = ("The match ended in a draw after extra time.", "Hi",
@@ -60,7 +61,7 @@ def _onnx_logits(path: Path, batches: list[dict]) -> list:
             for inputs in batches]
 
 
-def _export_onnx(source: RunOutput, staging: Path, progress: Progress | None) -> list[str]:
+def export_onnx(source: RunOutput, staging: Path, progress: Progress | None) -> list[str]:
     """model.onnx from the merged classifier, checked against torch with onnxruntime, and its tokenizer and config."""
     import importlib.util
     import inspect
@@ -75,10 +76,8 @@ def _export_onnx(source: RunOutput, staging: Path, progress: Progress | None) ->
     import torch
     from transformers import AutoTokenizer
 
-    from tuiwiz.post.merge_verify import FP32_TOLERANCE, load_model
-
     staging.mkdir()
-    folder, notes = _merged_folder(source, staging, progress)
+    folder, notes = merged_folder(source, staging, progress)
     model = load_model(folder, source)
     if next(model.parameters()).dtype != torch.float32:
         notes.append(f"the {next(model.parameters()).dtype} weights were exported as float32")

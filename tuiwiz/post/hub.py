@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 
 from tuiwiz.errors import UserError
-from tuiwiz.post.export import _copy_full_output, _export_adapter
-from tuiwiz.post.merge import RunOutput
+from tuiwiz.post.export_folders import copy_full_output, export_adapter
+from tuiwiz.post.modelcard import write_model_card
+from tuiwiz.post.outputs import RunOutput
 
 
-def _push_to_hub(source: RunOutput, repo: str | None, *, private: bool, token: str | None):
+def push_to_hub(source: RunOutput, repo: str | None, *, private: bool, token: str | None):
     """Push the adapter (or the full model) with its card. The token comes from the caller, HF_TOKEN or
     the user's `hf auth login`; tuiwiz never stores it."""
     if not repo:
@@ -35,11 +36,9 @@ def _push_to_hub(source: RunOutput, repo: str | None, *, private: bool, token: s
     with tempfile.TemporaryDirectory(prefix="tuiwiz-hub-") as tmp:
         folder = Path(tmp) / "upload"
         if source.kind == "full":
-            _copy_full_output(source, folder)
+            copy_full_output(source, folder)
         else:
-            _export_adapter(source, folder)
-        from tuiwiz.post.modelcard import write_model_card
-
+            export_adapter(source, folder)
         write_model_card(source, folder, artifact="full" if source.kind == "full" else "adapter")
         # HF_ENDPOINT as it is now: huggingface_hub reads it once, at import (None: its default)
         api = HfApi(token=token, endpoint=os.environ.get("HF_ENDPOINT", "").rstrip("/") or None)

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuiwiz.errors import UserError
-from tuiwiz.post.merge import TOKENIZER_FILES, MergePlan, Progress
+from tuiwiz.post.merge_plan import MergePlan
+from tuiwiz.post.outputs import TOKENIZER_FILES, Progress
 from tuiwiz.post.streamed_model import release_freed_memory
 
 _ADAPTER_PARTS = {
@@ -19,7 +20,8 @@ _ADAPTER_PARTS = {
     "lora_embedding_A": "emb_A", "lora_embedding_B": "emb_B", "lora_A": "A", "lora_B": "B", "lora_E": "E",
     "ia3_l": "ia3",
 }
-_PART_RE = re.compile(r"^(.*)\.(" + "|".join(re.escape(p) for p in sorted(_ADAPTER_PARTS, key=len, reverse=True)) + r")$")
+_PART_RE = re.compile(r"^(.*)\.(" + "|".join(re.escape(p) for p in sorted(_ADAPTER_PARTS, key=len, reverse=True))
+                      + r")$")
 
 
 @dataclass
@@ -121,7 +123,7 @@ def _checkpoint_prefix(checkpoint_keys: set[str], modules: dict) -> str:
 
 # --- the merged shards -----------------------------------------------------------------
 
-def _copy_side_files(plan: MergePlan, staging: Path) -> None:
+def copy_side_files(plan: MergePlan, staging: Path) -> None:
     base = plan.source.base_model
     config = json.loads((base / "config.json").read_text(encoding="utf-8"))
     if plan.source.is_classifier:
@@ -139,7 +141,7 @@ def _copy_side_files(plan: MergePlan, staging: Path) -> None:
             shutil.copy2(plan.source.path / name, staging / name)
 
 
-def _merge_shards(plan: MergePlan, staging: Path, progress: Progress | None) -> dict[str, str]:
+def merge_shards(plan: MergePlan, staging: Path, progress: Progress | None) -> dict[str, str]:
     """Write the merged shards into ``staging``; returns the weight map (key -> shard file)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -192,7 +194,7 @@ def _merge_shards(plan: MergePlan, staging: Path, progress: Progress | None) -> 
     return weight_map
 
 
-def _write_index(staging: Path, weight_map: dict[str, str], shards: int) -> None:
+def write_index(staging: Path, weight_map: dict[str, str], shards: int) -> None:
     if shards == 1 and not (staging / "model.safetensors.index.json").exists():
         return
     total = sum((staging / name).stat().st_size for name in set(weight_map.values()))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuiwiz.errors import UserError
-from tuiwiz.post.merge import MergePlan, RunOutput
+from tuiwiz.post.merge_plan import MergePlan
+from tuiwiz.post.outputs import RunOutput
 
 FP32_TOLERANCE = 1e-4
 HALF_TOLERANCE = 3e-2  # times max(1, largest reference logit): bf16/fp16 round at about 1e-2 relative
@@ -102,7 +103,7 @@ def verify_merge(plan: MergePlan, merged: Path) -> tuple[float, float, float]:
     return _largest_gap(after, with_adapter), _largest_gap(after, base), tolerance
 
 
-def _judge(plan: MergePlan, max_diff: float, changed_diff: float, tolerance: float) -> None:
+def judge_merge(plan: MergePlan, max_diff: float, changed_diff: float, tolerance: float) -> None:
     """A merge that changes nothing, or not what the adapter does, is an error."""
     if not changed_diff > tolerance:  # also catches NaN
         raise UserError(

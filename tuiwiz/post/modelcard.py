@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuiwiz import __version__
+from tuiwiz.run.event_types import EvalEvent, RunEndEvent, parse_event
 from tuiwiz.run.events import read_events
 
 HYPERPARAMETERS = (
@@ -68,11 +69,11 @@ def read_model_card(source, artifact: str) -> ModelCard:
             continue
         hyper.append((f"{section}.{key}", value))
     metrics: dict = {}
-    for event in read_events(source.run.events):
-        if event.get("type") == "run_end" and event.get("status") == "completed":
-            metrics.update(event.get("metrics") or {})
-        elif event.get("type") == "eval":
-            metrics.update({k: v for k, v in event.items() if k.startswith("eval_")})
+    for event in map(parse_event, read_events(source.run.events)):
+        if isinstance(event, RunEndEvent) and event.status == "completed":
+            metrics.update(event.metrics or {})
+        elif isinstance(event, EvalEvent):
+            metrics.update(event.metrics)
     data = str((profile.get("data") or {}).get("path", "unknown"))
     base = str((profile.get("model") or {}).get("name_or_path") or source.base_model)
     return ModelCard(

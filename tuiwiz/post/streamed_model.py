@@ -47,7 +47,8 @@ def _checkpoint_key(name: str, files: dict[str, Path], prefix: str) -> str | Non
 
 
 class StreamedModel:
-    """``build()`` makes the model; under ``init_empty_weights`` it is a skeleton. ``wrap`` (optional) wraps it (peft)."""
+    """``build()`` makes the model; under ``init_empty_weights`` it is a skeleton.
+    ``wrap`` (optional) wraps it (peft)."""
 
     def __init__(self, folder: Path, build, *, wrap=None) -> None:
         import torch

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 from tuiwiz.errors import UserError
+from tuiwiz.files import staged_folder
 from tuiwiz.profile.io import LoadedProfile, dump_profile
 from tuiwiz.profile.schema import Profile
 from tuiwiz.run.preflight import preflight
@@ -63,16 +63,10 @@ def create_run(loaded: LoadedProfile) -> RunDir:
         ) from None
     run_id = new_run_id(loaded.profile, loaded.source)
     final = runs_dir / run_id
-    staging = runs_dir / f".{run_id}.tmp"
-    staging.mkdir()
-    try:
+    with staged_folder(final) as staging:  # a run dir appears whole, or not at all
         header = f"# tuiwiz run {run_id}\n# from {loaded.source}\n" if loaded.source else f"# tuiwiz run {run_id}\n"
         (staging / "profile.yaml").write_text(header + dump_profile(loaded.profile), encoding="utf-8")
         write_state(RunDir(staging), RunState(run_id=run_id, status="created"))
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     run = RunDir(final.resolve())
     if not is_probe_run(run.path):  # a probe's run is the probe's business, gone when it ends
         register(run)
