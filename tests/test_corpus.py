@@ -3,8 +3,8 @@
 Every file under tests/corpus/ has a row here: the message fragment, the line and the field it
 must name (None: it must name none), and a hint fragment. The whole message and hint of each are
 pinned in tests/corpus/messages.json: a change of wording is a reviewed diff there, made with
-``TUIWIZ_UPDATE_CORPUS=1 pytest tests/test_corpus.py -k exact`` (which rewrites it and fails once). All rows load in-process; the rows
-marked ``cli`` also go through the real CLI (`tuiwiz profile validate FILE` and
+``TUIWIZ_UPDATE_CORPUS=1 pytest tests/test_corpus.py -k exact`` (which rewrites it and fails once).
+All rows load in-process; the rows marked ``cli`` also go through the real CLI (`tuiwiz profile validate FILE` and
 `tuiwiz --profile FILE`), which must exit 2 with no traceback and leave nothing behind: no run
 folder, no `.tmp` staging folder, no registry entry.
 
@@ -29,11 +29,11 @@ from pathlib import Path
 
 import pytest
 
-from tuiwiz.data.datasets import check_validation_labels, load_dataset_file
+from tuiwiz.data.datasets import check_validation_labels, find_problems, load_dataset_file
 from tuiwiz.errors import UserError
 from tuiwiz.profile.io import load_profile, parse_profile_text
 
-from .conftest import run_cli
+from .support.processes import run_cli
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -106,6 +106,19 @@ PROFILES = [
     Bad("huge-integer.yaml", "the number 99999999999999999999... is too large", 2, "training.max_steps"),
     Bad("eval-without-data.yaml", "no evaluation data", 2, "training.eval_steps"),
     Bad("pretrain-alpaca.yaml", "data.format must be text, not alpaca", 3, "data.format"),
+    # values no run can mean: control characters in a path, counts and epochs past any real run, inf and nan
+    Bad("nul-in-path.yaml", "contains the control character '\\x00' at position 11", 2, "model.name_or_path",
+        "a local folder", cli=True),
+    Bad("escape-in-data-path.yaml", "contains the control character '\\x1b'", 2, "data.path", "file"),
+    Bad("batch-1e20.yaml", "Input should be less than or equal to 1000000", 2,
+        "training.per_device_train_batch_size", "takes a whole number at most 1000000", cli=True),
+    Bad("accumulation-too-large.yaml", "less than or equal to 1000000", 2, "training.gradient_accumulation_steps",
+        "at most 1000000"),
+    Bad("epochs-1e308.yaml", "Input should be less than or equal to 100000", 2, "training.num_train_epochs",
+        "takes a number at most 100000", cli=True),
+    Bad("epochs-inf.yaml", "Input should be a finite number", 2, "training.num_train_epochs", "not inf or nan"),
+    Bad("learning-rate-nan.yaml", "Input should be a finite number", 2, "training.learning_rate", "not inf or nan"),
+    Bad("seed-too-large.yaml", "less than or equal to 4294967295", 2, "training.seed", "below 2**32"),
 ]
 
 DATA = [
@@ -183,6 +196,17 @@ def test_dataset_refused(case):
     with pytest.raises(UserError) as info:
         load_dataset_file(path, task=case.task)
     assert_error(info.value, case, path, "data")
+
+
+def test_find_problems_includes_what_the_runner_raises_on_every_corpus_file():
+    for case in DATA:
+        path = CORPUS / "data" / case.file
+        with pytest.raises(UserError) as first:
+            load_dataset_file(path, task=case.task)
+        found = find_problems(path, task=case.task)
+        assert found.total >= 1, case.file
+        as_raised = (first.value.line, first.value.field, first.value.message, first.value.hint)
+        assert as_raised in [(p.line, p.field, p.message, p.hint) for p in found.problems], case.file
 
 
 MESSAGES = CORPUS / "messages.json"

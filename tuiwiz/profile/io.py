@@ -115,7 +115,7 @@ def _field_info(loc: tuple):
 
 _TAKES = {"int_parsing": "a whole number", "int_from_float": "a whole number", "int_type": "a whole number",
           "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
-          "bool_type": "true or false", "string_type": "text"}
+          "bool_type": "true or false", "string_type": "text", "finite_number": "a finite number (not inf or nan)"}
 _BOUNDS = {"gt": "above {}", "ge": "at least {}", "lt": "below {}", "le": "at most {}"}
 
 
@@ -156,7 +156,6 @@ def _dotted(loc: tuple) -> str:
     parts = [str(p) for p in loc if not isinstance(p, int) and not _is_member_tag(p)]
     # Drop a union tag (method.lora.r -> method.r): the tag is the value of `type`.
     if len(parts) >= 2 and parts[0] == "method":
-
         if parts[1] in METHOD_NAMES:
             parts.pop(1)
     return ".".join(parts)
@@ -186,7 +185,6 @@ def _hint_for(error: dict) -> str | None:
             return f"did you mean '{close[0]}'? Valid keys here: {', '.join(valid)}"
         return f"valid keys here: {', '.join(valid)}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-
         tag = str(error.get("input", {}).get("type", "")) if isinstance(error.get("input"), dict) else ""
         close = difflib.get_close_matches(tag, METHOD_NAMES, n=1)
         prefix = f"did you mean '{close[0]}'? " if close else ""

@@ -6,6 +6,7 @@ those exist. Loading, saving and error reporting live in ``io.py``; what each me
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -14,11 +15,35 @@ from tuiwiz.methods import METHODS
 
 PROFILE_VERSION = 1
 
+# Bounds past which a value is a mistake, not a run: a million epochs or micro-batches would be
+# accepted by transformers and fail hours later, or make the planner promise exabytes.
+MAX_COUNT = 1_000_000  # micro-batches, accumulation steps, ranks and other per-step counts
+MAX_STEPS = 100_000_000  # optimizer steps and step intervals (about 3 years at one step a second)
+
+# C0 control characters and DEL: a NUL in a path reaches the terminal and the filesystem as garbage.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_LINE_BREAKS = re.compile(r"[\t\n\r]")
+
 TargetModules = Literal["auto", "all-linear"] | list[str]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are never what a profile means (and nan passes every bound)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _plain_text(cls, value, info):
+        """Names, paths and ids are one line of plain text; only free text (``*_text``) may break lines."""
+        texts = value if isinstance(value, list) else [value]
+        for text in texts:
+            if not isinstance(text, str):
+                continue
+            found = _CONTROL.search(text) or (not info.field_name.endswith("_text") and _LINE_BREAKS.search(text))
+            if found:
+                raise ValueError(f"contains the control character {found.group()!r} at position {found.start()}: "
+                                 "write plain text (a NUL or escape code is never part of a name or a path)")
+        return value
 
 
 class ModelConfig(_Strict):
@@ -61,7 +86,7 @@ class DataConfig(_Strict):
     validation_path: str | None = Field(None, description="A separate evaluation file.")
     max_length: int = Field(512, ge=8, le=1_048_576, description="Maximum tokens per example.")
     packing: bool = Field(False, description="Pack several examples into each sequence.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N rows.")
+    limit: int | None = Field(None, ge=1, le=10**12, description="Use only the first N rows.")
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> DataConfig:
@@ -72,7 +97,7 @@ class DataConfig(_Strict):
 
 class _LoraParams(_Strict):
     r: int = Field(16, ge=1, le=4096)
-    lora_alpha: float = Field(32, gt=0)
+    lora_alpha: float = Field(32, gt=0, le=65_536)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: TargetModules = Field(
         "auto", description="'auto' picks the linear layers for the architecture."
@@ -117,14 +142,14 @@ class PromptTuningMethod(_VirtualTokens):
 class PrefixTuningMethod(_VirtualTokens):
     type: Literal["prefix_tuning"] = "prefix_tuning"
     prefix_projection: bool = False
-    encoder_hidden_size: int | None = Field(None, ge=1)
+    encoder_hidden_size: int | None = Field(None, ge=1, le=65_536)
 
 
 class PTuningMethod(_VirtualTokens):
     type: Literal["p_tuning"] = "p_tuning"
     encoder_reparameterization_type: Literal["MLP", "LSTM"] = "MLP"
-    encoder_hidden_size: int | None = Field(None, ge=1)
-    encoder_num_layers: int = Field(2, ge=1)
+    encoder_hidden_size: int | None = Field(None, ge=1, le=65_536)
+    encoder_num_layers: int = Field(2, ge=1, le=64)
     encoder_dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
@@ -136,14 +161,14 @@ class IA3Method(_Strict):
 
 class AdaLoraMethod(_Strict):
     type: Literal["adalora"] = "adalora"
-    init_r: int = Field(12, ge=1)
-    target_r: int = Field(8, ge=1)
-    lora_alpha: float = Field(32, gt=0)
+    init_r: int = Field(12, ge=1, le=4096)
+    target_r: int = Field(8, ge=1, le=4096)
+    lora_alpha: float = Field(32, gt=0, le=65_536)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    tinit: int = Field(0, ge=0, description="Warm-up steps before the rank is pruned.")
-    tfinal: int = Field(0, ge=0, description="Final steps at the target rank.")
-    deltaT: int = Field(1, ge=1, description="Steps between two rank allocations.")
-    orth_reg_weight: float = Field(0.5, ge=0.0)
+    tinit: int = Field(0, ge=0, le=MAX_STEPS, description="Warm-up steps before the rank is pruned.")
+    tfinal: int = Field(0, ge=0, le=MAX_STEPS, description="Final steps at the target rank.")
+    deltaT: int = Field(1, ge=1, le=MAX_STEPS, description="Steps between two rank allocations.")
+    orth_reg_weight: float = Field(0.5, ge=0.0, le=1_000)
     target_modules: TargetModules = "auto"
 
     @model_validator(mode="after")
@@ -189,30 +214,30 @@ Scheduler = Literal[
 
 
 class TrainingConfig(_Strict):
-    num_train_epochs: float = Field(3.0, gt=0)
-    max_steps: int = Field(-1, ge=-1, description="Overrides num_train_epochs when positive.")
+    num_train_epochs: float = Field(3.0, gt=0, le=100_000)
+    max_steps: int = Field(-1, ge=-1, le=MAX_STEPS, description="Overrides num_train_epochs when positive.")
     learning_rate: float | None = Field(
         None, gt=0, lt=1, description="Unset: a default that suits the method."
     )
-    per_device_train_batch_size: int = Field(4, ge=1)
-    per_device_eval_batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    per_device_train_batch_size: int = Field(4, ge=1, le=MAX_COUNT)
+    per_device_eval_batch_size: int = Field(8, ge=1, le=MAX_COUNT)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=MAX_COUNT)
     lr_scheduler_type: Scheduler = "cosine"
     warmup_steps: float = Field(
-        0.0, ge=0, description="Steps of linear warmup, or a fraction of all steps when below 1."
+        0.0, ge=0, le=MAX_STEPS, description="Steps of linear warmup, or a fraction of all steps when below 1."
     )
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float = Field(1.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0)
+    max_grad_norm: float = Field(1.0, ge=0.0, le=1e6)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="'auto': bf16 where the GPU has it, else fp16 on GPU, fp32 on CPU."
     )
     gradient_checkpointing: bool = False
     optim: Optimizer = "adamw_torch"
-    seed: int = 42
-    logging_steps: int = Field(10, ge=1)
-    eval_steps: int | None = Field(None, ge=1, description="Unset: evaluate once per epoch.")
-    save_steps: int = Field(500, ge=1)
-    save_total_limit: int | None = Field(2, ge=1)
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="numpy and torch take seeds below 2**32.")
+    logging_steps: int = Field(10, ge=1, le=MAX_STEPS)
+    eval_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Unset: evaluate once per epoch.")
+    save_steps: int = Field(500, ge=1, le=MAX_STEPS)
+    save_total_limit: int | None = Field(2, ge=1, le=MAX_COUNT)
     auto_recover: int = Field(
         0, ge=0, le=10,
         description="After running out of memory, resume from the last checkpoint with a lighter setting, "
@@ -267,7 +292,8 @@ class DistributedConfig(_Strict):
     gpus: list[int] | None = Field(None, description="NVML indices of the GPUs to use (CUDA_VISIBLE_DEVICES).")
     offload_optimizer: bool = Field(False, description="ZeRO: keep optimizer states in CPU RAM.")
     offload_params: bool = Field(False, description="ZeRO-3: keep parameters in CPU RAM too.")
-    omp_num_threads: int | None = Field(None, ge=1, description="CPU threads per process; unset: cores / processes.")
+    omp_num_threads: int | None = Field(None, ge=1, le=4096,
+                                        description="CPU threads per process; unset: cores / processes.")
     nodes: NodesConfig = Field(default_factory=NodesConfig)
 
     @property
