@@ -39,8 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("file")
     psub.add_parser("schema", help="print the profile JSON Schema (for editor completion)")
 
-    runs = sub.add_parser("runs", help="list runs on this machine")
+    runs = sub.add_parser("runs", help="list runs on this machine, newest first")
     runs.add_argument("--json", action="store_true", help="machine-readable output")
+    runs.add_argument("--limit", type=int, default=20, metavar="N", help="show the newest N runs (default 20)")
+    runs.add_argument("--all", action="store_true", help="show every run")
 
     for name, text in (("attach", "follow a run's progress"), ("stop", "stop a run (a checkpoint is saved)"),
                        ("resume", "continue a stopped or failed run from its last checkpoint")):
@@ -88,29 +90,69 @@ def _cmd_schema() -> int:
     return 0
 
 
-def _cmd_runs(as_json: bool) -> int:
+def _cmd_runs(as_json: bool, limit: int | None = 20) -> int:
     from tuiwiz.run.rundir import registered_runs, summarize
 
-    summaries = [summarize(run) for run in registered_runs()]
+    summaries = sorted((summarize(run) for run in registered_runs()), key=lambda s: s.started or 0, reverse=True)
+    shown = summaries if limit is None else summaries[:max(0, limit)]
     if as_json:
-        print(json.dumps([s.to_dict() for s in summaries], indent=2))
+        print(json.dumps([s.to_dict() for s in shown], indent=2))
         return 0
     if not summaries:
         print("no runs yet: tuiwiz --profile profiles/quickstart.yaml starts one")
         return 0
     from rich.console import Console
+
+    console = Console()
+    console.print(runs_table(shown, console.width))
+    if len(shown) < len(summaries):
+        console.print(f"[dim]{len(summaries) - len(shown)} older runs not shown: tuiwiz runs --all[/dim]")
+    return 0
+
+
+# Dropped in this order when the terminal is too narrow: the run id, which a user copies for
+# attach, chat or merge, is never cut.
+_OPTIONAL_COLUMNS = ("started", "model", "loss", "method", "step")
+
+
+def runs_table(summaries, width: int):
+    """The runs as a table no wider than ``width``: whole run ids, other columns shrunk or dropped first."""
     from rich.table import Table
 
-    table = Table(box=None, pad_edge=False)
-    for column in ("run", "status", "model", "method", "step", "loss", "started"):
-        table.add_column(column)
+    rows = []
     for s in summaries:
-        step = f"{s.step}/{s.max_steps}" if s.step is not None else "-"
-        loss = f"{s.loss:.4f}" if isinstance(s.loss, (int, float)) else "-"
-        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.started)) if s.started else "-"
-        table.add_row(s.run_id, s.status, str(s.model), str(s.method), step, loss, started)
-    Console().print(table)
-    return 0
+        model = str(s.model or "-")
+        rows.append({
+            "run": s.run_id, "status": s.status,
+            "model": model.rstrip("/").rsplit("/", 1)[-1] if model.startswith((".", "/", "~")) else model,
+            "method": str(s.method or "-"),
+            "step": f"{s.step}/{s.max_steps}" if s.step is not None else "-",
+            "loss": f"{s.loss:.4f}" if isinstance(s.loss, (int, float)) else "-",
+            "started": time.strftime("%m-%d %H:%M", time.localtime(s.started)) if s.started else "-",
+        })
+    columns = ["run", "status", "model", "method", "step", "loss", "started"]
+
+    def natural(column: str) -> int:
+        return max([len(column)] + [len(r[column]) for r in rows])
+
+    def needed(cols) -> int:
+        return sum(natural(c) for c in cols) + 2 * (len(cols) - 1)
+
+    for column in _OPTIONAL_COLUMNS:
+        if needed(columns) <= width:
+            break
+        if column == "model" and needed([c for c in columns if c != "model"]) + 10 <= width:
+            break  # the model column can shrink (ellipsis) instead of going
+        columns.remove(column)
+    table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), collapse_padding=True)
+    for column in columns:
+        if column == "model":
+            table.add_column(column, no_wrap=True, overflow="ellipsis", min_width=6)
+        else:
+            table.add_column(column, no_wrap=True, min_width=natural(column))
+    for row in rows:
+        table.add_row(*(row[c] for c in columns))
+    return table
 
 
 def _follow_and_report(run, proc=None) -> int:
@@ -247,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "profile":
             return _cmd_validate(args.file) if args.profile_command == "validate" else _cmd_schema()
         if args.command == "runs":
-            return _cmd_runs(args.json)
+            return _cmd_runs(args.json, None if args.all else args.limit)
         if args.command == "attach":
             return _cmd_attach(args.run)
         if args.command == "stop":
