@@ -10,7 +10,7 @@ from tuiwiz.errors import UserError
 from tuiwiz.plan.memory import CONSTANTS, Plan, estimate, trainable_parameters
 from tuiwiz.plan.modelinfo import model_from_config
 
-from .test_modelinfo import load_config, tiny, torch_count, torch_model
+from .support.configs import load_config, tiny, torch_count, torch_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CALIBRATION = ROOT / "bench" / "results" / "calibration-cpu.json"
@@ -158,6 +158,115 @@ def test_qlora_weight_bytes_match_bitsandbytes(tmp_path):
                 measured += state.absmax.nbytes + state.state2.absmax.nbytes + state.state2.code.nbytes
     est = estimate(model_from_config(config), Plan(method="qlora", qlora_bits=4, double_quant=True))
     assert est.per_device.weights == pytest.approx(measured, rel=0.02)
+
+
+LENGTHS = (512, 2048, 8192, 16384, 28672, 32768)
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_qlora_is_never_heavier_than_lora_but_for_the_fp32_upcast(checkpointing):
+    """Nothing 4-bit costs more than 16-bit; what can make QLoRA heavier is peft's fp32 upcast, which the runner
+    applies (prepare_model_for_kbit_training), and the estimate then says so."""
+    info = model_from_config(load_config("llama3-8b"))
+    H, inter, layers = info.hidden_size, info.intermediate_size, info.num_layers
+    for seq in LENGTHS:
+        same = dict(seq_len=seq, gradient_checkpointing=checkpointing, lora_targets=info.linear_modules,
+                    optimizer="paged_adamw_8bit")
+        lora = estimate(info, Plan(method="lora", **same))
+        plain = estimate(info, Plan(method="qlora", kbit_upcast=False, **same))
+        assert plain.total <= lora.total and plain.per_device.activations == lora.per_device.activations
+        qlora = estimate(info, Plan(method="qlora", **same))
+        q, p = qlora.per_device, plain.per_device
+        # the upcast: embeddings, norms and head in fp32; the residual stream (each checkpointed layer input, the
+        # head's input) and the MLP's three intermediate outputs in fp32; the head cast to 16 bits for the loss
+        assert q.weights - p.weights == 2 * (info.num_parameters - info.linear_weight_parameters)
+        held = 2 if checkpointing else layers + 1
+        per_token = (layers * 2 * H if checkpointing else 0) + held * 3 * 2 * inter * CONSTANTS.activation_scale + 2 * H
+        assert q.activations - p.activations == pytest.approx(seq * per_token, abs=2)
+        assert q.logits - p.logits == 32768 * H * 2
+        needs_more = [n for n in qlora.notes if "QLoRA needs more than LoRA" in n]
+        assert bool(needs_more) == (qlora.total > lora.total), seq
+    short = dict(seq_len=512, gradient_checkpointing=checkpointing, lora_targets=info.linear_modules)
+    assert estimate(info, Plan(method="qlora", **short)).total < estimate(info, Plan(method="lora", **short)).total
+
+
+def test_qlora_at_28k_tokens_on_an_80gb_card_says_why_it_needs_more_than_lora():
+    """Issue 15's case: Llama 3 8B, micro-batch 1, 28,672 tokens, checkpointing, bf16 (an H100)."""
+    info = model_from_config(load_config("llama3-8b"))
+    same = dict(seq_len=28672, gradient_checkpointing=True, lora_targets=info.linear_modules, precision="bf16")
+    lora = estimate(info, Plan(method="lora", **same)).total
+    qlora = estimate(info, Plan(method="qlora", optimizer="paged_adamw_8bit", **same))
+    assert lora < qlora.total < 80 * 10**9 * 0.92
+    assert any(n.startswith("at 28,672 tokens QLoRA needs more than LoRA") for n in qlora.notes)
+
+
+def _saved_per_token(folder: Path, method: str, seq: int, upcast: bool = True):
+    """One middle block's tensors saved for backward, bytes per token, with the model wrapped as the runner wraps
+    it (bf16 weights; QLoRA: NF4 and prepare_model_for_kbit_training) under bf16 autocast. On the CPU: the dtypes
+    follow the same rules as on a GPU. Returns (the block's input dtype, bytes per token)."""
+    import peft
+    import torch
+    import transformers
+
+    kwargs: dict = {"dtype": torch.bfloat16}
+    if method == "qlora":
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if method == "qlora" and upcast:
+        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", r=8, lora_dropout=0.05,
+                                                       target_modules="all-linear"))
+    model.train()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    block = model.get_base_model().model.layers[1]
+    state: dict = {"inside": False}
+    saved: dict[int, int] = {}
+
+    def enter(module, args, kwargs):
+        state.update(inside=True, dtype=(args[0] if args else kwargs["hidden_states"]).dtype)
+
+    def leave(*_):
+        state["inside"] = False
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if state["inside"] and storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    block.register_forward_pre_hook(enter, with_kwargs=True)
+    block.register_forward_hook(leave)
+
+    ids = torch.randint(0, model.config.vocab_size, (1, seq))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    return state["dtype"], sum(saved.values()) / seq
+
+
+def test_qlora_fp32_activations_match_what_torch_saves(tmp_path):
+    """Measured: the fp32 upcast makes QLoRA's blocks take fp32 inputs (what checkpointing keeps per layer), and
+    its MLP save three fp32 intermediates where LoRA saves 16-bit ones; without the upcast the blocks match LoRA."""
+    import torch
+
+    config = tiny(load_config("llama3-8b"))
+    config.update(hidden_size=256, intermediate_size=768, num_attention_heads=4, num_key_value_heads=2,
+                  head_dim=64, num_hidden_layers=3)
+    torch_model(config, "cpu").save_pretrained(tmp_path)
+    seq = 128
+    lora_input, lora = _saved_per_token(tmp_path, "lora", seq)
+    qlora_input, qlora = _saved_per_token(tmp_path, "qlora", seq)
+    _, plain = _saved_per_token(tmp_path, "qlora", seq, upcast=False)
+    assert (lora_input, qlora_input) == (torch.bfloat16, torch.float32)
+    assert plain == lora
+    info = model_from_config(config)
+    same = dict(seq_len=seq, lora_targets=info.linear_modules)
+    counted = (estimate(info, Plan(method="qlora", **same)).per_device.activations
+               - estimate(info, Plan(method="lora", **same)).per_device.activations)
+    per_block = (counted / seq - 2 * info.hidden_size) / (info.num_layers + 1) / CONSTANTS.activation_scale
+    # the rotary cos/sin are fp32 too: 2 x head_dim x 2 bytes more per token, left out of the estimate
+    assert qlora - lora == pytest.approx(per_block + 4 * info.head_dim, rel=0.01)
 
 
 def test_more_gpus_less_memory_with_zero():

@@ -1,7 +1,6 @@
 """Model inspection from files: counts against torch's own, safetensors headers, the cache, and the errors."""
 
 import json
-import os
 import struct
 from pathlib import Path
 
@@ -12,57 +11,26 @@ from tuiwiz.plan.architectures import config_parameter_count
 from tuiwiz.plan.modelinfo import cached_models, inspect_model, model_from_config
 from tuiwiz.plan.weights import read_safetensors_header
 
-CONFIGS = Path(__file__).parent / "fixtures" / "configs"
-CONFIG_NAMES = sorted(p.stem for p in CONFIGS.glob("*.json"))
+from .support.configs import CONFIG_NAMES, load_config, tiny, torch_count, torch_model
+from .support.hub import fake_hub_cache
+
 REQUIRED = {"llama3-8b", "qwen2.5-0.5b", "qwen2.5-7b", "mistral-7b", "phi3-mini-4k", "gemma2-2b", "gpt2",
-            "bert-base-uncased"}
-
-
-def load_config(name: str) -> dict:
-    return json.loads((CONFIGS / f"{name}.json").read_text())
-
-
-def torch_model(config: dict, device: str = "meta"):
-    """The model class the config names, built by transformers (random weights, or none on meta)."""
-    import torch
-    import transformers
-
-    cfg = transformers.AutoConfig.for_model(**config)
-    cls = getattr(transformers, config["architectures"][0])
-    with torch.device(device):
-        return cls(cfg)
-
-
-def torch_count(model) -> int:
-    return sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
+            "bert-base-uncased", "qwen-7b"}
+# what transformers can build; a config with auto_map needs its repository's own code (Qwen-7B's modeling_qwen.py)
+IN_TRANSFORMERS = [name for name in CONFIG_NAMES if "auto_map" not in load_config(name)]
 
 
 def test_fixtures_cover_the_required_architectures():
     assert REQUIRED <= set(CONFIG_NAMES)
 
 
-@pytest.mark.parametrize("name", CONFIG_NAMES)
+@pytest.mark.parametrize("name", IN_TRANSFORMERS)
 def test_config_count_is_exact(name):
     config = load_config(name)
     assert config_parameter_count(config) == torch_count(torch_model(config))
 
 
-def tiny(config: dict) -> dict:
-    """The same architecture at toy size (token ids dropped: they would fall outside the small vocabulary)."""
-    small = {k: v for k, v in config.items() if k != "rope_scaling"}
-    small.update(bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    small.update({k: v for k, v in dict(hidden_size=64, n_embd=64, intermediate_size=96, num_hidden_layers=2,
-                                         n_layer=2, num_attention_heads=4, n_head=4, vocab_size=320,
-                                         max_position_embeddings=64, n_positions=64, n_ctx=64).items()
-                  if k in config})
-    if "num_key_value_heads" in config:
-        small["num_key_value_heads"] = 4 if config["num_key_value_heads"] == config["num_attention_heads"] else 2
-    if config.get("head_dim"):
-        small["head_dim"] = 24
-    return small
-
-
-@pytest.mark.parametrize("name", CONFIG_NAMES)
+@pytest.mark.parametrize("name", IN_TRANSFORMERS)
 def test_saved_weights_are_read_from_safetensors_headers(name, tmp_path):
     config = tiny(load_config(name))
     model = torch_model(config, "cpu")
@@ -106,6 +74,40 @@ def test_fields_from_config():
     assert gemma.tie_word_embeddings and gemma.head_dim == 256  # explicit head_dim, not hidden / heads
     gpt2 = model_from_config(load_config("gpt2"))
     assert gpt2.linear_modules == ("c_attn", "c_proj", "c_fc") and gpt2.intermediate_size == 4 * 768
+
+
+def test_qwen1_intermediate_size_counts_both_halves_of_its_mlp():
+    """Qwen-7B (model_type qwen, remote code): w1 and w2 are each intermediate_size // 2 wide."""
+    info = model_from_config(load_config("qwen-7b"))
+    assert info.known_architecture and not info.warnings
+    assert info.num_parameters == 7_721_324_544  # Qwen-7B's published count
+    assert info.linear_modules == ("c_attn", "c_proj", "w1", "w2")  # what LoRA targets name in modeling_qwen.py
+    assert (info.intermediate_size, info.head_dim, info.context_length) == (11008, 128, 8192)  # kv_channels
+    assert not info.tie_word_embeddings and info.lm_head_parameters == 151936 * 4096
+    assert info.bias_parameters == 32 * 3 * 4096  # c_attn alone has a bias (no_bias covers the rest)
+
+
+def test_qwen1_weights_agree_with_the_table(tmp_path):
+    """Tensor names and shapes as modeling_qwen.py's QWenLMHeadModel saves them (transformers cannot build it)."""
+    config = load_config("qwen-7b")
+    config.update(hidden_size=64, num_attention_heads=4, kv_channels=16, intermediate_size=192, num_hidden_layers=2,
+                  vocab_size=320)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    H, V, mlp = 64, 320, 96
+    shapes = {"transformer.wte.weight": (V, H), "transformer.ln_f.weight": (H,), "lm_head.weight": (V, H),
+              "transformer.rotary_emb.inv_freq": (8,)}  # a buffer older checkpoints saved
+    for i in range(2):
+        block = f"transformer.h.{i}."
+        shapes.update({block + "ln_1.weight": (H,), block + "attn.c_attn.weight": (3 * H, H),
+                       block + "attn.c_attn.bias": (3 * H,), block + "attn.c_proj.weight": (H, H),
+                       block + "ln_2.weight": (H,), block + "mlp.w1.weight": (mlp, H),
+                       block + "mlp.w2.weight": (mlp, H), block + "mlp.c_proj.weight": (H, mlp)})
+    write_safetensors(tmp_path / "model.safetensors", shapes)
+    info = inspect_model(str(tmp_path))
+    assert info.parameter_source == "safetensors" and info.num_parameters == info.config_parameters
+    from_config = model_from_config(config)
+    assert info.linear_layers == from_config.linear_layers and info.linear_modules == ("c_attn", "c_proj", "w1", "w2")
+    assert info.bias_parameters == from_config.bias_parameters == 2 * 3 * H
 
 
 def test_nested_text_config_is_used():
@@ -197,7 +199,7 @@ def test_missing_shard(tmp_path):
 
 
 def test_folder_without_config(tmp_path):
-    with pytest.raises(UserError, match="no config.json") as info:
+    with pytest.raises(UserError, match=r"no config\.json") as info:
         inspect_model(str(tmp_path))
     assert info.value.hint
 
@@ -221,21 +223,6 @@ def test_missing_folder_and_uncached_hub_id(tmp_path):
     with pytest.raises(UserError, match="not in the Hugging Face cache") as info:
         inspect_model("someone/not-downloaded", cache_dir=tmp_path)
     assert "download" in info.value.hint
-
-
-def fake_hub_cache(root: Path, repo_id: str, files: dict[str, bytes], commit: str = "a" * 40) -> Path:
-    """The layout huggingface_hub writes: blobs, snapshots of symlinks, refs/main."""
-    repo = root / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    for i, (name, data) in enumerate(files.items()):
-        blob = repo / "blobs" / f"{i:040d}"
-        blob.write_bytes(data)
-        os.symlink(os.path.relpath(blob, snapshot), snapshot / name)
-    return snapshot
 
 
 def test_hugging_face_cache(tmp_path):

@@ -45,6 +45,18 @@ def test_max_length_follows_the_data():
     assert choose_seq_len(None, llama)[0] == 512
 
 
+def test_a_given_max_length_is_used_as_given():
+    """--seq-len 1304 (or the wizard's max length) is planned at 1304, not rounded up to 1344 behind the user's back."""
+    llama = model("llama3-8b")
+    seq, why, _ = choose_seq_len(DataStats.assumed(1304), llama)
+    assert (seq, why) == (1304, "as given")
+    rec = recommend(probe(snapshot="h100-80gb"), llama, DataStats.assumed(1304))
+    assert rec.seq_len == 1304 and {o.plan.seq_len for o in rec.options} == {1304}
+    for option in rec.options:
+        assert option.estimate == estimate(llama, option.plan, max(1, len(option.gpu_indices)))
+    assert to_profile(rec.best, "llama", "train.jsonl").data.max_length == 1304
+
+
 def test_llama3_8b_on_rtx4090_gets_lora_or_qlora_never_full():
     rec = recommend(probe(snapshot="rtx4090-24gb"), model("llama3-8b"), CHAT_2K)
     best = rec.best
@@ -172,6 +184,17 @@ def test_step_down_without_consent_and_on_cpu():
     assert step.kind == "method" and step.profile.method.type == "qlora"
 
 
+def test_step_down_skips_qlora_where_it_needs_more_than_lora():
+    """At 32k tokens QLoRA's fp32 activations outweigh its 4-bit weights (memory.py): no lighter method is left."""
+    info = model("llama3-8b")
+    profile = Profile.model_validate({"method": {"type": "lora"}, "data": {"max_length": 32768},
+                                      "training": {"per_device_train_batch_size": 1,
+                                                   "gradient_checkpointing": True}})
+    assert step_down(profile, info, probe(snapshot="h100-80gb"), allow_truncation=False) is None
+    short = profile.model_copy(update={"data": profile.data.model_copy(update={"max_length": 2048})})
+    assert step_down(short, info, probe(snapshot="h100-80gb"), allow_truncation=False).profile.method.type == "qlora"
+
+
 HEAVY = ("torch", "transformers", "peft", "trl", "bitsandbytes", "deepspeed", "datasets", "textual")
 CHECK = """
 import json, sys
@@ -218,8 +241,25 @@ def test_fit_commands_output(tmp_path):
     assert code == 2
 
 
-@pytest.mark.parametrize("module", ["tuiwiz.plan.hardware", "tuiwiz.plan.modelinfo", "tuiwiz.plan.memory", "tuiwiz.plan.recommend",
-                                    "tuiwiz.cli.plan"])
+def test_recommend_without_a_tokenizer_skips_token_statistics(tmp_path):
+    """A model folder with config.json alone: the lengths of --data cannot be counted, the plan goes on."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(load_config("llama3-8b")))
+    (tmp_path / "d.jsonl").write_text('{"text": "hello"}\n{"text": "world"}\n')
+    argv = ("recommend", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "d.jsonl"),
+            "--hardware", "h100-80gb")
+    code, loaded, out = run_fit_cli(*argv, "--json")
+    report = json.loads(out)
+    assert code == 0 and loaded == [] and report["seq_len"] == 512
+    assert any(w.startswith("token statistics are skipped") and "no tokenizer" in w for w in report["warnings"])
+    code, _, out = run_fit_cli(*argv, "--seq-len", "1304")
+    assert code == 0 and "max length 1304 tokens" in out and "token statistics are skipped" not in out
+    code, _, out = run_fit_cli(*argv)
+    assert code == 0 and "max length 512 tokens" in out and "token statistics are skipped" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("module", ["tuiwiz.plan.hardware", "tuiwiz.plan.modelinfo", "tuiwiz.plan.memory",
+                                    "tuiwiz.plan.recommend", "tuiwiz.cli.plan"])
 def test_modules_import_light(module):
     code = f"import sys, {module}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

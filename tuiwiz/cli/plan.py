@@ -9,9 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuiwiz.errors import UserError
 from tuiwiz.units import MIB, count, gib
+
+if TYPE_CHECKING:
+    from tuiwiz.data.stats import DataStats
 
 COMMANDS = ("hw", "inspect", "recommend")
 
@@ -128,18 +133,22 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
-def _data_stats(args, model):
+def _data_stats(args, model) -> tuple[DataStats | None, list[str]]:
+    """The dataset's token lengths (or --seq-len as given), and a warning when they cannot be counted."""
     from tuiwiz.data.stats import DataStats
 
     if args.seq_len:
         if args.seq_len < 8:
             raise UserError("--seq-len must be at least 8", field="--seq-len")
-        return DataStats.assumed(args.seq_len)
+        return DataStats.assumed(args.seq_len), []
     if not args.data:
-        return None
+        return None, []
+    if not (Path(model.path or "") / "tokenizer.json").is_file():  # ModelText (data/rendering.py) counts with it
+        return None, [f"token statistics are skipped: {model.name} has no tokenizer (tokenizer.json), so the "
+                      f"lengths in {args.data} are not counted; pass --seq-len N to plan for your length"]
     from tuiwiz.data.rendering import token_stats
 
-    return token_stats(args.data, model, task=args.task)
+    return token_stats(args.data, model, task=args.task), []
 
 
 def _option_dict(option) -> dict:
@@ -164,8 +173,9 @@ def _cmd_recommend(args) -> int:
 
     machine = probe(snapshot=args.hardware)
     model = inspect_model(args.model, online=True)
-    stats = _data_stats(args, model)
+    stats, warnings = _data_stats(args, model)
     result = recommend(machine, model, stats, args.task, target_batch=args.target_batch, experts=args.experts)
+    warnings += result.warnings
     if args.write:
         if result.best is None:
             raise UserError("no option fits this machine, so there is no profile to write",
@@ -179,7 +189,7 @@ def _cmd_recommend(args) -> int:
     if args.json:
         print(json.dumps({
             "machine": machine.source, "model": model.name, "parameters": model.num_parameters,
-            "seq_len": result.seq_len, "seq_len_reason": result.seq_len_reason, "warnings": list(result.warnings),
+            "seq_len": result.seq_len, "seq_len_reason": result.seq_len_reason, "warnings": warnings,
             "options": [_option_dict(o) for o in result.options],
         }, indent=2))
         return 0
@@ -203,7 +213,7 @@ def _cmd_recommend(args) -> int:
     console.print(table)
     if result.best is not None:
         console.print(f"[bold]best:[/] {result.best.title}. {result.best.reason}", highlight=False)
-    for warning in result.warnings:
+    for warning in warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     if result.best is None:
         console.print("[red]nothing fits[/]: try a smaller model or a shorter max length")

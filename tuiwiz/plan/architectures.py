@@ -64,7 +64,7 @@ _FAMILIES = {
     "llama": ("decoder", False), "mistral": ("decoder", False), "qwen2": ("decoder", False),
     "qwen3": ("decoder", True), "gemma": ("decoder", True), "gemma2": ("decoder", True),
     "phi3": ("phi3", False), "gpt2": ("gpt2", True), "bert": ("bert", True), "roberta": ("bert", True),
-    "gpt_neox": ("gpt_neox", False),
+    "gpt_neox": ("gpt_neox", False), "qwen": ("qwen", False),
 }
 
 
@@ -89,8 +89,10 @@ def _dims(config: dict, model_type: str) -> _Dims:
     if not all(isinstance(v, int) and v > 0 for v in (hidden, layers, heads, vocab)):
         raise KeyError("hidden_size/num_hidden_layers/num_attention_heads/vocab_size")
     kv = _get(config, "num_key_value_heads", "num_kv_heads", "n_head_kv", default=heads)
-    head_dim = _get(config, "head_dim", default=hidden // heads)
+    head_dim = _get(config, "head_dim", "kv_channels", default=hidden // heads)
     inter = _get(config, "intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", default=4 * hidden)
+    if model_type == "qwen":  # Qwen (1)'s intermediate_size counts both halves: w1 and w2 are each half as wide
+        inter //= 2
     tie = config.get("tie_word_embeddings", _FAMILIES.get(model_type, ("", True))[1])
     context = _get(config, "max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
     return _Dims(layers, hidden, heads, kv, head_dim, inter, vocab, bool(tie), context)
@@ -153,6 +155,20 @@ def _gpt_neox_layout(config: dict, model_type: str, d: _Dims) -> _Layout:
     return _Layout(linears, d.vocab * H, 0 if d.tie else d.vocab * H, norms, (2 * L + 1) * H, False)
 
 
+def _qwen_layout(config: dict, model_type: str, d: _Dims) -> _Layout:
+    """Qwen (1), remote code (modeling_qwen.py): fused c_attn with a bias, SwiGLU as w1 * silu(w2), RMSNorm."""
+    H, L, q, inter = d.hidden, d.layers, d.heads * d.head_dim, d.intermediate
+    bias = not config.get("no_bias", True)
+    linears = (
+        LinearLayer("attn.c_attn", H, 3 * q, L, True),
+        LinearLayer("attn.c_proj", H, q, L, bias),  # declared (hidden, projection): equal in every release
+        LinearLayer("mlp.w1", H, inter, L, bias),
+        LinearLayer("mlp.w2", H, inter, L, bias),
+        LinearLayer("mlp.c_proj", inter, H, L, bias),
+    )
+    return _Layout(linears, d.vocab * H, 0 if d.tie else d.vocab * H, L * 2 * H + H, 0, True)
+
+
 def _num_labels(config: dict) -> int:
     labels = config.get("id2label") or {}
     return len(labels) or int(config.get("num_labels", 2))
@@ -195,7 +211,7 @@ def _generic_layout(config: dict, model_type: str, d: _Dims) -> _Layout:
 
 
 _LAYOUTS = {"decoder": _decoder_layout, "phi3": _phi3_layout, "gpt2": _gpt2_layout, "bert": _bert_layout,
-            "gpt_neox": _gpt_neox_layout}
+            "gpt_neox": _gpt_neox_layout, "qwen": _qwen_layout}
 
 
 def _with_sequence_classifier(layout: _Layout, config: dict, d: _Dims) -> _Layout:

@@ -11,12 +11,13 @@ docs/fit.md says which are measured (bench/calibrate.py) and which are not.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from tuiwiz.errors import UserError
 from tuiwiz.methods import METHOD_NAMES, METHODS
 from tuiwiz.plan.architectures import IA3_TARGETS
 from tuiwiz.plan.modelinfo import ModelInfo
+from tuiwiz.units import gib
 
 MiB = 1024**2
 GiB = 1024**3
@@ -78,6 +79,9 @@ class Plan:
     use_dora: bool = False
     qlora_bits: int = 4
     double_quant: bool = True
+    # QLoRA: the runner calls peft's prepare_model_for_kbit_training, which upcasts every unquantized tensor
+    # (embeddings, norms, LM head) to fp32, and the residual stream with them. False: a 16-bit base stays 16-bit.
+    kbit_upcast: bool = True
     adalora_init_r: int = 12
     ia3_targets: tuple[str, ...] | None = None  # None: peft's default for the architecture
     ia3_feedforward: tuple[str, ...] | None = None
@@ -288,6 +292,11 @@ def _layer_activation_bytes(model: ModelInfo, plan: Plan, a: int, r: int, c: Con
     ``a``: activation dtype bytes (the autocast dtype); ``r``: the residual stream's.
     When they differ, each linear layer keeps its own 16-bit copy of its input.
     """
+    out = a  # the MLP's intermediate outputs
+    if plan.method == "qlora":
+        # bitsandbytes' Linear4bit saves no input (its weight is frozen) and returns its input's dtype: an fp32
+        # residual stream adds no 16-bit input copies, but makes the MLP's gate, up and activation outputs fp32
+        out, r = r, a
     H, q, kv, inter = model.hidden_size, model.q_dim, model.kv_dim, model.intermediate_size
     fused_qkv = any(layer.name in ("qkv_proj", "c_attn", "query_key_value") for layer in model.linear_layers)
     attn_inputs = 1 if (r == a or fused_qkv) else 3
@@ -296,7 +305,7 @@ def _layer_activation_bytes(model: ModelInfo, plan: Plan, a: int, r: int, c: Con
     kv_saved = kv if plan.attn_implementation == "flash_attention_2" else q  # sdpa/eager repeat GQA heads
     norms = (4 if model.model_type == "gemma2" else 2) * (4 + r) * H
     attention = a * (attn_inputs * H + q + 2 * kv_saved + q + q)  # inputs, q/k/v, output, o_proj input
-    mlp = a * mlp_inputs * H + 4 * a * inter
+    mlp = a * mlp_inputs * H + (3 * out + a) * inter  # gate, up, activation outputs; the down input's copy
     extra = 0.0
     if METHODS[plan.method].low_rank:
         rank = plan.adalora_init_r if plan.method == "adalora" else plan.lora_r
@@ -358,14 +367,16 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
     a = 4 if cpu or plan.precision == "fp32" else 2
     full = METHODS[plan.method].whole_model
     zero = plan.strategy in ZERO and not cpu
+    upcast = plan.method == "qlora" and plan.kbit_upcast
 
     # weights
     if plan.method == "qlora":
         if cpu:
             notes.append("QLoRA needs bitsandbytes on a GPU; the CPU figure is only indicative")
         linear = model.linear_weight_parameters
-        weights = int(linear * _quantized_bytes_per_param(plan)) + (N - linear) * 4
-        notes.append("QLoRA keeps embeddings, norms and the LM head in fp32 (peft upcasts them)")
+        weights = int(linear * _quantized_bytes_per_param(plan)) + (N - linear) * (4 if upcast else wb)
+        if upcast:
+            notes.append("QLoRA keeps embeddings, norms and the LM head in fp32 (peft upcasts them)")
     else:
         weights = N * wb
     if zero and plan.strategy != "zero2":
@@ -419,7 +430,9 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
     tokens_per_seq = plan.seq_len + (plan.num_virtual_tokens if METHODS[plan.method].virtual_tokens else 0)
     tokens = plan.micro_batch * tokens_per_seq
     kv_len = tokens_per_seq + (plan.num_virtual_tokens if plan.method == "prefix_tuning" else 0)
-    r = 4 if (a == 4 or plan.method == "qlora" or (full and wb == 4)) else a
+    # the residual stream is fp32 wherever the embeddings and norms are: full fine-tuning's fp32 weights, and
+    # QLoRA's upcast (a real allocation: under it QLoRA can need more than LoRA at long sequences)
+    r = 4 if (a == 4 or upcast or (full and wb == 4)) else a
     layer = _layer_activation_bytes(model, plan, a, r, c) + _eager_scores_bytes(model, plan, a, kv_len)
     if attention_implementation(model, plan) != plan.attn_implementation:
         notes.append(f"{model.model_type} has no SDPA attention in transformers: eager attention keeps "
@@ -436,7 +449,9 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
         notes.append(f"unknown architecture {model.model_type}: activations raised by "
                      f"{c.unknown_architecture_margin - 1:.0%}")
     lm_head_trained = plan.method == "full"
-    logits = _logits_bytes(model, plan, plan.micro_batch * max(tokens_per_seq - 1, 1), a, wb, lm_head_trained, c)
+    head_bytes = 4 if upcast else wb
+    logits = _logits_bytes(model, plan, plan.micro_batch * max(tokens_per_seq - 1, 1), a, head_bytes,
+                           lm_head_trained, c)
 
     if cpu:
         context, workspace, fraction = c.cpu_runtime, c.cpu_workspace, c.cpu_allocator_fraction
@@ -465,6 +480,11 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
         output = T * 4
     if full and wb == 4 and plan.precision != "fp32":
         notes.append("the runner saves full fine-tunes in fp32 (the dtype it trains in)")
+    if upcast and r != a:
+        lora = estimate(model, replace(plan, method="lora"), n_gpus, constants=c).total
+        if lora < breakdown.total:
+            notes.append(f"at {plan.seq_len:,} tokens QLoRA needs more than LoRA ({gib(lora)}): its fp32 "
+                         "activations, from the upcast above, outweigh what 4-bit weights save")
     return MemoryEstimate(
         per_device=breakdown, n_devices=n, device=plan.device, total_parameters=N, trainable_parameters=T,
         cpu_ram=int(cpu_ram), cpu_ram_merge=merge, disk_checkpoint=checkpoint, disk_output=output,

@@ -88,14 +88,15 @@ def _round64(n: int) -> int:
 
 
 def choose_seq_len(data: DataStats | None, model: ModelInfo) -> tuple[int, str, list[str]]:
-    """Max length: the longest example when the tail is short, else the 95th percentile; a multiple of 64."""
+    """Max length: the longest example when the tail is short, else the 95th percentile, rounded up to a multiple
+    of 64; a length the user gave (``DataStats.assumed``) is used as it is."""
     warnings = []
     context = model.context_length or 1_048_576
     if data is None:
         seq, why = min(DEFAULT_SEQ_LEN, context), f"no data statistics: assumed {DEFAULT_SEQ_LEN} tokens"
         warnings.append(why)
     elif data.source == "assumed":
-        seq, why = _round64(data.max), f"{data.max} tokens as given"
+        seq, why = data.max, "as given"
     elif data.max <= 1.25 * data.p95:
         seq = _round64(data.max)
         why = f"covers every example (longest {data.max:,} tokens)"
@@ -234,7 +235,7 @@ _REASONS = {
     "full": "updates every weight: the best quality where it fits",
     "lora": "trains small low-rank adapters on a frozen {dtype} model: close to full fine-tuning at a fraction "
             "of the memory",
-    "qlora": "LoRA on a 4-bit NF4 base model: the least memory, somewhat slower and slightly less accurate",
+    "qlora": "LoRA on a 4-bit NF4 base model: the smallest weights, somewhat slower and slightly less accurate",
     "prompt_tuning": "trains only {v} virtual tokens: tiny and fast, but weaker than LoRA on most tasks",
     "prefix_tuning": "trains key/value prefixes for every layer: small, for generation-style tasks",
     "p_tuning": "virtual tokens produced by a small MLP: small, mostly for understanding tasks",
@@ -382,6 +383,14 @@ def step_down(profile: Profile, model: ModelInfo, machine: Machine, *,
     return replace(step, profile=Profile.model_validate(step.profile.model_dump()))
 
 
+def _qlora_is_lighter(profile: Profile, model: ModelInfo, machine: Machine) -> bool:
+    """Whether QLoRA needs less than this LoRA profile: at long sequences its fp32 activations can outweigh
+    its 4-bit weights (see ``kbit_upcast`` in memory.py)."""
+    lora = Plan.from_profile(profile, model, bf16=all(g.bf16 for g in machine.gpus))
+    qlora = replace(lora, method="qlora", optimizer=_optimizer("qlora"))
+    return estimate(model, qlora).total < estimate(model, lora).total
+
+
 def _step_down(profile: Profile, model: ModelInfo, machine: Machine, allow_truncation: bool) -> StepDown | None:
     t = profile.training
     if t.per_device_train_batch_size > 1:
@@ -405,7 +414,7 @@ def _step_down(profile: Profile, model: ModelInfo, machine: Machine, allow_trunc
                         "max_length", needs_consent=True)
     lighter = {"full": "lora", "bitfit": "lora", "lora": "qlora" if machine.has_gpu else None,
                "adalora": "lora"}.get(profile.method.type)
-    if lighter is None:
+    if lighter is None or (lighter == "qlora" and not _qlora_is_lighter(profile, model, machine)):
         return None
     from tuiwiz.profile import schema as p
 

@@ -16,7 +16,7 @@ import time
 from collections import deque
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -109,6 +109,7 @@ class ChatScreen(ReportsWorkerErrors, Screen[None]):
         self._inbox: deque[dict] = deque()  # events the reader thread has handed over, not yet shown
         self._inbox_lock = threading.Lock()
         self._woken = False  # a Delivered message is on its way for what is in the inbox
+        self._waiting = False  # Enter was pressed before the model was ready: send the box then
 
     class Delivered(Message):
         """Events wait in the inbox (one message for however many arrived meanwhile)."""
@@ -130,7 +131,8 @@ class ChatScreen(ReportsWorkerErrors, Screen[None]):
         with Horizontal(id="chat-columns"):
             yield VerticalScroll(id="chat-base", classes="chat-column")
             yield VerticalScroll(id="chat-tuned", classes="chat-column")
-        yield Input(placeholder="Message · Enter sends", id="chat-input", compact=True, disabled=True)
+        # enabled from the start: a question typed while the model loads is sent once it is ready
+        yield Input(placeholder="Message · Enter sends", id="chat-input", compact=True, select_on_focus=False)
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -205,9 +207,11 @@ class ChatScreen(ReportsWorkerErrors, Screen[None]):
             template = "" if event.get("chat_template") else " · no chat template: prompts use the Alpaca layout"
             self._status(f"ready on {where} · {what}{template}")
             field = self.query_one("#chat-input", Input)
-            field.disabled = False
             field.focus()
             self._layout()
+            if self._waiting:
+                self._waiting = False
+                self._submit(field)
         elif kind == "adapters":
             self.adapters = list(event.get("adapters") or [])
             self.active = event.get("active")
@@ -281,10 +285,26 @@ class ChatScreen(ReportsWorkerErrors, Screen[None]):
         return {"temperature": values["chat-temperature"], "top_p": values["chat-top-p"],
                 "max_new_tokens": values["chat-max"]}
 
+    def on_key(self, event: events.Key) -> None:
+        """Printable keys typed anywhere on this screen go to the message box (help is on F1 here)."""
+        field = self.query_one("#chat-input", Input)
+        if event.is_printable and event.character and not isinstance(self.focused, Input) and not field.disabled:
+            event.stop()
+            event.prevent_default()
+            field.focus()
+            field.insert_text_at_cursor(event.character)
+
     @on(Input.Submitted, "#chat-input")
     def _send(self, event: Input.Submitted) -> None:
-        text = event.value.strip()
-        if not text or not self.ready:
+        self._submit(event.input)
+
+    def _submit(self, field: Input) -> None:
+        text = field.value.strip()
+        if not text:
+            return
+        if not self.ready:
+            self._waiting = True
+            self._status("loading the model… your message goes as soon as it is ready")
             return
         if self.current is not None:
             self.notify("an answer is still coming: ctrl+s stops it", severity="warning")
@@ -292,7 +312,7 @@ class ChatScreen(ReportsWorkerErrors, Screen[None]):
         settings = self._settings()
         if settings is None:
             return
-        event.input.value = ""
+        field.value = ""
         self.settings = settings
         self.system = self.query_one("#chat-system", Input).value.strip() or None
         both = self.compare and bool(self.adapters)
