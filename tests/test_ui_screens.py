@@ -7,20 +7,20 @@ import json
 import pytest
 
 from tuiwiz.ui.app import TuiwizApp
-from tuiwiz.ui.testing import fixed_clock, prepared_state, screen_text, wait_for, widget_text, write_fixture_run
 
-from .test_ui_support import demo_built, ui_env  # noqa: F401  (fixtures)
+from .support.testing import (
+    SIZE,
+    app_at,
+    fixed_clock,
+    on,
+    prepared_state,
+    screen_text,
+    wait_for,
+    widget_text,
+    write_fixture_run,
+)
 
 pytestmark = pytest.mark.asyncio
-SIZE = (80, 24)
-
-
-def app_at(state, step: str, **kwargs) -> TuiwizApp:
-    return TuiwizApp(state, start=step, offer_attach=False, blink=False, clock=fixed_clock, **kwargs)
-
-
-def on(app, name: str) -> bool:
-    return type(app.screen).__name__ == name
 
 
 async def test_hardware_screen_shows_gpus_and_back_is_disabled(ui_env, monkeypatch):
@@ -47,6 +47,7 @@ async def test_hardware_screen_cpu_only_notice(ui_env):
         await wait_for(pilot, lambda: on(app, "HardwareScreen") and app.screen.ready())
         text = screen_text(app)
         assert "CPU only." in text and "training runs on" in text
+        assert " ".join(text.split()).count("training runs on the CPU") == 1  # said once, not twice
         assert "GPU 0" not in text
 
 
@@ -188,7 +189,8 @@ async def test_method_screen_ranks_and_explains(ui_env, monkeypatch):
             await pilot.press("down")
         await wait_for(pilot, lambda: app.state.option_key == "cpu-qlora")
         rejected = app.state.option().rejected
-        assert rejected and f"Why not: {rejected}" in " ".join(widget_text(app.screen.query_one("#method-info")).split())
+        info = " ".join(widget_text(app.screen.query_one("#method-info")).split())
+        assert rejected and f"Why not: {rejected}" in info
         assert not app.screen.ready()
         await pilot.press("up")
         await wait_for(pilot, lambda: app.screen.ready())
@@ -267,7 +269,7 @@ def several_nodes(profile, count: int):
 async def test_review_of_a_two_node_profile_shows_every_nodes_command(ui_env):
     from tuiwiz.profile.io import save_profile
 
-    from .conftest import run_cli
+    from .support.processes import run_cli
 
     state = prepared_state(ui_env, until="review", option="cpu-lora")
     state.profile = several_nodes(state.profile, 2)
@@ -457,7 +459,7 @@ async def test_model_screen_reads_a_hub_model_not_downloaded_and_the_data_step_u
     allowed, and the Data step renders its samples with the tokenizer fetched beside that metadata."""
     from tuiwiz.demo.build import demo_model_dir
 
-    from .test_hub_model import ModelHub, online
+    from .support.hub import ModelHub, online
 
     # an id of its own: tuiwiz's metadata cache is shared by the session's tests, and a commit's files are
     # fetched once

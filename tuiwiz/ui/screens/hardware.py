@@ -98,10 +98,11 @@ class HardwareScreen(StepScreen):
         self.query_one("#hw-host", Static).update(host_table(machine, width))
         notice = self.query_one("#hw-notice", Static)
         lines = []
-        if not machine.has_gpu:
-            lines.append(Text.assemble(("CPU only. ", "bold"), "No NVIDIA GPU is usable here, so training runs on "
-                                       "the CPU: fine for the demo and small models, slow for anything else."))
-        if machine.notice:
+        if not machine.has_gpu:  # one sentence: the probe's reason, then what it means
+            why = machine.notice or "no NVIDIA GPU is usable here, so training runs on the CPU"
+            lines.append(Text.assemble(("CPU only. ", "bold"), why[0].upper() + why[1:].rstrip("."),
+                                       ". Fine for the demo and small models, slow for anything else."))
+        elif machine.notice:
             lines.append(Text(machine.notice, style="dim"))
         notice.update(Group(*lines) if lines else "")
         notice.set_class(not machine.has_gpu, "warning")
