@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tuiwiz.errors import UserError
@@ -54,6 +54,16 @@ class ModelInfo:
     weight_files: tuple[str, ...] = ()
     quantization: str | None = None
     warnings: tuple[str, ...] = ()
+    # every module that holds a weight, by its path (from the safetensors headers; empty from a config
+    # alone): what peft's target_modules and modules_to_save may name
+    module_paths: tuple[str, ...] = field(default=(), repr=False)
+
+    def has_module(self, target: str) -> bool | None:
+        """Whether ``target`` names a module the way peft matches it (the path, or a suffix of whole
+        components); None when the weights were not read, so the modules are unknown."""
+        if not self.module_paths:
+            return None
+        return any(path == target or path.endswith("." + target) for path in self.module_paths)
 
     @property
     def q_dim(self) -> int:
@@ -80,6 +90,7 @@ class ModelInfo:
         from dataclasses import asdict
 
         data = asdict(self)
+        data.pop("module_paths")  # hundreds of paths; linear_modules says what to target
         data["linear_modules"] = list(self.linear_modules)
         return data
 
@@ -262,7 +273,8 @@ def complete_from_files(name: str, folder: Path, *, source: str, revision: str |
     found: dict = {}
     if params and not quant:
         found = dict(num_parameters=sum(t.numel for t in params), parameter_source="safetensors",
-                     bias_parameters=sum(t.numel for t in params if t.name.endswith(".bias")))
+                     bias_parameters=sum(t.numel for t in params if t.name.endswith(".bias")),
+                     module_paths=tuple(dict.fromkeys(t.name.rpartition(".")[0] for t in params)))
         from_weights = linears_from_weights(params, conv1d=info.model_type == "gpt2")
         if from_weights:  # in the table's order where the table knows the module
             order = [layer.path for layer in info.linear_layers]

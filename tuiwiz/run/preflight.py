@@ -201,10 +201,33 @@ def _check_resources(profile: Profile) -> None:
     check_resources(profile, folder, profile.output.runs_dir)
 
 
+def _check_modules(profile: Profile, source: str) -> None:
+    """Module names the method lists (target_modules, feedforward_modules, modules_to_save) must be
+    modules of the model: peft would stop the run at its start with a ValueError otherwise."""
+    method = profile.method
+    named = [(f"method.{key}", value) for key in ("target_modules", "feedforward_modules", "modules_to_save")
+             if isinstance(value := getattr(method, key, None), list)]
+    folder = _model_folder(profile) if named else None
+    if folder is None or not (folder / "config.json").is_file():
+        return  # nothing named, or the model is not here yet (the runner's peft says it then)
+    from tuiwiz.plan.modelinfo import inspect_model
+
+    model = inspect_model(str(folder))
+    for field, names in named:
+        missing = [name for name in names if model.has_module(name) is False]
+        if missing:
+            raise UserError(
+                f"{field} names {', '.join(repr(n) for n in missing)}, "
+                f"which {profile.model.name_or_path} does not have",
+                hint=f"its linear layers are {', '.join(model.linear_modules) or 'unknown'}; "
+                     "or leave target_modules: auto", file=source, field=field, kind="profile")
+
+
 def preflight(loaded: LoadedProfile) -> None:
     """Everything that can be checked before a run dir exists. Raises UserError."""
     source = str(loaded.source) if loaded.source else "<profile>"
     _check_model(loaded.profile, source)
+    _check_modules(loaded.profile, source)
     _check_data(loaded.profile, source)
     _check_processes(loaded.profile, source)
     _check_resources(loaded.profile)
