@@ -51,6 +51,7 @@ def test_the_walk_finds_the_core():
         ["tuiwiz", "profile", "validate", "profiles/quickstart.yaml"],
         ["tuiwiz", "profile", "schema"],
         ["tuiwiz", "hw"],
+        ["tuiwiz", "doctor"],  # the stack is imported in its child process only
     ],
 )
 def test_light_commands_import_no_training_stack(argv, tmp_path):

@@ -27,6 +27,10 @@ def add_commands(subparsers) -> None:
     hw.add_argument("--save", metavar="FILE", help="record this machine as a snapshot (TUIWIZ_HARDWARE=FILE)")
     hw.add_argument("--disk-path", default=".", help="where runs are written (for free disk); default: here")
 
+    doctor = subparsers.add_parser("doctor", help="is this machine ready to train? the stack, its kernels, disk")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--runs-dir", default="runs", metavar="DIR", help="where runs are written (default: runs)")
+
     inspect = subparsers.add_parser("inspect", help="what a model is, read from its files (no weights loaded)")
     inspect.add_argument("model", metavar="MODEL", help="'demo', 'minilm', a local folder, or a cached hub id")
     inspect.add_argument("--revision", help="hub branch, tag or commit")
@@ -49,11 +53,40 @@ def dispatch(args) -> int | None:
     command = getattr(args, "command", None)
     if command == "hw":
         return _cmd_hw(args)
+    if command == "doctor":
+        return _cmd_doctor(args)
     if command == "inspect":
         return _cmd_inspect(args)
     if command == "recommend":
         return _cmd_recommend(args)
     return None
+
+
+def _cmd_doctor(args) -> int:
+    """Exit 0 when nothing stands in the way of training here, 1 when something does."""
+    from tuiwiz.plan.stack import run_checks
+
+    report = run_checks(args.runs_dir)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 1 if report.problems else 0
+    from rich.table import Table
+
+    marks = {"ok": "[green]ok[/green]", "info": "[dim]--[/dim]", "warning": "[yellow]!![/yellow]",
+             "problem": "[red]XX[/red]"}
+    table = Table(box=None, pad_edge=False, show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True, style="bold")
+    table.add_column()
+    for check in report.checks:
+        table.add_row(marks[check.status], check.name,
+                      check.detail + (f"\n[dim]fix:[/dim] {check.fix}" if check.fix else ""))
+    console = _console()
+    console.print(table)
+    count = len(report.problems)
+    console.print(f"{count} problem{'s stand' if count != 1 else ' stands'} in the way of training here" if count
+                  else "nothing stands in the way of training here")
+    return 1 if count else 0
 
 
 def _console():
