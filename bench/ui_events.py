@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tuiwiz.ui.testing import write_fixture_run  # noqa: E402
+from tests.support.testing import write_fixture_run  # noqa: E402  (test support, from the repository)
 
 
 def log_line(step: int, max_steps: int, t: float) -> str:

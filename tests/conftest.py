@@ -1,11 +1,13 @@
+"""Fixtures any test may ask for; the plain helpers the tests share are in tests/support/."""
+
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-PROFILES = ROOT / "profiles"
+from .support import ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -28,73 +30,47 @@ def _shared_cache(factory) -> Path:
     return _CACHE[0]
 
 
-def run_cli(*args, cwd=None, env=None, timeout=300):
-    """Run the real `tuiwiz` entry point in a fresh interpreter."""
-    import subprocess
-
-    return subprocess.run(
-        [sys.executable, "-m", "tuiwiz", *map(str, args)],
-        cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
-    )
+def session_temp(factory) -> Path:
+    """A folder every xdist worker of this test session shares: the session's base temp (each worker's
+    own base temp is a folder in it), or the base temp itself without xdist."""
+    base = factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-def wait_for(predicate, timeout=180, poll=0.05):
-    """Poll until ``predicate()`` is truthy and return its value; fail after ``timeout`` seconds."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError("timed out")
+@pytest.fixture(scope="session")
+def demo_built(tmp_path_factory):
+    """The demo model, built once per session in a child process (building imports torch)."""
+    cache = _shared_cache(tmp_path_factory)
+    env = {**os.environ, "TUIWIZ_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "tuiwiz", "demo"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return cache
 
 
-def process_gone(pid: int) -> bool:
-    """The process has ended (a zombie awaiting its parent counts as ended)."""
-    import psutil
+@pytest.fixture
+def ui_env(monkeypatch, tmp_path, demo_built):
+    """A recorded machine, an empty Hugging Face cache, no animations: what the UI tests see."""
+    monkeypatch.setenv("TUIWIZ_HARDWARE", "cpu-only")
+    hub = tmp_path / "hf-cache"
+    hub.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    import huggingface_hub.constants
 
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    # read once, when huggingface_hub is first imported: a worker may have imported it already
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("TEXTUAL_ANIMATIONS", "none")
+    work = tmp_path / "work"
+    work.mkdir()
+    return work
 
 
-class LoopbackServer:
-    """An HTTP server on 127.0.0.1 standing in for a remote service (the Hub); a subclass answers in
-    ``handle(request, method)``. Use it as a context manager."""
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """``trained_run(name)``: the completed run of a recipe in tests/support/trained_runs.py, trained
+    once per test session whichever worker asks first (under a file lock) and reused by every worker.
+    Read-only: change a copy (``copy_run``)."""
+    from .support.trained_runs import train_once
 
-    def __init__(self) -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                fake.handle(self, "GET")
-
-            def do_POST(self) -> None:
-                fake.handle(self, "POST")
-
-            def do_PUT(self) -> None:
-                fake.handle(self, "PUT")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def handle(self, request, method: str) -> None:
-        raise NotImplementedError
+    root = session_temp(tmp_path_factory) / "trained-runs"
+    return lambda name: train_once(root, name)

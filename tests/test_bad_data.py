@@ -7,7 +7,7 @@ import pytest
 from tuiwiz.data.datasets import ColumnMap, load_dataset_file, split_validation
 from tuiwiz.errors import UserError
 
-from .conftest import run_cli
+from .support.processes import run_cli
 
 LONG = "word " * 300
 
@@ -138,6 +138,7 @@ CLI_CASES = [
 ]
 
 
+@pytest.mark.slow  # the real CLI, a fresh interpreter a case
 @pytest.mark.parametrize("content,model_line,message", CLI_CASES)
 def test_cli_refuses_bad_input_with_exit_2_and_no_run(tmp_path, content, model_line, message):
     (tmp_path / "nomodel").mkdir()

@@ -228,12 +228,14 @@ def test_repl_ctrl_c_stops_the_answer_and_the_repl_goes_on(trained_run):
     import time
 
     run = trained_run("lora")
-    for attempt in range(4):
+    tries = 4
+    for _ in range(tries):
         proc = subprocess.Popen([sys.executable, "-m", "tuiwiz", "chat", str(run.path), "--base", "--temperature",
                                  "1.0", "--max-new-tokens", "3000"], cwd=ROOT, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=0)
         out: list[str] = []
-        reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(1), "")), daemon=True)
+        reader = threading.Thread(target=lambda out=out, proc=proc: out.extend(iter(lambda: proc.stdout.read(1), "")),
+                                  daemon=True)
         reader.start()
         try:
             deadline = time.monotonic() + 120
@@ -259,4 +261,4 @@ def test_repl_ctrl_c_stops_the_answer_and_the_repl_goes_on(trained_run):
                 proc.kill()
             proc.wait(timeout=30)
     else:
-        raise AssertionError(f"no answer was still going when Ctrl-C came, in {attempt + 1} tries: {''.join(out)!r}")
+        raise AssertionError(f"no answer was still going when Ctrl-C came, in {tries} tries: {''.join(out)!r}")

@@ -247,6 +247,7 @@ def assert_refused_cleanly(result, expected: list[str], tmp_path: Path, before: 
     assert not (Path(os.environ["TUIWIZ_STATE_DIR"]) / "runs.txt").exists(), "a run was registered"
 
 
+@pytest.mark.slow  # a fresh interpreter a case; the in-process tests above pin the same messages
 @pytest.mark.parametrize("case", [c for c in PROFILES if c.cli], ids=lambda c: c.file)
 def test_cli_refuses_bad_profile(tmp_path, case):
     path = tmp_path / case.file
@@ -265,6 +266,7 @@ def _data_profile(tmp_path: Path, data_file: str, task: str, extra: str = "") ->
     return profile
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in DATA if c.cli], ids=lambda c: c.file)
 def test_cli_refuses_bad_dataset(tmp_path, case):
     path = tmp_path / case.file

@@ -1,5 +1,5 @@
 """Every problem in a dataset with its line (find_problems), and the Data screen's Problems view listing them;
-the runner's path (load_dataset_file) still stops at the first."""
+the runner's path (load_dataset_file) still stops at the first (for every corpus file: tests/test_corpus.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import pytest
 
 from tuiwiz.data.datasets import find_problems, load_dataset_file
 from tuiwiz.errors import UserError
-from tuiwiz.ui.testing import prepared_state, wait_for, widget_text
 
-from .test_ui_screens import SIZE, app_at, on
-from .test_ui_support import demo_built, ui_env  # noqa: F401  (fixtures)
+from .support.testing import SIZE, app_at, on, prepared_state, wait_for, widget_text
 
 GOOD = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
 BAD_ROLE = json.dumps({"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "ok"}]})
@@ -80,16 +78,3 @@ async def test_data_screen_lists_every_bad_line(ui_env):
         label = str(app.screen.query_one("#data-tabs").get_tab("tab-problems").label)
         assert label == "Problems (3)"
         assert not app.screen.ready()
-
-
-def test_find_problems_includes_what_the_runner_raises_on_every_corpus_file():
-    from .test_corpus import CORPUS, DATA
-
-    for case in DATA:
-        path = CORPUS / "data" / case.file
-        with pytest.raises(UserError) as first:
-            load_dataset_file(path, task=case.task)
-        found = find_problems(path, task=case.task)
-        assert found.total >= 1, case.file
-        as_raised = (first.value.line, first.value.field, first.value.message, first.value.hint)
-        assert as_raised in [(p.line, p.field, p.message, p.hint) for p in found.problems], case.file

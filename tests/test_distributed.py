@@ -17,8 +17,9 @@ import pytest
 from tuiwiz.run.events import read_events
 from tuiwiz.run.rundir import RunDir, read_state
 
-from .conftest import process_gone, run_cli, wait_for
-from .test_training import generate, losses, only_run, write_profile
+from .inject import inject
+from .support.processes import process_gone, run_cli, wait_for
+from .support.runs import generate, losses, only_run, write_profile
 
 # DDP's logged loss is the mean of the two ranks' token-averaged losses; one process averages over all
 # tokens of the same 16 examples at once. Measured on the demo: identical for the first steps, at most
@@ -111,7 +112,7 @@ def test_a_rank_failing_with_an_exception_names_that_rank_and_its_error(tmp_path
     """Not the ranks ended because of it: the one that raised, with its own message, and nothing left."""
     profile = write_profile(tmp_path, "quickstart.yaml", distributed__strategy="ddp", distributed__num_processes=2,
                             training__max_steps=50, training__logging_steps=1, training__save_steps=100000)
-    result = run_cli("--profile", profile, env={"TUIWIZ_INJECT_ERROR_RANK": "1"}, timeout=600)
+    result = run_cli("--profile", profile, env=inject(TUIWIZ_INJECT_ERROR_RANK="1"), timeout=600)
     run = only_run(tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -125,7 +126,7 @@ def test_a_rank_failing_with_an_exception_names_that_rank_and_its_error(tmp_path
     assert rank1["status"] == "failed"
     assert "RuntimeError: injected failure on rank 1" in (run.path / "logs" / "rank1.log").read_text()
     for name in ("rank0.pid", "rank1.pid"):
-        wait_for(lambda: process_gone(int((run.path / "logs" / name).read_text())), timeout=60)
+        wait_for(lambda name=name: process_gone(int((run.path / "logs" / name).read_text())), timeout=60)
 
 
 @pytest.mark.slow
@@ -133,7 +134,7 @@ def test_a_rank_aborting_after_every_rank_finished_leaves_a_completed_run_and_a_
     """As a native destructor aborting on the way out would: the model was saved, so the run completed."""
     profile = write_profile(tmp_path, "quickstart.yaml", distributed__strategy="ddp", distributed__num_processes=2,
                             training__max_steps=3, training__logging_steps=1, training__save_steps=100000)
-    result = run_cli("--profile", profile, env={"TUIWIZ_INJECT_ABORT_AFTER_RESULT_RANK": "1"}, timeout=600)
+    result = run_cli("--profile", profile, env=inject(TUIWIZ_INJECT_ABORT_AFTER_RESULT_RANK="1"), timeout=600)
     run = only_run(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
     assert read_state(run).status == "completed" and read_state(run).error is None
@@ -152,7 +153,7 @@ def test_auto_recover_of_a_multi_process_run(tmp_path):
     profile = write_profile(tmp_path, "quickstart.yaml", distributed__strategy="ddp", distributed__num_processes=2,
                             training__max_steps=8, training__logging_steps=1, training__save_steps=2,
                             training__auto_recover=1)
-    result = run_cli("--profile", profile, env={"TUIWIZ_INJECT_OOM_ABOVE_BATCH": "4"}, timeout=600)
+    result = run_cli("--profile", profile, env=inject(TUIWIZ_INJECT_OOM_ABOVE_BATCH="4"), timeout=600)
     run = only_run(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
     assert read_state(run).status == "completed"
@@ -274,7 +275,7 @@ def test_stop_checkpoint_and_resume_across_ranks(tmp_path, strategy, base):
     codes = [json.loads((run.path / "logs" / f"rank{rank}.exit.json").read_text())["code"] for rank in (0, 1)]
     if warned:
         assert all("after it had finished" in e["message"] for e in warned), warned
-        warnings.warn(f"{strategy}: a rank died on its way out after reporting: {warned[0]['message']}")
+        warnings.warn(f"{strategy}: a rank died on its way out after reporting: {warned[0]['message']}", stacklevel=1)
     else:
         assert codes == [0, 0], codes
 
@@ -290,7 +291,7 @@ def test_more_processes_than_gpus_is_refused_before_a_run_exists(tmp_path):
 def test_offload_without_enough_cpu_ram_is_refused(tmp_path):
     import shutil
 
-    from .conftest import ROOT
+    from .support import ROOT
 
     model = tmp_path / "llama3-8b"
     model.mkdir()
@@ -350,7 +351,8 @@ import os
 os.sched_setaffinity(0, {{{cpu}}})
 from tuiwiz.run.distributed import launch_env
 from tuiwiz.profile.schema import Profile
-print(launch_env(Profile.model_validate({{"distributed": {{"strategy": "ddp", "num_processes": 1}}}}))["OMP_NUM_THREADS"])
+profile = Profile.model_validate({{"distributed": {{"strategy": "ddp", "num_processes": 1}}}})
+print(launch_env(profile)["OMP_NUM_THREADS"])
 """
 
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tuiwiz.errors import UserError
+from tuiwiz.run.event_types import LogEvent, StatusEvent, parse_event
 from tuiwiz.run.events import EventTail, EventWriter, iter_tail_events, read_events
 from tuiwiz.run.rundir import (
     RunDir,
@@ -23,14 +24,15 @@ from tuiwiz.run.rundir import (
     write_state,
 )
 
-from .conftest import PROFILES, run_cli
-from .test_training import build_trainer, only_run, write_profile
+from .support import PROFILES
+from .support.processes import run_cli
+from .support.runs import build_trainer, only_run, write_profile
 
 
 def test_torn_last_line_is_left_for_the_next_read(tmp_path):
     path = tmp_path / "events.jsonl"
     writer = EventWriter(path)
-    writer.emit("status", status="running")
+    writer.emit(StatusEvent(status="running"))
     with open(path, "a") as handle:
         handle.write('{"type": "log", "step": 1')  # a writer caught mid-line
     tail = EventTail(path)
@@ -53,7 +55,7 @@ def test_tail_of_a_long_log_reads_only_whole_events(tmp_path):
     path = tmp_path / "events.jsonl"
     writer = EventWriter(path)
     for step in range(5000):
-        writer.emit("log", step=step, loss=1.0 / (step + 1))
+        writer.emit(LogEvent(step=step, max_steps=5000, loss=1.0 / (step + 1)))
     events = list(iter_tail_events(path, nbytes=4096))
     assert events and events[-1]["step"] == 4999
     steps = [e["step"] for e in events]
@@ -63,7 +65,7 @@ def test_tail_of_a_long_log_reads_only_whole_events(tmp_path):
 
 def test_unknown_event_type_is_a_bug(tmp_path):
     with pytest.raises(ValueError):
-        EventWriter(tmp_path / "e.jsonl").emit("nonsense")
+        EventWriter(tmp_path / "e.jsonl").emit(parse_event({"type": "nonsense"}))  # read, never written
 
 
 def _run(tmp_path, name="r1") -> RunDir:
@@ -119,7 +121,8 @@ def test_one_runner_per_run_dir(tmp_path):
     run = _run(tmp_path)
     first = RunnerLock(run)
     assert first.acquire()
-    code = f"from tuiwiz.run.rundir import RunDir, RunnerLock; from pathlib import Path; print(RunnerLock(RunDir(Path({str(run.path)!r}))).acquire())"
+    code = ("from tuiwiz.run.rundir import RunDir, RunnerLock; from pathlib import Path; "
+            f"print(RunnerLock(RunDir(Path({str(run.path)!r}))).acquire())")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert other.stdout.strip() == "False"
     first.release()
@@ -158,7 +161,7 @@ def test_run_start_carries_the_resolved_settings(tmp_path):
 ])
 def test_run_start_names_the_wrapped_modules_per_method(tmp_path, base, wrapped):
     _, info = build_trainer(tmp_path, base)
-    assert info["target_modules"] == wrapped
+    assert info.model.target_modules == wrapped
 
 
 def test_a_second_runner_is_refused_through_the_cli_and_the_runner_itself(tmp_path):

@@ -66,7 +66,8 @@ def test_gguf_f16_reads_back_with_llama_cpp_names_metadata_and_tokenizer(lora_ru
     by_name = {t.name: t for t in reader.tensors}
     # GGUF lists dimensions innermost first
     assert list(by_name["token_embd.weight"].shape) == list(reversed(hf["model.embed_tokens.weight"].shape))
-    assert list(by_name["blk.1.ffn_down.weight"].shape) == list(reversed(hf["model.layers.1.mlp.down_proj.weight"].shape))
+    down = hf["model.layers.1.mlp.down_proj.weight"]
+    assert list(by_name["blk.1.ffn_down.weight"].shape) == list(reversed(down.shape))
     assert by_name["blk.0.attn_q.weight"].tensor_type == gguf.GGMLQuantizationType.F16
     assert by_name["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
     np.testing.assert_allclose(by_name["output.weight"].data, hf["lm_head.weight"].numpy(), atol=2e-3)
@@ -189,7 +190,8 @@ LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}{
 
 
 @pytest.mark.parametrize("template, go, stops", [
-    (CHATML, "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n",
+    (CHATML, "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+             "<|im_start|>assistant\n",
      ("<|im_end|>", "<|im_start|>")),
     (LLAMA3, "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
              "{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n", ("<|eot_id|>", "<|start_header_id|>")),
@@ -361,6 +363,6 @@ def test_gguf_writes_a_sentencepiece_tokenizer_as_llama_cpp_does(tmp_path):
     assert "tokenizer.ggml.merges" not in fields  # SentencePiece has scores, not merges
     assert len(tokens) == 320 and {t.name for t in reader.tensors} >= {"token_embd.weight", "output.weight"}
     (folder / "tokenizer.model").unlink()
-    with pytest.raises(UserError, match="from their tokenizer.model; this model has neither") as refused:
+    with pytest.raises(UserError, match=r"from their tokenizer\.model; this model has neither") as refused:
         write_gguf(folder, tmp_path / "none.gguf")
     assert "tokenizer.model" in refused.value.hint and not (tmp_path / "none.gguf").exists()

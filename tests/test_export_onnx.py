@@ -1,7 +1,7 @@
 """ONNX export of a classification run: torch.onnx's exporter, checked with onnxruntime, refused when wrong.
 
-One MiniLM classification run is trained (a few steps through the real CLI) and merged once for
-the module; the exports reuse that verified merge, as they do for users.
+One MiniLM classification run is trained (a few steps through the real CLI) and merged once per
+test session (the ``trained_run`` fixture); the exports reuse that verified merge, as they do for users.
 """
 
 from __future__ import annotations
@@ -11,13 +11,10 @@ import re
 
 import numpy as np
 import pytest
-import yaml
 
 from tuiwiz.errors import UserError
 from tuiwiz.run.rundir import RunDir
 
-from .support import PROFILES
-from .support.processes import run_cli
 from .support.trained_runs import assert_streamed_equals_loaded, copy_run, merged_once, merged_tensors
 
 pytestmark = pytest.mark.slow
@@ -27,22 +24,8 @@ TEXTS = ["Grandma baked a lemon cake with fresh cream for dessert.", "Goal!",
 
 
 @pytest.fixture(scope="module")
-def classifier_run(tmp_path_factory) -> RunDir:
-    root = tmp_path_factory.mktemp("onnx")
-    data = yaml.safe_load((PROFILES / "minilm-classification.yaml").read_text())
-    data["output"]["runs_dir"] = str(root / "runs")
-    data["data"]["validation_split"] = 0.0
-    data["training"].pop("num_train_epochs")
-    data["training"].pop("eval_steps")
-    data["training"].update(max_steps=2, logging_steps=1, save_steps=1000)
-    profile = root / "profile.yaml"
-    profile.write_text(yaml.safe_dump(data))
-    # module fixtures start before the autouse isolation: the run gets its own state and cache here
-    result = run_cli("--profile", profile, env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                                                "TUIWIZ_STATE_DIR": str(root / "state"),
-                                                "TUIWIZ_CACHE_DIR": str(root / "cache")})
-    run = RunDir(next((root / "runs").glob("*")))
-    assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
+def classifier_run(trained_run) -> RunDir:
+    run = trained_run("minilm-classifier")
     merged_once(run)
     return run
 

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
 from tuiwiz.errors import UserError
 from tuiwiz.profile.io import load_profile
@@ -40,21 +39,9 @@ from tuiwiz.run.events import read_events
 from tuiwiz.run.rundir import RunDir, read_state
 from tuiwiz.train.failures import PATIENCE, LossDiverged, LossWatch, NonFiniteLoss, classify
 
-from .conftest import PROFILES, process_gone, run_cli, wait_for
-from .test_training import only_run
-
-
-def make_profile(tmp_path: Path, base: str, **sections) -> Path:
-    """A shipped profile with sections merged in (``method`` replaced whole), runs sent to tmp_path."""
-    data = yaml.safe_load((PROFILES / base).read_text())
-    for name, values in sections.items():
-        data[name] = values if name == "method" else {**data.get(name, {}), **values}
-    data.setdefault("output", {})["runs_dir"] = str(tmp_path / "runs")
-    path = tmp_path / "profile.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
+from .support import PROFILES
+from .support.processes import process_gone, run_cli, wait_for
+from .support.runs import make_profile, only_run
 
 
 def group_members(pgid: int) -> list[int]:
@@ -159,7 +146,7 @@ def test_loss_watch_leaves_noisy_and_overfitting_runs_alone():
 
 
 def test_loss_watch_infinite_gradient_norm():
-    step, failure = _watch([3.0, 2.9], grad_norm=float("inf"))
+    _, failure = _watch([3.0, 2.9], grad_norm=float("inf"))
     assert str(failure) == "the gradient norm became inf at step 1 (the loss was still 3)"
     assert classify(failure).kind == "nan_loss"
     assert _watch([3.0, 2.9], grad_norm=float("inf"), scaled_fp16=True) == (None, None)  # the scaler's skip
@@ -271,7 +258,8 @@ def test_a_runner_killed_under_its_launcher_reads_killed_by_signal(tmp_path):
 
 
 def test_record_exit_only_for_a_signal_that_ended_a_live_status(tmp_path):
-    from tuiwiz.run.rundir import RunState, record_exit, update_state, write_state
+    from tuiwiz.run.rundir import RunState, unrecorded_end, update_state, write_state
+    from tuiwiz.train.watcher import record_exit
 
     run = RunDir(tmp_path)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -286,10 +274,11 @@ def test_record_exit_only_for_a_signal_that_ended_a_live_status(tmp_path):
     assert record_exit(run, -77) and read_state(run).error == "killed by signal 77"
     update_state(run, status="stopped", error="killed by the user")  # a forced stop is no failure
     assert not record_exit(run, -signal.SIGKILL) and read_state(run).status == "stopped"
-    # the launcher's child (the watcher) killed alone: the trainer named in state.json lives on
+    # a front end only shows an end nobody recorded (the trainer and its watcher killed together), never writes
     update_state(run, status="running", pid=os.getpid(), create_time=psutil.Process().create_time())
-    assert not record_exit(run, -signal.SIGKILL) and read_state(run).status == "running"
-    assert record_exit(run, -signal.SIGKILL, check_process=False)  # the watcher, which saw its child die
+    assert unrecorded_end(run, -signal.SIGKILL) is None  # the watcher killed alone: the trainer lives on
+    update_state(run, pid=int(gone.stdout), create_time=None)
+    assert unrecorded_end(run, -signal.SIGKILL).kind == "killed" and read_state(run).status == "running"
 
 
 @pytest.mark.slow
@@ -503,7 +492,7 @@ def _profile(**sections):
 
 
 def test_disk_need_for_full_fine_tuning_counts_weights_and_adam_states():
-    from tuiwiz.run.preflight import SMALL_FILES, estimate_disk
+    from tuiwiz.run.resources import SMALL_FILES, estimate_disk
 
     profile = _profile(method={"type": "full"}, training={"save_total_limit": 2})
     need = estimate_disk(profile, 14 * GB, parameters=7 * GB)  # a 7B model stored in bf16
@@ -517,7 +506,7 @@ def test_disk_need_for_full_fine_tuning_counts_weights_and_adam_states():
 
 
 def test_disk_need_for_an_adapter_is_small_and_counts_saves():
-    from tuiwiz.run.preflight import SMALL_FILES, estimate_disk
+    from tuiwiz.run.resources import SMALL_FILES, estimate_disk
 
     lora = _profile(method={"type": "lora"}, training={"max_steps": 1000, "save_steps": 500})
     need = estimate_disk(lora, 14 * GB, parameters=7 * GB, trainable=40_000_000)
@@ -531,7 +520,7 @@ def test_disk_need_for_an_adapter_is_small_and_counts_saves():
 
 
 def test_check_disk_refuses_with_the_numbers(tmp_path):
-    from tuiwiz.run.preflight import check_disk
+    from tuiwiz.run.resources import check_disk
 
     profile = _profile(method={"type": "full"})
     with pytest.raises(UserError) as info:
@@ -546,7 +535,7 @@ def test_check_disk_refuses_with_the_numbers(tmp_path):
 
 
 def test_check_ram_refuses_with_the_numbers():
-    from tuiwiz.run.preflight import RUNTIME_RAM, check_ram, estimate_ram
+    from tuiwiz.run.resources import RUNTIME_RAM, check_ram, estimate_ram
 
     full = _profile(method={"type": "full"})
     n = 494 * 10**6
@@ -564,15 +553,15 @@ def test_check_ram_refuses_with_the_numbers():
 
 
 def test_check_resources_on_a_real_model_folder(tmp_path, demo_model, monkeypatch):
-    from tuiwiz.run import preflight
+    from tuiwiz.run import resources
 
     profile = load_profile(PROFILES / "demo-full.yaml").profile
-    preflight.check_resources(profile, demo_model, tmp_path / "runs", device="cpu")
+    resources.check_resources(profile, demo_model, tmp_path / "runs", device="cpu")
     real = shutil.disk_usage
 
     def tiny(path):
         return real(path)._replace(free=10 * 2**20)
 
-    monkeypatch.setattr(preflight.shutil, "disk_usage", tiny)
+    monkeypatch.setattr(resources.shutil, "disk_usage", tiny)
     with pytest.raises(UserError, match=r"the run needs 0\.3 GB free .* 0\.0 GB is free"):
-        preflight.check_resources(profile, demo_model, tmp_path / "runs", device="cpu")
+        resources.check_resources(profile, demo_model, tmp_path / "runs", device="cpu")

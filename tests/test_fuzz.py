@@ -26,7 +26,7 @@ from tuiwiz.errors import UserError
 from tuiwiz.profile.io import dump_profile, parse_profile_text
 from tuiwiz.profile.schema import Profile
 
-from .conftest import PROFILES
+from .support import PROFILES
 
 # TUIWIZ_FUZZ_EXAMPLES=5000 for a long hunt; the default keeps the file under a minute.
 FAST = settings(max_examples=int(os.environ.get("TUIWIZ_FUZZ_EXAMPLES", "150")), deadline=None,

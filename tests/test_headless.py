@@ -13,9 +13,8 @@ from tuiwiz.run.events import read_events
 from tuiwiz.run.launch import stop_run
 from tuiwiz.run.rundir import RunDir, read_state
 
-from .conftest import process_gone, run_cli, wait_for
-from .test_lifecycle import last_step
-from .test_training import only_run, write_profile
+from .support.processes import process_gone, run_cli, wait_for
+from .support.runs import last_step, only_run, write_profile
 
 pytestmark = pytest.mark.slow
 

@@ -2,39 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from tuiwiz.data.datasets import cached_hub_dataset_files
 
-ROWS = [{"instruction": f"Say {w}", "output": w} for w in ("hi", "bye", "yes", "no")]
-
-
-def fake_dataset_cache(root: Path, repo_id: str, files: dict[str, bytes], commit: str = "b" * 40) -> Path:
-    """huggingface_hub's layout for a dataset repo: blobs, a snapshot of symlinks, refs/main."""
-    repo = root / ("datasets--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    (repo / "blobs").mkdir()
-    for i, (name, data) in enumerate(files.items()):
-        blob = repo / "blobs" / f"{i:040d}"
-        blob.write_bytes(data)
-        target = snapshot / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.relpath(blob, target.parent), target)
-    return snapshot
-
-
-def parquet_bytes(rows: list[dict], tmp_path: Path) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = tmp_path / "rows.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path.read_bytes()
+from .support.hub import ROWS, fake_dataset_cache, parquet_bytes
 
 
 @pytest.fixture
@@ -84,10 +56,17 @@ def test_the_wizard_previews_a_cached_hub_dataset(hub_cache, tmp_path):
 
 def test_the_runner_reads_the_cached_files_offline(hub_cache, monkeypatch, tmp_path):
     """datasets offline reloads only what it prepared itself; the runner falls back to the files."""
+    import datasets.config
+    import huggingface_hub.constants
+
     from tuiwiz.data.datasets import load_hub_dataset
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    # both read HF_HUB_OFFLINE once, at import: imported by a test that was online, they would try the network
+    # (70 s of retries without one)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     train = load_hub_dataset("acme/tiny-alpaca")
     assert len(train) == 4 and train.format == "alpaca"
     assert len(load_hub_dataset("acme/tiny-alpaca", split="test")) == 1
@@ -99,8 +78,8 @@ def test_the_runner_reads_the_cached_files_offline(hub_cache, monkeypatch, tmp_p
 def test_a_run_trains_on_a_cached_hub_dataset_offline(hub_cache, tmp_path):
     from tuiwiz.run.events import read_events
 
-    from .conftest import run_cli
-    from .test_training import only_run, write_profile
+    from .support.processes import run_cli
+    from .support.runs import only_run, write_profile
 
     profile = write_profile(tmp_path, "quickstart.yaml", data__path="acme/tiny-alpaca", training__max_steps=2,
                             training__logging_steps=1)

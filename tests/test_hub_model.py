@@ -9,65 +9,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from tuiwiz.errors import UserError
 
-from .conftest import LoopbackServer, run_cli
-
-SHA = "b" * 40
-
-
-class ModelHub(LoopbackServer):
-    """Serves model folders as the Hub does: /api/models/ID (file list, card) and /ID/resolve/REV/FILE (ranges)."""
-
-    def __init__(self, repos: dict[str, Path], license: str | None = "apache-2.0") -> None:
-        self.repos = repos
-        self.license = license
-        self.reads: list[tuple[str, str | None]] = []  # (file, Range header) of every file request
-        super().__init__()
-
-    def _send(self, request, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
-        request.send_response(status)
-        request.send_header("Content-Type", content_type)
-        request.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            request.send_header(name, value)
-        request.end_headers()
-        request.wfile.write(body)
-
-    def handle(self, request: BaseHTTPRequestHandler, method: str) -> None:
-        path = request.path.split("?")[0]
-        if path == "/api/agent-harnesses":
-            return self._send(request, 200, b'{"standardEnvVars": [], "harnesses": {}}', "application/json")
-        if path.startswith("/api/models/"):
-            repo_id = path[len("/api/models/"):].split("/revision/")[0]
-            folder = self.repos.get(repo_id)
-            if folder is None:
-                return self._send(request, 404, b'{"error": "Repository not found"}', "application/json",
-                                  {"X-Error-Code": "RepoNotFound"})
-            siblings = [{"rfilename": f.name, "size": f.stat().st_size} for f in sorted(folder.iterdir()) if f.is_file()]
-            card = {"license": self.license} if self.license else {}
-            body = {"id": repo_id, "sha": SHA, "private": False, "siblings": siblings, "cardData": card}
-            return self._send(request, 200, json.dumps(body).encode(), "application/json")
-        repo_id, sep, rest = path.lstrip("/").partition("/resolve/")
-        folder = self.repos.get(repo_id)
-        name = rest.split("/", 1)[-1] if sep else None
-        if folder is None or not name or not (folder / name).is_file():
-            return self._send(request, 404, b"not found", "text/plain", {"X-Error-Code": "EntryNotFound"})
-        data = (folder / name).read_bytes()
-        span = request.headers.get("Range")
-        self.reads.append((name, span))
-        if span:
-            first, _, last = span.removeprefix("bytes=").partition("-")
-            end = min(int(last), len(data) - 1)
-            part = data[int(first):end + 1]
-            return self._send(request, 206, part, "application/octet-stream",
-                              {"Content-Range": f"bytes {first}-{end}/{len(data)}"})
-        return self._send(request, 200, data, "application/octet-stream")
+from .support.hub import ModelHub, online
+from .support.processes import run_cli
 
 
 @pytest.fixture
@@ -95,20 +44,6 @@ def sharded_copy(folder: Path, into: Path) -> Path:
         weight_map.update({n: shard for n in part})
     (into / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return into
-
-
-def online(monkeypatch, tmp_path: Path, hub: ModelHub) -> Path:
-    """This process online against the fake Hub, with an empty Hugging Face cache; returns the cache."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    return cache
 
 
 SAME = ("architecture", "model_type", "known_architecture", "num_layers", "hidden_size", "num_heads", "num_kv_heads",

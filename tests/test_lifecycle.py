@@ -16,19 +16,15 @@ from tuiwiz.run.events import read_events
 from tuiwiz.run.launch import stop_run, wait_finished
 from tuiwiz.run.rundir import RunDir, read_state
 
-from .conftest import process_gone, run_cli, wait_for
-from .test_training import losses, only_run, write_profile
+from .inject import inject
+from .support.processes import process_gone, run_cli, wait_for
+from .support.runs import last_step, losses, make_profile, only_run, write_profile
 
 pytestmark = pytest.mark.slow
 
 # Loss after resuming matches the uninterrupted run within this, on CPU fp32. Measured: identical (0.0),
 # since the same data order and RNG state come back from the checkpoint.
 RESUME_TOLERANCE = 1e-4
-
-
-def last_step(run: RunDir) -> int:
-    steps = [e["step"] for e in read_events(run.events) if e["type"] == "log"]
-    return max(steps) if steps else 0
 
 
 def learning_rates(run: RunDir) -> dict[int, float]:
@@ -146,7 +142,7 @@ def test_auto_recover_resumes_with_a_lighter_setting_after_out_of_memory(tmp_pat
                             training__save_steps=2, training__auto_recover=2)
     # An injected CUDA OOM whenever the micro-batch is above 4 (from step 2 on): the first try fails after
     # its step-2 checkpoint; the recovery halves the micro-batch into gradient accumulation and resumes.
-    result = run_cli("--profile", profile, env={"TUIWIZ_INJECT_OOM_ABOVE_BATCH": "4"})
+    result = run_cli("--profile", profile, env=inject(TUIWIZ_INJECT_OOM_ABOVE_BATCH="4"))
     run = only_run(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
     assert read_state(run).status == "completed"
@@ -166,7 +162,7 @@ def test_auto_recover_gives_up_after_its_limit_and_keeps_the_checkpoint(tmp_path
     profile = write_profile(tmp_path, "quickstart.yaml", training__max_steps=8, training__logging_steps=1,
                             training__save_steps=2, training__auto_recover=1)
     # Out of memory at every micro-batch above 2: the one recovery allowed (8 -> 4) fails as well.
-    result = run_cli("--profile", profile, env={"TUIWIZ_INJECT_OOM_ABOVE_BATCH": "2"})
+    result = run_cli("--profile", profile, env=inject(TUIWIZ_INJECT_OOM_ABOVE_BATCH="2"))
     run = only_run(tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -183,14 +179,12 @@ def test_auto_recover_gives_up_after_its_limit_and_keeps_the_checkpoint(tmp_path
 
 
 def test_auto_recover_from_full_to_lora_starts_lora_afresh_and_keeps_the_full_checkpoint(tmp_path):
-    from .test_failures import make_profile
-
     profile = make_profile(tmp_path, "quickstart.yaml", method={"type": "full"},
                            training={"max_steps": 6, "logging_steps": 1, "save_steps": 2, "auto_recover": 1,
                                      "per_device_train_batch_size": 1, "gradient_checkpointing": True,
                                      "learning_rate": 1e-4})
     # Out of memory while every weight trains: nothing lighter of full fine-tuning is left but LoRA.
-    result = run_cli("--profile", profile, env={"TUIWIZ_INJECT_OOM_FULL": "1"})
+    result = run_cli("--profile", profile, env=inject(TUIWIZ_INJECT_OOM_FULL="1"))
     run = only_run(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
     assert read_state(run).status == "completed"
@@ -211,7 +205,7 @@ def test_auto_recover_from_full_to_lora_starts_lora_afresh_and_keeps_the_full_ch
 
 def test_without_auto_recover_out_of_memory_fails_with_a_hint(tmp_path):
     profile = write_profile(tmp_path, "quickstart.yaml", training__max_steps=6, training__save_steps=2)
-    result = run_cli("--profile", profile, env={"TUIWIZ_INJECT_OOM_ABOVE_BATCH": "4"})
+    result = run_cli("--profile", profile, env=inject(TUIWIZ_INJECT_OOM_ABOVE_BATCH="4"))
     run = only_run(tmp_path)
     assert result.returncode == 1
     assert read_state(run).status == "failed"

@@ -16,8 +16,8 @@ import pytest
 
 from tuiwiz.errors import UserError
 
-from .conftest import LoopbackServer, run_cli
-from .test_hub_data import ROWS, fake_dataset_cache, parquet_bytes
+from .support.hub import ROWS, LoopbackServer, fake_dataset_cache, fake_hub_cache, parquet_bytes
+from .support.processes import run_cli
 
 
 class FakeHub(LoopbackServer):
@@ -181,8 +181,6 @@ def test_a_cached_hub_model_gets_the_disk_check_before_a_run_exists(tmp_path, mo
     from tuiwiz.demo.build import ensure_demo_model
     from tuiwiz.profile.io import load_profile
     from tuiwiz.run.launch import create_run
-
-    from .test_modelinfo import fake_hub_cache
 
     demo = ensure_demo_model()
     cache = tmp_path / "hub"

@@ -9,8 +9,8 @@ from tuiwiz.plan.hardware import probe as probe_hardware
 from tuiwiz.profile.io import load_profile
 from tuiwiz.run.probe import probe
 
-from .conftest import run_cli
-from .test_training import write_profile
+from .support.processes import run_cli
+from .support.runs import write_profile
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,8 @@ def test_probe_steps_down_when_the_budget_is_too_small(tmp_path):
     assert len(result.attempts) == 2
     first, second = result.attempts
     assert first.measured_mb > 100 and first.status == "completed"
-    assert second.profile.training.per_device_train_batch_size == first.profile.training.per_device_train_batch_size // 2
+    halved = first.profile.training.per_device_train_batch_size // 2
+    assert second.profile.training.per_device_train_batch_size == halved
     t = second.profile.training
     assert t.per_device_train_batch_size * t.gradient_accumulation_steps == 8  # same effective batch
     assert result.changes and "micro-batch" in result.changes[0].lower()

@@ -5,10 +5,12 @@ import json
 import pytest
 
 from tuiwiz.errors import UserError
+from tuiwiz.methods import METHOD_NAMES, METHODS
 from tuiwiz.profile.io import load_profile, parse_profile_text, profile_json_schema, save_profile
-from tuiwiz.profile.schema import DEFAULT_LEARNING_RATE, METHOD_TYPES, Profile
+from tuiwiz.profile.schema import Profile
 
-from .conftest import PROFILES, run_cli
+from .support import PROFILES
+from .support.processes import run_cli
 
 
 def error_of(text: str) -> UserError:
@@ -109,16 +111,16 @@ def test_save_is_a_round_trip_and_atomic(tmp_path):
 
 
 def test_learning_rate_defaults_per_method():
-    for method in METHOD_TYPES:
+    for method in METHOD_NAMES:
         profile = Profile.model_validate({"method": {"type": method}})
-        assert profile.learning_rate == DEFAULT_LEARNING_RATE[method]
+        assert profile.learning_rate == METHODS[method].learning_rate
     assert Profile.model_validate({"training": {"learning_rate": 0.1}}).learning_rate == 0.1
 
 
 def test_json_schema_lists_every_method():
     schema = json.loads(profile_json_schema())
     text = json.dumps(schema)
-    for method in METHOD_TYPES:
+    for method in METHOD_NAMES:
         assert f'"{method}"' in text
     assert schema["properties"]["model"]
 
@@ -129,7 +131,7 @@ def test_every_shipped_profile_validates():
     for path in files:
         loaded = load_profile(path)
         methods.add(loaded.profile.method.type)
-    assert methods == set(METHOD_TYPES), "one shipped profile per method"
+    assert methods == set(METHOD_NAMES), "one shipped profile per method"
     assert (PROFILES / "quickstart.yaml").exists()
 
 

@@ -14,7 +14,8 @@ LLAMA3 = (
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 CHATML_NO_GENERATION = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 CONVERSATION = [
@@ -84,5 +85,5 @@ def test_no_tokenizer_json_is_a_user_error(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
     from tuiwiz.errors import UserError
 
-    with pytest.raises(UserError, match="no tokenizer.json"):
+    with pytest.raises(UserError, match=r"no tokenizer\.json"):
         ModelText(tmp_path).count(["hello"])

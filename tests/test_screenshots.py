@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 
-from .conftest import ROOT
+from .support import ROOT
 
 
 def test_every_scene_has_a_screenshot_shown_in_the_readme():
-    from tuiwiz.ui.scenes import SCENES
+    from .support.scenes import SCENES
 
     names = set(SCENES)
     files = {p.stem for p in (ROOT / "screenshots").glob("*.svg")}
     shown = set(re.findall(r"\(screenshots/([\w-]+)\.svg\)", (ROOT / "README.md").read_text(encoding="utf-8")))
-    assert names == files, "run python -m tuiwiz.ui.screenshots"
+    assert names == files, "run python -m tests.support.screenshots"
     assert shown == files

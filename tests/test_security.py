@@ -39,8 +39,9 @@ from tuiwiz.errors import UserError
 from tuiwiz.profile.io import load_profile, parse_profile_text
 from tuiwiz.profile.schema import Profile
 
-from .conftest import PROFILES, ROOT, run_cli
-from .test_training import only_run, write_profile
+from .support import PROFILES, ROOT
+from .support.processes import run_cli
+from .support.runs import only_run, write_profile
 
 PACKAGE = ROOT / "tuiwiz"
 SITE = Path(yaml.__file__).resolve().parent.parent  # site-packages
@@ -160,7 +161,7 @@ def test_tokens_in_the_environment_are_never_written(tmp_path):
         content = path.read_bytes()
         for name, value in tokens.items():
             assert value.encode() not in content, f"{name} written to {path}"
-    for name, value in tokens.items():
+    for value in tokens.values():
         assert value not in result.stdout + result.stderr
 
     # Nothing outside the run dir: the working directory stays empty, tmp_path holds the profile and runs/.

@@ -4,39 +4,16 @@ Each method trains a few dozen steps; the loss must fall and the output must rel
 """
 
 import json
-from pathlib import Path
 
 import pytest
-import yaml
 
 from tuiwiz.run.events import read_events
 from tuiwiz.run.rundir import RunDir, read_state
 
-from .conftest import PROFILES, run_cli
+from .support.processes import run_cli
+from .support.runs import build_trainer, generate, losses, only_run, write_profile
 
 pytestmark = pytest.mark.slow
-
-
-def write_profile(tmp_path: Path, base: str, **overrides) -> Path:
-    """A shipped profile with its runs sent to tmp_path and some fields changed."""
-    data = yaml.safe_load((PROFILES / base).read_text())
-    data.setdefault("output", {})["runs_dir"] = str(tmp_path / "runs")
-    for dotted, value in overrides.items():
-        section, key = dotted.split("__")
-        data.setdefault(section, {})[key] = value
-    path = tmp_path / base
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def only_run(tmp_path: Path) -> RunDir:
-    runs = [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]
-    assert len(runs) == 1, runs
-    return RunDir(runs[0])
-
-
-def losses(run: RunDir) -> dict[int, float]:
-    return {e["step"]: e["loss"] for e in read_events(run.events) if e["type"] == "log"}
 
 
 def assert_trained(result, run: RunDir, fall: float = 0.7):
@@ -51,24 +28,6 @@ def assert_trained(result, run: RunDir, fall: float = 0.7):
     assert start["world_size"] == 1
     assert any(e["type"] == "run_end" and e["status"] == "completed" for e in events)
     return start
-
-
-def generate(output: Path, prompt: str = "Hello") -> str:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(output)
-    if (output / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(output)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(output)
-    inputs = tokenizer(prompt, return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    assert out.shape[1] > inputs["input_ids"].shape[1]
-    return tokenizer.decode(out[0][inputs["input_ids"].shape[1]:])
 
 
 METHOD_PROFILES = [
@@ -112,18 +71,6 @@ def test_classification_on_pretrained_minilm(tmp_path):
     assert labels[int(logits.argmax())] == "weather"
 
 
-def build_trainer(tmp_path: Path, base: str, **overrides):
-    """The runner's own trainer for a shipped profile, built in this process (nothing trains)."""
-    from tuiwiz.profile.io import load_profile
-    from tuiwiz.train.runner import _build_trainer
-
-    tmp_path.mkdir(exist_ok=True)
-    profile = load_profile(write_profile(tmp_path, base, **overrides)).profile
-    run = RunDir(tmp_path / "run")
-    run.path.mkdir()
-    return _build_trainer(profile, run, [])
-
-
 def chatml(messages: list[dict]) -> str:
     """The demo tokenizer's chat template, written out by hand."""
     return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
@@ -159,7 +106,7 @@ def test_sft_loss_is_on_the_completion_only(tmp_path):
     # alpaca: the prompt (user turn and the assistant header) is masked, the answer and its end are trained
     trainer, info = build_trainer(tmp_path / "alpaca", "quickstart.yaml")
     answers = {r["instruction"]: r["output"] for r in records("alpaca")}
-    examples = first_batch(trainer, info["tokenizer"])
+    examples = first_batch(trainer, info.tokenizer)
     assert len(examples) == 8
     for text, spans in examples:
         question = text.split("\n", 1)[1].split("<|im_end|>", 1)[0]
@@ -170,7 +117,7 @@ def test_sft_loss_is_on_the_completion_only(tmp_path):
     # chat: both assistant turns are trained, the system and user turns and the role headers are not
     trainer, info = build_trainer(tmp_path / "chat", "demo-chat-lora.yaml")
     conversations = {chatml(r["messages"]): r["messages"] for r in records("chat")}
-    examples = first_batch(trainer, info["tokenizer"])
+    examples = first_batch(trainer, info.tokenizer)
     assert len(examples) == 8
     for text, spans in examples:
         messages = conversations[text]

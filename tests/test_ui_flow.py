@@ -11,16 +11,10 @@ from tuiwiz.run.events import read_events
 from tuiwiz.run.rundir import ACTIVE, effective_status
 from tuiwiz.ui.app import TuiwizApp
 from tuiwiz.ui.choices import WizardState, save_and_launch
-from tuiwiz.ui.testing import prepared_state, screen_text, wait_for, widget_text
 
-from .test_ui_support import demo_built, ui_env  # noqa: F401  (fixtures)
+from .support.testing import SIZE, on, prepared_state, screen_text, wait_for, widget_text
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
-SIZE = (80, 24)
-
-
-def on(app, name: str) -> bool:
-    return type(app.screen).__name__ == name
 
 
 async def set_field(pilot, widget_id: str, text: str) -> None:

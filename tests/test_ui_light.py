@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from .test_ui_support import demo_built  # noqa: F401  (fixture)
+from .support import ROOT
 
 HEAVY = ("torch", "transformers", "peft", "trl", "bitsandbytes", "deepspeed", "datasets", "accelerate")
 
@@ -18,7 +18,7 @@ import asyncio, json, sys
 from pathlib import Path
 from tuiwiz.ui.app import TuiwizApp
 from tuiwiz.ui.choices import WizardState
-from tuiwiz.ui.testing import wait_for, write_fixture_run
+from tests.support.testing import wait_for, write_fixture_run
 
 async def main():
     work = Path(sys.argv[1])
@@ -37,7 +37,7 @@ async def main():
         # the post-training screens, fed a recorded session (their model runs in a process of its own)
         from tuiwiz.ui.screens.chat import ChatScreen
         from tuiwiz.ui.screens.job import JobScreen
-        from tuiwiz.ui.testing import Replay
+        from tests.support.testing import Replay
         chat = ChatScreen("runs/demo", compare=True, process=Replay("chat"))
         app.push_screen(chat)
         await wait_for(pilot, lambda: chat.ready)
@@ -62,12 +62,13 @@ def test_ui_modules_import_light(module):
         assert "textual" not in loaded, f"{module} imported Textual"  # the entry point and plain mode stay lean
 
 
+@pytest.mark.slow  # the whole app walked in a fresh interpreter
 def test_every_screen_without_the_training_stack(tmp_path, monkeypatch, demo_built):
     monkeypatch.setenv("TUIWIZ_HARDWARE", "cpu-only")
     (tmp_path / "hf").mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     code = WALK.replace("{heavy!r}", repr(HEAVY))
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
-                            timeout=240)
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=240)  # from the repository, where tests.support is
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []

@@ -14,9 +14,8 @@ from tuiwiz.run.rundir import read_state, registered_runs
 from tuiwiz.ui.app import TuiwizApp
 from tuiwiz.ui.choices import WizardState
 from tuiwiz.ui.plain import run_plain
-from tuiwiz.ui.testing import wait_for
 
-from .test_ui_support import demo_built, ui_env  # noqa: F401  (fixtures)
+from .support.testing import wait_for
 
 ENTER, DOWN, BACKSPACE = "\r", "\x1b[B", "\x7f"
 
@@ -27,7 +26,7 @@ async def app_profile(workdir):
     on = lambda name: type(app.screen).__name__ == name
     async with app.run_test(size=(80, 24)) as pilot:
         for screen in ("HardwareScreen", "ModelScreen", "DataScreen"):
-            await wait_for(pilot, lambda: on(screen) and app.screen.ready(), timeout=60)
+            await wait_for(pilot, lambda screen=screen: on(screen) and app.screen.ready(), timeout=60)
             await pilot.press("ctrl+n")
         await wait_for(pilot, lambda: on("MethodScreen") and app.screen.ready())
         await pilot.press("down")

@@ -11,18 +11,12 @@ import time
 import pytest
 
 from tuiwiz.ui.app import TuiwizApp
-from tuiwiz.ui.testing import fixed_clock, screen_text, wait_for
 
-from .conftest import ROOT
-from .test_merge import trained_run
-from .test_ui_support import demo_built, ui_env  # noqa: F401  (fixtures)
+from .support import ROOT
+from .support.testing import SIZE, fixed_clock, on, screen_text, wait_for
+from .support.trained_runs import copy_run
 
-SIZE = (80, 24)
 COW = "What sound does the cow make?"
-
-
-def on(app, name: str) -> bool:
-    return type(app.screen).__name__ == name
 
 
 def chat_app() -> TuiwizApp:
@@ -49,9 +43,10 @@ async def ask(pilot, screen, text: str, *, temperature: str = "0", max_tokens: s
     await pilot.press("enter")
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
-async def test_chat_streams_text_before_the_answer_ends(ui_env, tmp_path_factory):
-    run = trained_run(tmp_path_factory, "lora")
+async def test_chat_streams_text_before_the_answer_ends(ui_env, trained_run):
+    run = trained_run("lora")
     app = chat_app()
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_chat(app, pilot, run, compare=False)
@@ -94,7 +89,7 @@ async def test_chat_streams_text_before_the_answer_ends(ui_env, tmp_path_factory
         # another run's adapter on the same base, picked with ctrl+o from the runs tuiwiz knows, then switched to
         from tuiwiz.run.rundir import register
 
-        dora = trained_run(tmp_path_factory, "dora")
+        dora = trained_run("dora")
         register(dora)  # as every run tuiwiz starts is
         await pilot.press("ctrl+o")
         await wait_for(pilot, lambda: on(app, "ChoiceDialog") and dora.run_id in screen_text(app))
@@ -114,9 +109,10 @@ async def test_chat_streams_text_before_the_answer_ends(ui_env, tmp_path_factory
         assert screen.client.returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
-async def test_chat_side_by_side_answers_differ_and_stop_ends_an_answer(ui_env, tmp_path_factory):
-    run = trained_run(tmp_path_factory, "lora")
+async def test_chat_side_by_side_answers_differ_and_stop_ends_an_answer(ui_env, trained_run):
+    run = trained_run("lora")
     app = chat_app()
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await open_chat(app, pilot, run, compare=True)
@@ -138,10 +134,10 @@ async def test_chat_side_by_side_answers_differ_and_stop_ends_an_answer(ui_env, 
         from textual.widgets import Input
 
         screen.query_one("#chat-top-p", Input).value = "1"
-        for attempt in range(4):  # seconds of streaming each: time for the stop to land
+        for _ in range(4):  # seconds of streaming each: time for the stop to land
             asked = len(screen.finished)
             await ask(pilot, screen, "Tell me a long story about a cow.", temperature="2", max_tokens="2000")
-            def pair_done() -> bool:
+            def pair_done(asked=asked) -> bool:
                 return screen.current is None and not screen.pending and len(screen.finished) > asked
 
             await wait_for(pilot, lambda: pair_done() or (screen.current is not None
@@ -151,19 +147,17 @@ async def test_chat_side_by_side_answers_differ_and_stop_ends_an_answer(ui_env, 
                 await wait_for(pilot, pair_done, timeout=60)
             if screen.finished[-1]["stopped"]:
                 break
-        assert screen.finished[-1]["stopped"] and screen.finished[-1]["tokens"] < 2000, attempt
+        assert screen.finished[-1]["stopped"] and screen.finished[-1]["tokens"] < 2000, screen.finished[-1]
         await wait_for(pilot, lambda: "[stopped]" in screen_text(app), timeout=10)  # drawn at the next refresh
         assert screen.pending == [] and screen.current is None  # a stop ends the pair: nothing more is asked
         await pilot.press("escape")
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
-async def test_merge_and_export_screens_run_the_real_commands(ui_env, tmp_path_factory, tmp_path):
-    import shutil
-
-    run = trained_run(tmp_path_factory, "lora")
-    copy = tmp_path / "runs" / run.run_id  # merge into a copy: other tests expect RUN/merged as they made it
-    shutil.copytree(run.path, copy, ignore=shutil.ignore_patterns("merged", "export-*"))
+async def test_merge_and_export_screens_run_the_real_commands(ui_env, trained_run, tmp_path):
+    run = trained_run("lora")
+    copy = copy_run(run, tmp_path / "runs" / run.run_id).path  # merge into a copy: the trained run is shared
     app = TuiwizApp(attach=str(copy), offer_attach=False, blink=False, clock=fixed_clock)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: on(app, "MonitorScreen") and app.screen.snapshot is not None, timeout=30)

@@ -10,7 +10,8 @@ import pytest
 from tuiwiz.run.rundir import RunDir
 from tuiwiz.ui import runview
 from tuiwiz.ui.runview import RunReader, Series
-from tuiwiz.ui.testing import write_fixture_run
+
+from .support.testing import write_fixture_run
 
 
 def test_series_thins_by_stride_and_keeps_the_last_point():

@@ -9,10 +9,8 @@ import os
 
 import pytest
 
-from tuiwiz.ui.scenes import SCENES, scene_environment, stop_sleepers
-from tuiwiz.ui.testing import settle
-
-from .test_ui_support import demo_built  # noqa: F401  (fixture)
+from .support.scenes import SCENES, scene_environment, stop_sleepers
+from .support.testing import settle
 
 SIZES = {"80x24": (80, 24), "140x40": (140, 40)}
 

@@ -1,7 +1,9 @@
-"""Every screen of the app in a fixed state: for the snapshot tests and ``tuiwiz/ui/screenshots.py``.
+"""Every screen of the app in a fixed state: for the snapshot tests and ``tests/support/screenshots.py``.
 
 A scene builds the real app on a recorded machine (``TUIWIZ_HARDWARE``), fixed
-run data and a fixed clock, and says when it is ready to be pictured. Set up the
+run data and a fixed clock, and says when it is ready to be pictured. The monitor's
+run data is illustrative (``write_fixture_run``: a synthetic loss curve); the post-training
+screens replay real sessions recorded in recorded/. Set up the
 environment first with ``scene_environment`` (the tests use monkeypatch instead).
 """
 
@@ -16,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuiwiz.ui.app import TuiwizApp
-from tuiwiz.ui.testing import Replay, fixed_clock, hold_running, prepared_state, wait_for, write_fixture_run
+
+from .testing import Replay, fixed_clock, hold_running, prepared_state, wait_for, write_fixture_run
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ def _attach_offer(workdir: Path):
     return app, ready
 
 
-RECORDED_RUN = "demo-lora-20260101-000000-beef"  # the run id in ui/recorded/*.jsonl
+RECORDED_RUN = "demo-lora-20260101-000000-beef"  # the run id in recorded/*.jsonl
 
 
 def _post(what: str):
@@ -210,9 +213,13 @@ SCENES = {s.name: s for s in (
           "a value the schema refuses, with its message"),
     Scene("review", "cpu-only", _step("review", "ReviewScreen", option="cpu-lora"),
           "the profile, where it is saved and the headless command"),
-    Scene("monitor-running", "rtx4090-24gb", _monitor("running", live=True), "a run in progress"),
-    Scene("monitor-completed", "rtx4090-24gb", _monitor("completed"), "a finished run and the next actions"),
-    Scene("monitor-failed", "cpu-only", _monitor("failed"), "a failed run: the error and its hint"),
+    # the monitor scenes read a run written by write_fixture_run: a made-up loss curve, not a training's
+    Scene("monitor-running", "rtx4090-24gb", _monitor("running", live=True),
+          "a run in progress (illustrative events)"),
+    Scene("monitor-completed", "rtx4090-24gb", _monitor("completed"),
+          "a finished run and the next actions (illustrative events)"),
+    Scene("monitor-failed", "cpu-only", _monitor("failed"),
+          "a failed run: the error and its hint (illustrative events)"),
     Scene("runs", "cpu-only", lambda w: _runs_app(w), "every run on this machine"),
     Scene("runs-delete", "cpu-only", lambda w: _runs_app(w, "delete"), "deleting asks first"),
     Scene("help", "cpu-only", _help, "help: the keys of the screen below"),

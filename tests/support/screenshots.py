@@ -1,8 +1,8 @@
 """Write an SVG of every screen, made from the real app, to screenshots/ (and print the list).
 
-    python -m tuiwiz.ui.screenshots [--out screenshots] [--size 100x30]
+    python -m tests.support.screenshots [--out screenshots] [--size 100x30]   (from the repo root)
 
-Each scene (tuiwiz/ui/scenes.py) runs on a recorded machine with fixed run data
+Each scene (tests/support/scenes.py) runs on a recorded machine with fixed run data
 in a temporary folder; the demo model is built first if needed.
 """
 
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TUIWIZ_STATE_DIR"] = str(home_path / "state")
         from textual._doc import take_svg_screenshot
 
-        from tuiwiz.ui.scenes import SCENES, ensure_demo, scene_environment, stop_sleepers
-        from tuiwiz.ui.testing import settle
+        from .scenes import SCENES, ensure_demo, scene_environment, stop_sleepers
+        from .testing import settle
 
         ensure_demo()
         written = []

@@ -1,6 +1,6 @@
 """Helpers for the UI's tests, screenshots and benchmarks: fixed run data, screen text, waiting.
 
-Nothing here runs in the app itself.
+Nothing here runs in the app itself: it lives with the tests (bench/ui_events.py imports it from the repo root).
 """
 
 from __future__ import annotations
@@ -17,6 +17,21 @@ FIXED_TIME = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC: the clock of snapshot t
 
 def fixed_clock() -> float:
     return FIXED_TIME + 95.0
+
+
+SIZE = (80, 24)  # the terminal the UI is designed for
+
+
+def app_at(state, step: str, **kwargs):
+    """The app opened at ``step`` of ``state``, as a screen test wants it: no attach offer, no blink, fixed clock."""
+    from tuiwiz.ui.app import TuiwizApp
+
+    return TuiwizApp(state, start=step, offer_attach=False, blink=False, clock=fixed_clock, **kwargs)
+
+
+def on(app, name: str) -> bool:
+    """The app shows the screen of class ``name``."""
+    return type(app.screen).__name__ == name
 
 
 def screen_text(app) -> str:
@@ -111,11 +126,12 @@ def write_fixture_run(runs_dir: Path, run_id: str = "demo-lora-20260101-000000-b
                        "path": str(path / "checkpoints" / f"checkpoint-{steps}")})
         events.append({"type": "status", "time": end, "status": "stopped", "step": steps})
     (path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
-    log_lines = [f"{{'loss': '{_log(s, max_steps, 0)['loss']}', 'epoch': '{s / 20:.2f}'}}" for s in range(5, steps + 1, 5)]
+    log_lines = [f"{{'loss': '{_log(s, max_steps, 0)['loss']}', 'epoch': '{s / 20:.2f}'}}"
+                 for s in range(5, steps + 1, 5)]
     (path / "train.log").write_text("\n".join(log_lines) + "\n", encoding="utf-8")
     (path / "profile.yaml").write_text(
         "version: 1\ntask: sft\nmodel:\n  name_or_path: demo\ndata:\n  path: demo:alpaca\n  max_length: 128\n"
-        "method:\n  type: lora\ntraining:\n  max_steps: %d\n" % max_steps, encoding="utf-8")
+        f"method:\n  type: lora\ntraining:\n  max_steps: {max_steps}\n", encoding="utf-8")
     state = {"run_id": run_id, "status": status, "host": host or socket.gethostname(), "pid": None, "pgid": None,
              "create_time": None, "created": t0, "updated": end, "exit_code": 0 if status != "failed" else 1,
              "error": "CUDA out of memory at step 120" if status == "failed" else None}
@@ -168,11 +184,11 @@ def prepared_state(workdir: Path, *, until: str = "review", model: str = "demo",
     return state
 
 
-RECORDED = Path(__file__).parent / "recorded"  # events of real `--jsonl` sessions on the demo (see replay)
+RECORDED = Path(__file__).parent / "recorded"  # events of real `--jsonl` sessions on the demo (see Replay)
 
 
 class Replay:
-    """Stands in for JsonlProcess with the events of a real session recorded in ui/recorded/NAME.jsonl.
+    """Stands in for JsonlProcess with the events of a real session recorded in recorded/NAME.jsonl.
 
     The events without a request id come at the start (``ready``, ``progress``, ``result``); those of the
     n-th recorded request come when the screen sends its n-th ``ask`` (renumbered to its id). Delivered
