@@ -85,7 +85,8 @@ def follow_fast_writer(folder: Path, seconds: float = 5.0, rate: int = 5000, kee
         peak = max(peak, me.memory_info().rss)
         time.sleep(0.05)
     proc.join()
-    return {"events": seen, "events_per_second": round(seen / seconds), "rss_growth_mb": round((peak - base) / 2**20, 1)}
+    return {"events": seen, "events_per_second": round(seen / seconds),
+            "rss_growth_mb": round((peak - base) / 2**20, 1)}
 
 
 def main() -> int:

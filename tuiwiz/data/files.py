@@ -149,9 +149,11 @@ def _parquet_rows(path: Path) -> list[tuple[int, object]]:
 def read_rows(path: Path) -> list[tuple[int, object]]:
     """The raw rows of a data file with their line numbers. Raises UserError."""
     if not path.exists():
-        raise data_error("no such dataset file", path, hint="check data.path; relative paths start at the profile's folder")
+        raise data_error("no such dataset file", path,
+                         hint="check data.path; relative paths start at the profile's folder")
     if path.is_dir():
-        raise data_error("this is a folder, not a dataset file", path, hint="name a .jsonl, .json, .csv or .parquet file")
+        raise data_error("this is a folder, not a dataset file", path,
+                         hint="name a .jsonl, .json, .csv or .parquet file")
     if not path.is_file():
         raise data_error("this is not a regular file (a device or a pipe)", path, hint="name a dataset file")
     suffix = path.suffix.lower()

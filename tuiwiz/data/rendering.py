@@ -154,7 +154,8 @@ class ModelText:
         """Token counts, special tokens written in the text counted as one each (no BOS added)."""
         return [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
-    def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
+    def apply_chat_template(self, messages: list[dict], *,
+                            add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
         if not self.chat_template:
             raise UserError("the model's tokenizer has no chat template", kind="data",
                             hint="use a chat (instruct) model, or alpaca/text data")

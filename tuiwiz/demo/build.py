@@ -168,7 +168,8 @@ def qa_pairs() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     for x in range(10):
         for y in range(10):
             if x + y < len(NUMBERS):
-                pair = (f"What is {NUMBERS[x]} plus {NUMBERS[y]}?", f"{NUMBERS[x]} plus {NUMBERS[y]} is {NUMBERS[x + y]}.")
+                pair = (f"What is {NUMBERS[x]} plus {NUMBERS[y]}?",
+                        f"{NUMBERS[x]} plus {NUMBERS[y]} is {NUMBERS[x + y]}.")
                 (held_out if (x * 10 + y) % 9 == 4 else train).append(pair)
     return train, held_out
 

@@ -92,7 +92,7 @@ class ChatScreen(ReportsWorkerErrors, Screen[None]):
 
     def __init__(self, ref: str, *, compare: bool = False, label: str | None = None, process=JsonlProcess) -> None:
         super().__init__()
-        self.process = process  # JsonlProcess, or a stand-in with its interface (ui/testing.py's replay)
+        self.process = process  # JsonlProcess, or a stand-in with its interface (tests/support/testing.py's Replay)
         self.ref, self.compare, self.label = str(ref), compare, label or str(ref).rstrip("/").rsplit("/", 1)[-1]
         self.client: JsonlProcess | None = None
         self.ready = False

@@ -59,7 +59,7 @@ class JobScreen(ReportsWorkerErrors, Screen[dict | None]):
     def __init__(self, what: str, args: list[str], *, title: str, cwd: str | None = None,
                  process=JsonlProcess) -> None:
         super().__init__()
-        self.process = process  # JsonlProcess, or a stand-in with its interface (ui/testing.py's replay)
+        self.process = process  # JsonlProcess, or a stand-in with its interface (tests/support/testing.py's Replay)
         self.what, self.args, self.title_text, self.cwd = what, list(args), title, cwd
         self.client: JsonlProcess | None = None
         self.result: dict | None = None
