@@ -69,3 +69,14 @@ def test_cli_lists_newest_first_with_limit_and_all(tmp_path, monkeypatch):
     assert "newest-" in limited.stdout and "oldest-" not in limited.stdout
     assert "1 older runs not shown: tuiwiz runs --all" in limited.stdout
     assert "oldest-20261205-120001-abcd" in runs("--all").stdout
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    """`tuiwiz ... | head`: the pipe closes under the writer; the command ends quietly."""
+    proc = subprocess.Popen([sys.executable, "-m", "tuiwiz", "profile", "schema"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc.stdout.readline()
+    proc.stdout.close()  # before the rest of the schema is written
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
