@@ -1,6 +1,7 @@
 """The event log: one JSON object per line in ``events.jsonl``.
 
-The trainer appends; every front end reads. Readers take complete lines only,
+The trainer appends typed events (tuiwiz.run.event_types); every front end reads the
+objects back and types them with ``parse_event``. Readers take complete lines only,
 so a torn last line (a writer mid-write, or killed) is left for the next read.
 The event types and their fields are documented in docs/events.md.
 """
@@ -13,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-EVENT_TYPES = ("run_start", "status", "log", "eval", "checkpoint", "error", "warning", "run_end")
+from tuiwiz.run.event_types import EVENTS, Event
 
 
 class EventWriter:
@@ -23,15 +24,19 @@ class EventWriter:
         self.path = Path(path)
         self._handle = open(self.path, "a", encoding="utf-8")
 
-    def emit(self, type: str, *, durable: bool = False, **fields) -> dict:
-        if type not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {type!r}")
-        event = {"type": type, "time": round(time.time(), 3), **fields}
-        self._handle.write(json.dumps(event, default=str, allow_nan=True) + "\n")
+    def emit(self, event: Event, *, durable: bool = False) -> Event:
+        """Append ``event`` stamped with the time; ``durable`` fsyncs it. Returns it as written."""
+        if EVENTS.get(event.type) is not type(event):
+            raise ValueError(f"unknown event type {event.type!r}")  # an UnknownEvent is read, never written
+        if event.unknown_fields():
+            raise ValueError(f"{event.type} event has no field {', '.join(event.unknown_fields())}")
+        now = round(time.time(), 3)
+        line = {"type": event.type, "time": now, **event.fields()}
+        self._handle.write(json.dumps(line, default=str, allow_nan=True) + "\n")
         self._handle.flush()
         if durable:
             os.fsync(self._handle.fileno())
-        return event
+        return event.model_copy(update={"time": now})
 
     def close(self) -> None:
         self._handle.close()

@@ -13,9 +13,21 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from tuiwiz.run.event_types import (
+    CheckpointEvent,
+    ErrorEvent,
+    EvalEvent,
+    Event,
+    LogEvent,
+    RunEndEvent,
+    RunStartEvent,
+    StatusEvent,
+    WarningEvent,
+    parse_event,
+)
 from tuiwiz.run.events import EventTail
 from tuiwiz.run.launch import stop_run
-from tuiwiz.run.rundir import FINISHED, RunDir, effective_status, read_state, record_exit
+from tuiwiz.run.rundir import ACTIVE, FINISHED, RunDir, effective_status, read_state, unrecorded_end, watcher_alive
 
 EXIT_CODES = {"completed": 0, "failed": 1, "stopped": 130}
 
@@ -23,53 +35,52 @@ EXIT_CODES = {"completed": 0, "failed": 1, "stopped": 130}
 @dataclass
 class FollowResult:
     status: str
-    last_log: dict | None = None
-    run_end: dict | None = None
-    errors: list[dict] = field(default_factory=list)
+    last_log: LogEvent | None = None
+    run_end: RunEndEvent | None = None
+    errors: list[ErrorEvent] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
         return EXIT_CODES.get(self.status, 1)
 
 
-def format_log(event: dict) -> str:
-    parts = [f"step {event.get('step')}/{event.get('max_steps')}"]
-    if event.get("epoch") is not None:
-        parts.append(f"epoch {event['epoch']:.2f}")
-    if event.get("loss") is not None:
-        parts.append(f"loss {event['loss']:.4f}")
-    if event.get("learning_rate") is not None:
-        parts.append(f"lr {event['learning_rate']:.2e}")
-    if event.get("tokens_per_second"):
-        parts.append(f"{event['tokens_per_second']:.0f} tok/s")
+def format_log(event: LogEvent) -> str:
+    parts = [f"step {event.step}/{event.max_steps}"]
+    if event.epoch is not None:
+        parts.append(f"epoch {event.epoch:.2f}")
+    if event.loss is not None:
+        parts.append(f"loss {event.loss:.4f}")
+    if event.learning_rate is not None:
+        parts.append(f"lr {event.learning_rate:.2e}")
+    if event.tokens_per_second:
+        parts.append(f"{event.tokens_per_second:.0f} tok/s")
     return "  ".join(parts)
 
 
-def _describe(event: dict) -> str | None:
-    kind = event.get("type")
-    if kind == "log":
+def _describe(event: Event) -> str | None:
+    if isinstance(event, LogEvent):
         return format_log(event)
-    if kind == "status":
-        extra = f" ({event['message']})" if event.get("message") else ""
-        return f"status: {event.get('status')}{extra}"
-    if kind == "run_start":
-        resumed = f", resumed from {event['resumed_from']}" if event.get("resumed_from") else ""
+    if isinstance(event, StatusEvent):
+        extra = f" ({event.message})" if event.message else ""
+        return f"status: {event.status}{extra}"
+    if isinstance(event, RunStartEvent):
+        resumed = f", resumed from {event.resumed_from}" if event.resumed_from else ""
         return (
-            f"training {event.get('model')} with {event.get('method')} on {event.get('device')} "
-            f"({event.get('precision')}, world size {event.get('world_size')}): "
-            f"{event.get('params_trainable'):,} of {event.get('params_total'):,} parameters trainable, "
-            f"{event.get('train_examples')} examples{resumed}"
+            f"training {event.model} with {event.method} on {event.device} "
+            f"({event.precision}, world size {event.world_size}): "
+            f"{event.params_trainable:,} of {event.params_total:,} parameters trainable, "
+            f"{event.train_examples} examples{resumed}"
         )
-    if kind == "eval":
-        metrics = ", ".join(f"{k[5:]} {v:.4f}" for k, v in event.items() if k.startswith("eval_") and isinstance(v, float))
-        return f"eval at step {event.get('step')}: {metrics}"
-    if kind == "checkpoint":
-        return f"checkpoint saved at step {event.get('step')}"
-    if kind == "error":
-        hint = f"\n  hint: {event['hint']}" if event.get("hint") else ""
-        return f"error ({event.get('kind')}): {event.get('message')}{hint}"
-    if kind == "warning":
-        return f"warning: {event.get('message')}"
+    if isinstance(event, EvalEvent):
+        metrics = ", ".join(f"{k[5:]} {v:.4f}" for k, v in event.metrics.items() if isinstance(v, float))
+        return f"eval at step {event.step}: {metrics}"
+    if isinstance(event, CheckpointEvent):
+        return f"checkpoint saved at step {event.step}"
+    if isinstance(event, ErrorEvent):
+        hint = f"\n  hint: {event.hint}" if event.hint else ""
+        return f"error ({event.kind}): {event.message}{hint}"
+    if isinstance(event, WarningEvent):
+        return f"warning: {event.message}"
     return None
 
 
@@ -79,6 +90,8 @@ def _finished(run: RunDir, proc: subprocess.Popen | None) -> bool:
     state = read_state(run)
     if state is None:
         return True
+    if state.status in ACTIVE and watcher_alive(state):
+        return False  # the trainer is gone and its watcher is recording how
     return effective_status(run, state) in FINISHED
 
 
@@ -118,20 +131,21 @@ def follow(run: RunDir, proc: subprocess.Popen | None = None, *, out: TextIO | N
         while True:
             try:
                 done = _finished(run, proc)
+                events = [parse_event(raw) for raw in tail.read()]
                 if done and proc is not None:
-                    record_exit(run, proc.returncode)  # a signal's end, read before the last events
-                for event in tail.read():
-                    kind = event.get("type")
-                    if kind == "log":
+                    # the runner and its watcher killed together: shown, not recorded (no writer is left)
+                    events += filter(None, [unrecorded_end(run, proc.returncode)])
+                for event in events:
+                    if isinstance(event, LogEvent):
                         result.last_log = event
                         if progress is not None:
                             info = format_log(event).split("  ", 1)[-1]
-                            progress.update(task, description="training", completed=event.get("step") or 0,
-                                            total=event.get("max_steps") or None, info=info)
+                            progress.update(task, description="training", completed=event.step or 0,
+                                            total=event.max_steps or None, info=info)
                             continue
-                    elif kind == "run_end":
+                    elif isinstance(event, RunEndEvent):
                         result.run_end = event
-                    elif kind == "error":
+                    elif isinstance(event, ErrorEvent):
                         result.errors.append(event)
                     text = _describe(event)
                     if text:
@@ -158,13 +172,13 @@ def print_result(run: RunDir, result: FollowResult, out: TextIO | None = None) -
     out = out or sys.stdout
     state = read_state(run)
     if result.status == "completed" and result.run_end:
-        metrics = result.run_end.get("metrics", {})
+        metrics = result.run_end.metrics or {}
         print(
             f"completed: train loss {metrics.get('train_loss', float('nan')):.4f}, "
             f"{metrics.get('train_runtime', 0):.1f} s, {metrics.get('train_tokens_per_second', 0):.0f} tokens/s",
             file=out,
         )
-        print(f"output: {result.run_end.get('output')}", file=out)
+        print(f"output: {result.run_end.output}", file=out)
     elif result.status == "stopped":
         checkpoint = run.last_checkpoint()
         where = f" at {checkpoint}" if checkpoint else ""

@@ -24,6 +24,7 @@ from pathlib import Path
 from tuiwiz.errors import UserError
 from tuiwiz.profile.io import LoadedProfile
 from tuiwiz.profile.schema import FitRecord, Profile
+from tuiwiz.run.event_types import ErrorEvent, Event, LogEvent, RunStartEvent, parse_event
 from tuiwiz.run.events import read_events
 
 OOM_KINDS = ("oom_gpu", "oom_cpu")
@@ -65,14 +66,14 @@ def _probe_profile(profile: Profile, steps: int) -> Profile:
     return profile.model_copy(update={"training": t, "data": data, "output": output, "fit": None})
 
 
-def _measured_peak_mb(events: list[dict], device: str) -> float | None:
+def _measured_peak_mb(events: list[Event], device: str) -> float | None:
     key = "gpu_reserved_mb" if device == "cuda" else "peak_rss_mb"
-    peaks = [e["memory"][key] for e in events if e.get("type") == "log" and key in e.get("memory", {})]
+    peaks = [e.memory[key] for e in events if isinstance(e, LogEvent) and key in (e.memory or {})]
     return max(peaks) if peaks else None
 
 
 def run_probe_once(profile: Profile, source: Path | None, *, steps: int = 3,
-                   on_run: Callable | None = None) -> tuple[str, float | None, dict | None]:
+                   on_run: Callable | None = None) -> tuple[str, float | None, ErrorEvent | None]:
     """One probe run through the real launcher and runner. Returns (status, peak MB, error event).
 
     ``on_run`` is told each probe's run dir as it is made (a front end stops it if it quits first).
@@ -89,10 +90,10 @@ def run_probe_once(profile: Profile, source: Path | None, *, steps: int = 3,
         import io
 
         result = follow(run, proc, out=io.StringIO(), live=False, poll=0.1)
-        events = read_events(run.events)
-        start = next((e for e in events if e["type"] == "run_start"), {})
-        error = next((e for e in reversed(events) if e["type"] == "error"), None)
-        return result.status, _measured_peak_mb(events, start.get("device", "cpu")), error
+        events = [parse_event(e) for e in read_events(run.events)]
+        start = next((e for e in events if isinstance(e, RunStartEvent)), None)
+        error = next((e for e in reversed(events) if isinstance(e, ErrorEvent)), None)
+        return result.status, _measured_peak_mb(events, (start and start.device) or "cpu"), error
     finally:
         shutil.rmtree(run.path, ignore_errors=True)
 
@@ -120,8 +121,8 @@ def probe(loaded: LoadedProfile, *, steps: int = 3, machine=None, allow_truncati
         plan = Plan.from_profile(profile, model, device=device, bf16=all(g.bf16 for g in gpus) if gpus else False)
         est_mb = estimate(model, plan, max(1, len(gpus))).total / 2**20
         status, peak, error = run_probe_once(profile, loaded.source, steps=steps, on_run=on_run)
-        attempts.append(Attempt(profile, est_mb, peak, status, error and error.get("kind"), error and error.get("message")))
-        out_of_memory = (error or {}).get("kind") in OOM_KINDS or (peak is not None and peak > budget)
+        attempts.append(Attempt(profile, est_mb, peak, status, error and error.kind, error and error.message))
+        out_of_memory = (error is not None and error.kind in OOM_KINDS) or (peak is not None and peak > budget)
         if status == "completed" and not out_of_memory:
             record = FitRecord(device=device, estimated_peak_mb=round(est_mb, 1), measured_peak_mb=round(peak or 0, 1),
                                budget_mb=round(budget, 1), probed_at=dt.datetime.now().isoformat(timespec="seconds"),
@@ -130,8 +131,8 @@ def probe(loaded: LoadedProfile, *, steps: int = 3, machine=None, allow_truncati
                                tuple(changes))
         if status != "completed" and not out_of_memory:
             raise UserError(
-                f"the probe run failed: {error.get('message') if error else status}",
-                hint=(error or {}).get("hint") or "see the probe's train.log", kind=(error or {}).get("kind", "run"),
+                f"the probe run failed: {error.message if error else status}",
+                hint=(error and error.hint) or "see the probe's train.log", kind=error.kind if error else "run",
             )
         step = step_down(profile, model, machine, allow_truncation=True)
         if step is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from tuiwiz.errors import UserError
 from tuiwiz.files import write_text_atomic
 from tuiwiz.paths import state_dir
+from tuiwiz.run.event_types import ErrorEvent, LogEvent, parse_event
 from tuiwiz.run.events import iter_tail_events
 
 ACTIVE = ("created", "starting", "loading", "running", "stopping")
@@ -170,20 +171,12 @@ _SIGNAL_CAUSES = {"SIGKILL": "often the kernel's out-of-memory killer; check dme
                   "SIGTERM": "ended from outside before it could checkpoint", "SIGABRT": "a library aborted"}
 
 
-def record_exit(run: RunDir, returncode: int | None, *, check_process: bool = True) -> bool:
-    """Record a signal's end of a runner this process started and saw exit (only its parent learns it).
-
-    Nothing changes when the runner wrote its final status, nor while the process state.json names
-    is still alive (a launcher or watcher killed alone leaves its trainer running).
-    Returns whether it recorded the end.
+def killed_by_signal(run: RunDir, returncode: int) -> ErrorEvent:
+    """The error of a runner that signal ``-returncode`` ended: what its watcher records (train/watcher.py),
+    and what a front end that saw the runner and its watcher go at once may show (nobody is left to record it).
     """
     import signal
 
-    if returncode is None or returncode >= 0:
-        return False
-    state = read_state(run)
-    if check_process and state is not None and process_alive(state):
-        return False
     number = -returncode
     try:
         name = signal.Signals(number).name
@@ -196,18 +189,18 @@ def record_exit(run: RunDir, returncode: int | None, *, check_process: bool = Tr
                 f"`tuiwiz resume {run.run_id}` continues from the last checkpoint")
     else:
         hint = f"see train.log in the run folder; `tuiwiz resume {run.run_id}` continues from the last checkpoint"
-    if update_state(run, only_from=ACTIVE, status="failed", exit_code=returncode, error=message) is None:
-        return False
-    from tuiwiz.run.events import EventWriter
+    return ErrorEvent(kind="killed", message=message, hint=hint, traceback=None)
 
-    writer = EventWriter(run.events)  # the runner, its only other writer, is gone
-    try:
-        writer.emit("error", durable=True, kind="killed", message=message, hint=hint, traceback=None)
-        writer.emit("run_end", status="failed", error_kind="killed")
-        writer.emit("status", status="failed", durable=True)
-    finally:
-        writer.close()
-    return True
+
+def unrecorded_end(run: RunDir, returncode: int | None, state: RunState | None = None) -> ErrorEvent | None:
+    """For display only: the end of a runner this process started and saw end by a signal (``returncode``
+    < 0) when nobody recorded it, as when the runner and its watcher were killed together; else None."""
+    if returncode is None or returncode >= 0:
+        return None
+    state = state or read_state(run)
+    if state is None or state.status not in ACTIVE or process_alive(state) is not False or watcher_alive(state):
+        return None
+    return killed_by_signal(run, returncode)
 
 
 @dataclass(frozen=True)
@@ -235,12 +228,11 @@ def summarize(run: RunDir) -> RunSummary:
     step = max_steps = None
     loss = None
     error = state.error if state else None
-    for event in iter_tail_events(run.events):
-        kind = event.get("type")
-        if kind == "log":
-            step, max_steps, loss = event.get("step"), event.get("max_steps"), event.get("loss")
-        elif kind == "error":
-            error = event.get("message")
+    for event in map(parse_event, iter_tail_events(run.events)):
+        if isinstance(event, LogEvent):
+            step, max_steps, loss = event.step, event.max_steps, event.loss
+        elif isinstance(event, ErrorEvent):
+            error = event.message
     try:
         import yaml
 

@@ -6,7 +6,7 @@
 import argparse
 import sys
 
-from tuiwiz.train.runner import run_training
+from tuiwiz.train.lifecycle import run_training
 
 
 def main() -> int:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import psutil
 import torch
 from transformers import TrainerCallback
 
+from tuiwiz.profile.schema import Profile
+from tuiwiz.run.event_types import CheckpointEvent, EvalEvent, Event, LogEvent, StatusEvent
 from tuiwiz.run.events import EventWriter
 from tuiwiz.train.failures import LossDiverged, LossWatch, NonFiniteLoss
 from tuiwiz.train.stop import StopFlag
@@ -38,9 +39,9 @@ class RunnerCallback(TrainerCallback):
         self._last_tokens = 0
         self.start_tokens = 0
 
-    def _emit(self, type: str, **fields) -> None:
+    def _emit(self, event: Event, durable: bool = False) -> None:
         if self.events is not None:
-            self.events.emit(type, **fields)
+            self.events.emit(event, durable=durable)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_time = time.perf_counter()
@@ -48,21 +49,7 @@ class RunnerCallback(TrainerCallback):
         for logged in state.log_history:  # a resumed run keeps where it began and its lowest loss
             if "loss" in logged and math.isfinite(logged["loss"]):
                 self.watch.observe(float(logged["loss"]))
-        self._emit("status", status="running", step=state.global_step, max_steps=state.max_steps)
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        # Fault injection for the recovery tests: an OOM above a micro-batch, or while every weight trains
-        # (full fine-tuning), from step 2 on.
-        limit = os.environ.get("TUIWIZ_INJECT_OOM_ABOVE_BATCH")
-        if limit and args.per_device_train_batch_size > int(limit) and state.global_step >= 2:
-            raise torch.OutOfMemoryError("injected: CUDA out of memory (TUIWIZ_INJECT_OOM_ABOVE_BATCH)")
-        model = kwargs.get("model")
-        if os.environ.get("TUIWIZ_INJECT_OOM_FULL") and state.global_step >= 2 and model is not None \
-                and all(p.requires_grad for p in model.parameters()):
-            raise torch.OutOfMemoryError("injected: CUDA out of memory (TUIWIZ_INJECT_OOM_FULL)")
-        # and for the multi-process tests: one rank failing with an exception of its own
-        if os.environ.get("TUIWIZ_INJECT_ERROR_RANK") == os.environ.get("RANK", "0") and state.global_step >= 3:
-            raise RuntimeError(f"injected failure on rank {os.environ.get('RANK', '0')} (TUIWIZ_INJECT_ERROR_RANK)")
+        self._emit(StatusEvent(status="running", step=state.global_step, max_steps=state.max_steps))
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.stop.poll():
@@ -79,30 +66,32 @@ class RunnerCallback(TrainerCallback):
             elapsed = now - (self._last_time or now)
             tps = (tokens - self._last_tokens) / elapsed if elapsed > 0 else None
             self._last_time, self._last_tokens = now, tokens
-            self._emit(
-                "log", step=state.global_step, max_steps=state.max_steps, epoch=round(state.epoch or 0, 4),
-                loss=loss, learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+            grad_norm = _number(logs.get("grad_norm"))
+            self._emit(LogEvent(
+                step=state.global_step, max_steps=state.max_steps, epoch=round(state.epoch or 0, 4),
+                loss=loss, learning_rate=_number(logs.get("learning_rate")), grad_norm=grad_norm,
                 tokens_seen=tokens, tokens_per_second=round(tps, 1) if tps else None, memory=memory_snapshot(),
-            )
-            grad_norm = logs.get("grad_norm")
+            ))
             if not math.isfinite(loss):
                 self.failure = NonFiniteLoss(state.global_step, loss)
             else:
-                self.failure = self.watch.check(state.global_step, loss,
-                                                None if grad_norm is None else float(grad_norm),
-                                                scaled_fp16=bool(args.fp16))
+                self.failure = self.watch.check(state.global_step, loss, grad_norm, scaled_fp16=bool(args.fp16))
             if self.failure is not None:
                 control.should_training_stop = True
                 control.should_save = False  # never a checkpoint of NaN or blown-up weights
         eval_metrics = {k: v for k, v in logs.items() if k.startswith("eval_")}
         if eval_metrics:
-            self._emit("eval", step=state.global_step, **eval_metrics)
+            self._emit(EvalEvent(step=state.global_step, **eval_metrics))
         return control
 
     def on_save(self, args, state, control, **kwargs):
         path = f"{args.output_dir}/checkpoint-{state.global_step}"
-        if self.events is not None:
-            self.events.emit("checkpoint", durable=True, step=state.global_step, path=path)
+        self._emit(CheckpointEvent(step=state.global_step, path=path), durable=True)
+
+
+def _number(value) -> float | None:
+    """A logged number as a float (the Trainer may hand over a 0-d tensor), or None."""
+    return None if value is None else float(value)
 
 
 class AdaLoraCallback(TrainerCallback):
@@ -113,3 +102,8 @@ class AdaLoraCallback(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.model.base_model.update_and_allocate(state.global_step)
+
+
+def method_callbacks(profile: Profile, model) -> list[TrainerCallback]:
+    """What the profile's method needs called during training."""
+    return [AdaLoraCallback(model)] if profile.method.type == "adalora" else []

@@ -1,11 +1,47 @@
-"""From normalised records (tuiwiz.data.datasets) to the datasets the trainers take."""
+"""The profile's data, loaded as records (tuiwiz.data.datasets) and made into the datasets the trainers take."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from tuiwiz.data.datasets import LoadedData
 from tuiwiz.data.rendering import ALPACA_PROMPT, ALPACA_PROMPT_INPUT, alpaca_messages
 from tuiwiz.errors import UserError
 from tuiwiz.profile.schema import Profile
+
+
+def load_data(profile: Profile) -> tuple[LoadedData, LoadedData | None]:
+    """(training data, evaluation data or None): a demo set, a local file, or a hub dataset; a validation
+    file, or a split of the training data."""
+    from tuiwiz.data.datasets import (
+        ColumnMap,
+        check_validation_labels,
+        load_dataset_file,
+        load_hub_dataset,
+        split_validation,
+    )
+    from tuiwiz.demo.build import resolve_demo_uri
+    from tuiwiz.profile.io import is_local_data
+
+    columns = ColumnMap(**profile.data.columns.model_dump())
+    options = dict(format=profile.data.format, columns=columns, task=profile.task, limit=profile.data.limit)
+
+    def load(value: str, evaluation: bool = False):
+        if value.startswith("demo:"):
+            return load_dataset_file(resolve_demo_uri(value), evaluation=evaluation, **options)
+        if is_local_data(value):
+            return load_dataset_file(Path(value), evaluation=evaluation, **options)
+        name, _, split = value.partition(":")  # org/name or org/name:split
+        return load_hub_dataset(name, split=split or "train", evaluation=evaluation, **options)
+
+    train = load(profile.data.path)
+    evaluation = None
+    if profile.data.validation_path:
+        evaluation = load(profile.data.validation_path, evaluation=True)
+        check_validation_labels(train, evaluation, label_column=profile.data.columns.label)
+    elif profile.data.validation_split:
+        train, evaluation = split_validation(train, profile.data.validation_split, profile.training.seed)
+    return train, evaluation
 
 
 def _alpaca_rows(records, tokenizer) -> list[dict]:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tuiwiz.errors import UserError
+from tuiwiz.run.event_types import ErrorEvent
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,8 @@ class Failure:
     hint: str | None = None
     traceback: str | None = None
 
-    def to_event(self) -> dict:
-        return {"kind": self.kind, "message": self.message, "hint": self.hint, "traceback": self.traceback}
+    def to_event(self) -> ErrorEvent:
+        return ErrorEvent(kind=self.kind, message=self.message, hint=self.hint, traceback=self.traceback)
 
 
 class RanksFailed(RuntimeError):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from tuiwiz.demo.builtin import is_builtin, resolve_builtin
 from tuiwiz.errors import UserError
 from tuiwiz.profile.schema import Profile
 
@@ -40,6 +42,12 @@ def resolve_precision(profile: Profile) -> Precision:
     if wanted == "auto":
         return Precision("bf16" if bf16_ok else "fp16", "cuda")
     return Precision(wanted, "cuda")
+
+
+def model_location(profile: Profile) -> str:
+    """Where the model loads from: the built-in demo's folder, else the profile's folder or hub id."""
+    name = profile.model.name_or_path
+    return str(resolve_builtin(name)) if is_builtin(name) else name
 
 
 def _load_dtype(profile: Profile, precision: Precision) -> torch.dtype:
@@ -200,3 +208,41 @@ def count_parameters(model) -> tuple[int, int]:
         if param.requires_grad:
             trainable += n
     return total, trainable
+
+
+def wrapped_modules(model) -> list[str] | None:
+    """Leaf names of the layers the method wrapped (what target_modules: auto became); None when none."""
+    if not hasattr(model, "peft_config"):  # full, BitFit: nothing wrapped, and no peft import to pay for
+        return None
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)}
+    return sorted(names) or None
+
+
+@dataclass(frozen=True)
+class TrainableModel:
+    """The model with the profile's method on it, and what run_start says of it."""
+
+    model: Any
+    dtype: str  # what the weights were loaded in (under QLoRA: those left unquantized)
+    params_total: int
+    params_trainable: int
+    target_modules: list[str] | None
+
+
+def load_trainable_model(model_path: str, profile: Profile, precision: Precision, tokenizer, total_steps: int,
+                         labels: tuple[str, ...] | None = None) -> TrainableModel:
+    """Load the model (with a classification head over ``labels``) and put the method on it."""
+    import transformers
+
+    # Seed before the model exists: adapter weights (LoRA's A, prompt embeddings) and new heads are
+    # drawn at creation, before the Trainer would seed anything.
+    transformers.set_seed(profile.training.seed)
+    model = load_model(model_path, profile, precision, labels)
+    dtype = str(model.dtype).removeprefix("torch.")
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model = apply_method(model, profile, total_steps, model_path)
+    total, trainable = count_parameters(model)
+    return TrainableModel(model, dtype, total, trainable, wrapped_modules(model))

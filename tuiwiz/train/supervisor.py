@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from tuiwiz.paths import cache_dir
 from tuiwiz.profile.schema import Profile
 from tuiwiz.run.distributed import is_distributed, launch_env, worker_argv, write_launch_files
+from tuiwiz.run.event_types import StatusEvent, WarningEvent
 from tuiwiz.run.events import EventWriter
 from tuiwiz.run.rundir import RunDir
 from tuiwiz.train.failures import Failure, RanksFailed
@@ -119,11 +120,13 @@ def _end_stragglers() -> None:
     end_children(GRACE_SECONDS)
 
 
-def supervise(run: RunDir, profile: Profile, events: EventWriter, finish, *, resume: bool,
-              node_rank: int | None, stop: StopFlag) -> int:
+def supervise(run: RunDir, profile: Profile, events: EventWriter, *, resume: bool, node_rank: int | None,
+              stop: StopFlag) -> StatusEvent:
+    """Run the ranks of this node to their end. Returns the final status to record (completed or stopped);
+    raises RanksFailed with the verdict's failure."""
     assert is_distributed(profile)
     if stop.requested:  # asked to stop while loading the profile: no rank started yet
-        return finish("stopped", 0, message="stopped before training began; nothing to checkpoint")
+        return StatusEvent(status="stopped", message="stopped before training began; nothing to checkpoint")
     rank_of_node = profile.distributed.nodes.rank if node_rank is None else node_rank
     world = profile.distributed.num_processes  # the ranks of this node
     write_launch_files(profile, run.path, rank_of_node)
@@ -150,7 +153,7 @@ def supervise(run: RunDir, profile: Profile, events: EventWriter, finish, *, res
            # DeepSpeed compiles its ops on first use; keep them between runs.
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))}
     argv = worker_argv(run.path, rank_of_node, resume=resume)
-    events.emit("status", status="loading", message=f"launching {world} processes: {' '.join(argv[1:])}")
+    events.emit(StatusEvent(status="loading", message=f"launching {world} processes: {' '.join(argv[1:])}"))
     launcher = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env, cwd=run.path)
     while True:
         try:
@@ -163,9 +166,9 @@ def supervise(run: RunDir, profile: Profile, events: EventWriter, finish, *, res
     outcome = verdict({rank: _read(result_file(run, rank)) for rank in ranks},
                       {rank: _read(exit_file(run, rank)) for rank in ranks}, exit_code)
     if outcome.warning:
-        events.emit("warning", durable=True, message=outcome.warning)
+        events.emit(WarningEvent(message=outcome.warning), durable=True)
     if outcome.status == "completed":
-        return finish("completed", 0, world_size=profile.distributed.world_size)
+        return StatusEvent(status="completed", world_size=profile.distributed.world_size)
     if outcome.status == "stopped":
-        return finish("stopped", 0, step=outcome.main.get("step"), checkpoint=outcome.main.get("checkpoint"))
+        return StatusEvent(status="stopped", step=outcome.main.get("step"), checkpoint=outcome.main.get("checkpoint"))
     raise RanksFailed(outcome.failure)  # recorded (or recovered from) by the runner

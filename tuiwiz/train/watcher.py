@@ -19,7 +19,9 @@ import os
 import signal
 import sys
 
-from tuiwiz.run.rundir import RunDir
+from tuiwiz.run.event_types import RunEndEvent, StatusEvent
+from tuiwiz.run.events import EventWriter
+from tuiwiz.run.rundir import ACTIVE, RunDir, killed_by_signal, update_state
 
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 # Signals whose default action dumps core: for these the parent exits 128+N instead of raising them.
@@ -93,13 +95,31 @@ def fork_watcher(run: RunDir) -> int | None:
     relay_signals(child, interrupt=True)
     status = _wait_for(child)
     if os.WIFSIGNALED(status):
-        from tuiwiz.run.rundir import record_exit
-
-        number = os.WTERMSIG(status)
-        record_exit(run, -number, check_process=False)  # a no-op when the child wrote its end (a forced stop)
+        record_exit(run, -os.WTERMSIG(status))  # a no-op when the child wrote its end (a forced stop)
     _end_leftovers()
     _reap_all()
     return exit_like(status)
+
+
+def record_exit(run: RunDir, returncode: int | None) -> bool:
+    """Record that the trainer, our child, ended by signal ``-returncode``: a ``killed`` failure.
+
+    Nothing changes when it had written its final status (a forced stop marks the run stopped first).
+    Returns whether it recorded the end.
+    """
+    if returncode is None or returncode >= 0:
+        return False
+    error = killed_by_signal(run, returncode)
+    if update_state(run, only_from=ACTIVE, status="failed", exit_code=returncode, error=error.message) is None:
+        return False
+    writer = EventWriter(run.events)  # the trainer, its only other writer, is gone
+    try:
+        writer.emit(error, durable=True)
+        writer.emit(RunEndEvent(status="failed", error_kind="killed"))
+        writer.emit(StatusEvent(status="failed"), durable=True)
+    finally:
+        writer.close()
+    return True
 
 
 def exit_like(status: int) -> int:

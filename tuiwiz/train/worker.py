@@ -47,7 +47,7 @@ def _write_json(path, data: dict) -> None:
 def _write_result(run: RunDir, rank: int, status: str, failure: Failure | None = None, **fields) -> None:
     data = {"rank": rank, "status": status, "time": time.time(), "pid": os.getpid(), **fields}
     if failure is not None:
-        data["failure"] = failure.to_event()
+        data["failure"] = failure.to_event().fields()
     _write_json(result_file(run, rank), data)
 
 
@@ -104,7 +104,7 @@ def run_worker(run: RunDir, *, resume: bool) -> int:
 def _run_rank(run: RunDir, rank: int, *, resume: bool) -> int:
     import faulthandler
 
-    from tuiwiz.train.runner import _train
+    from tuiwiz.train.recipes import recipe_for
     from tuiwiz.train.stop import StopFlag
 
     faulthandler.enable(all_threads=True)  # a native crash leaves its Python stack in the rank's log
@@ -126,8 +126,8 @@ def _run_rank(run: RunDir, rank: int, *, resume: bool) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         profile = load_profile(run.profile).profile
-        status, fields = _train(run, profile, resume=resume, events=events, stop=stop)
-        _write_result(run, rank, status, **fields)
+        final = recipe_for(profile.task).train(run, profile, resume=resume, events=events, stop=stop)
+        _write_result(run, rank, **final.fields())
         reported[0] = True
     except BaseException as exc:
         traceback.print_exc()
@@ -137,6 +137,4 @@ def _run_rank(run: RunDir, rank: int, *, resume: bool) -> int:
         if events is not None:
             events.close()
     _leave_process_group()
-    if os.environ.get("TUIWIZ_INJECT_ABORT_AFTER_RESULT_RANK") == str(rank):
-        os.abort()  # for the tests: as a native destructor on the way out, once every rank has finished
     return 0

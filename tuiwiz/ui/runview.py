@@ -20,8 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tuiwiz.run.event_types import (
+    CheckpointEvent,
+    ErrorEvent,
+    EvalEvent,
+    Event,
+    LogEvent,
+    RunEndEvent,
+    RunStartEvent,
+    StatusEvent,
+    WarningEvent,
+    parse_event,
+)
 from tuiwiz.run.events import EventTail
-from tuiwiz.run.rundir import FINISHED, RunDir, effective_status, read_state
+from tuiwiz.run.rundir import FINISHED, RunDir, effective_status, read_state, unrecorded_end
 
 SMALL_LOG = 2 * 1024 * 1024  # read whole below this size
 HEAD_BYTES = 64 * 1024
@@ -31,9 +43,10 @@ SERIES_CAP = 1000  # points kept per series (a chart is at most a few hundred ce
 LOG_TAIL_BYTES = 32 * 1024  # of train.log on open
 LOG_LINES = 500  # lines a reader keeps between two takes
 RATE_WINDOW = 20  # log events used for the step rate (ETA)
+_SAMPLED = (LogEvent, EvalEvent, CheckpointEvent, RunStartEvent, ErrorEvent, WarningEvent)  # kept from a sample
 
 
-def _parse(data: bytes) -> list[dict]:
+def _parse(data: bytes) -> list[Event]:
     """Events in complete lines of ``data``; bad lines are skipped (EventTail counts them, we need not)."""
     events = []
     for line in data.splitlines():
@@ -42,7 +55,7 @@ def _parse(data: bytes) -> list[dict]:
         except ValueError:
             continue
         if isinstance(event, dict):
-            events.append(event)
+            events.append(parse_event(event))
     return events
 
 
@@ -127,9 +140,9 @@ class RunSnapshot:
     eval_metrics: dict = field(default_factory=dict)
     last_checkpoint: str | None = None
     status_message: str | None = None
-    errors: tuple[dict, ...] = ()
+    errors: tuple[ErrorEvent, ...] = ()
     warnings: tuple[str, ...] = ()  # e.g. a rank that died on its way out after the run had finished
-    run_end: dict | None = None
+    run_end: RunEndEvent | None = None
     state_error: str | None = None
     sampled: bool = False  # the history in the chart is a sample of a long log
     events: int = 0
@@ -163,13 +176,14 @@ class RunReader:
         self.loss = Series()
         self.eval_loss = Series()
         self.lr = Series()
-        self.run_start: dict | None = None
-        self.last_log: dict | None = None
-        self.last_eval: dict | None = None
-        self.run_end: dict | None = None
-        self.errors: list[dict] = []
+        self.run_start: RunStartEvent | None = None
+        self.last_log: LogEvent | None = None
+        self.last_eval: EvalEvent | None = None
+        self.run_end: RunEndEvent | None = None
+        self.errors: list[ErrorEvent] = []
         self.warnings: list[str] = []
-        self.status_event: dict | None = None
+        self.status_event: StatusEvent | None = None
+        self.runner_exit: int | None = None  # how the runner this front end started ended, once it has
         self.last_checkpoint: str | None = None
         self.sampled = False
         self.events = 0
@@ -185,40 +199,39 @@ class RunReader:
 
     # ---------------------------------------------------------------- reading events
 
-    def apply(self, event: dict) -> None:
+    def apply(self, event: Event) -> None:
         self.events += 1
-        kind = event.get("type")
-        when = event.get("time")
+        when = event.time
         if isinstance(when, (int, float)):
             self.first_time = when if self.first_time is None else self.first_time
             self.last_time = when
-        if kind == "log":
-            step = event.get("step") or 0
+        if isinstance(event, LogEvent):
+            step = event.step or 0
             self.last_log = event
-            self.loss.add(step, event.get("loss"))
-            self.lr.add(step, event.get("learning_rate"))
+            self.loss.add(step, event.loss)
+            self.lr.add(step, event.learning_rate)
             if isinstance(when, (int, float)):
                 if self._rate and step < self._rate[-1][1]:
                     self._rate.clear()  # resumed from an earlier checkpoint
                 self._rate.append((when, step))
-        elif kind == "eval":
+        elif isinstance(event, EvalEvent):
             self.last_eval = event
-            self.eval_loss.add(event.get("step") or 0, event.get("eval_loss"))
-        elif kind == "run_start":
+            self.eval_loss.add(event.step or 0, event.metrics.get("eval_loss"))
+        elif isinstance(event, RunStartEvent):
             self.run_start = event
             self.run_end = None
             self.errors = []
             self.warnings = []
-        elif kind == "status":
+        elif isinstance(event, StatusEvent):
             self.status_event = event
-        elif kind == "checkpoint":
-            self.last_checkpoint = event.get("path")
-        elif kind == "error":
+        elif isinstance(event, CheckpointEvent):
+            self.last_checkpoint = event.path
+        elif isinstance(event, ErrorEvent):
             self.errors.append(event)
             self.errors = self.errors[-5:]
-        elif kind == "warning":
-            self.warnings = [*self.warnings, str(event.get("message", ""))][-3:]
-        elif kind == "run_end":
+        elif isinstance(event, WarningEvent):
+            self.warnings = [*self.warnings, str(event.message or "")][-3:]
+        elif isinstance(event, RunEndEvent):
             self.run_end = event
 
     def _open_events(self) -> None:
@@ -249,7 +262,7 @@ class RunReader:
                 line = handle.readline()
                 if line.endswith(b"\n"):
                     for event in _parse(line):
-                        if event.get("type") in ("log", "eval", "checkpoint", "run_start", "error", "warning"):
+                        if isinstance(event, _SAMPLED):
                             self.apply(event)
             handle.seek(tail_start - 1)
             handle.readline()
@@ -264,7 +277,7 @@ class RunReader:
         if size - self._tail.offset > 2 * TAIL_BYTES:
             self._catch_up(self._tail.offset, size)
         for event in self._tail.read(max_bytes=2 * TAIL_BYTES):
-            self.apply(event)
+            self.apply(parse_event(event))
 
     def _read_log(self) -> None:
         path = self.run.log
@@ -355,35 +368,37 @@ class RunReader:
     def _build(self) -> RunSnapshot:
         state = read_state(self.run)
         status = effective_status(self.run, state)
-        start = self.run_start or {}
-        log = self.last_log or {}
-        memory = log.get("memory") or {}
-        step = log.get("step") or (self.status_event or {}).get("step") or 0
-        max_steps = log.get("max_steps") or (self.status_event or {}).get("max_steps")
-        if self.run_end and self.run_end.get("step") is not None:
-            step = self.run_end["step"]
+        start = self.run_start or RunStartEvent.blank()
+        log = self.last_log or LogEvent.blank()
+        said = self.status_event or StatusEvent.blank()
+        memory = log.memory or {}
+        step = log.step or said.step or 0
+        max_steps = log.max_steps or said.max_steps
+        if self.run_end and self.run_end.step is not None:
+            step = self.run_end.step
         begun = state.created if state else self.first_time
         if status in FINISHED or status == "unknown":
             elapsed = (self.last_time - begun) if (self.last_time and begun) else None
         else:
             elapsed = self.clock() - begun if begun else None
-        evaluation = self.last_eval or {}
-        metrics = {k[5:]: v for k, v in evaluation.items() if k.startswith("eval_") and isinstance(v, (int, float))}
-        status_message = (self.status_event or {}).get("message")
+        evaluation = self.last_eval.metrics if self.last_eval else {}
+        metrics = {k[5:]: v for k, v in evaluation.items() if isinstance(v, (int, float))}
+        errors = self.errors
+        if status == "failed" and not errors:  # the runner and its watcher killed together: nobody recorded it
+            errors = list(filter(None, [unrecorded_end(self.run, self.runner_exit, state)]))
         return RunSnapshot(
             run_id=self.run.run_id, path=str(self.run.path), status=status,
-            model=start.get("model"), method=start.get("method"), task=start.get("task"),
-            device=start.get("device"), precision=start.get("precision"),
-            params_trainable=start.get("params_trainable"), params_total=start.get("params_total"),
-            train_examples=start.get("train_examples"),
-            step=int(step), max_steps=max_steps, epoch=log.get("epoch"), loss=log.get("loss"),
-            learning_rate=log.get("learning_rate"), tokens_per_second=log.get("tokens_per_second"),
-            tokens_seen=log.get("tokens_seen"), rss_mb=memory.get("rss_mb"),
+            model=start.model, method=start.method, task=start.task, device=start.device, precision=start.precision,
+            params_trainable=start.params_trainable, params_total=start.params_total,
+            train_examples=start.train_examples,
+            step=int(step), max_steps=max_steps, epoch=log.epoch, loss=log.loss,
+            learning_rate=log.learning_rate, tokens_per_second=log.tokens_per_second,
+            tokens_seen=log.tokens_seen, rss_mb=memory.get("rss_mb"),
             gpu_allocated_mb=memory.get("gpu_allocated_mb"),
             eta_s=None if status in FINISHED else self._eta(int(step), max_steps), elapsed_s=elapsed,
             loss_points=self.loss.points(), eval_points=self.eval_loss.points(), lr_points=self.lr.points(),
             eval_loss=metrics.get("loss"), eval_metrics=metrics, last_checkpoint=self.last_checkpoint,
-            status_message=status_message, errors=tuple(self.errors), warnings=tuple(self.warnings),
+            status_message=said.message, errors=tuple(errors), warnings=tuple(self.warnings),
             run_end=self.run_end,
             state_error=state.error if state else None, sampled=self.sampled, events=self.events,
             gpus=self._gpus, ram_used_mb=self._ram[0] if self._ram else None,

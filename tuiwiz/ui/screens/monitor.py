@@ -20,9 +20,9 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Log, Static
 
-from tuiwiz.ui.post import offered, post_action
 from tuiwiz.ui.runview import RunReader, RunSnapshot
 from tuiwiz.ui.screens.base import ReportsWorkerErrors
+from tuiwiz.ui.screens.post_flow import offered, post_action
 from tuiwiz.ui.widgets import StepBar, cached_plot, meter
 from tuiwiz.units import bar, duration, mib, number
 
@@ -116,7 +116,7 @@ def status_lines(s: RunSnapshot, width: int) -> Group:
 def result_text(s: RunSnapshot) -> Text:
     """How the run ended, and what to do next."""
     if s.status == "completed":
-        metrics = (s.run_end or {}).get("metrics", {})
+        metrics = (s.run_end.metrics if s.run_end else None) or {}
         text = Text("✓ Completed", style="bold green")
         text.append(f" at step {s.step:,}")
         if metrics.get("train_loss") is not None:
@@ -143,9 +143,9 @@ def result_text(s: RunSnapshot) -> Text:
     text = Text("✗ Failed", style="bold red")
     error = s.errors[-1] if s.errors else None
     if error:
-        text.append(f" ({error.get('kind', 'error')}): {error.get('message', '')}")
-        if error.get("hint"):
-            text.append(f"\nhint: {error['hint']}", style="yellow")
+        text.append(f" ({error.kind or 'error'}): {error.message or ''}")
+        if error.hint:
+            text.append(f"\nhint: {error.hint}", style="yellow")
     else:
         text.append(f": {s.state_error or 'the runner ended without a final status (killed, or it crashed)'}")
     text.append(f"\nThe whole log is {s.run_id}/train.log.")
@@ -252,7 +252,6 @@ class MonitorScreen(ReportsWorkerErrors, Screen[str]):
         self.query_one("#mon-result").display = False
         self.query_one("#mon-log", Log).border_title = "train.log"
         self.reader = RunReader(self.run, clock=getattr(self.app, "clock", time.time))
-        self._exits_seen: set[int] = set()
         self.set_interval(REDRAW_SECONDS, self._redraw)
         self._follow()
 
@@ -265,25 +264,22 @@ class MonitorScreen(ReportsWorkerErrors, Screen[str]):
         worker = get_current_worker()
         interval = getattr(self.app, "watch_interval", 0.5)
         while not worker.is_cancelled:
+            self._note_exits()
             if self.reader.poll():
                 self.post_message(RunUpdated())
-            for proc in getattr(self.app, "processes", ()):
-                code = proc.poll()  # reaps a runner that ended, so it is not left a zombie
-                if code is not None and code < 0 and proc.pid not in self._exits_seen:
-                    self._exits_seen.add(proc.pid)
-                    self._record_signal(proc.pid, code)
             time.sleep(interval)
 
-    def _record_signal(self, pid: int, code: int) -> None:
-        """Only a runner's parent learns the signal that ended it: this app, for the runs it launched.
+    def _note_exits(self) -> None:
+        """Reap the runners this app started that ended (no zombies), and tell the reader how this run's
+        ended: its watcher records a killed trainer; when both were killed at once, the monitor shows it."""
+        from tuiwiz.run.rundir import read_state
 
-        The runner's own watcher records a trainer's end; this covers both killed at once.
-        """
-        from tuiwiz.run.rundir import read_state, record_exit
-
-        state = read_state(self.run)
-        if state is not None and pid in (state.pid, state.pgid):  # this run's runner, not another's
-            record_exit(self.run, code)
+        for proc in getattr(self.app, "processes", ()):
+            code = proc.poll()
+            if code is not None and self.reader.runner_exit is None:
+                state = read_state(self.run)
+                if state is not None and proc.pid in (state.pid, state.pgid):  # this run's runner, not another's
+                    self.reader.runner_exit = code
 
     def on_run_updated(self, message: RunUpdated) -> None:
         self._dirty = True

@@ -14,9 +14,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from tuiwiz.errors import UserError
-from tuiwiz.ui.screens.post_flow import offered, post_action
 from tuiwiz.ui.screens.base import ReportsWorkerErrors
 from tuiwiz.ui.screens.monitor import STATUS_STYLE
+from tuiwiz.ui.screens.post_flow import offered, post_action
 from tuiwiz.ui.widgets import StepBar
 from tuiwiz.units import duration, number
 

@@ -1,0 +1,67 @@
+"""Supervised fine-tuning (and pretraining on raw text) of a causal LM with TRL's SFTTrainer.
+
+setup: data -> tokenizer -> model with the method on it -> trainer; then train and save (session.py).
+"""
+
+from __future__ import annotations
+
+from tuiwiz.errors import UserError
+from tuiwiz.profile.schema import Profile
+from tuiwiz.run.event_types import StatusEvent
+from tuiwiz.run.events import EventWriter
+from tuiwiz.run.rundir import RunDir
+from tuiwiz.train.arguments import total_steps, training_arguments, world_size
+from tuiwiz.train.callbacks import RunnerCallback, method_callbacks
+from tuiwiz.train.examples import load_data, sft_rows
+from tuiwiz.train.modeling import load_tokenizer, load_trainable_model, model_location, resolve_precision
+from tuiwiz.train.session import Setup, train_and_save
+from tuiwiz.train.stop import StopFlag
+
+
+def train(run: RunDir, profile: Profile, *, resume: bool, events: EventWriter | None,
+          stop: StopFlag) -> StatusEvent:
+    callback = RunnerCallback(events, stop)
+    setup = set_up(profile, run, [callback])
+    return train_and_save(run, profile, setup, callback, resume=resume, events=events, stop=stop)
+
+
+def set_up(profile: Profile, run: RunDir, callbacks: list) -> Setup:
+    """Everything from the frozen profile to a ready Trainer."""
+    import transformers
+
+    transformers.logging.set_verbosity_warning()
+    precision = resolve_precision(profile)
+    model_path = model_location(profile)
+    train_data, eval_data = load_data(profile)
+    tokenizer = load_tokenizer(model_path, profile)
+    steps = total_steps(profile, len(train_data.records), world_size())
+    model = load_trainable_model(model_path, profile, precision, tokenizer, steps)
+    callbacks = callbacks + method_callbacks(profile, model.model)
+    trainer = build_trainer(profile, run, precision, model.model, tokenizer, train_data, eval_data, callbacks)
+    return Setup(trainer, tokenizer, model_path, precision, model, train_data.format)
+
+
+def build_trainer(profile: Profile, run: RunDir, precision, model, tokenizer, train_data, eval_data, callbacks):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    rows, options = sft_rows(train_data, tokenizer, profile)
+    eval_rows = sft_rows(eval_data, tokenizer, profile)[0] if eval_data else None
+    # Packing without cross-document attention needs flash attention; otherwise wrap.
+    strategy = "bfd" if profile.model.attn_implementation == "flash_attention_2" else "wrapped"
+    config = SFTConfig(
+        **training_arguments(profile, precision, run, eval_data is not None), max_length=profile.data.max_length,
+        packing=profile.data.packing, packing_strategy=strategy, dataset_num_proc=None,
+        pad_to_multiple_of=profile.data.max_length if profile.training.pad_to_max_length else None, **options,
+    )
+    trainer = SFTTrainer(
+        model=model, args=config, train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=tokenizer, callbacks=callbacks,
+    )
+    if len(trainer.train_dataset) == 0:
+        raise UserError(
+            f"no example of {train_data.path} fits in data.max_length={profile.data.max_length} tokens",
+            hint="raise data.max_length", file=train_data.path, field="data.max_length", kind="data",
+        )
+    return trainer
