@@ -27,6 +27,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tuiwiz.run.event_types import LogEvent  # noqa: E402
 from tuiwiz.run.events import EventTail, EventWriter  # noqa: E402
 from tuiwiz.run.rundir import RunDir, RunState, summarize, write_state  # noqa: E402
 
@@ -62,7 +63,7 @@ def _writer(path: str, seconds: float, rate: int) -> None:
     while time.perf_counter() - start < seconds:
         for _ in range(rate // 100):
             step += 1
-            writer.emit("log", step=step, loss=1.0 / step, tokens_per_second=1000.0)
+            writer.emit(LogEvent(step=step, loss=1.0 / step, tokens_per_second=1000.0))
         time.sleep(0.01)
     writer.close()
 

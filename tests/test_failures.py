@@ -22,6 +22,7 @@ import errno
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import signal
@@ -91,8 +92,10 @@ def test_diverging_loss_stops_the_run_as_nan_loss(tmp_path):
     result = run_cli("--profile", profile)
     run = only_run(tmp_path)
     error = assert_failed(result, run, "nan_loss", "lower training.learning_rate")
-    # Weight decay 1e6 blows the weights up in one step: the gradient norm is nan before the loss is.
-    assert error["message"].startswith("the gradient norm became nan at step 2 (the loss was still ")
+    # Weight decay 1e6 blows the weights up within a few steps (step 2 with earlier releases of the stack, 4 now):
+    # the gradient norm is nan while the loss is still finite, and the run stops there.
+    found = re.match(r"the gradient norm became nan at step (\d) \(the loss was still ([0-9.]+)\)", error["message"])
+    assert found and 2 <= int(found[1]) < 6, error["message"]
     assert run.last_checkpoint() is None and not run.output.exists()
 
 

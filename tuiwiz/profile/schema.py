@@ -226,7 +226,7 @@ class TrainingConfig(_Strict):
     warmup_steps: float = Field(
         0.0, ge=0, le=MAX_STEPS, description="Steps of linear warmup, or a fraction of all steps when below 1."
     )
-    weight_decay: float = Field(0.0, ge=0.0, le=10.0)
+    weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, ge=0.0, le=1e6)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="'auto': bf16 where the GPU has it, else fp16 on GPU, fp32 on CPU."
