@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from tuiwiz.data.datasets import ColumnMap, load_dataset_file, split_validation
+from tuiwiz.data.datasets import load_dataset_file, split_validation
 from tuiwiz.errors import UserError
+from tuiwiz.profile.schema import ColumnsConfig
 
 from .support.processes import run_cli
 
@@ -90,7 +91,7 @@ def test_sniffing_and_column_mapping(tmp_path):
     assert data.records[0]["instruction"] == "Why?" and data.records[0]["output"] == "Because."
     mapped = tmp_path / "m.jsonl"
     mapped.write_text(json.dumps({"q": "Why?", "a": "Because."}) + "\n")
-    data = load_dataset_file(mapped, columns=ColumnMap(instruction="q", output="a"))
+    data = load_dataset_file(mapped, columns=ColumnsConfig(instruction="q", output="a"))
     assert data.records[0] == {"instruction": "Why?", "output": "Because.", "input": "", "system": ""}
     sharegpt = tmp_path / "s.jsonl"
     sharegpt.write_text(json.dumps({"conversations": [{"from": "human", "value": "hi"},

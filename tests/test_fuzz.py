@@ -21,10 +21,10 @@ import yaml
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from tuiwiz.data.datasets import DEFAULT_COLUMNS, ColumnMap, load_dataset_file
+from tuiwiz.data.datasets import DEFAULT_COLUMNS, load_dataset_file
 from tuiwiz.errors import UserError
 from tuiwiz.profile.io import dump_profile, parse_profile_text
-from tuiwiz.profile.schema import Profile
+from tuiwiz.profile.schema import ColumnsConfig, Profile
 
 from .support import PROFILES
 
@@ -205,7 +205,7 @@ OPTIONS = st.fixed_dictionaries({
     "task": st.sampled_from(TASKS),
     "format": st.sampled_from(FORMATS),
     "limit": st.one_of(st.none(), st.integers(1, 5)),
-    "columns": st.one_of(st.just(None), st.builds(ColumnMap, instruction=st.sampled_from([None, "q", "prompt"]),
+    "columns": st.one_of(st.just(None), st.builds(ColumnsConfig, instruction=st.sampled_from([None, "q", "prompt"]),
                                                   label=st.sampled_from([None, "y", "class"]))),
 })
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tuiwiz.data.files import data_error, jsonl_rows, read_rows
 from tuiwiz.errors import UserError
+from tuiwiz.profile.schema import ColumnsConfig
 from tuiwiz.text_files import decode_text, read_file_bytes
 
 FORMATS = ("alpaca", "messages", "text", "classification")
@@ -48,24 +49,12 @@ NEEDED = {
 }
 
 
-@dataclass(frozen=True)
-class ColumnMap:
-    """The user's column names (``data.columns`` in a profile); None means the defaults."""
-
-    instruction: str | None = None
-    input: str | None = None
-    output: str | None = None
-    system: str | None = None
-    messages: str | None = None
-    text: str | None = None
-    label: str | None = None
-
-    def find(self, role: str, keys: list[str]) -> str | None:
-        """The column of ``keys`` that plays ``role``."""
-        chosen = getattr(self, role)
-        if chosen is not None:
-            return chosen if chosen in keys else None
-        return next((name for name in DEFAULT_COLUMNS[role] if name in keys), None)
+def find_column(columns: ColumnsConfig, role: str, keys: list[str]) -> str | None:
+    """The column of ``keys`` that plays ``role``: the one ``data.columns`` names, else a default name."""
+    chosen = getattr(columns, role)
+    if chosen is not None:
+        return chosen if chosen in keys else None
+    return next((name for name in DEFAULT_COLUMNS[role] if name in keys), None)
 
 
 @dataclass(frozen=True)
@@ -82,9 +71,9 @@ class LoadedData:
 
 # --- normalising ------------------------------------------------------------------
 
-def sniff_format(keys: list[str], columns: ColumnMap, task: str) -> str | None:
+def sniff_format(keys: list[str], columns: ColumnsConfig, task: str) -> str | None:
     """The format that a record with these keys has, or None."""
-    has = {role: columns.find(role, keys) is not None for role in DEFAULT_COLUMNS}
+    has = {role: find_column(columns, role, keys) is not None for role in DEFAULT_COLUMNS}
     if task == "classification":
         return "classification" if has["text"] and has["label"] else None
     if task == "pretrain":
@@ -153,11 +142,11 @@ def _messages(value, path, line, field) -> list[dict]:
     return out
 
 
-def _normalise(item, fmt: str, columns: ColumnMap, path: Path, line: int) -> dict:
+def _normalise(item, fmt: str, columns: ColumnsConfig, path: Path, line: int) -> dict:
     if not isinstance(item, dict):
         raise data_error(f"a record should be an object, not {_kind_of(item)}", path, line)
     keys = list(item)
-    col = {role: columns.find(role, keys) for role in DEFAULT_COLUMNS}
+    col = {role: find_column(columns, role, keys) for role in DEFAULT_COLUMNS}
     missing = [role for role in NEEDED[fmt] if col[role] is None]
     if missing:
         wanted = ", ".join(getattr(columns, r) or "/".join(DEFAULT_COLUMNS[r]) for r in missing)
@@ -188,7 +177,7 @@ def _normalise(item, fmt: str, columns: ColumnMap, path: Path, line: int) -> dic
 
 
 def normalise_rows(rows: list[tuple[int, object]], path: Path | str, *, format: str = "auto",
-                   columns: ColumnMap | None = None, task: str = "sft", limit: int | None = None,
+                   columns: ColumnsConfig | None = None, task: str = "sft", limit: int | None = None,
                    evaluation: bool = False, on_problem: Callable[[UserError], None] | None = None) -> LoadedData:
     """Sniff the format (unless given) and normalise every row. Raises UserError.
 
@@ -198,7 +187,7 @@ def normalise_rows(rows: list[tuple[int, object]], path: Path | str, *, format: 
     raising the first (problems of the whole dataset still raise).
     """
     path = Path(path)
-    columns = columns or ColumnMap()
+    columns = columns or ColumnsConfig()
     if limit is not None:
         rows = rows[:limit]
     if not rows:
@@ -235,7 +224,7 @@ def normalise_rows(rows: list[tuple[int, object]], path: Path | str, *, format: 
     return LoadedData(str(path), format, records, lines, labels)
 
 
-def load_dataset_file(path: Path | str, *, format: str = "auto", columns: ColumnMap | None = None,
+def load_dataset_file(path: Path | str, *, format: str = "auto", columns: ColumnsConfig | None = None,
                       task: str = "sft", limit: int | None = None, evaluation: bool = False) -> LoadedData:
     """Read, sniff and normalise a dataset file. Raises UserError on bad data."""
     path = Path(path)
@@ -300,7 +289,7 @@ def _rows_past_bad_json(path: Path, on_problem: Callable[[UserError], None]) -> 
     return rows
 
 
-def find_problems(path: Path | str, *, format: str = "auto", columns: ColumnMap | None = None,
+def find_problems(path: Path | str, *, format: str = "auto", columns: ColumnsConfig | None = None,
                   task: str = "sft", limit: int | None = None, evaluation: bool = False,
                   cap: int = PROBLEM_CAP) -> DataProblems:
     """Every problem load_dataset_file would raise, not only the first: the same reading and checks,
@@ -359,7 +348,7 @@ def cached_hub_dataset_files(name: str, split: str = "train", *, cache_dir: str 
 
 
 def load_hub_dataset(name: str, *, revision: str | None = None, split: str = "train", format: str = "auto",
-                     columns: ColumnMap | None = None, task: str = "sft", limit: int | None = None,
+                     columns: ColumnsConfig | None = None, task: str = "sft", limit: int | None = None,
                      evaluation: bool = False) -> LoadedData:
     """A hub dataset through ``datasets`` (the runner only: it imports the datasets stack).
 

@@ -101,7 +101,7 @@ def _check_data(profile: Profile, source: str) -> None:
     from tuiwiz.data import datasets as datamod
     from tuiwiz.demo.build import resolve_demo_uri
 
-    columns = datamod.ColumnMap(**profile.data.columns.model_dump())
+    columns = profile.data.columns
     folder = _local_model_folder(profile)
     loaded = {}
     for field_name, value in (("data.path", profile.data.path), ("data.validation_path", profile.data.validation_path)):

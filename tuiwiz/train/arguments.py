@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 
+from tuiwiz.methods import METHODS
 from tuiwiz.profile.schema import Profile
 from tuiwiz.run.rundir import RunDir
 from tuiwiz.train.modeling import Precision
@@ -68,7 +69,7 @@ def training_arguments(profile: Profile, precision: Precision, run: RunDir, has_
             _skip_shared_memory_op()
     elif profile.distributed.strategy == "ddp":
         # Frozen base weights get no gradient; DDP must not wait for them.
-        kwargs["ddp_find_unused_parameters"] = profile.method.type in ("prompt_tuning", "prefix_tuning", "p_tuning")
+        kwargs["ddp_find_unused_parameters"] = METHODS[profile.method.type].family == "prompt"
     return kwargs
 
 

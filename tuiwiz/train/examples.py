@@ -14,7 +14,6 @@ def load_data(profile: Profile) -> tuple[LoadedData, LoadedData | None]:
     """(training data, evaluation data or None): a demo set, a local file, or a hub dataset; a validation
     file, or a split of the training data."""
     from tuiwiz.data.datasets import (
-        ColumnMap,
         check_validation_labels,
         load_dataset_file,
         load_hub_dataset,
@@ -23,8 +22,8 @@ def load_data(profile: Profile) -> tuple[LoadedData, LoadedData | None]:
     from tuiwiz.demo.build import resolve_demo_uri
     from tuiwiz.profile.io import is_local_data
 
-    columns = ColumnMap(**profile.data.columns.model_dump())
-    options = dict(format=profile.data.format, columns=columns, task=profile.task, limit=profile.data.limit)
+    data = profile.data
+    options = dict(format=data.format, columns=data.columns, task=profile.task, limit=data.limit)
 
     def load(value: str, evaluation: bool = False):
         if value.startswith("demo:"):

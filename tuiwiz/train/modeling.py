@@ -9,6 +9,7 @@ import torch
 
 from tuiwiz.demo.builtin import is_builtin, resolve_builtin
 from tuiwiz.errors import UserError
+from tuiwiz.methods import METHODS
 from tuiwiz.profile.schema import Profile
 
 
@@ -54,7 +55,7 @@ def _load_dtype(profile: Profile, precision: Precision) -> torch.dtype:
     if profile.model.dtype != "auto":
         return getattr(torch, profile.model.dtype)
     # Full fine-tuning with mixed precision keeps fp32 master weights.
-    if profile.method.type in ("full", "bitfit") or precision.name == "fp32":
+    if METHODS[profile.method.type].whole_model or precision.name == "fp32":
         return torch.float32
     return precision.torch_dtype
 

@@ -95,9 +95,9 @@ def is_hub_dataset(path: str) -> bool:
 
 
 def column_map(columns: dict[str, str | None]):
-    from tuiwiz.data.datasets import ColumnMap
+    from tuiwiz.profile.schema import ColumnsConfig
 
-    return ColumnMap(**{role: (columns.get(role) or None) for role in COLUMN_ROLES})
+    return ColumnsConfig(**{role: (columns.get(role) or None) for role in COLUMN_ROLES})
 
 
 def check_data(state: WizardState, max_length: int = 512) -> DataCheck:

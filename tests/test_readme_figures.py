@@ -1,0 +1,26 @@
+"""Figures quoted in the README come from the results file the benchmark wrote, never retyped."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from .support import ROOT
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_quotes_the_demo_learning_results():
+    bench = _bench("demo_learning")
+    figures = json.loads((ROOT / "bench" / "results" / "demo-learning.json").read_text(encoding="utf-8"))
+    for page in ("README.md", "docs/benchmarks.md"):
+        text = (ROOT / page).read_text(encoding="utf-8")
+        assert bench.readme_block(figures) in text, \
+            f"{page}'s demo block is stale: python bench/demo_learning.py --from-json bench/results/demo-learning.json"
+    for key in ("exact_count", "held_out_loss", "token_accuracy"):  # what the block says it measured
+        assert key in figures["before"] and key in figures["after"]
