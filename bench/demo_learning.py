@@ -13,7 +13,8 @@ greedily with the base model and with the fine-tuned one and scores both:
 The README's before/after table is the first samples of the JSON, quoted as they are
 (tests/test_readme_figures.py checks it).
 
-    python bench/demo_learning.py [--json bench/results/demo-learning.json]
+    python bench/demo_learning.py --json bench/results/demo-learning.json --readme README.md
+    python bench/demo_learning.py --from-json bench/results/demo-learning.json   # README block only
 """
 
 from __future__ import annotations
@@ -59,10 +60,51 @@ def score(model, tokenizer, pairs: list[tuple[str, str]]) -> dict:
             "token_accuracy": token_right / token_total, "samples": samples}
 
 
+README_START, README_END = "<!-- demo-learning: start -->", "<!-- demo-learning: end -->"
+
+
+def _cell(text: str, width: int) -> str:
+    shown = "".join(c if c.isprintable() else "\ufffd" for c in text)
+    return shown if len(shown) <= width else shown[: width - 3] + "..."
+
+
+def readme_block(figures: dict) -> str:
+    """The README's before/after lines, made from the figures alone (quoted, never retyped)."""
+    before, after, n = figures["before"], figures["after"], figures["held_out_prompts"]
+    lines = [
+        README_START,
+        f"On {n} held-out prompts (never trained on), before and after the quickstart: exact answers "
+        f"{before['exact_count']} → {after['exact_count']} of {n}; held-out loss {before['held_out_loss']:.2f} → "
+        f"{after['held_out_loss']:.2f}; answer tokens predicted right when each is given the expected tokens "
+        f"before it (teacher forcing: the form of the answer, not its facts) {before['token_accuracy']:.0%} → "
+        f"{after['token_accuracy']:.0%}. Training loss {figures['first_loss']:.2f} → {figures['last_loss']:.2f}.",
+        "",
+        "```",
+        f"{'prompt':32}{'before training':35}after the quickstart",
+    ]
+    for b, a in list(zip(before["samples"], after["samples"]))[:3]:
+        lines.append(f"{_cell(b['prompt'], 30):32}{_cell(b['answer'], 33):35}{_cell(a['answer'], 40)}")
+    lines += ["```", README_END]
+    return "\n".join(lines)
+
+
+def write_readme(figures: dict, readme: Path) -> None:
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.index(README_START), text.index(README_END) + len(README_END)
+    readme.write_text(text[:start] + readme_block(figures) + text[end:], encoding="utf-8")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--readme", help="rewrite this README's demo-learning block from the figures")
+    parser.add_argument("--from-json", help="take the figures from this file instead of measuring")
     args = parser.parse_args()
+    if args.from_json:
+        figures = json.loads(Path(args.from_json).read_text())
+        for page in ([args.readme] if args.readme else [ROOT / "README.md", ROOT / "docs" / "benchmarks.md"]):
+            write_readme(figures, Path(page))
+        return 0
     work = Path(tempfile.mkdtemp(prefix="tuiwiz-bench-"))
     env = {**os.environ, "TUIWIZ_CACHE_DIR": str(work / "cache"), "TUIWIZ_STATE_DIR": str(work / "state")}
     profile = work / "quickstart.yaml"
@@ -92,6 +134,7 @@ def main() -> int:
     after = score(tuned, tokenizer, held_out)
     figures = {
         "quickstart_wall_s": round(wall, 1),
+        "load_average_1m": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count(),  # this machine is shared
         "first_loss": losses[0], "last_loss": losses[-1],  # training loss, first and last logged step
         "held_out_prompts": len(held_out),
         "before": before, "after": after,
@@ -99,6 +142,9 @@ def main() -> int:
     print(json.dumps(figures, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    if args.readme:
+        for page in (Path(args.readme), ROOT / "docs" / "benchmarks.md"):
+            write_readme(figures, page)
     return 0
 
 
