@@ -73,9 +73,11 @@ def test_final_output_names_the_output_folder_and_the_train_loss(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
     end = next(e for e in read_events(run.events) if e["type"] == "run_end")
     lines = result.stdout.strip().splitlines()
-    loss = re.search(r"train loss (\d+\.\d+)", lines[-3])
+    done = lines.index(next(line for line in lines if line.startswith("completed: ")))
+    loss = re.search(r"train loss (\d+\.\d+)", lines[done])
     assert loss and math.isclose(float(loss.group(1)), end["metrics"]["train_loss"], abs_tol=1e-4), lines
-    assert lines[-2] == f"output: {run.output}"
+    assert lines[done + 1] == f"output: {run.output}"
+    assert lines[done + 3] == "next:" and f"  tuiwiz chat {run.run_id}" in lines[done + 4:]  # what to do with it
     assert (run.output / "adapter_config.json").exists()
 
 

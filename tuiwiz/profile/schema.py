@@ -85,7 +85,10 @@ class DataConfig(_Strict):
     )
     validation_path: str | None = Field(None, description="A separate evaluation file.")
     max_length: int = Field(512, ge=8, le=1_048_576, description="Maximum tokens per example.")
-    packing: bool = Field(False, description="Pack several examples into each sequence.")
+    packing: bool = Field(
+        False, description="Pack several examples into each max_length row, each attending only to itself "
+        "(sdpa, eager, flash_attention_2).",
+    )
     limit: int | None = Field(None, ge=1, le=10**12, description="Use only the first N rows.")
 
     @model_validator(mode="after")
@@ -255,8 +258,18 @@ class TrainingConfig(_Strict):
         return value
 
 
+# Experiment trackers, by the names transformers' report_to knows; each one's package is checked
+# before a run starts (run/preflight.py). Credentials come from the environment, never the profile.
+Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "clearml", "dvclive", "neptune",
+                  "swanlab"]
+
+
 class OutputConfig(_Strict):
     runs_dir: str = Field("runs", description="Folder that holds one folder per run.")
+    report_to: list[Tracker] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Experiment trackers the run logs to; TensorBoard writes into the run's tensorboard/ folder. "
+                    "[] for none.")
     run_name: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",

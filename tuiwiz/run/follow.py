@@ -27,6 +27,7 @@ from tuiwiz.run.event_types import (
 )
 from tuiwiz.run.events import EventTail
 from tuiwiz.run.launch import stop_run
+from tuiwiz.run.next_steps import next_commands
 from tuiwiz.run.rundir import ACTIVE, FINISHED, RunDir, effective_status, read_state, unrecorded_end, watcher_alive
 
 EXIT_CODES = {"completed": 0, "failed": 1, "stopped": 130}
@@ -190,3 +191,8 @@ def print_result(run: RunDir, result: FollowResult, out: TextIO | None = None) -
             print(f"failed: {message}", file=out)
         print(f"log: {run.log}", file=out)
     print(f"run: {run.run_id} ({run.path})", file=out)
+    steps = next_commands(run, result.status)
+    if steps:
+        print("next:", file=out)
+        for what, command in steps:  # a comment, then the command to copy: each fits 80 columns
+            print(f"  # {what}\n  {command}", file=out)

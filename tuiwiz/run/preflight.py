@@ -15,6 +15,7 @@ from tuiwiz.data.datasets import LoadedData
 from tuiwiz.demo.builtin import is_builtin, resolve_builtin
 from tuiwiz.errors import UserError
 from tuiwiz.hub_access import hub_repo_info, is_hub_id, looks_like_path
+from tuiwiz.methods import method
 from tuiwiz.profile.io import DATA_SUFFIXES, LoadedProfile, is_local_data
 from tuiwiz.profile.schema import Profile
 from tuiwiz.run.resources import check_resources
@@ -223,11 +224,64 @@ def _check_modules(profile: Profile, source: str) -> None:
                      "or leave target_modules: auto", file=source, field=field, kind="profile")
 
 
+def _check_packing(profile: Profile, source: str) -> None:
+    """Packing that would let examples attend to each other is refused (the runner checks the model itself once
+    loaded: tuiwiz/train/packing.py); here what the profile and config.json already tell."""
+    if not profile.data.packing:
+        return
+    chosen = method(profile.method.type)
+    if chosen.family == "prompt":
+        raise UserError(
+            f"data.packing puts several examples in one row, and {chosen.title} adds its trained tokens once a row, "
+            "not once an example", hint="set data.packing: false, or use another method (lora)",
+            file=source, field="data.packing", kind="profile",
+        )
+    folder = _model_folder(profile) if profile.model.trust_remote_code else None
+    if folder is not None and "AutoModelForCausalLM" in _auto_map(folder):
+        raise UserError(
+            f"data.packing needs the model's attention to keep packed examples apart, and "
+            f"{profile.model.name_or_path} runs its own code (trust_remote_code, auto_map in config.json), "
+            "which tuiwiz cannot check", hint="set data.packing: false, or model.trust_remote_code: false where "
+            "transformers itself ships the model's architecture", file=source, field="data.packing", kind="profile",
+        )
+
+
+def _auto_map(folder: Path) -> dict:
+    import json
+
+    try:
+        value = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("auto_map")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# The package each tracker needs, by the name report_to gives it
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio",
+                    "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive", "neptune": "neptune",
+                    "swanlab": "swanlab"}
+
+
+def _check_trackers(profile: Profile, source: str) -> None:
+    """A tracker whose package is missing would stop the run as it starts: refuse it now."""
+    from importlib.util import find_spec
+
+    for name in profile.output.report_to:
+        package = TRACKER_PACKAGES[name]
+        if find_spec(package) is None:
+            raise UserError(f"output.report_to names {name}, but its package {package} is not installed",
+                            hint=f"pip install {package}, or remove {name} from output.report_to "
+                                 "(its credentials come from the environment, never the profile)",
+                            file=source, field="output.report_to", kind="profile")
+
+
 def preflight(loaded: LoadedProfile) -> None:
     """Everything that can be checked before a run dir exists. Raises UserError."""
     source = str(loaded.source) if loaded.source else "<profile>"
     _check_model(loaded.profile, source)
     _check_modules(loaded.profile, source)
+    _check_trackers(loaded.profile, source)
+    _check_packing(loaded.profile, source)
     _check_data(loaded.profile, source)
     _check_processes(loaded.profile, source)
     _check_resources(loaded.profile)

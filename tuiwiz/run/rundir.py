@@ -61,6 +61,11 @@ class RunDir:
     def output(self) -> Path:
         return self.path / "output"
 
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard's event files (``output.report_to: [tensorboard]``, the default)."""
+        return self.path / "tensorboard"
+
     def last_checkpoint(self) -> Path | None:
         """The checkpoint with the highest step that has a trainer state."""
         best: tuple[int, Path] | None = None

@@ -25,6 +25,16 @@ def total_steps(profile: Profile, n_rows: int, world_size: int) -> int:
     return max(1, math.ceil(math.ceil(batches / t.gradient_accumulation_steps) * t.num_train_epochs))
 
 
+def trackers(profile: Profile, run: RunDir) -> list[str]:
+    """The profile's experiment trackers, pointed at the run dir where they write locally."""
+    names = list(profile.output.report_to)
+    if "tensorboard" in names:  # transformers' TensorBoardCallback reads its folder from here
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.tensorboard)
+    if "wandb" in names:  # W&B's local files (and everything under WANDB_MODE=offline) stay with the run
+        os.environ.setdefault("WANDB_DIR", str(run.path))
+    return names
+
+
 def training_arguments(profile: Profile, precision: Precision, run: RunDir, has_eval: bool) -> dict:
     """Keyword arguments of transformers.TrainingArguments (and of TRL's configs, which extend it)."""
     t = profile.training
@@ -54,7 +64,7 @@ def training_arguments(profile: Profile, precision: Precision, run: RunDir, has_
         bf16=precision.name == "bf16",
         fp16=precision.name == "fp16",
         use_cpu=precision.device == "cpu",
-        report_to=[],
+        report_to=trackers(profile, run),
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         gradient_checkpointing=t.gradient_checkpointing,

@@ -14,6 +14,7 @@ from tuiwiz.train.arguments import total_steps, training_arguments, world_size
 from tuiwiz.train.callbacks import RunnerCallback, method_callbacks
 from tuiwiz.train.examples import load_data, sft_rows
 from tuiwiz.train.modeling import load_tokenizer, load_trainable_model, model_location, resolve_precision
+from tuiwiz.train.packing import FLASH, check_isolation, drop_untrained, use_packed_rows
 from tuiwiz.train.session import Setup, train_and_save
 from tuiwiz.train.stop import StopFlag
 
@@ -47,11 +48,10 @@ def build_trainer(profile: Profile, run: RunDir, precision, model, tokenizer, tr
 
     rows, options = sft_rows(train_data, tokenizer, profile)
     eval_rows = sft_rows(eval_data, tokenizer, profile)[0] if eval_data else None
-    # Packing without cross-document attention needs flash attention; otherwise wrap.
-    strategy = "bfd" if profile.model.attn_implementation == "flash_attention_2" else "wrapped"
+    attention = check_isolation(model) if profile.data.packing else None  # before TRL tokenizes everything
     config = SFTConfig(
         **training_arguments(profile, precision, run, eval_data is not None), max_length=profile.data.max_length,
-        packing=profile.data.packing, packing_strategy=strategy, dataset_num_proc=None,
+        packing=profile.data.packing, packing_strategy=packing_strategy(profile), dataset_num_proc=None,
         pad_to_multiple_of=profile.data.max_length if profile.training.pad_to_max_length else None, **options,
     )
     trainer = SFTTrainer(
@@ -59,9 +59,30 @@ def build_trainer(profile: Profile, run: RunDir, precision, model, tokenizer, tr
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer, callbacks=callbacks,
     )
+    if attention is not None:
+        isolate_packed(trainer, attention)
     if len(trainer.train_dataset) == 0:
         raise UserError(
             f"no example of {train_data.path} fits in data.max_length={profile.data.max_length} tokens",
             hint="raise data.max_length", file=train_data.path, field="data.max_length", kind="data",
         )
     return trainer
+
+
+def packing_strategy(profile: Profile) -> str:
+    """TRL's best-fit-decreasing packing, examples apart. SFT keeps each example whole (truncated to max_length, as
+    without packing); pretraining splits a longer text into max_length pieces and keeps every token."""
+    return "bfd_split" if profile.task == "pretrain" else "bfd"
+
+
+def isolate_packed(trainer, attention: str) -> None:
+    """Packed examples that see only themselves (tuiwiz/train/packing.py), and none left with nothing to train."""
+    import sys
+
+    trainer.train_dataset, dropped = drop_untrained(trainer.train_dataset)
+    if trainer.eval_dataset is not None:
+        trainer.eval_dataset = drop_untrained(trainer.eval_dataset)[0]
+    if dropped:
+        print(f"packing: left out {dropped} examples with no trained token within data.max_length", file=sys.stderr)
+    if attention not in FLASH:  # flash keeps TRL's collator: one row a batch, cut at cu_seq_lens
+        use_packed_rows(trainer)

@@ -9,6 +9,7 @@ checkpoint and end; Detach leaves it running.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from rich.console import Group
 from rich.text import Text
@@ -113,6 +114,12 @@ def status_lines(s: RunSnapshot, width: int) -> Group:
     return Group(*lines)
 
 
+def _tensorboard(text: Text, s: RunSnapshot) -> None:
+    board = Path(s.path) / "tensorboard"
+    if board.is_dir():  # output.report_to: [tensorboard], the default
+        text.append(f"\nCurves: tensorboard --logdir {board}", style="dim")
+
+
 def result_text(s: RunSnapshot) -> Text:
     """How the run ended, and what to do next."""
     if s.status == "completed":
@@ -128,6 +135,7 @@ def result_text(s: RunSnapshot) -> Text:
         if metrics.get("train_tokens_per_second"):
             text.append(f", {metrics['train_tokens_per_second']:,.0f} tok/s")
         text.append(f"\nThe model is in {s.run_id}/output.")
+        _tensorboard(text, s)
         _warnings(text, s)
         text.append("\nNext: m merge · e export · c chat · n new run · f2 runs", style="cyan")
         return text
@@ -137,6 +145,7 @@ def result_text(s: RunSnapshot) -> Text:
         if s.last_checkpoint:
             text.append(f"; checkpoint {s.last_checkpoint.rsplit('/', 1)[-1]} saved")
         text.append(f".\nContinue with `tuiwiz resume {s.run_id}` or from the runs list (f2, then r).")
+        _tensorboard(text, s)
         _warnings(text, s)
         text.append("\nNext: n new run · f2 runs", style="cyan")
         return text

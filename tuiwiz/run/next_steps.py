@@ -1,0 +1,37 @@
+"""What a user can do with a run once it has ended, as the commands to type (with the run's real id):
+the headless summary and `tuiwiz attach` print them, the monitor shows the same."""
+
+from __future__ import annotations
+
+from tuiwiz.methods import METHODS
+from tuiwiz.run.rundir import RunDir
+
+
+def _method_and_task(run: RunDir) -> tuple[str | None, str | None]:
+    import yaml
+
+    try:
+        profile = yaml.safe_load(run.profile.read_text(encoding="utf-8")) or {}
+        return (profile.get("method") or {}).get("type", "lora"), profile.get("task", "sft")
+    except (OSError, ValueError, AttributeError):
+        return None, None
+
+
+def next_commands(run: RunDir, status: str) -> list[tuple[str, str]]:
+    """(what it does, the command) for each next step that makes sense for this run."""
+    rid = run.run_id
+    method, task = _method_and_task(run)
+    steps: list[tuple[str, str]] = []
+    if status == "completed":
+        if task == "classification":
+            steps.append(("export the classifier for ONNX Runtime", f"tuiwiz export {rid} --format onnx"))
+        else:
+            steps.append(("chat with it (--compare: beside the base model)", f"tuiwiz chat {rid}"))
+            if method in METHODS and METHODS[method].mergeable:
+                steps.append(("merge the adapter into the base model", f"tuiwiz merge {rid}"))
+            steps.append(("export it for llama.cpp or Ollama", f"tuiwiz export {rid} --format gguf"))
+    elif status in ("stopped", "failed") and run.last_checkpoint() is not None:
+        steps.append(("continue from its last checkpoint", f"tuiwiz resume {rid}"))
+    if run.tensorboard.is_dir():
+        steps.append(("see its curves in TensorBoard", f"tensorboard --logdir {run.tensorboard}"))
+    return steps
