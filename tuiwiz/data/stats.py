@@ -3,7 +3,9 @@ estimate need to choose a sequence length and count what truncation would cut.""
 
 from __future__ import annotations
 
+import bisect
 import math
+import random
 from dataclasses import dataclass
 
 from tuiwiz.errors import UserError
@@ -47,3 +49,41 @@ class DataStats:
         if self.p95 <= max_len:
             return max(1, round(0.05 * self.rows))  # somewhere in the top 5%
         return round((0.5 if self.p50 > max_len else 0.05) * self.rows)
+
+    def work(self, max_length: int, micro_batch: int, seed: int = 0) -> Work | None:
+        """Tokens an epoch computes, padded or packed (None without every example's length).
+
+        Unpacked: shuffled batches of ``micro_batch`` (the Trainer samples at random), each padded to its
+        longest example. Packed: rows of ``max_length`` filled best-fit decreasing, as TRL's "bfd" does.
+        Examples longer than ``max_length`` count as truncated to it.
+        """
+        if not self.lengths:
+            return None
+        lengths = [min(n, max_length) for n in self.lengths]
+        shuffled = lengths[:]
+        random.Random(seed).shuffle(shuffled)
+        padded = sum(len(batch) * max(batch) for batch in
+                     (shuffled[i:i + micro_batch] for i in range(0, len(shuffled), micro_batch)))
+        free: list[int] = []  # room left in each row, kept sorted: best fit is the smallest that holds it
+        for n in sorted(lengths, reverse=True):
+            i = bisect.bisect_left(free, n)
+            if i == len(free):
+                bisect.insort(free, max_length - n)
+            else:
+                bisect.insort(free, free.pop(i) - n)
+        return Work(real=sum(lengths), padded=padded, packed_rows=len(free), packed=len(free) * max_length)
+
+
+@dataclass(frozen=True)
+class Work:
+    """Tokens one epoch computes: the examples' own, in padded batches, and in packed rows."""
+
+    real: int
+    padded: int
+    packed_rows: int
+    packed: int
+
+    @property
+    def packing_saves(self) -> float:
+        """The share of the padded epoch's tokens that packing does not compute."""
+        return max(0.0, 1 - self.packed / self.padded) if self.padded else 0.0

@@ -1,0 +1,47 @@
+"""The recommender packs (examples kept apart) where lengths vary enough that padded batches waste
+work, and says by how much; not where lengths are even, for classification, or for prompt methods."""
+
+from __future__ import annotations
+
+import random
+
+from tuiwiz.data.stats import DataStats
+from tuiwiz.plan.hardware import probe
+from tuiwiz.plan.modelinfo import model_from_config
+from tuiwiz.plan.recommend import PACKING_MIN_SAVING, recommend, to_profile
+
+from .support.configs import load_config
+
+rng = random.Random(0)
+VARIED = DataStats.from_lengths([rng.randint(25, 400) for _ in range(1000)])  # an alpaca-like spread
+EVEN = DataStats.from_lengths([400] * 1000)
+
+
+def qwen():
+    return model_from_config(load_config("qwen2.5-0.5b"), "Qwen/Qwen2.5-0.5B")
+
+
+def test_varied_lengths_turn_isolated_packing_on_with_the_saving_said():
+    rec = recommend(probe(snapshot="h100-80gb"), qwen(), VARIED, experts=True)
+    best = rec.best
+    assert best.packing and to_profile(best, "Qwen/Qwen2.5-0.5B", "train.jsonl").data.packing
+    work = VARIED.work(best.plan.seq_len, best.plan.micro_batch)
+    assert work.packing_saves >= PACKING_MIN_SAVING
+    assert f"{work.packing_saves:.0%} fewer tokens computed" in best.reason
+    prompt = [o for o in rec.options if o.plan.method in ("prompt_tuning", "prefix_tuning", "p_tuning")]
+    assert prompt and not any(o.packing for o in prompt)  # they add their tokens once per row
+
+
+def test_even_lengths_and_classification_stay_unpacked():
+    machine = probe(snapshot="h100-80gb")
+    assert not any(o.packing for o in recommend(machine, qwen(), EVEN).options)
+    assert not any(o.packing for o in recommend(machine, qwen(), VARIED, task="classification").options)
+    assert not any(o.packing for o in recommend(machine, qwen(), DataStats.assumed(512)).options)
+
+
+def test_work_counts_padding_and_packed_rows():
+    stats = DataStats.from_lengths([10, 10, 10, 90])
+    work = stats.work(max_length=100, micro_batch=4)
+    assert (work.real, work.padded) == (120, 360)  # one batch of four, padded to 90
+    assert (work.packed_rows, work.packed) == (2, 200)  # 90+10 in one row, 10+10 in another
+    assert abs(work.packing_saves - (1 - 200 / 360)) < 1e-9
