@@ -84,7 +84,11 @@ def readme_block(figures: dict) -> str:
     ]
     for b, a in list(zip(before["samples"], after["samples"]))[:3]:
         lines.append(f"{_cell(b['prompt'], 30):32}{_cell(b['answer'], 33):35}{_cell(a['answer'], 40)}")
-    lines += ["```", README_END]
+    lines += ["```"]
+    if figures.get("summary"):
+        lines += ["", "The quickstart ends by saying what to do next, with the run's id (the benchmark run's last "
+                  "lines, its folder paths relative):", "", "```", *figures["summary"], "```"]
+    lines.append(README_END)
     return "\n".join(lines)
 
 
@@ -117,6 +121,8 @@ def main() -> int:
         print(result.stdout, result.stderr, file=sys.stderr)
         return 1
     run = next(p for p in (work / "runs").iterdir() if not p.name.startswith("."))
+    lines = result.stdout.replace(f"{work}/", "").splitlines()
+    summary = lines[next(i for i, line in enumerate(lines) if line.startswith("completed:")):]
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in events if e["type"] == "log"]
 
@@ -137,6 +143,7 @@ def main() -> int:
         "load_average_1m": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count(),  # this machine is shared
         "first_loss": losses[0], "last_loss": losses[-1],  # training loss, first and last logged step
         "held_out_prompts": len(held_out),
+        "summary": summary,  # what `tuiwiz --profile` printed last
         "before": before, "after": after,
     }
     print(json.dumps(figures, indent=2))
