@@ -52,6 +52,7 @@ def test_the_walk_finds_the_core():
         ["tuiwiz", "profile", "schema"],
         ["tuiwiz", "hw"],
         ["tuiwiz", "doctor"],  # the stack is imported in its child process only
+        ["tuiwiz", "estimate", "--config", "tests/fixtures/configs/llama3-8b.json", "--gpus", "1"],
     ],
 )
 def test_light_commands_import_no_training_stack(argv, tmp_path):

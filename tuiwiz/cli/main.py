@@ -69,10 +69,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _command_modules() -> list:
-    """The command groups that live beside this file (planning, post-training)."""
-    from tuiwiz.cli import plan, post
+    """The command groups that live beside this file (planning, the memory estimate, post-training)."""
+    from tuiwiz.cli import estimate, plan, post
 
-    return [plan, post]
+    return [plan, estimate, post]
 
 
 def _cmd_validate(path: str) -> int:

@@ -1,4 +1,5 @@
-"""``tuiwiz hw``, ``tuiwiz inspect`` and ``tuiwiz recommend``: the fit check from the command line.
+"""``tuiwiz hw``, ``tuiwiz doctor``, ``tuiwiz inspect`` and ``tuiwiz recommend``: the fit check from the command
+line (``tuiwiz estimate`` is in estimate.py, the settings flags both take in settings.py).
 
 Hooked into tuiwiz/cli.py with ``add_commands(subparsers)`` and ``dispatch(args)``;
 also runnable alone (``python -m tuiwiz.cli.plan``). Light: no torch stack.
@@ -8,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tuiwiz.cli.settings import Settings, add_setting_flags, apply_settings, fit_on, takes
 from tuiwiz.errors import UserError
 from tuiwiz.units import MIB, count, gib
 
@@ -39,13 +44,14 @@ def add_commands(subparsers) -> None:
     rec = subparsers.add_parser("recommend", help="which fine-tuning settings fit this machine")
     rec.add_argument("--model", required=True, metavar="M", help="'demo', a local folder, or a cached hub id")
     rec.add_argument("--data", metavar="D", help="dataset file: its token lengths set the max length")
-    rec.add_argument("--seq-len", type=int, metavar="N", help="plan for N-token examples instead of measuring --data")
-    rec.add_argument("--hardware", metavar="SNAPSHOT", help="plan for a recorded machine (name or JSON file)")
+    rec.add_argument("--hardware", "--gpu-snapshot", metavar="SNAPSHOT",
+                     help="plan for a recorded machine (name or JSON file)")
     rec.add_argument("--task", choices=("sft", "pretrain", "classification"), default="sft")
     rec.add_argument("--target-batch", type=int, default=16, help="effective batch size to reach (default 16)")
     rec.add_argument("--experts", action="store_true", help="also IA3, AdaLoRA, prefix/p-tuning, BitFit")
     rec.add_argument("--json", action="store_true", help="machine-readable output")
     rec.add_argument("--write", metavar="PROFILE.yaml", help="write the best option as a profile")
+    add_setting_flags(rec)  # --seq-len N plans for N-token examples instead of measuring --data
 
 
 def dispatch(args) -> int | None:
@@ -166,14 +172,14 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
-def _data_stats(args, model) -> tuple[DataStats | None, list[str]]:
+def _data_stats(args, model, seq_len: int | None) -> tuple[DataStats | None, list[str]]:
     """The dataset's token lengths (or --seq-len as given), and a warning when they cannot be counted."""
     from tuiwiz.data.stats import DataStats
 
-    if args.seq_len:
-        if args.seq_len < 8:
+    if seq_len:
+        if seq_len < 8:
             raise UserError("--seq-len must be at least 8", field="--seq-len")
-        return DataStats.assumed(args.seq_len), []
+        return DataStats.assumed(seq_len), []
     if not args.data:
         return None, []
     if not (Path(model.path or "") / "tokenizer.json").is_file():  # ModelText (data/rendering.py) counts with it
@@ -199,31 +205,131 @@ def _option_dict(option) -> dict:
     }
 
 
+# What recommend tries without --experts; another --method turns them on.
+_EVERYDAY_METHODS = ("full", "lora", "qlora", "prompt_tuning")
+_OFFLOADED = {"zero3_offload_optimizer": "optimizer", "zero3_offload_all": "all"}
+_TRAINABLE = re.compile(r"\([^()]* trainable, [\d.]+%\)")
+
+
+def _on_gpus(machine, gpus: int | None):
+    """The machine with only its ``gpus`` GPUs that have the most free memory (0: none, the CPU)."""
+    if gpus is None:
+        return machine
+    if gpus > len(machine.gpus):
+        raise UserError(f"this machine has {len(machine.gpus)} GPU{'s' if len(machine.gpus) != 1 else ''}",
+                        field="--gpus", hint="--gpu-snapshot NAME plans for another machine; "
+                                             "`tuiwiz estimate --gpus N` estimates for any count")
+    kept = {g.index for g in sorted(machine.gpus, key=lambda g: -g.memory_free_mb)[:gpus]}
+    return replace(machine, gpus=tuple(g for g in machine.gpus if g.index in kept))
+
+
+def _matches(option, settings: Settings) -> bool:
+    """Whether an option is one the flags allow: their method (one with a rank, for --rank), their strategy."""
+    p = option.plan
+    offload = settings.offload or ("none" if settings.zero else None)
+    return ((settings.method is None or p.method == settings.method)
+            and (settings.rank is None or takes(p.method, "--rank"))
+            and (settings.target_modules is None or takes(p.method, "--target-modules"))
+            and (settings.zero is None or p.strategy.startswith(f"zero{settings.zero}"))
+            and offload in (None, _OFFLOADED.get(p.strategy, "none")))
+
+
+def _refit(option, settings: Settings, machine, model, args):
+    """``option`` with the settings flags applied, re-estimated; the largest micro-batch (and checkpointing
+    only if needed) that fits, where those are not given."""
+    from tuiwiz.plan.memory import Plan, estimate
+    from tuiwiz.plan.recommend import to_profile
+
+    if not option.fit:  # rejected for another reason than memory (QLoRA on a CPU)
+        return option
+    n = max(1, len(option.gpu_indices))
+    try:
+        profile = apply_settings(to_profile(option, args.model, args.data or "data.jsonl", args.task), settings,
+                                 model, distributed=False)
+    except UserError as exc:
+        return replace(option, fits=False, rejected=exc.message)
+    t = profile.training
+    sizes = [t.per_device_train_batch_size >> i for i in range(t.per_device_train_batch_size.bit_length())]
+    checkpointing = [t.gradient_checkpointing] if settings.gradient_checkpointing is not None \
+        else dict.fromkeys([t.gradient_checkpointing, True])
+    bf16 = all(g.bf16 for g in machine.gpus if g.index in option.gpu_indices)
+    for gc in checkpointing:
+        for mb in sizes[:1] if settings.micro_batch else sizes:
+            accum = settings.grad_accum or max(1, math.ceil(args.target_batch / (mb * n)))
+            tried = profile.model_copy(update={"training": t.model_copy(update={
+                "per_device_train_batch_size": mb, "gradient_accumulation_steps": accum,
+                "gradient_checkpointing": gc})})
+            plan = Plan.from_profile(tried, model, device="cuda" if option.gpu_indices else "cpu", bf16=bf16,
+                                     strategy=option.plan.strategy)
+            est = estimate(model, plan, n)
+            fit, rejected = fit_on(machine, est, option.gpu_indices)
+            if rejected is None:
+                break
+        if rejected is None:
+            break
+    share = est.trainable_parameters / max(1, model.num_parameters)
+    trainable = f"({count(est.trainable_parameters, digits=1)} trainable, {share:.2%})"
+    reason = _TRAINABLE.sub(trainable, option.reason, count=1)
+    if settings.packing is False:
+        reason = reason.split(" Packs the examples")[0]
+    elif settings.packing and not option.packing:
+        reason += f" Packs the examples into rows of {plan.seq_len} tokens, each kept apart (--packing)."
+    return replace(option, plan=plan, estimate=est, fit=fit, fits=rejected is None, rejected=rejected,
+                   effective_batch=mb * accum * n, packing=tried.data.packing, reason=reason,
+                   lora_alpha=2.0 * plan.lora_r if plan.method in ("lora", "qlora") else None,
+                   warnings=tuple(w for w in option.warnings if w not in option.estimate.notes) + est.notes)
+
+
+def _constrained(options, settings: Settings, machine, model, args) -> list:
+    """The recommended options that the settings flags allow, with those flags applied, fitting ones first."""
+    kept = [o for o in options if _matches(o, settings)]
+    if not kept:
+        given = [flag for flag in ("--method", "--rank", "--target-modules", "--zero", "--offload")
+                 if getattr(settings, flag[2:].replace("-", "_")) is not None]
+        raise UserError(f"no option recommend tries on this machine matches {', '.join(given)}",
+                        hint="`tuiwiz estimate` estimates any combination of these flags")
+    if settings.shapes_training:
+        kept = [_refit(o, settings, machine, model, args) for o in kept]
+
+    def order(o):
+        return (0, 0.0) if o.fits else (1, o.needed / (min((f.available for f in o.fit), default=1) or 1))
+
+    return sorted(kept, key=order)
+
+
 def _cmd_recommend(args) -> int:
     from tuiwiz.plan.hardware import probe
     from tuiwiz.plan.modelinfo import inspect_model
     from tuiwiz.plan.recommend import recommend, to_profile
+    from tuiwiz.profile.schema import Profile
 
-    machine = probe(snapshot=args.hardware)
+    settings = Settings.from_args(args)
+    machine = _on_gpus(probe(snapshot=args.hardware), settings.gpus)
     model = inspect_model(args.model, online=True)
-    stats, warnings = _data_stats(args, model)
-    result = recommend(machine, model, stats, args.task, target_batch=args.target_batch, experts=args.experts)
+    stats, warnings = _data_stats(args, model, settings.seq_len)
+    apply_settings(Profile(task=args.task), settings, model, distributed=False)  # a flag that fits no method fails here
+    experts = args.experts or settings.method not in (None, *_EVERYDAY_METHODS) or settings.offload == "all"
+    result = recommend(machine, model, stats, args.task, target_batch=args.target_batch, experts=experts)
     warnings += result.warnings
+    options = _constrained(result.options, settings, machine, model, args)
+    best = options[0] if options[0].fits else None
     if args.write:
-        if result.best is None:
+        if best is None:
             raise UserError("no option fits this machine, so there is no profile to write",
                             hint="a smaller model, a shorter --seq-len, or a machine with more memory")
         if not args.data:
             raise UserError("--write needs --data: the profile names the dataset", field="--data")
         from tuiwiz.profile.io import save_profile
 
-        save_profile(to_profile(result.best, args.model, args.data, args.task), args.write)
-        print(f"wrote {args.write} ({result.best.title})", file=sys.stderr)
+        profile = apply_settings(to_profile(best, args.model, args.data, args.task), settings, model,
+                                 distributed=False)
+        save_profile(profile, args.write)
+        print(f"wrote {args.write} ({best.title})", file=sys.stderr)
     if args.json:
         print(json.dumps({
             "machine": machine.source, "model": model.name, "parameters": model.num_parameters,
             "seq_len": result.seq_len, "seq_len_reason": result.seq_len_reason, "warnings": warnings,
-            "options": [_option_dict(o) for o in result.options],
+            "options": [_option_dict(o) for o in options],
         }, indent=2))
         return 0
     from rich.table import Table
@@ -236,7 +342,7 @@ def _cmd_recommend(args) -> int:
     table = Table(box=None, pad_edge=False)
     for column in ("", "option", "needs", "batch", "ckpt", "trainable", "why not"):
         table.add_column(column)
-    for o in result.options:
+    for o in options:
         p = o.plan
         mark = "[green]✓[/]" if o.fits else "[red]✗[/]"
         batch = f"{p.micro_batch}×{p.gradient_accumulation}" + (f"×{len(o.gpu_indices)}" if len(o.gpu_indices) > 1
@@ -244,11 +350,11 @@ def _cmd_recommend(args) -> int:
         table.add_row(mark, o.title, gib(o.needed), batch, "on" if p.gradient_checkpointing else "off",
                       _count(o.trainable_parameters), o.rejected or "")
     console.print(table)
-    if result.best is not None:
-        console.print(f"[bold]best:[/] {result.best.title}. {result.best.reason}", highlight=False)
+    if best is not None:
+        console.print(f"[bold]best:[/] {best.title}. {best.reason}", highlight=False)
     for warning in warnings:
         console.print(f"[yellow]warning:[/] {warning}")
-    if result.best is None:
+    if best is None:
         console.print("[red]nothing fits[/]: try a smaller model or a shorter max length")
     return 0
 
