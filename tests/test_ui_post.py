@@ -57,30 +57,34 @@ async def test_chat_streams_text_before_the_answer_ends(ui_env, trained_run):
         screen.query_one("#chat-adapter", Select).value = "base"
         await wait_for(pilot, lambda: screen.active == "base")
         assert "base model (adapter off)" in screen_text(app)
+        # text is drawn while the model process still generates: every update of the answer's bubble is
+        # recorded with whether the answer had ended (polling from the pilot cannot see this: its pauses
+        # wait for the screen to be idle, which a fast stream only is once it has ended)
+        updates: list[tuple[int, bool]] = []
+        show = screen._show_tokens
+
+        def recording(pieces: list[str]) -> None:
+            if pieces and screen.current is not None:
+                updates.append((len(screen.current[2].text) + len("".join(pieces)), bool(screen.finished)))
+            show(pieces)
+
+        screen._show_tokens = recording
         await ask(pilot, screen, COW, max_tokens="600")  # seconds of streaming, even on a quiet machine
-        # text is on the screen while the model process still generates
-        seen = []
-
-        def partial() -> bool:
-            if screen.current is not None and screen.current[2].text and not screen.finished:
-                seen.append((screen.current[2].text, screen_text(app)))
-            return bool(seen)
-
-        await wait_for(pilot, partial, timeout=60)
-        bubble = screen.query(".chat-answer").last()
-        partial_text, shown = seen[0]
-        # the column follows the answer's end: some of its last words are on the screen
-        from tuiwiz.post.chat import printable
-
-        last_words = [word for word in printable(partial_text).split()[-12:] if len(word) >= 3]
-        assert any(word in shown for word in last_words), (last_words, shown)
         await wait_for(pilot, lambda: screen.finished, timeout=60)
+        bubble = screen.query(".chat-answer").last()
         done = screen.finished[0]
         tokens = [e for e in screen.events if e["event"] == "token"]
         assert len(tokens) >= 3 and done["tokens"] >= len(tokens) and not done["stopped"]
-        assert len(partial_text) < len(bubble.text)
+        before_the_end = [size for size, ended in updates if not ended]
+        assert len(before_the_end) >= 2 and before_the_end[0] < len(bubble.text), updates  # drawn in parts
         assert tokens[0]["_received"] < tokens[-1]["_received"] <= done["_received"]
         assert bubble.first_shown is not None and bubble.first_shown < done["_received"]
+        # the column follows the answer's end: some of its last words are on the screen
+        from tuiwiz.post.chat import printable
+
+        await pilot.pause()
+        last_words = [word for word in printable(bubble.text).split()[-12:] if len(word) >= 3]
+        assert any(word in screen_text(app) for word in last_words), (last_words, screen_text(app))
         assert bubble.text == "".join(e["text"] for e in tokens)
         assert screen.histories["tuned"][-1] == {"role": "assistant", "content": bubble.text}
         # ctrl+l clears the conversation; the next answer starts from scratch
