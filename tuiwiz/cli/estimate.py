@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuiwiz.cli.settings import Settings, add_setting_flags, apply_settings, fit_on, plan_strategy
+from tuiwiz.cli.settings import Settings, add_setting_flags, apply_settings, plan_strategy
 from tuiwiz.errors import UserError
 from tuiwiz.methods import METHODS
 from tuiwiz.units import MIB, count, gib, size
@@ -107,6 +107,7 @@ def _cmd_estimate(args) -> int:
 
     from tuiwiz.plan.hardware import probe
     from tuiwiz.plan.memory import Plan, estimate
+    from tuiwiz.plan.recommend import fit_on
     from tuiwiz.profile.io import load_profile
     from tuiwiz.profile.schema import Profile
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuiwiz.cli.settings import Settings, add_setting_flags, apply_settings, fit_on, takes
+from tuiwiz.cli.settings import Settings, add_setting_flags, apply_settings, takes
 from tuiwiz.errors import UserError
 from tuiwiz.units import MIB, count, gib
 
@@ -208,7 +207,6 @@ def _option_dict(option) -> dict:
 # What recommend tries without --experts; another --method turns them on.
 _EVERYDAY_METHODS = ("full", "lora", "qlora", "prompt_tuning")
 _OFFLOADED = {"zero3_offload_optimizer": "optimizer", "zero3_offload_all": "all"}
-_TRAINABLE = re.compile(r"\([^()]* trainable, [\d.]+%\)")
 
 
 def _on_gpus(machine, gpus: int | None):
@@ -238,7 +236,7 @@ def _refit(option, settings: Settings, machine, model, args):
     """``option`` with the settings flags applied, re-estimated; the largest micro-batch (and checkpointing
     only if needed) that fits, where those are not given."""
     from tuiwiz.plan.memory import Plan, estimate
-    from tuiwiz.plan.recommend import to_profile
+    from tuiwiz.plan.recommend import fit_on, reason_for, to_profile
 
     if not option.fit:  # rejected for another reason than memory (QLoRA on a CPU)
         return option
@@ -267,15 +265,12 @@ def _refit(option, settings: Settings, machine, model, args):
                 break
         if rejected is None:
             break
-    share = est.trainable_parameters / max(1, model.num_parameters)
-    trainable = f"({count(est.trainable_parameters, digits=1)} trainable, {share:.2%})"
-    reason = _TRAINABLE.sub(trainable, option.reason, count=1)
-    if settings.packing is False:
-        reason = reason.split(" Packs the examples")[0]
-    elif settings.packing and not option.packing:
-        reason += f" Packs the examples into rows of {plan.seq_len} tokens, each kept apart (--packing)."
+    packing = tried.data.packing
+    note = option.packing_note if packing and option.packing else \
+        f" Packs the examples into rows of {plan.seq_len} tokens, each kept apart (--packing)." if packing else ""
+    reason = reason_for(plan, est, model) + note
     return replace(option, plan=plan, estimate=est, fit=fit, fits=rejected is None, rejected=rejected,
-                   effective_batch=mb * accum * n, packing=tried.data.packing, reason=reason,
+                   effective_batch=mb * accum * n, packing=packing, packing_note=note, reason=reason,
                    lora_alpha=2.0 * plan.lora_r if plan.method in ("lora", "qlora") else None,
                    warnings=tuple(w for w in option.warnings if w not in option.estimate.notes) + est.notes)
 

@@ -13,11 +13,8 @@ from typing import TYPE_CHECKING, get_args
 
 from tuiwiz.errors import UserError
 from tuiwiz.methods import METHOD_NAMES, METHODS
-from tuiwiz.units import MIB, gib
 
 if TYPE_CHECKING:
-    from tuiwiz.plan.hardware import Machine
-    from tuiwiz.plan.memory import MemoryEstimate
     from tuiwiz.plan.modelinfo import ModelInfo
     from tuiwiz.profile.schema import Profile
 
@@ -241,23 +238,3 @@ def plan_strategy(profile: Profile, device: str) -> tuple[str, list[str]]:
         return "zero2", ["ZeRO-2's optimizer offload is not modelled: its states are counted on the GPU "
                          "(an upper bound)"]
     return dist.strategy, []
-
-
-def fit_on(machine: Machine, est: MemoryEstimate, gpu_indices: tuple[int, ...]):
-    """(DeviceFit per device, why it does not fit or None), with the recommender's headroom."""
-    from tuiwiz.plan.recommend import GPU_HEADROOM, RAM_HEADROOM, DeviceFit
-
-    ram = int(machine.ram_available_mb * MIB * RAM_HEADROOM)
-    if not gpu_indices:
-        fit = (DeviceFit(None, est.total, ram),)
-        return fit, None if fit[0].fits else f"needs {gib(est.total)} of RAM, {gib(ram)} usable"
-    fit = tuple(DeviceFit(g.index, est.total, int(g.memory_free_bytes * GPU_HEADROOM))
-                for g in machine.gpus if g.index in gpu_indices)
-    short = [f for f in fit if not f.fits]
-    if short:
-        worst = min(short, key=lambda f: f.available)
-        return fit, (f"needs {gib(est.total)} per GPU, GPU {worst.index} has {gib(worst.available)} usable "
-                     f"({1 - GPU_HEADROOM:.0%} of its free memory kept spare)")
-    if est.cpu_ram > ram:
-        return fit, f"needs {gib(est.cpu_ram)} of CPU RAM for the offloaded states, {gib(ram)} usable"
-    return fit, None

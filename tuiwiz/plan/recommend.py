@@ -55,6 +55,7 @@ class Option:
     rejected: str | None = None  # why it does not fit
     warnings: tuple[str, ...] = ()
     packing: bool = False  # pack examples into rows of max_length, each kept apart (data.packing)
+    packing_note: str = ""  # why it packs, the reason's last sentence when it does
 
     @property
     def trainable_parameters(self) -> int:
@@ -171,8 +172,10 @@ def _optimizer(method: str) -> str:
     return "paged_adamw_8bit" if method == "qlora" else "adamw_torch"
 
 
-def _fit(machine: Machine, cand: _Candidate, est: MemoryEstimate) -> tuple[tuple[DeviceFit, ...], str | None]:
-    if not cand.gpus:
+def fit_on(machine: Machine, est: MemoryEstimate,
+           gpus: tuple[int, ...]) -> tuple[tuple[DeviceFit, ...], str | None]:
+    """(each device's fit, why the estimate does not fit or None): GPUs ``gpus``, or the CPU for ()."""
+    if not gpus:
         available = int(machine.ram_available_mb * 2**20 * RAM_HEADROOM)
         fit = (DeviceFit(None, est.total, available),)
         if est.total > available:
@@ -180,7 +183,7 @@ def _fit(machine: Machine, cand: _Candidate, est: MemoryEstimate) -> tuple[tuple
                          f"{machine.ram_available_mb / 1024:.1f} GiB available")
         return fit, None
     fits = tuple(DeviceFit(g.index, est.total, int(g.memory_free_bytes * GPU_HEADROOM))
-                 for g in machine.gpus if g.index in cand.gpus)
+                 for g in machine.gpus if g.index in gpus)
     short = [f for f in fits if not f.fits]
     if short:
         worst = min(short, key=lambda f: f.available)
@@ -215,7 +218,7 @@ def _search(machine, model, cand, seq, target_batch, precision, task):
             plan = replace(base, micro_batch=mb, gradient_checkpointing=gc,
                            gradient_accumulation=max(1, math.ceil(target_batch / (mb * n))))
             est = estimate(model, plan, n)
-            fit, why = _fit(machine, cand, est)
+            fit, why = fit_on(machine, est, cand.gpus)
             if why is None:
                 found[gc] = (plan, est, fit)
                 break
@@ -228,7 +231,7 @@ def _search(machine, model, cand, seq, target_batch, precision, task):
     # nothing fits: report the lightest setting
     plan = replace(base, micro_batch=1, gradient_checkpointing=True, gradient_accumulation=max(1, target_batch // n))
     est = estimate(model, plan, n)
-    fit, why = _fit(machine, cand, est)
+    fit, why = fit_on(machine, est, cand.gpus)
     return plan, est, fit, why
 
 
@@ -253,10 +256,11 @@ _STRATEGY_NOTES = {
 }
 
 
-def _reason(cand: _Candidate, plan: Plan, est: MemoryEstimate, model: ModelInfo) -> str:
-    text = _REASONS[cand.method].format(dtype=plan.precision, v=plan.num_virtual_tokens)
-    if cand.strategy in _STRATEGY_NOTES:
-        text += f"; {_STRATEGY_NOTES[cand.strategy]}"
+def reason_for(plan: Plan, est: MemoryEstimate, model: ModelInfo) -> str:
+    """Why choose this plan, in one sentence, with what it trains."""
+    text = _REASONS[plan.method].format(dtype=plan.precision, v=plan.num_virtual_tokens)
+    if plan.strategy in _STRATEGY_NOTES:
+        text += f"; {_STRATEGY_NOTES[plan.strategy]}"
     share = est.trainable_parameters / max(1, model.num_parameters)
     return f"{text[0].upper()}{text[1:]} ({count(est.trainable_parameters, digits=1)} trainable, {share:.2%})."
 
@@ -295,8 +299,8 @@ def recommend(machine: Machine, model: ModelInfo, data_stats: DataStats | None, 
             key=cand.key, title=cand.title, plan=plan, gpu_indices=cand.gpus, estimate=est, fit=fit,
             fits=rejected is None, effective_batch=plan.micro_batch * plan.gradient_accumulation * n,
             learning_rate=METHODS[cand.method].learning_rate, lora_alpha=lora_alpha,
-            reason=_reason(cand, plan, est, model) + packing_reason, rejected=rejected,
-            warnings=tuple(option_warnings) + est.notes, packing=packing,
+            reason=reason_for(plan, est, model) + packing_reason, rejected=rejected,
+            warnings=tuple(option_warnings) + est.notes, packing=packing, packing_note=packing_reason,
         )))
 
     def order(item):
