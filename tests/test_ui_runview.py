@@ -160,3 +160,21 @@ def test_a_warning_of_the_run_shows_under_its_result(tmp_path):
     assert snapshot.status == "completed" and snapshot.warnings == (warning,)
     shown = result_text(snapshot).plain
     assert shown.startswith("✓ Completed") and f"⚠ {warning}" in shown
+
+
+def test_a_finished_run_with_tensorboard_events_shows_the_command(tmp_path, monkeypatch):
+    """The reader (in the monitor's worker thread) looks for the run's tensorboard/ folder; the result
+    panel names the command to open it, and says nothing of it when the run wrote none."""
+    from tuiwiz.ui.screens.monitor import result_text
+
+    monkeypatch.setenv("TUIWIZ_STATE_DIR", str(tmp_path / "state"))
+    path = write_fixture_run(tmp_path / "runs", register=False)
+    reader = RunReader(RunDir(path), gpus=False)
+    reader.poll()
+    snapshot, _ = reader.take()
+    assert snapshot.tensorboard is None and "tensorboard" not in result_text(snapshot).plain
+    (path / "tensorboard").mkdir()
+    reader.poll()
+    snapshot, _ = reader.take()
+    assert snapshot.tensorboard == str(path / "tensorboard")
+    assert f"tensorboard --logdir {path / 'tensorboard'}" in result_text(snapshot).plain

@@ -149,6 +149,7 @@ class RunSnapshot:
     gpus: tuple[GpuLive, ...] = ()
     ram_used_mb: int | None = None
     ram_total_mb: int | None = None
+    tensorboard: str | None = None  # the finished run's TensorBoard folder, when it wrote one
 
     @property
     def finished(self) -> bool:
@@ -403,6 +404,7 @@ class RunReader:
             state_error=state.error if state else None, sampled=self.sampled, events=self.events,
             gpus=self._gpus, ram_used_mb=self._ram[0] if self._ram else None,
             ram_total_mb=self._ram[1] if self._ram else None,
+            tensorboard=str(self.run.tensorboard) if status in FINISHED and self.run.tensorboard.is_dir() else None,
         )
 
 

@@ -9,7 +9,6 @@ checkpoint and end; Detach leaves it running.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from rich.console import Group
 from rich.text import Text
@@ -115,9 +114,8 @@ def status_lines(s: RunSnapshot, width: int) -> Group:
 
 
 def _tensorboard(text: Text, s: RunSnapshot) -> None:
-    board = Path(s.path) / "tensorboard"
-    if board.is_dir():  # output.report_to: [tensorboard], the default
-        text.append(f"\nCurves: tensorboard --logdir {board}", style="dim")
+    if s.tensorboard:  # output.report_to: [tensorboard], the default (looked for by the reader's thread)
+        text.append(f"\nCurves: tensorboard --logdir {s.tensorboard}", style="dim")
 
 
 def result_text(s: RunSnapshot) -> Text:
