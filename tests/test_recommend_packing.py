@@ -45,3 +45,15 @@ def test_work_counts_padding_and_packed_rows():
     assert (work.real, work.padded) == (120, 360)  # one batch of four, padded to 90
     assert (work.packed_rows, work.packed) == (2, 200)  # 90+10 in one row, 10+10 in another
     assert abs(work.packing_saves - (1 - 200 / 360)) < 1e-9
+
+
+def test_the_data_step_says_what_packing_saves_for_sft_and_pretraining_only():
+    from types import SimpleNamespace
+
+    from tuiwiz.ui.screens.data import PADDING_BATCH, _packing_saves
+
+    stats = SimpleNamespace(lengths=list(VARIED.lengths), max_length=512)
+    assert _packing_saves(stats, 512, "sft") == VARIED.work(512, PADDING_BATCH).packing_saves >= 0.2
+    assert _packing_saves(stats, None, "pretrain") == _packing_saves(stats, 512, "sft")  # its own max length
+    assert _packing_saves(stats, 512, "classification") is None
+    assert _packing_saves(SimpleNamespace(lengths=[], max_length=512), 512, "sft") is None

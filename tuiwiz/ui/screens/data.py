@@ -35,6 +35,13 @@ SAMPLES = 3
 PADDING_BATCH = 8  # the micro-batch assumed before the Method step chooses one
 
 
+def _packing_saves(stats, limit: int | None, task: str) -> float | None:
+    """The share of padded batches' tokens packing would not compute (None where packing does not apply)."""
+    if stats is None or not stats.lengths or task not in ("sft", "pretrain"):
+        return None
+    return DataStats.from_lengths(stats.lengths).work(limit or stats.max_length, PADDING_BATCH).packing_saves
+
+
 class DataScreen(StepScreen):
     SCOPED_CSS = False  # its rules name the screen: loaded with it, not at start-up
     DEFAULT_CSS = """
@@ -177,7 +184,8 @@ class DataScreen(StepScreen):
             suggested = suggested_max_length(self.state)
             if chosen is None and suggested != check.stats.max_length:
                 check = check_data(self.state, max_length=suggested)
-        self.app.call_from_thread(self._show, check, chosen, suggested, self._all_problems(check.error))
+        saves = _packing_saves(check.stats, chosen or suggested, self.state.task)  # here, off the event loop
+        self.app.call_from_thread(self._show, check, chosen, suggested, self._all_problems(check.error), saves)
 
     def _all_problems(self, error):
         """The file read again going past each bad line (only when it has one): check_data, like the
@@ -189,7 +197,8 @@ class DataScreen(StepScreen):
         return find_problems(error.file, format=self.state.data_format, columns=column_map(self.state.columns),
                              task=self.state.task)
 
-    def _show(self, check, chosen: int | None, suggested: int | None, problems=None) -> None:
+    def _show(self, check, chosen: int | None, suggested: int | None, problems=None,
+              saves: float | None = None) -> None:
         if not self.is_attached:
             return
         self.checked = check
@@ -202,7 +211,7 @@ class DataScreen(StepScreen):
         with self.app.batch_update():
             self._show_summary(check)
             self._show_samples(check)
-            self._show_lengths(check, chosen, suggested)
+            self._show_lengths(check, chosen, suggested, saves)
             self._show_problems(check)
         self.update_nav()
 
@@ -254,7 +263,7 @@ class DataScreen(StepScreen):
             self.sample_texts.append(body)
             widget.update(Group(head, body))
 
-    def _show_lengths(self, check, chosen: int | None, suggested: int | None) -> None:
+    def _show_lengths(self, check, chosen: int | None, suggested: int | None, saves: float | None) -> None:
         stats = check.stats
         line = self.query_one("#length-stats", Static)
         input_ = self.query_one("#data-max-length", Input)
@@ -274,8 +283,7 @@ class DataScreen(StepScreen):
             text.append(f"  {over} over the limit: truncated", style="yellow")
         if stats.prompt_too_long:
             text.append(f"  {stats.prompt_too_long} with nothing left to learn", style="red")
-        if self.state.task in ("sft", "pretrain") and stats.lengths:
-            saves = DataStats.from_lengths(stats.lengths).work(limit, PADDING_BATCH).packing_saves
+        if saves is not None:
             text.append(f"\n packing saves {saves:.0%} of the tokens of batches of {PADDING_BATCH} padded to their "
                         "longest" if saves >= 0.05 else "\n even lengths: packing would save little", style="dim")
         line.update(text)
