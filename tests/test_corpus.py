@@ -105,7 +105,7 @@ PROFILES = [
     Bad("lone-surrogate.yaml", "invalid character (a lone surrogate", 2, "model.name_or_path"),
     Bad("huge-integer.yaml", "the number 99999999999999999999... is too large", 2, "training.max_steps"),
     Bad("eval-without-data.yaml", "no evaluation data", 2, "training.eval_steps"),
-    Bad("pretrain-alpaca.yaml", "data.format must be text, not alpaca", 3, "data.format"),
+    Bad("pretrain-alpaca.yaml", "trains on text data, not data.format alpaca", 3, "data.format"),
     # values no run can mean: control characters in a path, counts and epochs past any real run, inf and nan
     Bad("nul-in-path.yaml", "contains the control character '\\x00' at position 11", 2, "model.name_or_path",
         "a local folder", cli=True),

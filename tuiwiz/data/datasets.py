@@ -1,11 +1,12 @@
 """Reading datasets: JSON, JSONL, CSV, TSV and Parquet files, sniffed and normalised.
 
-Every record becomes one of four shapes, whatever the file's column names:
+Every record becomes one of these shapes, whatever the file's column names:
 
 - alpaca: ``{"instruction", "input", "output", "system"}``
 - messages: ``{"messages": [{"role", "content"}, ...]}`` (ShareGPT's from/value too)
 - text: ``{"text"}``
 - classification: ``{"text", "label"}`` (labels as strings)
+- preference, unpaired, prompt, seq2seq: the tasks past SFT (tuiwiz.data.preference)
 
 Bad data raises ``UserError`` naming the file, the line (or row) and the field; find_problems
 collects every such problem instead (the wizard's Problems view), through the same checks.
@@ -22,11 +23,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tuiwiz.data.files import data_error, jsonl_rows, read_rows
+from tuiwiz.data.preference import NORMALISERS
 from tuiwiz.errors import UserError
 from tuiwiz.profile.schema import ColumnsConfig
+from tuiwiz.tasks import TASKS
 from tuiwiz.text_files import decode_text, read_file_bytes
 
-FORMATS = ("alpaca", "messages", "text", "classification")
+FORMATS = ("alpaca", "messages", "text", "classification", "preference", "unpaired", "prompt", "seq2seq")
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user",
                   "assistant": "assistant", "tool": "tool", "function_call": "assistant", "observation": "tool"}
@@ -40,12 +43,34 @@ DEFAULT_COLUMNS = {
     "messages": ("messages", "conversations", "conversation"),
     "text": ("text", "content", "sentence"),
     "label": ("label", "labels", "category", "class"),
+    "prompt": ("prompt", "question", "instruction", "query", "problem"),
+    "chosen": ("chosen", "chosen_response", "response_chosen"),
+    "rejected": ("rejected", "rejected_response", "response_rejected"),
+    "completion": ("completion", "response", "output"),
+    "answer": ("answer", "solution", "ground_truth", "reference"),
+    "source": ("input", "source", "text", "document", "article"),
+    "target": ("target", "output", "summary", "translation"),
 }
 NEEDED = {
     "alpaca": ("instruction", "output"),
     "messages": ("messages",),
     "text": ("text",),
     "classification": ("text", "label"),
+    "preference": ("chosen", "rejected"),
+    "unpaired": ("prompt", "completion", "label"),
+    "prompt": ("prompt",),
+    "seq2seq": ("source", "target"),
+}
+
+
+EXPECTED = {  # what a task's data needs, as the message for unknown columns says it
+    "classification": "text and label", "pretrain": "text",
+    "reward": "chosen and rejected (with a prompt, or as conversations)",
+    "dpo": "chosen and rejected (with a prompt, or as conversations)",
+    "orpo": "chosen and rejected (with a prompt, or as conversations)",
+    "simpo": "chosen and rejected (with a prompt, or as conversations)",
+    "kto": "prompt, completion and label (true/false), or chosen and rejected",
+    "grpo": "prompt (and answer, for exact-answer rewards)", "seq2seq": "input and target",
 }
 
 
@@ -74,6 +99,8 @@ class LoadedData:
 def sniff_format(keys: list[str], columns: ColumnsConfig, task: str) -> str | None:
     """The format that a record with these keys has, or None."""
     has = {role: find_column(columns, role, keys) is not None for role in DEFAULT_COLUMNS}
+    if task not in ("sft", "pretrain", "classification"):  # the tasks past SFT: the first format that fits
+        return next((fmt for fmt in TASKS[task].formats if all(has[role] for role in NEEDED[fmt])), None)
     if task == "classification":
         return "classification" if has["text"] and has["label"] else None
     if task == "pretrain":
@@ -113,7 +140,7 @@ def _text(value, path, line, field) -> str:
     return text
 
 
-def _messages(value, path, line, field) -> list[dict]:
+def _messages(value, path, line, field, need_assistant: bool = True) -> list[dict]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -136,7 +163,7 @@ def _messages(value, path, line, field) -> list[dict]:
             raise data_error(f"{where} has no text content", path, line, f"{where}.content")
         content = _text(content, path, line, f"{where}.content") if content.strip() else content
         out.append({"role": SHAREGPT_ROLES[role], "content": content})
-    if not any(m["role"] == "assistant" for m in out):
+    if need_assistant and not any(m["role"] == "assistant" for m in out):
         raise data_error("this conversation has no assistant message to learn from", path, line, field,
                      hint="each conversation needs at least one assistant turn")
     return out
@@ -170,6 +197,8 @@ def _normalise(item, fmt: str, columns: ColumnsConfig, path: Path, line: int) ->
         return {"messages": messages}
     if fmt == "text":
         return {"text": _text(item[col["text"]], path, line, col["text"])}
+    if fmt in NORMALISERS:
+        return NORMALISERS[fmt](item, col, path, line, _text, _messages)
     label = item[col["label"]]
     if isinstance(label, float) and label.is_integer():  # 1.0 from a CSV or pandas is the label "1"
         label = int(label)
@@ -198,8 +227,7 @@ def normalise_rows(rows: list[tuple[int, object]], path: Path | str, *, format: 
             raise data_error(f"a record should be an object, not {_kind_of(first)}", path, first_line)
         format = sniff_format(list(first), columns, task)
         if format is None:
-            expected = {"classification": "text and label", "pretrain": "text"}.get(
-                task, "instruction+output (alpaca), messages (chat) or text")
+            expected = EXPECTED.get(task, "instruction+output (alpaca), messages (chat) or text")
             raise data_error(
                 f"cannot tell the format: task {task} needs {expected} columns; "
                 f"the first record has {', '.join(map(str, first)) or 'no fields'}",

@@ -34,6 +34,21 @@ DEMO_DATASETS = {
     "classification": "English sentences labelled sports, food, weather or tech",
 }
 
+# The tasks past SFT: name -> (module of tuiwiz.demo with a ``records(name)`` function, what it holds).
+# Each is built into a folder of its own on first use; the tokenizer never sees them, so adding one
+# leaves the demo model as it is.
+TASK_DATASETS = {
+    "preference": ("preference", "chosen/rejected replies to the demo questions: chosen ones begin 'Sure!' "
+                                 "(DPO, ORPO, SimPO, reward models)"),
+    "preference-heldout": ("preference", "the same pairs for the held-out questions (evaluation)"),
+    "kto": ("preference", "the preference pairs as single completions labelled desirable or not (KTO)"),
+    "arithmetic": ("arithmetic", "addition questions with their answers, checked by exact match (GRPO)"),
+    "arithmetic-heldout": ("arithmetic", "held-out addition questions (evaluation)"),
+    "seq2seq": ("seq2seq", "text-to-text pairs for the demo T5 (seq2seq)"),
+    "seq2seq-heldout": ("seq2seq", "held-out text-to-text pairs (evaluation)"),
+}
+TASK_DATA_VERSION = 1
+
 # name, sound, colour, home, food
 ANIMALS = (
     ("cow", "moo", "brown", "barn", "grass"),
@@ -150,7 +165,7 @@ def _build_atomically(final: Path, build) -> Path:
 
 # --- the facts -----------------------------------------------------------------
 
-def _facts(animal: tuple) -> dict:
+def animal_facts(animal: tuple) -> dict:
     name, sound, color, home, food = animal
     return {"a": name, "sound": sound, "color": color, "home": home, "food": food}
 
@@ -160,7 +175,7 @@ def qa_pairs() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     train, held_out = [], []
     index = 0
     for animal in ANIMALS:
-        facts = _facts(animal)
+        facts = animal_facts(animal)
         for question, answer in QUESTIONS:
             pair = (question.format(**facts), answer.format(**facts))
             (held_out if index % HELD_OUT_EVERY == 2 else train).append(pair)
@@ -198,7 +213,7 @@ def _chat_records(rng: random.Random) -> list[dict]:
 def _text_records(rng: random.Random) -> list[dict]:
     records = []
     for animal in ANIMALS:
-        f = _facts(animal)
+        f = animal_facts(animal)
         sentences = [
             f"The {f['a']} says {f['sound']}.", f"The {f['a']} is {f['color']}.",
             f"The {f['a']} lives in the {f['home']}.", f"The {f['a']} eats {f['food']}.",
@@ -245,24 +260,41 @@ def ensure_demo_datasets() -> Path:
     return _build_atomically(demo_data_dir(), _build_datasets)
 
 
-def ensure_demo_dataset(name: str) -> Path:
-    if name not in DEMO_DATASETS and name != "heldout":
+def _task_dataset_file(name: str) -> Path:
+    return cache_dir() / f"demo-{name}-v{TASK_DATA_VERSION}" / f"{name}.jsonl"
+
+
+def _build_task_dataset(name: str) -> Path:
+    from importlib import import_module
+
+    module = import_module(f"tuiwiz.demo.{TASK_DATASETS[name][0]}")
+    file = _task_dataset_file(name)
+    _build_atomically(file.parent, lambda staging: _write_jsonl(staging / file.name, module.records(name)))
+    return file
+
+
+def _known(name: str) -> None:
+    if name not in DEMO_DATASETS and name not in TASK_DATASETS and name != "heldout":
         raise UserError(
             f"there is no demo dataset '{name}'",
-            hint="demo datasets: " + ", ".join(f"demo:{n}" for n in DEMO_DATASETS), kind="data",
+            hint="demo datasets: " + ", ".join(f"demo:{n}" for n in (*DEMO_DATASETS, *TASK_DATASETS)), kind="data",
         )
+
+
+def ensure_demo_dataset(name: str) -> Path:
+    _known(name)
+    if name in TASK_DATASETS:
+        return _build_task_dataset(name)
     return ensure_demo_datasets() / f"{name}.jsonl"
 
 
 def resolve_demo_uri(value: str, *, build: bool = True) -> Path:
     """``demo:NAME`` to the file that holds it (built unless ``build`` is False)."""
     name = value.split(":", 1)[1]
-    if name not in DEMO_DATASETS and name != "heldout":
-        raise UserError(
-            f"there is no demo dataset '{name}'",
-            hint="demo datasets: " + ", ".join(f"demo:{n}" for n in DEMO_DATASETS), kind="data",
-        )
-    return ensure_demo_dataset(name) if build else demo_data_dir() / f"{name}.jsonl"
+    _known(name)
+    if build:
+        return ensure_demo_dataset(name)
+    return _task_dataset_file(name) if name in TASK_DATASETS else demo_data_dir() / f"{name}.jsonl"
 
 
 # --- the model -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tuiwiz.errors import UserError
 from tuiwiz.post.merge_plan import available_ram_bytes
-from tuiwiz.post.outputs import RunOutput, run_output
+from tuiwiz.run.outputs import RunOutput, run_output
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from tuiwiz.post.export_ollama import modelfile_text, ollama_template, sampling_
 from tuiwiz.post.export_onnx import export_onnx
 from tuiwiz.post.hub import push_to_hub
 from tuiwiz.post.modelcard import write_model_card
-from tuiwiz.post.outputs import Progress, RunOutput, run_output
+from tuiwiz.run.outputs import Progress, RunOutput, run_output
 from tuiwiz.run.rundir import RunDir
 
 FORMATS = ("merged", "adapter", "gguf", "ollama", "onnx", "hub")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tuiwiz.errors import UserError
 from tuiwiz.post.merge import merge_run
-from tuiwiz.post.outputs import TOKENIZER_FILES, Progress, RunOutput
+from tuiwiz.run.outputs import TOKENIZER_FILES, Progress, RunOutput
 
 
 def copy_full_output(source: RunOutput, dest: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tuiwiz.errors import UserError
 from tuiwiz.post.merge_plan import base_shards
-from tuiwiz.post.outputs import Progress
+from tuiwiz.run.outputs import Progress
 
 GGUF_QUANTS = ("f32", "f16", "q8_0")
 GGUF_ARCHITECTURES = ("llama", "mistral")  # the same tensor layout in llama.cpp's "llama" architecture

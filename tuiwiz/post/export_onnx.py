@@ -8,7 +8,7 @@ from pathlib import Path
 from tuiwiz.errors import UserError
 from tuiwiz.post.export_folders import merged_folder
 from tuiwiz.post.merge_verify import FP32_TOLERANCE, load_model
-from tuiwiz.post.outputs import TOKENIZER_FILES, Progress, RunOutput
+from tuiwiz.run.outputs import TOKENIZER_FILES, Progress, RunOutput
 
 # Texts of different lengths, so the padded batch has real padding; the first two are the export's example.
 ONNX_TEXTS = ("The match ended in a draw after extra time.", "Hi",

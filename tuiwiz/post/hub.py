@@ -8,7 +8,7 @@ from pathlib import Path
 from tuiwiz.errors import UserError
 from tuiwiz.post.export_folders import copy_full_output, export_adapter
 from tuiwiz.post.modelcard import write_model_card
-from tuiwiz.post.outputs import RunOutput
+from tuiwiz.run.outputs import RunOutput
 
 
 def push_to_hub(source: RunOutput, repo: str | None, *, private: bool, token: str | None):

@@ -29,7 +29,7 @@ from tuiwiz.post.merge_plan import MergePlan, check_resources, plan_merge
 from tuiwiz.post.merge_shards import copy_side_files, merge_shards, write_index
 from tuiwiz.post.merge_verify import judge_merge, verify_merge
 from tuiwiz.post.modelcard import write_model_card
-from tuiwiz.post.outputs import Progress, RunOutput
+from tuiwiz.run.outputs import Progress, RunOutput
 from tuiwiz.run.rundir import RunDir
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuiwiz.errors import UserError
-from tuiwiz.post.outputs import RunOutput, run_output
+from tuiwiz.run.outputs import RunOutput, run_output
 from tuiwiz.run.rundir import RunDir
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tuiwiz.errors import UserError
 from tuiwiz.post.merge_plan import MergePlan
-from tuiwiz.post.outputs import TOKENIZER_FILES, Progress
 from tuiwiz.post.streamed_model import release_freed_memory
+from tuiwiz.run.outputs import TOKENIZER_FILES, Progress
 
 _ADAPTER_PARTS = {
     "lora_A.weight": "A", "lora_B.weight": "B", "lora_B.bias": "B_bias", "lora_magnitude_vector": "magnitude",

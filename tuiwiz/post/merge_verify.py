@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tuiwiz.errors import UserError
 from tuiwiz.post.merge_plan import MergePlan
-from tuiwiz.post.outputs import RunOutput
+from tuiwiz.run.outputs import RunOutput
 
 FP32_TOLERANCE = 1e-4
 HALF_TOLERANCE = 3e-2  # times max(1, largest reference logit): bf16/fp16 round at about 1e-2 relative

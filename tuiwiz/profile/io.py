@@ -23,6 +23,7 @@ from tuiwiz.files import write_text_atomic
 from tuiwiz.methods import METHOD_NAMES
 from tuiwiz.profile.schema import Profile
 from tuiwiz.profile.yaml_tree import compose, mark_line
+from tuiwiz.tasks import TASKS
 from tuiwiz.text_files import decode_text, read_file_bytes
 
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
@@ -322,10 +323,21 @@ def resolve_paths(profile: Profile, base: Path) -> Profile:
     validation = profile.data.validation_path
     if validation and is_local_data(validation):
         validation = _resolve(validation, base)
+    start = profile.model.start_from
+    if start and (start.startswith((".", "/", "~")) or (base / start).exists()):  # a folder, not a run id
+        start = _resolve(start, base)
+    rewards = [
+        reward.model_copy(update={"file": _resolve(reward.file, base)}) if reward.type == "python"
+        else reward.model_copy(update={"path": _resolve(reward.path, base)})
+        if reward.type == "reward_model" and (reward.path.startswith((".", "/", "~")) or (base / reward.path).exists())
+        else reward
+        for reward in profile.grpo.rewards
+    ]
     return profile.model_copy(
         update={
-            "model": profile.model.model_copy(update={"name_or_path": model}),
+            "model": profile.model.model_copy(update={"name_or_path": model, "start_from": start}),
             "data": profile.data.model_copy(update={"path": data, "validation_path": validation}),
+            "grpo": profile.grpo.model_copy(update={"rewards": rewards}),
             "output": profile.output.model_copy(update={"runs_dir": _resolve(profile.output.runs_dir, base)}),
         }
     )
@@ -340,6 +352,11 @@ def load_profile(path: str | Path) -> LoadedProfile:
 
 def dump_profile(profile: Profile) -> str:
     data = profile.model_dump(mode="json", exclude_none=True)
+    task = TASKS[profile.task]
+    if not task.preference:  # a section the task does not read is left out, not written with its defaults
+        data.pop("preference")
+    if task.name != "grpo":
+        data.pop("grpo")
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tuiwiz.methods import METHODS
+from tuiwiz.tasks import TASKS
 
 PROFILE_VERSION = 1
 
@@ -59,6 +60,11 @@ class ModelConfig(_Strict):
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped with the model. Only for models you trust."
     )
+    start_from: str | None = Field(
+        None,
+        description="An earlier run (its folder, or its output folder) to train on from: its adapter is merged "
+                    "into name_or_path first, its full model replaces it. DPO after SFT, for instance.",
+    )
 
 
 class ColumnsConfig(_Strict):
@@ -71,6 +77,13 @@ class ColumnsConfig(_Strict):
     messages: str | None = None
     text: str | None = None
     label: str | None = None
+    prompt: str | None = None  # preference, KTO and GRPO data
+    chosen: str | None = None
+    rejected: str | None = None
+    completion: str | None = None  # KTO: the completion its label judges
+    answer: str | None = None  # GRPO: the reference answer the verifiable rewards compare with
+    source: str | None = None  # seq2seq: the input text
+    target: str | None = None  # seq2seq: the text to produce
 
 
 class DataConfig(_Strict):
@@ -78,7 +91,10 @@ class DataConfig(_Strict):
         "demo:alpaca",
         description="A JSON/JSONL/CSV/TSV/Parquet file, a hub dataset id, or demo:NAME.",
     )
-    format: Literal["auto", "alpaca", "messages", "text", "classification"] = "auto"
+    format: Literal["auto", "alpaca", "messages", "text", "classification", "preference", "unpaired", "prompt",
+                    "seq2seq"] = Field(
+        "auto", description="auto: sniffed from the columns. preference: prompt/chosen/rejected; unpaired: "
+        "prompt/completion/label (KTO); prompt: prompts with an optional answer (GRPO); seq2seq: input/target.")
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     validation_split: float = Field(
         0.0, ge=0.0, lt=0.5, description="Fraction of rows held out for evaluation."
@@ -343,12 +359,117 @@ class FitRecord(_Strict):
     changes: list[str] = Field(default_factory=list, description="Step-downs the probe applied.")
 
 
+# Loss variants by their TRL 1.x names (DPOConfig.loss_type, KTOConfig.loss_type, GRPOConfig.loss_type).
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+KTO_LOSSES = ("kto", "apo_zero_unpaired")
+GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+PREFERENCE_LOSSES = {"dpo": DPO_LOSSES, "kto": KTO_LOSSES}
+
+
+class PreferenceConfig(_Strict):
+    """Preference tuning (task dpo, kto, orpo, simpo): TRL's settings by their TRL names."""
+
+    beta: float = Field(0.1, gt=0, le=100, description="How far the policy may move from the reference "
+                        "(DPO, KTO), the weight of the odds-ratio term (ORPO), the reward scale (SimPO).")
+    loss_type: str | None = Field(None, description="DPO: " + ", ".join(DPO_LOSSES) + "; KTO: "
+                                  + ", ".join(KTO_LOSSES) + ". Unset: TRL's default (sigmoid, kto).")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="DPO and SimPO: assumed share of flipped "
+                                   "labels (cDPO, robust).")
+    max_prompt_length: int | None = Field(
+        None, ge=1, le=1_048_576,
+        description="Longest prompt in tokens; a longer one is a data error naming its line. Unset: half of "
+                    "data.max_length.")
+    precompute_ref_log_probs: bool = Field(
+        False, description="DPO, KTO: score the data with the reference once before training, so the reference "
+                           "needs no memory during it (helps full fine-tuning; adapters need no second copy).")
+    simpo_gamma: float = Field(0.5, ge=0, le=100, description="SimPO: the target reward margin.")
+    desirable_weight: float = Field(1.0, gt=0, le=1000, description="KTO: weight of desirable completions.")
+    undesirable_weight: float = Field(1.0, gt=0, le=1000, description="KTO: weight of undesirable ones.")
+
+
+class _Reward(_Strict):
+    weight: float = Field(1.0, ge=-1000, le=1000, description="Its share of the total reward.")
+
+
+def _compiles(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"is not a regular expression Python's re accepts: {exc}") from None
+    return pattern
+
+
+class ExactAnswerReward(_Reward):
+    """1 when the answer extracted from the completion equals the row's answer column, else 0."""
+
+    type: Literal["exact_answer"] = "exact_answer"
+    pattern: str = Field(r"(-?[\d.,]+)\D*$", description="Regular expression; its first group (or the whole "
+                         "match) is the answer. Default: the last number in the completion.")
+    _check = field_validator("pattern")(classmethod(lambda cls, v: _compiles(v)))
+
+
+class FormatReward(_Reward):
+    """1 when the completion matches the pattern (re.search; ^...$ for the whole text), else 0."""
+
+    type: Literal["format"] = "format"
+    pattern: str
+    _check = field_validator("pattern")(classmethod(lambda cls, v: _compiles(v)))
+
+
+class LengthReward(_Reward):
+    """0 at the target length (in characters), falling linearly to -1 at twice or zero that length."""
+
+    type: Literal["length"] = "length"
+    target: int = Field(ge=1, le=1_000_000)
+
+
+class ModelReward(_Reward):
+    """The score of a reward model trained with task: reward (its run folder or output folder)."""
+
+    type: Literal["reward_model"] = "reward_model"
+    path: str
+
+
+class PythonReward(_Reward):
+    """Your own function ``fn(prompts, completions, **columns) -> list[float]`` from a Python file, run only
+    with grpo.trust_reward_code: true."""
+
+    type: Literal["python"] = "python"
+    file: str
+    function: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+Reward = Annotated[
+    ExactAnswerReward | FormatReward | LengthReward | ModelReward | PythonReward, Field(discriminator="type"),
+]
+
+
+class GrpoConfig(_Strict):
+    """Reinforcement learning on generated completions (task grpo): TRL's GRPOTrainer, or RLOO."""
+
+    algorithm: Literal["grpo", "rloo"] = "grpo"
+    rewards: list[Reward] = Field(default_factory=list, description="What a completion earns; summed by weight.")
+    num_generations: int = Field(4, ge=2, le=1024, description="Completions sampled per prompt.")
+    max_completion_length: int = Field(64, ge=1, le=1_048_576)
+    max_prompt_length: int | None = Field(None, ge=1, le=1_048_576,
+                                          description="Longest prompt in tokens. Unset: data.max_length.")
+    temperature: float = Field(1.0, gt=0, le=10)
+    beta: float = Field(0.0, ge=0, le=100, description="KL penalty to the reference; 0 loads no reference.")
+    loss_type: str | None = Field(None, description="GRPO: " + ", ".join(GRPO_LOSSES) + ". Unset: TRL's default.")
+    trust_reward_code: bool = Field(False, description="Run the Python reward functions the rewards name.")
+    log_completions: int = Field(4, ge=0, le=64, description="Sampled completions shown live with their rewards.")
+
+
 class Profile(_Strict):
     version: Literal[1] = PROFILE_VERSION
-    task: Literal["sft", "pretrain", "classification"] = "sft"
+    task: Literal["sft", "pretrain", "classification", "reward", "dpo", "kto", "orpo", "simpo", "grpo",
+                  "seq2seq"] = "sft"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     method: Method = Field(default_factory=LoraMethod)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -357,19 +478,19 @@ class Profile(_Strict):
     @model_validator(mode="after")
     def _combinations(self) -> Profile:
         fmt = self.data.format
-        if self.task == "classification" and fmt not in ("auto", "classification"):
-            raise ValueError(f"task classification needs data.format classification, not {fmt}")
-        if self.task == "pretrain" and fmt not in ("auto", "text"):
-            raise ValueError(f"task pretrain trains on raw text: data.format must be text, not {fmt}")
-        if self.task != "classification" and fmt == "classification":
-            raise ValueError("data.format classification needs task: classification")
+        task = TASKS[self.task]
+        if fmt != "auto" and fmt not in task.formats:
+            users = [t.name for t in TASKS.values() if fmt in t.formats]
+            raise ValueError(f"task {self.task} trains on {' or '.join(task.formats)} data, not data.format {fmt} "
+                             f"(which task {' or '.join(users)} takes)")
+        self._task_settings()
         if self.training.eval_steps and not (self.data.validation_split or self.data.validation_path):
             raise ValueError(
                 "training.eval_steps is set but there is no evaluation data: "
                 "set data.validation_split or data.validation_path"
             )
-        if self.task == "classification" and self.data.packing:
-            raise ValueError("data.packing does not apply to classification")
+        if self.data.packing and not task.packs:
+            raise ValueError(f"data.packing does not apply to task {self.task} (only to sft and pretrain)")
         dist = self.distributed
         if self.method.type == "qlora" and dist.strategy == "zero3":
             raise ValueError(
@@ -382,6 +503,28 @@ class Profile(_Strict):
                 f"DeepSpeed ZeRO brings its own AdamW; training.optim {self.training.optim} does not combine with it"
             )
         return self
+
+    def _task_settings(self) -> None:
+        """The preference: and grpo: sections must suit the task."""
+        loss = self.preference.loss_type
+        if loss is not None:
+            allowed = PREFERENCE_LOSSES.get(self.task)
+            if allowed is None:
+                raise ValueError(f"preference.loss_type applies to task dpo or kto, not {self.task}")
+            if loss not in allowed:
+                raise ValueError(f"preference.loss_type {loss} is not one of task {self.task}'s: {', '.join(allowed)}")
+        grpo = self.grpo
+        if grpo.loss_type is not None and grpo.loss_type not in GRPO_LOSSES:
+            raise ValueError(f"grpo.loss_type {grpo.loss_type} is not one of {', '.join(GRPO_LOSSES)}")
+        if self.task == "grpo":
+            if not grpo.rewards:
+                raise ValueError("task grpo needs at least one reward under grpo.rewards, e.g. "
+                                 "[{type: exact_answer}] to compare with the data's answer column")
+            if any(r.type == "python" for r in grpo.rewards) and not grpo.trust_reward_code:
+                raise ValueError("grpo.rewards names a Python reward function: set grpo.trust_reward_code: true "
+                                 "to run code from that file (only for code you trust)")
+            if grpo.algorithm == "rloo" and grpo.loss_type is not None:
+                raise ValueError("grpo.loss_type applies to algorithm grpo; RLOO has its own loss")
 
     @property
     def learning_rate(self) -> float:

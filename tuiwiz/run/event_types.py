@@ -82,7 +82,7 @@ class RunStartEvent(Event):
     run_id: str = _doc("the run's id (its folder's name)")
     tuiwiz_version: str = _doc("the tuiwiz that trains")
     versions: dict[str, str] = _doc("versions of torch, transformers, peft, trl, accelerate, bitsandbytes")
-    task: str = _doc("`sft`, `pretrain` or `classification`")
+    task: str = _doc("the profile's task (`sft`, `dpo`, `grpo`, ...: tuiwiz/tasks.py)")
     method: str = _doc("the method (`lora`, `qlora`, `full`, ...)")
     model: str = _doc("the profile's `model.name_or_path`")
     model_path: str = _doc("where the model was loaded from (the built-in demo's folder, or as given)")
@@ -122,6 +122,9 @@ class LogEvent(Event):
     tokens_per_second: float | None = _optional("since the previous log")
     memory: dict[str, float] | None = _optional(
         "MiB: `rss_mb`, `peak_rss_mb`; on GPU also `gpu_allocated_mb`, `gpu_reserved_mb` (peaks)")
+    task_metrics: dict[str, float] | None = _optional(
+        "the task's own numbers as its trainer logs them: `rewards/chosen`, `rewards/margins` (DPO family), "
+        "`reward`, `reward_std` (GRPO), `accuracy` (reward models), ...")
 
 
 class EvalEvent(Event):
@@ -140,6 +143,16 @@ class EvalEvent(Event):
 
     def unknown_fields(self) -> list[str]:
         return [name for name in super().unknown_fields() if not name.startswith("eval_")]
+
+
+class SamplesEvent(Event):
+    """Completions the policy sampled during training, with their rewards (GRPO)."""
+
+    type: ClassVar[str] = "samples"
+    step: int = _doc("the optimizer step they were sampled at")
+    samples: list[dict[str, Any]] = _doc(
+        "each a `prompt`, a `completion` and its `reward` (the total), with each reward function's share "
+        "under `rewards`")
 
 
 class CheckpointEvent(Event):
@@ -192,7 +205,8 @@ class UnknownEvent(Event):
 
 
 EVENTS: dict[str, type[Event]] = {cls.type: cls for cls in (
-    StatusEvent, RunStartEvent, LogEvent, EvalEvent, CheckpointEvent, ErrorEvent, WarningEvent, RunEndEvent)}
+    StatusEvent, RunStartEvent, LogEvent, EvalEvent, SamplesEvent, CheckpointEvent, ErrorEvent, WarningEvent,
+    RunEndEvent)}
 
 
 def parse_event(raw: Mapping[str, Any]) -> Event:

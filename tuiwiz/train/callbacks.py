@@ -71,6 +71,7 @@ class RunnerCallback(TrainerCallback):
                 step=state.global_step, max_steps=state.max_steps, epoch=round(state.epoch or 0, 4),
                 loss=loss, learning_rate=_number(logs.get("learning_rate")), grad_norm=grad_norm,
                 tokens_seen=tokens, tokens_per_second=round(tps, 1) if tps else None, memory=memory_snapshot(),
+                task_metrics=_task_metrics(logs),
             ))
             if not math.isfinite(loss):
                 self.failure = NonFiniteLoss(state.global_step, loss)
@@ -87,6 +88,22 @@ class RunnerCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         path = f"{args.output_dir}/checkpoint-{state.global_step}"
         self._emit(CheckpointEvent(step=state.global_step, path=path), durable=True)
+
+
+_COMMON = {"loss", "grad_norm", "learning_rate", "epoch"}
+
+
+def _task_metrics(logs: dict) -> dict[str, float] | None:
+    """The numbers a task's trainer logs beyond the common ones (DPO's rewards/*, GRPO's reward, ...)."""
+    found = {}
+    for key, value in logs.items():
+        if key in _COMMON or key.startswith("eval_"):
+            continue
+        try:
+            found[key] = float(value)
+        except (TypeError, ValueError):  # text (GRPO's completions) or a structure: not a curve
+            continue
+    return found or None
 
 
 def _number(value) -> float | None:

@@ -11,6 +11,7 @@ from tuiwiz.demo.builtin import is_builtin, resolve_builtin
 from tuiwiz.errors import UserError
 from tuiwiz.methods import METHODS
 from tuiwiz.profile.schema import Profile
+from tuiwiz.tasks import TASKS
 
 
 @dataclass(frozen=True)
@@ -101,16 +102,22 @@ def load_model(model_path: str, profile: Profile, precision: Precision, labels: 
         kwargs["quantization_config"] = _quantization_config(profile, precision)
         if precision.device == "cuda":
             kwargs["device_map"] = {"": torch.cuda.current_device()}
-    if profile.task == "classification":
+    kind = TASKS[profile.task].model
+    if kind == "sequence_score" and profile.task == "classification":
         assert labels is not None
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        return transformers.AutoModelForSequenceClassification.from_pretrained(
             model_path, num_labels=len(labels),
             id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
             **kwargs,
         )
-    else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
-    return model
+    if kind == "sequence_score":  # a reward model: one score per sequence
+        return transformers.AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, **kwargs)
+    if kind == "seq2seq":
+        return transformers.AutoModelForSeq2SeqLM.from_pretrained(model_path, **kwargs)
+    return transformers.AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+
+
+PEFT_TASK_TYPES = {"causal": "CAUSAL_LM", "sequence_score": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM"}
 
 
 def _targets(value):
@@ -167,7 +174,7 @@ def peft_config(profile: Profile, task_type: str, total_steps: int, model_path: 
 
 def apply_method(model, profile: Profile, total_steps: int, model_path: str):
     """Freeze and wrap the model as the method says. Returns the model to train."""
-    task_type = "SEQ_CLS" if profile.task == "classification" else "CAUSAL_LM"
+    task_type = PEFT_TASK_TYPES[TASKS[profile.task].model]
     kind = profile.method.type
     if kind == "full":
         return model
@@ -175,7 +182,7 @@ def apply_method(model, profile: Profile, total_steps: int, model_path: str):
         head = {"score", "classifier"}
         trainable = 0
         for name, param in model.named_parameters():
-            keep = name.endswith(".bias") or (profile.task == "classification" and name.split(".")[0] in head)
+            keep = name.endswith(".bias") or (task_type == "SEQ_CLS" and name.split(".")[0] in head)
             param.requires_grad_(keep)
             trainable += param.numel() if name.endswith(".bias") else 0
         if trainable == 0:

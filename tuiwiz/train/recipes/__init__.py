@@ -10,10 +10,17 @@ from __future__ import annotations
 from importlib import import_module
 from types import ModuleType
 
-RECIPES = {  # profile.task -> module
+RECIPES = {  # profile.task (tuiwiz/tasks.py) -> module
     "sft": "sft",
     "pretrain": "sft",  # raw text through the same trainer
     "classification": "classification",
+    "reward": "reward",
+    "dpo": "dpo",
+    "kto": "kto",
+    "orpo": "orpo",
+    "simpo": "simpo",
+    "grpo": "grpo",
+    "seq2seq": "seq2seq",
 }
 
 

@@ -13,8 +13,9 @@ from tuiwiz.run.rundir import RunDir
 from tuiwiz.train.arguments import total_steps, training_arguments, world_size
 from tuiwiz.train.callbacks import RunnerCallback, method_callbacks
 from tuiwiz.train.examples import classification_dataset, load_data
-from tuiwiz.train.modeling import load_tokenizer, load_trainable_model, model_location, resolve_precision
+from tuiwiz.train.modeling import load_tokenizer, load_trainable_model, resolve_precision
 from tuiwiz.train.session import Setup, train_and_save
+from tuiwiz.train.start import starting_model
 from tuiwiz.train.stop import StopFlag
 
 
@@ -31,7 +32,7 @@ def set_up(profile: Profile, run: RunDir, callbacks: list) -> Setup:
 
     transformers.logging.set_verbosity_warning()
     precision = resolve_precision(profile)
-    model_path = model_location(profile)
+    model_path = starting_model(profile, run)
     train_data, eval_data = load_data(profile)
     labels = train_data.labels
     tokenizer = load_tokenizer(model_path, profile)

@@ -13,9 +13,10 @@ from tuiwiz.run.rundir import RunDir
 from tuiwiz.train.arguments import total_steps, training_arguments, world_size
 from tuiwiz.train.callbacks import RunnerCallback, method_callbacks
 from tuiwiz.train.examples import load_data, sft_rows
-from tuiwiz.train.modeling import load_tokenizer, load_trainable_model, model_location, resolve_precision
+from tuiwiz.train.modeling import load_tokenizer, load_trainable_model, resolve_precision
 from tuiwiz.train.packing import FLASH, check_isolation, drop_untrained, use_packed_rows
 from tuiwiz.train.session import Setup, train_and_save
+from tuiwiz.train.start import starting_model
 from tuiwiz.train.stop import StopFlag
 
 
@@ -32,7 +33,7 @@ def set_up(profile: Profile, run: RunDir, callbacks: list) -> Setup:
 
     transformers.logging.set_verbosity_warning()
     precision = resolve_precision(profile)
-    model_path = model_location(profile)
+    model_path = starting_model(profile, run)
     train_data, eval_data = load_data(profile)
     tokenizer = load_tokenizer(model_path, profile)
     steps = total_steps(profile, len(train_data.records), world_size())
