@@ -76,8 +76,19 @@ def _command_modules() -> list:
 
 
 def _cmd_validate(path: str) -> int:
+    from tuiwiz.cli.pipelines import is_pipeline_profile
     from tuiwiz.profile.io import load_profile
 
+    if is_pipeline_profile(path):
+        from tuiwiz.profile.pipeline import load_pipeline
+
+        stages = load_pipeline(path).stages
+        print(f"{path}: valid pipeline of {len(stages)} stages")
+        for stage in stages:
+            p = stage.profile
+            start = f", from {p.model.start_from}" if p.model.start_from else ""
+            print(f"  {stage.name}: task {p.task}, method {p.method.type}, data {p.data.path}{start}")
+        return 0
     loaded = load_profile(path)
     p = loaded.profile
     print(f"{path}: valid (task {p.task}, method {p.method.type}, model {p.model.name_or_path}, data {p.data.path})")
@@ -92,12 +103,13 @@ def _cmd_schema() -> int:
 
 
 def _cmd_runs(as_json: bool, limit: int | None = 20) -> int:
+    from tuiwiz.cli.pipelines import with_pipelines
     from tuiwiz.run.rundir import registered_runs, summarize
 
-    summaries = sorted((summarize(run) for run in registered_runs()), key=lambda s: s.started or 0, reverse=True)
+    summaries = with_pipelines([summarize(run) for run in registered_runs()])
     shown = summaries if limit is None else summaries[:max(0, limit)]
     if as_json:
-        print(json.dumps([s.to_dict() for s in shown], indent=2))
+        print(json.dumps([{**s.to_dict(), "run_id": s.run_id.strip()} for s in shown], indent=2))
         return 0
     if not summaries:
         print("no runs yet: tuiwiz --profile profiles/quickstart.yaml starts one")
@@ -183,9 +195,15 @@ def _cmd_print_launch(profile_path: str) -> int:
 
 
 def _cmd_train(profile_path: str, detach: bool, node_rank: int | None = None) -> int:
+    from tuiwiz.cli import pipelines
     from tuiwiz.profile.io import load_profile
     from tuiwiz.run.launch import create_run, start_runner
 
+    if pipelines.is_pipeline_profile(profile_path):
+        if node_rank is not None:
+            raise UserError("--node-rank starts one machine's part of a run; a pipeline runs its stages on this "
+                            "machine", file=profile_path, field="stages")
+        return pipelines.run_pipeline(profile_path, detach)
     loaded = load_profile(profile_path)
     nodes = loaded.profile.distributed.nodes
     if node_rank is not None and not 0 <= node_rank < nodes.count:
@@ -202,15 +220,23 @@ def _cmd_train(profile_path: str, detach: bool, node_rank: int | None = None) ->
 
 
 def _cmd_attach(ref: str) -> int:
+    from tuiwiz.cli import pipelines
     from tuiwiz.run.rundir import find_run
 
+    pipe = pipelines.find_pipeline(ref)
+    if pipe is not None:
+        return pipelines.attach(pipe)
     return _follow_and_report(find_run(ref))
 
 
 def _cmd_stop(ref: str, force: bool, no_wait: bool) -> int:
+    from tuiwiz.cli import pipelines
     from tuiwiz.run.launch import stop_run, wait_finished
     from tuiwiz.run.rundir import effective_status, find_run
 
+    pipe = pipelines.find_pipeline(ref)
+    if pipe is not None:
+        return pipelines.stop(pipe, force, no_wait)
     run = find_run(ref)
     if not stop_run(run, force=force):
         print(f"run {run.run_id} is not running ({effective_status(run)})")
@@ -224,9 +250,13 @@ def _cmd_stop(ref: str, force: bool, no_wait: bool) -> int:
 
 
 def _cmd_resume(ref: str, detach: bool) -> int:
+    from tuiwiz.cli import pipelines
     from tuiwiz.run.launch import start_runner
     from tuiwiz.run.rundir import FINISHED, effective_status, find_run
 
+    pipe = pipelines.find_pipeline(ref)
+    if pipe is not None:
+        return pipelines.resume(pipe, detach)
     run = find_run(ref)
     status = effective_status(run)
     if status not in FINISHED or status == "completed":

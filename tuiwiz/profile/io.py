@@ -226,7 +226,7 @@ def _message_for(error: dict, same_place: list[dict]) -> str:
     return "; or ".join(messages)
 
 
-def _error_from_validation(exc: ValidationError, root: yaml.Node | None, file: str) -> UserError:
+def error_from_validation(exc: ValidationError, root: yaml.Node | None, file: str) -> UserError:
     errors = exc.errors()
     error = errors[0]
     loc = tuple(error["loc"])
@@ -268,6 +268,18 @@ def _check_secrets(root: yaml.Node | None, file: str, path: str = "") -> None:
         )
 
 
+def check_profile_tree(root: yaml.Node | None, data, file: str) -> None:
+    """What every profile's YAML must be before its fields are checked: a mapping, with no secrets."""
+    if data is None:
+        raise UserError("the profile is empty", hint="start from profiles/quickstart.yaml", file=file, kind="profile")
+    if not isinstance(data, dict):
+        raise UserError(
+            f"a profile is a mapping of sections (model, data, method, training, output), not {_describe(data)}",
+            hint="start from profiles/quickstart.yaml", file=file, line=1, kind="profile",
+        )
+    _check_secrets(root, file)
+
+
 def _too_big(size: int, file: str | Path) -> UserError:
     return UserError(f"this file is {size / 2**20:.1f} MiB; a profile is a few hundred bytes of YAML",
                      hint="is this really the profile? Datasets go in data.path", file=file, kind="profile")
@@ -278,21 +290,20 @@ def parse_profile_text(text: str, file: str = "<profile>") -> Profile:
     if len(text) > MAX_PROFILE_BYTES:
         raise _too_big(len(text.encode("utf-8", "replace")), file)
     root, data = compose(text, file)
-    if data is None:
-        raise UserError("the profile is empty", hint="start from profiles/quickstart.yaml", file=file, kind="profile")
-    if not isinstance(data, dict):
+    check_profile_tree(root, data, file)
+    if "stages" in data:
         raise UserError(
-            f"a profile is a mapping of sections (model, data, method, training, output), not {_describe(data)}",
-            hint="start from profiles/quickstart.yaml", file=file, line=1, kind="profile",
-        )
-    _check_secrets(root, file)
+            "this profile has stages: it runs as a pipeline, one run per stage",
+            hint="run it with `tuiwiz --profile FILE`; a command that takes one run's profile takes a stage's",
+            file=file, line=mark_line(next(k for k, _ in root.value if k.value == "stages")), field="stages",
+            kind="profile")
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        raise _error_from_validation(exc, root, file) from None
+        raise error_from_validation(exc, root, file) from None
 
 
-def _read_text(path: Path) -> str:
+def read_profile_text(path: Path) -> str:
     if not path.exists():
         raise UserError("no such profile", hint="check the path; examples are in profiles/", file=path, kind="profile")
     if path.is_dir():
@@ -346,7 +357,7 @@ def resolve_paths(profile: Profile, base: Path) -> Profile:
 def load_profile(path: str | Path) -> LoadedProfile:
     """Read, validate and resolve a profile file. Raises UserError on bad input."""
     path = Path(path)
-    profile = parse_profile_text(_read_text(path), file=str(path))
+    profile = parse_profile_text(read_profile_text(path), file=str(path))
     return LoadedProfile(resolve_paths(profile, path.resolve().parent), path.resolve())
 
 

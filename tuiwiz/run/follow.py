@@ -196,3 +196,44 @@ def print_result(run: RunDir, result: FollowResult, out: TextIO | None = None) -
         print("next:", file=out)
         for what, command in steps:  # a comment, then the command to copy: each fits 80 columns
             print(f"  # {what}\n  {command}", file=out)
+
+
+def follow_pipeline(pipe, *, out: TextIO | None = None, live: bool | None = None, poll: float = 0.25) -> int:
+    """Show each stage of a pipeline (tuiwiz/run/pipeline.py) as it runs, until the pipeline ends.
+    Ctrl-C stops the stage that runs, and so the pipeline. Returns the exit code."""
+    from pathlib import Path
+
+    from tuiwiz.run.pipeline import pipeline_status, stop_pipeline
+
+    out = out or sys.stdout
+    followed: set[str] = set()
+    last: tuple[RunDir, FollowResult] | None = None
+    while True:
+        try:
+            state = pipe.read()
+            for entry in state.stages:
+                if entry.run and entry.name not in followed:
+                    run = RunDir(Path(entry.run))
+                    print(f"== stage {entry.name} ({entry.task}): run {run.run_id}", file=out, flush=True)
+                    result = follow(run, out=out, live=live, poll=poll)
+                    print(f"== stage {entry.name}: {result.status}", file=out, flush=True)
+                    followed.add(entry.name)
+                    last = (run, result)
+            status = pipeline_status(pipe)
+            if status in FINISHED:
+                break
+            time.sleep(poll)
+        except KeyboardInterrupt:
+            print("stopping the pipeline: its running stage saves a checkpoint and ends", file=out, flush=True)
+            stop_pipeline(pipe)
+    state = pipe.read()
+    if last is not None and (status != "completed" or last[0].path == Path(state.stages[-1].run or "")):
+        print_result(last[0], last[1], out)
+    done = [s.name for s in state.stages if s.status == "completed"]
+    print(f"pipeline {pipe.pipeline_id}: {status} ({len(done)} of {len(state.stages)} stages completed"
+          + (f": {', '.join(done)}" if done else "") + ")", file=out)
+    if state.error:
+        print(f"  {state.error}", file=out)
+    if status in ("stopped", "failed"):
+        print(f"  continue with: tuiwiz resume {pipe.pipeline_id}", file=out)
+    return EXIT_CODES.get(status, 1)

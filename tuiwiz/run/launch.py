@@ -50,10 +50,11 @@ def new_run_id(profile: Profile, source: Path | None) -> str:
     return f"{stem}-{stamp}-{secrets.token_hex(2)}"
 
 
-def create_run(loaded: LoadedProfile) -> RunDir:
-    """Check the profile, then make its run dir in one step (no half-made runs)."""
+def create_run(loaded: LoadedProfile, *, folder: Path | None = None) -> RunDir:
+    """Check the profile, then make its run dir in one step (no half-made runs): in ``output.runs_dir``
+    under a new id, or as ``folder`` (a pipeline's stage)."""
     preflight(loaded)
-    runs_dir = Path(loaded.profile.output.runs_dir)
+    runs_dir = folder.parent if folder is not None else Path(loaded.profile.output.runs_dir)
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -61,7 +62,7 @@ def create_run(loaded: LoadedProfile) -> RunDir:
             f"cannot create the runs folder {runs_dir}: {exc.strerror}",
             hint="set output.runs_dir to a folder you can write", field="output.runs_dir", kind="run",
         ) from None
-    run_id = new_run_id(loaded.profile, loaded.source)
+    run_id = folder.name if folder is not None else new_run_id(loaded.profile, loaded.source)
     final = runs_dir / run_id
     with staged_folder(final) as staging:  # a run dir appears whole, or not at all
         header = f"# tuiwiz run {run_id}\n# from {loaded.source}\n" if loaded.source else f"# tuiwiz run {run_id}\n"

@@ -58,3 +58,22 @@ def run_output(ref: str | RunDir) -> RunOutput:
     kind = METHODS[method].family if method in METHODS else "adapter"  # full, adapter or prompt
     labels = tuple(meta["labels"]) if meta.get("labels") else None
     return RunOutput(run, run.output, Path(meta["base_model"]), method, meta.get("task", "sft"), labels, kind)
+
+
+def earlier_output(value: str) -> RunOutput:
+    """The run a profile's ``model.start_from`` names (its folder, its output folder or its id), checked:
+    completed, and a model a later run can load."""
+    folder = Path(value)
+    ref = str(folder.parent) if folder.name == "output" and (folder / "tuiwiz.json").exists() else value
+    try:
+        output = run_output(ref)
+    except UserError as exc:
+        raise UserError(exc.message, hint=exc.hint or "name the folder of a completed run", field="model.start_from",
+                        kind="profile") from None
+    if output.kind == "prompt":
+        raise UserError(
+            f"run {output.run.run_id} trained virtual tokens ({output.method}), which cannot be merged into "
+            "the model, so no run can start from them",
+            hint="start from a run trained with lora, qlora, ia3, full or bitfit", field="model.start_from",
+            kind="profile")
+    return output

@@ -22,6 +22,7 @@ from tuiwiz.run.event_types import ErrorEvent, LogEvent, parse_event
 from tuiwiz.run.events import iter_tail_events
 
 ACTIVE = ("created", "starting", "loading", "running", "stopping")
+STARTING_GRACE = 30.0  # seconds a launcher may take from "starting" to recording the runner's pid
 FINISHED = ("completed", "stopped", "failed")
 
 
@@ -136,7 +137,8 @@ def process_alive(state: RunState) -> bool | None:
     if state.host != socket.gethostname():
         return None
     if not state.pid:
-        return False
+        # between "starting" and the launcher writing the pid it has just been given: not gone yet
+        return None if state.status == "starting" and time.time() - state.updated < STARTING_GRACE else False
     import psutil
 
     try:
@@ -272,18 +274,18 @@ def is_probe_run(path: str | Path) -> bool:
     return Path(path).parent.name == ".probes"
 
 
-def registered_runs() -> list[RunDir]:
-    """Every registered run dir that still exists, newest registration last."""
+def registered_folders() -> list[Path]:
+    """Every registered folder (runs, and pipelines of runs), once each, newest registration last."""
     try:
         lines = _registry().read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         return []
-    seen: dict[str, RunDir] = {}
-    for line in lines:
-        line = line.strip()
-        if line and line not in seen and Path(line, "state.json").exists():
-            seen[line] = RunDir(Path(line))
-    return list(seen.values())
+    return [Path(line) for line in dict.fromkeys(line.strip() for line in lines) if line]
+
+
+def registered_runs() -> list[RunDir]:
+    """Every registered run dir that still exists, newest registration last."""
+    return [RunDir(path) for path in registered_folders() if (path / "state.json").exists()]
 
 
 def find_run(ref: str) -> RunDir:

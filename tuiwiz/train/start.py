@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuiwiz.errors import UserError
 from tuiwiz.files import staged_folder
 from tuiwiz.profile.schema import Profile
-from tuiwiz.run.outputs import TOKENIZER_FILES, RunOutput, run_output
+from tuiwiz.run.outputs import TOKENIZER_FILES, RunOutput, earlier_output
 from tuiwiz.run.rundir import RunDir
 from tuiwiz.tasks import TASKS
 from tuiwiz.train.modeling import model_location
@@ -22,31 +21,11 @@ from tuiwiz.train.modeling import model_location
 START_MODEL = "start-model"
 
 
-def earlier_output(profile: Profile) -> RunOutput:
-    """The run ``model.start_from`` names, checked: completed, and a model a later run can load."""
-    value = profile.model.start_from
-    assert value is not None
-    folder = Path(value)
-    ref = str(folder.parent) if folder.name == "output" and (folder / "tuiwiz.json").exists() else value
-    try:
-        output = run_output(ref)
-    except UserError as exc:
-        raise UserError(exc.message, hint=exc.hint or "name the folder of a completed run", field="model.start_from",
-                        kind="profile") from None
-    if output.kind == "prompt":
-        raise UserError(
-            f"run {output.run.run_id} trained virtual tokens ({output.method}), which cannot be merged into "
-            "the model, so no run can start from them",
-            hint="start from a run trained with lora, qlora, ia3, full or bitfit", field="model.start_from",
-            kind="profile")
-    return output
-
-
 def starting_model(profile: Profile, run: RunDir) -> str:
     """The folder or hub id this run loads its model from."""
     if profile.model.start_from is None:
         return model_location(profile)
-    output = earlier_output(profile)
+    output = earlier_output(profile.model.start_from)
     if output.kind == "full":
         return str(output.path)
     target = run.path / START_MODEL
