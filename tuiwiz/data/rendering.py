@@ -185,7 +185,45 @@ class ModelText:
             return Rendered(tuple(pieces))
         if format == "classification":
             return Rendered(((record["text"], False),))
+        if format == "preference":  # the longer of the two sequences sets the length
+            return max(self.render_pair(record), key=lambda r: len(r.text))
+        if format == "unpaired":
+            return self._with_reply(record["prompt"], record["completion"])
+        if format == "prompt":  # GRPO: the prompt alone; the model writes the rest
+            return Rendered(tuple(self._prompt_pieces(record["prompt"])))
+        if format == "seq2seq":  # the encoder reads the input, the decoder learns the target
+            return Rendered(((record["input"], False), (record["target"] + self.eos_token, True)))
         return Rendered(((record["text"], True),))
+
+    def render_pair(self, record: dict) -> tuple[Rendered, Rendered]:
+        """A preference pair as the two sequences the trainer scores: (prompt + chosen, prompt + rejected)."""
+        return (self._with_reply(record["prompt"], record["chosen"]),
+                self._with_reply(record["prompt"], record["rejected"]))
+
+    def _prompt_messages(self, prompt) -> list[dict]:
+        return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+    def _prompt_pieces(self, prompt) -> list[tuple[str, bool]]:
+        """A prompt of the tasks past SFT as TRL renders it: through the chat template where there is one
+        (a text prompt as one user message), else as its text."""
+        if self.chat_template:
+            text = "".join(t for t, _ in self.apply_chat_template(self._prompt_messages(prompt),
+                                                                  add_generation_prompt=True))
+            return [(text, False)]
+        if isinstance(prompt, list):
+            raise UserError("the prompt is chat messages, but the model's tokenizer has no chat template",
+                            kind="data", hint="use a chat (instruct) model, or give the prompt as text")
+        return [(prompt, False)]
+
+    def _with_reply(self, prompt, reply: str) -> Rendered:
+        head = "".join(t for t, _ in self._prompt_pieces(prompt))
+        if not self.chat_template:
+            return Rendered(((head, False), (reply + self.eos_token, True)))
+        messages = self._prompt_messages(prompt) + [{"role": "assistant", "content": reply}]
+        full = "".join(t for t, _ in self.apply_chat_template(messages))
+        if full.startswith(head):
+            return Rendered(((head, False), (full[len(head):], True)))
+        return Rendered(((full, True),))
 
 
 _TEMPLATES: dict[str, object] = {}

@@ -12,15 +12,24 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tuiwiz.data.datasets import DEFAULT_COLUMNS
+from tuiwiz.data.datasets import FORMATS as FORMAT_NAMES
 from tuiwiz.errors import UserError
+from tuiwiz.tasks import TASK_NAMES
+from tuiwiz.tasks import TASKS as TASK_TABLE
 
 STEPS = ("hardware", "model", "data", "method", "settings", "review")
 STEP_TITLES = {"hardware": "Hardware", "model": "Model", "data": "Data", "method": "Method",
                "settings": "Settings", "review": "Review"}
-TASKS = ("sft", "pretrain", "classification")
-FORMATS = ("auto", "alpaca", "messages", "text", "classification")
-COLUMN_ROLES = ("instruction", "input", "output", "system", "messages", "text", "label")
-DEMO_DATA_FOR_TASK = {"sft": "demo:alpaca", "pretrain": "demo:text", "classification": "demo:classification"}
+TASKS = TASK_NAMES
+FORMATS = ("auto", *FORMAT_NAMES)
+COLUMN_ROLES = tuple(DEFAULT_COLUMNS)
+DEMO_DATA_FOR_TASK = {"sft": "demo:alpaca", "pretrain": "demo:text", "classification": "demo:classification",
+                      "reward": "demo:preference", "dpo": "demo:preference", "kto": "demo:kto",
+                      "orpo": "demo:preference", "simpo": "demo:preference", "grpo": "demo:arithmetic",
+                      "seq2seq": "demo:seq2seq"}
+# Tasks that usually follow an earlier run (DPO after SFT): the Data step offers completed runs to start from.
+FOLLOW_UP_TASKS = ("reward", "dpo", "kto", "orpo", "simpo", "grpo")
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -45,6 +54,7 @@ class WizardState:
     profile: object | None = None  # profile.Profile, from the settings step
     profile_name: str | None = None
     trust_remote_code: bool = False  # only after the user confirmed, on the Model step
+    start_from: str | None = None  # an earlier run's folder this one trains on from (model.start_from)
     probe_first: bool = True  # the Review step runs the probe run as it opens, before Launch is allowed
 
     @property
@@ -173,6 +183,43 @@ def suggested_max_length(state: WizardState) -> int:
     return choose_seq_len(ds, state.model_info)[0]
 
 
+@dataclass(frozen=True)
+class StartChoice:
+    """A completed run the next task may start from."""
+
+    path: str
+    label: str
+    task: str
+
+
+def start_candidates(state: WizardState) -> list[StartChoice]:
+    """Completed runs of the chosen model whose output a later causal-LM task can load (not virtual tokens),
+    newest first: an SFT run before DPO, say."""
+    from tuiwiz.run.outputs import earlier_output
+    from tuiwiz.run.rundir import registered_runs, summarize
+
+    found = []
+    for summary in sorted(map(summarize, registered_runs()), key=lambda s: s.started or 0, reverse=True):
+        if summary.status != "completed" or summary.model != state.model_name:
+            continue
+        if TASK_TABLE.get(summary.task or "sft", TASK_TABLE["sft"]).model != "causal":
+            continue
+        try:
+            earlier_output(summary.path)
+        except UserError:
+            continue
+        found.append(StartChoice(summary.path, f"{summary.run_id} ({summary.task}, {summary.method})",
+                                 summary.task or "sft"))
+    return found
+
+
+def default_start(state: WizardState, candidates: list[StartChoice]) -> str | None:
+    """The run a follow-up task starts from unless the user says otherwise: the newest SFT run."""
+    if state.task not in FOLLOW_UP_TASKS:
+        return None
+    return next((c.path for c in candidates if c.task == "sft"), None)
+
+
 # ---------------------------------------------------------------- method and profile
 
 
@@ -201,7 +248,8 @@ def draft_profile(state: WizardState):
     })
     # Saved under profiles/, so runs land in the working folder's runs/.
     output = OutputConfig(runs_dir="../runs")
-    model = profile.model.model_copy(update={"trust_remote_code": state.trust_remote_code})
+    model = profile.model.model_copy(update={"trust_remote_code": state.trust_remote_code,
+                                             "start_from": state.start_from})
     return profile.model_copy(update={"model": model, "data": data, "output": output})
 
 

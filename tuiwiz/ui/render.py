@@ -35,3 +35,31 @@ def problem_text(exc, base: Path | None = None) -> Text:
     if exc.hint:
         text.append(f"\nhint: {exc.hint}")
     return text
+
+
+def example_view(record: dict, format: str, model_text):
+    """One example of the Data step as the model sees it: a preference pair side by side (chosen | rejected,
+    each with its token count), a GRPO prompt with its reference answer, or the rendered example.
+    ``model_text`` is a rendering.ModelText, or None when the model has no tokenizer to render with."""
+    from rich.table import Table
+
+    if model_text is None:
+        return Text(str(record))
+    if format == "preference":
+        pair = model_text.render_pair(record)
+        chosen, rejected = model_text.count([r.text for r in pair])
+        table = Table(box=None, expand=True, pad_edge=False, padding=(0, 1, 0, 0))
+        table.add_column(Text(f"chosen · {chosen} tokens", style="bold green"), ratio=1)
+        table.add_column(Text(f"rejected · {rejected} tokens", style="bold red"), ratio=1)
+        table.add_row(*(rendered_text(r) for r in pair))
+        return table
+    body = rendered_text(model_text.render(record, format))
+    if format == "prompt":
+        answer = record.get("answer")
+        body.append("\nreference answer: ", style="bold")
+        body.append(answer if answer is not None else "none (rewards that need one cannot score this prompt)",
+                    style="cyan" if answer is not None else "yellow")
+    if format == "unpaired":
+        body.append("\ndesirable" if record["label"] else "\nundesirable",
+                    style="bold green" if record["label"] else "bold red")
+    return body

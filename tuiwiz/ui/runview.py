@@ -28,12 +28,14 @@ from tuiwiz.run.event_types import (
     LogEvent,
     RunEndEvent,
     RunStartEvent,
+    SamplesEvent,
     StatusEvent,
     WarningEvent,
     parse_event,
 )
 from tuiwiz.run.events import EventTail
 from tuiwiz.run.rundir import FINISHED, RunDir, effective_status, read_state, unrecorded_end
+from tuiwiz.tasks import TASKS
 
 SMALL_LOG = 2 * 1024 * 1024  # read whole below this size
 HEAD_BYTES = 64 * 1024
@@ -43,7 +45,8 @@ SERIES_CAP = 1000  # points kept per series (a chart is at most a few hundred ce
 LOG_TAIL_BYTES = 32 * 1024  # of train.log on open
 LOG_LINES = 500  # lines a reader keeps between two takes
 RATE_WINDOW = 20  # log events used for the step rate (ETA)
-_SAMPLED = (LogEvent, EvalEvent, CheckpointEvent, RunStartEvent, ErrorEvent, WarningEvent)  # kept from a sample
+_SAMPLED = (LogEvent, EvalEvent, CheckpointEvent, RunStartEvent, ErrorEvent, WarningEvent,
+            SamplesEvent)  # kept from a sample
 
 
 def _parse(data: bytes) -> list[Event]:
@@ -150,6 +153,11 @@ class RunSnapshot:
     ram_used_mb: int | None = None
     ram_total_mb: int | None = None
     tensorboard: str | None = None  # the finished run's TensorBoard folder, when it wrote one
+    # The task's own curves (tuiwiz/tasks.py metrics): DPO's rewards/margins, GRPO's reward, ...
+    task_points: dict = field(default_factory=dict)  # name -> points, in the table's order
+    task_values: dict = field(default_factory=dict)  # name -> the last value
+    samples: tuple[dict, ...] = ()  # GRPO's latest sampled completions with their rewards
+    samples_step: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -177,6 +185,8 @@ class RunReader:
         self.loss = Series()
         self.eval_loss = Series()
         self.lr = Series()
+        self.task_series: dict[str, Series] = {}  # the task's logged numbers, created as they first appear
+        self.samples: SamplesEvent | None = None
         self.run_start: RunStartEvent | None = None
         self.last_log: LogEvent | None = None
         self.last_eval: EvalEvent | None = None
@@ -211,6 +221,9 @@ class RunReader:
             self.last_log = event
             self.loss.add(step, event.loss)
             self.lr.add(step, event.learning_rate)
+            for name, value in (event.task_metrics or {}).items():
+                if name in self._task_metrics():
+                    self.task_series.setdefault(name, Series()).add(step, value)
             if isinstance(when, (int, float)):
                 if self._rate and step < self._rate[-1][1]:
                     self._rate.clear()  # resumed from an earlier checkpoint
@@ -225,6 +238,8 @@ class RunReader:
             self.warnings = []
         elif isinstance(event, StatusEvent):
             self.status_event = event
+        elif isinstance(event, SamplesEvent):
+            self.samples = event
         elif isinstance(event, CheckpointEvent):
             self.last_checkpoint = event.path
         elif isinstance(event, ErrorEvent):
@@ -234,6 +249,11 @@ class RunReader:
             self.warnings = [*self.warnings, str(event.message or "")][-3:]
         elif isinstance(event, RunEndEvent):
             self.run_end = event
+
+    def _task_metrics(self) -> tuple[str, ...]:
+        """The curves the run's task draws (none before its run_start, or for a task this reader does not know)."""
+        task = TASKS.get(self.run_start.task) if self.run_start and isinstance(self.run_start.task, str) else None
+        return task.metrics if task else ()
 
     def _open_events(self) -> None:
         path = self.run.events
@@ -405,6 +425,12 @@ class RunReader:
             gpus=self._gpus, ram_used_mb=self._ram[0] if self._ram else None,
             ram_total_mb=self._ram[1] if self._ram else None,
             tensorboard=str(self.run.tensorboard) if status in FINISHED and self.run.tensorboard.is_dir() else None,
+            task_points={name: self.task_series[name].points() for name in self._task_metrics()
+                         if name in self.task_series},
+            task_values={name: self.task_series[name].last[1] for name in self._task_metrics()
+                         if name in self.task_series and self.task_series[name].last},
+            samples=tuple(s for s in (self.samples.samples if self.samples else ()) if isinstance(s, dict)),
+            samples_step=self.samples.step if self.samples else None,
         )
 
 

@@ -19,13 +19,16 @@ from tuiwiz.data.stats import DataStats
 from tuiwiz.ui.choices import (
     COLUMN_ROLES,
     DEMO_DATA_FOR_TASK,
+    FOLLOW_UP_TASKS,
     FORMATS,
     TASKS,
     check_data,
     column_map,
+    default_start,
+    start_candidates,
     suggested_max_length,
 )
-from tuiwiz.ui.render import PROMPT_STYLE, TRAINED_STYLE, problem_text, rendered_text
+from tuiwiz.ui.render import PROMPT_STYLE, TRAINED_STYLE, example_view, problem_text
 from tuiwiz.ui.screens.base import StepScreen
 from tuiwiz.ui.widgets import cached_plot
 
@@ -45,6 +48,20 @@ def _packing_saves(stats, limit: int | None, task: str) -> float | None:
 class DataScreen(StepScreen):
     SCOPED_CSS = False  # its rules name the screen: loaded with it, not at start-up
     DEFAULT_CSS = """
+    #data-start-row {
+        height: 1;
+        margin: 0 1;
+        display: none;
+    }
+
+    #data-start-row.follow-up {
+        display: block;
+    }
+
+    #data-start {
+        width: 1fr;
+    }
+
     #data-source, #data-options, #length-row {
         height: 1;
         margin: 0 1;
@@ -121,6 +138,9 @@ class DataScreen(StepScreen):
             yield Select([(f, f) for f in FORMATS], value=self.state.data_format, allow_blank=False,
                          id="data-format", compact=True)
             yield Static("", id="data-summary")
+        with Horizontal(id="data-start-row"):
+            yield Label("Start from ")
+            yield Select([], prompt="the model itself", id="data-start", compact=True)
         with TabbedContent(id="data-tabs"):
             with TabPane("Samples", id="tab-samples"):
                 with VerticalScroll(id="data-samples"):
@@ -158,6 +178,37 @@ class DataScreen(StepScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self.reload()
+        self._find_starts()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="starts")
+    def _find_starts(self) -> None:
+        """Completed runs a follow-up task (DPO after SFT) may start from: read off the event loop."""
+        candidates = start_candidates(self.state)
+        self.app.call_from_thread(self._show_starts, candidates)
+
+    def _show_starts(self, candidates) -> None:
+        if not self.is_attached:
+            return
+        row = self.query_one("#data-start-row")
+        row.set_class(self.state.task in FOLLOW_UP_TASKS, "follow-up")
+        select = self.query_one("#data-start", Select)
+        self._starting = True  # the options below change the value; that is not the user's choice
+        select.set_options([(c.label, c.path) for c in candidates])
+        if self.state.task not in FOLLOW_UP_TASKS:
+            self.state.start_from = None
+        elif self.state.start_from is None or self.state.start_from not in {c.path for c in candidates}:
+            self.state.start_from = default_start(self.state, candidates)
+        if self.state.start_from:
+            select.value = self.state.start_from
+        else:
+            select.clear()
+        self._starting = False
+
+    @on(Select.Changed, "#data-start")
+    def _start_changed(self, event: Select.Changed) -> None:
+        if getattr(self, "_starting", False):
+            return
+        self.state.start_from = None if event.value in (Select.BLANK, Select.NULL) else str(event.value)
 
     # ---------------------------------------------------------------- reading
 
@@ -257,7 +308,7 @@ class DataScreen(StepScreen):
             record = check.data.records[i]
             head = Text(f"example {i + 1} · line {check.data.source_lines[i]}\n", style="bold")
             try:
-                body = rendered_text(model_text.render(record, check.data.format)) if model_text else Text(str(record))
+                body = example_view(record, check.data.format, model_text)
             except Exception as exc:  # a template that rejects this record: say so, in place
                 body = Text(f"cannot render: {exc}", style="red")
             self.sample_texts.append(body)
@@ -357,6 +408,7 @@ class DataScreen(StepScreen):
             self.state.data_path = DEMO_DATA_FOR_TASK[self.state.task]
             self.query_one("#data-path", Input).value = self.state.data_path
         self.reload()
+        self._find_starts()
 
     @on(Select.Changed, "#data-format")
     def _format_changed(self, event: Select.Changed) -> None:

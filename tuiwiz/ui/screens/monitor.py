@@ -83,6 +83,14 @@ def status_lines(s: RunSnapshot, width: int) -> Group:
         line2.append("epoch ", style="bold")
         line2.append(f"{s.epoch:.2f}")
     lines = [line1, line2]
+    if s.task_values:  # the task's own numbers: DPO's reward margin, GRPO's mean reward, ...
+        task_line = Text()
+        for name, value in s.task_values.items():
+            if task_line:
+                task_line.append("  ")
+            task_line.append(f"{short_metric(name)} ", style="bold")
+            task_line.append(number(value))
+        lines.append(task_line)
     mem = Text()
     if s.ram_total_mb:
         mem.append("RAM ", style="bold")
@@ -111,6 +119,32 @@ def status_lines(s: RunSnapshot, width: int) -> Group:
     if len(s.gpus) > 8:
         lines.append(Text(f"… and {len(s.gpus) - 8} more GPUs", style="dim"))
     return Group(*lines)
+
+
+def short_metric(name: str) -> str:
+    """A logged metric's name as a legend shows it: ``rewards/margins`` -> ``margins``."""
+    return name.removeprefix("rewards/").removeprefix("completions/").replace("_", " ")
+
+
+TASK_COLORS = ("green", "red", "cyan", "yellow", "magenta", "blue")
+
+
+def samples_text(s: RunSnapshot, width: int) -> Text:
+    """GRPO's latest sampled completions, one line each: the reward, the prompt, the completion."""
+    text = Text(f"sampled at step {s.samples_step}:", style="bold")
+    for sample in s.samples:
+        reward = sample.get("reward")
+        prompt = " ".join(str(sample.get("prompt", "")).split())
+        completion = " ".join(str(sample.get("completion", "")).split())
+        line = Text("\n")
+        line.append(f"{reward:+.2f} " if isinstance(reward, (int, float)) else "  ?   ",
+                    style="green" if isinstance(reward, (int, float)) and reward > 0 else "red")
+        line.append(prompt[:max(8, width // 3)], style="dim")
+        line.append(" → ")
+        line.append(completion)
+        line.truncate(width + 1, overflow="ellipsis")
+        text.append_text(line)
+    return text
 
 
 def _tensorboard(text: Text, s: RunSnapshot) -> None:
@@ -193,6 +227,17 @@ class MonitorScreen(ReportsWorkerErrors, Screen[str]):
         width: 2fr;
     }
 
+    MonitorScreen.-task #mon-lr-box {  /* the task's curves take the learning rate's place, at every width */
+        display: block;
+    }
+
+    #mon-samples {
+        height: auto;
+        max-height: 5;
+        padding: 0 1;
+        display: none;
+    }
+
     MonitorScreen.-wide #mon-loss-box {
         width: 3fr;
     }
@@ -247,6 +292,7 @@ class MonitorScreen(ReportsWorkerErrors, Screen[str]):
         with Horizontal(id="mon-charts"):
             yield Vertical(id="mon-loss-box")
             yield Vertical(id="mon-lr-box")
+        yield Static("", id="mon-samples")
         yield Static("", id="mon-result")
         yield Log(max_lines=LOG_MAX_LINES, id="mon-log", auto_scroll=True)
         yield Footer(compact=True)
@@ -308,6 +354,10 @@ class MonitorScreen(ReportsWorkerErrors, Screen[str]):
         with self.app.batch_update():
             self.query_one("#mon-status", Static).update(status_lines(snapshot, width))
             self._draw_charts(snapshot)
+            samples = self.query_one("#mon-samples", Static)
+            samples.display = bool(snapshot.samples)
+            if snapshot.samples:
+                samples.update(samples_text(snapshot, width - 2))
             if lines:
                 self.query_one("#mon-log", Log).write_lines(lines)
             result = self.query_one("#mon-result", Static)
@@ -321,7 +371,8 @@ class MonitorScreen(ReportsWorkerErrors, Screen[str]):
             self.refresh_bindings()
 
     def _draw_charts(self, s: RunSnapshot) -> None:
-        key = (s.loss_points[0][-1:], len(s.loss_points[0]), len(s.eval_points[0]), self.size)
+        key = (s.loss_points[0][-1:], len(s.loss_points[0]), len(s.eval_points[0]), self.size,
+               tuple(len(points[0]) for points in s.task_points.values()))
         if key == self._chart_key:
             return
         self._chart_key = key
@@ -338,13 +389,21 @@ class MonitorScreen(ReportsWorkerErrors, Screen[str]):
             plt.plot(exs, eys, label="eval", color="magenta", marker="braille")
         plt.title("loss" + ("  (history sampled)" if s.sampled else ""))
         self.loss_plot.replot()
-        lxs, lys = _fit(s.lr_points, self.lr_plot.size.width or 40)
+        self.set_class(bool(s.task_points), "-task")
         lr = self.lr_plot.plt
         lr.clear_data()
         lr.clear_figure()
-        if lxs and self.lr_plot.parent.display:  # hidden below the wide breakpoint
-            lr.plot(lxs, lys, color="yellow", marker="braille")
-        lr.title("learning rate")
+        if s.task_points:
+            for (name, points), color in zip(s.task_points.items(), TASK_COLORS):
+                txs, tys = _fit(points, self.lr_plot.size.width or 40)
+                if txs:
+                    lr.plot(txs, tys, label=short_metric(name), color=color, marker="braille")
+            lr.title(s.task or "task")
+        else:
+            lxs, lys = _fit(s.lr_points, self.lr_plot.size.width or 40)
+            if lxs and self.lr_plot.parent.display:  # hidden below the wide breakpoint
+                lr.plot(lxs, lys, color="yellow", marker="braille")
+            lr.title("learning rate")
         self.lr_plot.replot()
 
     # ---------------------------------------------------------------- keys
