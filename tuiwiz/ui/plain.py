@@ -10,12 +10,14 @@ from pathlib import Path
 from tuiwiz.errors import UserError
 from tuiwiz.ui.choices import (
     DEMO_DATA_FOR_TASK,
+    FOLLOW_UP_TASKS,
     FORMATS,
     TASKS,
     WizardState,
     check_data,
     check_profile_name,
     default_profile_name,
+    default_start,
     draft_profile,
     form_fields,
     form_values,
@@ -25,6 +27,7 @@ from tuiwiz.ui.choices import (
     recommend_for,
     relative,
     save_and_launch,
+    start_candidates,
     suggested_max_length,
 )
 from tuiwiz.units import count, mib, size
@@ -123,14 +126,31 @@ def _model(state: WizardState, ask: Prompts) -> None:
         return
 
 
+def _start(state: WizardState, ask: Prompts) -> None:
+    """A follow-up task (DPO after SFT) may start from a completed run of the model: the newest SFT one unless
+    the user picks another, or the model itself."""
+    state.start_from = None
+    if state.task not in FOLLOW_UP_TASKS:
+        return
+    candidates = start_candidates(state)
+    if not candidates:
+        return
+    itself = "the model itself"
+    labels = {c.label: c.path for c in candidates}
+    default = next((c.label for c in candidates if c.path == default_start(state, candidates)), itself)
+    chosen = ask.select("Start from", [*labels, itself], default=default)
+    state.start_from = labels.get(chosen)
+
+
 def _data(state: WizardState, ask: Prompts) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    from tuiwiz.ui.render import rendered_text
+    from tuiwiz.ui.render import example_view
 
     _print("", "3 Data")
     state.task = ask.select("Task", list(TASKS), default=state.task)
+    _start(state, ask)
     while True:
         state.data_path = ask.text("Data: a file, a hub dataset id, or demo:NAME",
                                    default=DEMO_DATA_FOR_TASK[state.task]).strip()
@@ -154,7 +174,7 @@ def _data(state: WizardState, ask: Prompts) -> None:
         for i, record in enumerate(check.data.records[:3]):
             console.print(Text(f"  example {i + 1} (line {check.data.source_lines[i]}); trained part in bold",
                                style="dim"))
-            console.print(rendered_text(text.render(record, check.data.format)))
+            console.print(example_view(record, check.data.format, text))
         suggested = suggested_max_length(state)
         _print(f"  token lengths: p50 {check.stats.p50}, p95 {check.stats.p95}, max {check.stats.max}; "
                f"suggested max length {suggested}")
