@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tuiwiz.methods import METHODS
 from tuiwiz.run.rundir import RunDir
+from tuiwiz.tasks import TASKS
 
 
 def _method_and_task(run: RunDir) -> tuple[str | None, str | None]:
@@ -23,12 +24,21 @@ def next_commands(run: RunDir, status: str) -> list[tuple[str, str]]:
     method, task = _method_and_task(run)
     steps: list[tuple[str, str]] = []
     if status == "completed":
-        if task == "classification":
+        afterwards = TASKS[task].afterwards if task in TASKS else "chat"
+        if afterwards == "classify":
             steps.append(("export the classifier for ONNX Runtime", f"tuiwiz export {rid} --format onnx"))
+        elif afterwards == "score":
+            steps.append(("score a reply with the reward model",
+                          f'tuiwiz score {rid} --prompt "..." --completion "..."'))
+            steps.append(("reward GRPO with it: this line in a profile's grpo.rewards",
+                          f"- {{type: reward_model, path: {run.path}}}"))
+        elif afterwards == "text2text":
+            steps.append(("give it an input, read its output", f"tuiwiz chat {rid}"))
         else:
             steps.append(("chat with it (--compare: beside the base model)", f"tuiwiz chat {rid}"))
-            if method in METHODS and METHODS[method].mergeable:
-                steps.append(("merge the adapter into the base model", f"tuiwiz merge {rid}"))
+        if afterwards != "classify" and method in METHODS and METHODS[method].mergeable:
+            steps.append(("merge the adapter into the base model", f"tuiwiz merge {rid}"))
+        if afterwards == "chat":
             steps.append(("export it for llama.cpp or Ollama", f"tuiwiz export {rid} --format gguf"))
     elif status in ("stopped", "failed") and run.last_checkpoint() is not None:
         steps.append(("continue from its last checkpoint", f"tuiwiz resume {rid}"))
