@@ -55,3 +55,26 @@ METHOD_NAMES = tuple(METHODS)
 
 def method(name: str) -> Method:
     return METHODS[name]
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A method users know that tuiwiz cannot offer, why, and the methods that come closest."""
+
+    name: str
+    package: str  # the PyPI package that would bring it
+    requirement: str  # that package's newest release and what it requires, as its metadata says
+    closest: tuple[str, ...]
+
+    @property
+    def why(self) -> str:
+        return (f"{self.requirement}; tuiwiz runs on transformers 5 and the two cannot be installed together. "
+                f"Closest here: {', '.join(METHODS[m].title for m in self.closest)}")
+
+
+# tests/test_methods_unavailable.py reads the newest release's metadata from the package index and fails
+# when it accepts tuiwiz's transformers: then the row can become a method.
+UNAVAILABLE = (
+    Unavailable("bottleneck adapters (Houlsby, Pfeiffer; the adapters library)", "adapters",
+                "adapters 1.3.0 requires transformers ~=4.57.6", ("lora", "ia3")),
+)

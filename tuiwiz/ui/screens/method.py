@@ -13,6 +13,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
 from tuiwiz.errors import UserError
+from tuiwiz.methods import UNAVAILABLE
 from tuiwiz.ui.choices import recommend_for
 from tuiwiz.ui.screens.base import StepScreen
 from tuiwiz.ui.widgets import fit_bar
@@ -79,6 +80,8 @@ def option_detail(option, recommendation, machine) -> Group:
     parts += [Text(), Text("Memory at the peak of a step", style="bold"), breakdown, Text(), facts]
     for warning in option.warnings:
         parts.append(Text(f"note: {warning}", style="yellow"))
+    for missing in UNAVAILABLE:
+        parts.append(Text(f"Not offered: {missing.name}: {missing.why}.", style="dim"))
     return Group(*parts)
 
 
