@@ -148,6 +148,13 @@ def test_loss_watch_leaves_noisy_and_overfitting_runs_alone():
     assert _watch([3.0, 2.8, 2.9, 2.0, 12.0, 14.0, 1.9, 1.8]) == (None, None)
 
 
+def test_loss_watch_leaves_a_loss_around_zero_alone():
+    # GRPO's policy-gradient loss wanders around zero and below: no ratio to its lowest means a blow-up.
+    surrogate = [0.0, -0.01, 0.02, 0.0, 0.3, 0.4, 0.35, 0.5, -0.2, 0.45, 0.5, 0.6]
+    assert _watch(surrogate) == (None, None)
+    assert _watch([0.02, 0.01, 0.03, 0.5, 0.6, 0.7, 0.8]) != (None, None)  # a positive floor still counts
+
+
 def test_loss_watch_infinite_gradient_norm():
     _, failure = _watch([3.0, 2.9], grad_norm=float("inf"))
     assert str(failure) == "the gradient norm became inf at step 1 (the loss was still 3)"

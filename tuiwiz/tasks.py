@@ -49,14 +49,15 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("dpo", "DPO", ("preference",), "causal", "chat", sequences_per_example=2, reference=True,
          metrics=DPO_METRICS),
     Task("kto", "KTO", ("unpaired", "preference"), "causal", "chat", reference=True,
-         metrics=("rewards/chosen", "rewards/rejected", "kl")),
+         metrics=("rewards/chosen", "rewards/rejected", "rewards/margins", "kl")),
     Task("orpo", "ORPO", ("preference",), "causal", "chat", sequences_per_example=2, trl_experimental=True,
-         metrics=DPO_METRICS + ("log_odds_ratio",)),
+         metrics=DPO_METRICS + ("nll_loss", "log_odds_ratio")),
     Task("simpo", "SimPO", ("preference",), "causal", "chat", sequences_per_example=2, trl_experimental=True,
          metrics=DPO_METRICS),
     Task("grpo", "GRPO", ("prompt",), "causal", "chat", generates=True,
          metrics=("reward", "reward_std", "completions/mean_length")),
-    Task("seq2seq", "encoder-decoder (text to text)", ("seq2seq",), "seq2seq", "text2text"),
+    Task("seq2seq", "encoder-decoder (text to text)", ("seq2seq",), "seq2seq", "text2text",
+         metrics=("eval_exact_match", "eval_rougeL")),  # from generations in evaluation: EvalEvent fields
 )}
 
 TASK_NAMES = tuple(TASKS)

@@ -299,10 +299,12 @@ def _cmd_probe(path: str, steps: int, allow_truncation: bool, write: str | None)
 
 
 def _cmd_demo() -> int:
-    from tuiwiz.demo.build import DEMO_DATASETS, ensure_demo_dataset, ensure_demo_model
+    from tuiwiz.demo.build import DEMO_DATASETS, TASK_DATASETS, ensure_demo_dataset, ensure_demo_model
+    from tuiwiz.demo.seq2seq import ensure_demo_t5
 
     print(f"model: {ensure_demo_model()}")
-    for name in DEMO_DATASETS:
+    print(f"model demo-t5: {ensure_demo_t5()}")
+    for name in (*DEMO_DATASETS, *TASK_DATASETS):
         print(f"demo:{name}: {ensure_demo_dataset(name)}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Post-training commands: ``merge``, ``export`` and ``chat``. Light at import: argparse only."""
+"""Post-training commands: ``merge``, ``export``, ``chat`` and ``score``. Light at import: argparse only."""
 
 from __future__ import annotations
 
@@ -36,6 +36,14 @@ def add_commands(sub) -> None:
     chat.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="answer length cap (default 256)")
     chat.add_argument("--jsonl", action="store_true",
                       help="serve requests as JSON lines on stdin/stdout instead of a prompt (for the app)")
+
+    score = sub.add_parser("score", help="score texts, or replies to a prompt, with a reward model run (task reward)")
+    score.add_argument("run", metavar="RUN", help="run id or run folder of a reward model")
+    score.add_argument("--text", action="append", metavar="TEXT", help="a whole text, scored as it is (repeatable)")
+    score.add_argument("--prompt", metavar="P", help="a prompt; each --completion is scored as its reply")
+    score.add_argument("--completion", action="append", metavar="C", help="a reply to --prompt (repeatable)")
+    score.add_argument("--file", metavar="F", help='JSON lines (or JSON, CSV, Parquet): {"prompt", "completion"} or '
+                       '{"text"} a record; one score a line, in order')
 
 
 def _print_progress(stage: str, done: int, total: int) -> None:
@@ -112,6 +120,16 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return run_repl(args.run, settings=settings, system=args.system, base=args.base, compare=args.compare)
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from tuiwiz.post.score import command_items, reward_output, score_items
+
+    output = reward_output(args.run)  # the run and the input are checked before the model loads
+    items = command_items(args.text, args.prompt, args.completion, args.file)
+    for value in score_items(output, items):
+        print(f"{value:.4f}")
+    return 0
+
+
 def dispatch(args: argparse.Namespace) -> int | None:
     command = getattr(args, "command", None)
     if command == "merge":
@@ -120,4 +138,6 @@ def dispatch(args: argparse.Namespace) -> int | None:
         return _cmd_export(args)
     if command == "chat":
         return _cmd_chat(args)
+    if command == "score":
+        return _cmd_score(args)
     return None

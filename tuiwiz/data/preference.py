@@ -5,7 +5,7 @@
   prompt/chosen/rejected as text, chosen/rejected as whole conversations (UltraFeedback: the shared
   turns become the prompt), or HH-RLHF's ``\\n\\nHuman: ... \\n\\nAssistant: ...`` strings.
 - unpaired: ``{"prompt": str | messages, "completion": str, "label": bool}``
-- prompt: ``{"prompt": str | messages, "answer": str | None}``
+- prompt: ``{"prompt": str | messages, "answer": str | None, "columns": {the record's other columns}}``
 - seq2seq: ``{"input": str, "target": str}``
 
 A prompt given as messages ends with a user turn; chosen, rejected and completion are the
@@ -127,7 +127,9 @@ def prompt_record(item: dict, col: dict, path: Path, line: int, text, messages) 
         value = item[col["answer"]]
         answer = text(str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value,
                       path, line, col["answer"])
-    return {"prompt": prompt, "answer": answer}
+    used = {col["prompt"], col["answer"]}
+    return {"prompt": prompt, "answer": answer,
+            "columns": {k: v for k, v in item.items() if k not in used and k not in ("prompt", "answer")}}
 
 
 def seq2seq_record(item: dict, col: dict, path: Path, line: int, text, messages) -> dict:

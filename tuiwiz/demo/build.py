@@ -150,7 +150,7 @@ def _build_lock(name: str) -> Iterator[None]:
         yield
 
 
-def _build_atomically(final: Path, build) -> Path:
+def build_atomically(final: Path, build) -> Path:
     """Run ``build(staging)`` and rename the staging folder into place, once."""
     if (final / ".complete").exists():
         return final
@@ -257,7 +257,7 @@ def _build_datasets(staging: Path) -> None:
 
 
 def ensure_demo_datasets() -> Path:
-    return _build_atomically(demo_data_dir(), _build_datasets)
+    return build_atomically(demo_data_dir(), _build_datasets)
 
 
 def _task_dataset_file(name: str) -> Path:
@@ -269,7 +269,7 @@ def _build_task_dataset(name: str) -> Path:
 
     module = import_module(f"tuiwiz.demo.{TASK_DATASETS[name][0]}")
     file = _task_dataset_file(name)
-    _build_atomically(file.parent, lambda staging: _write_jsonl(staging / file.name, module.records(name)))
+    build_atomically(file.parent, lambda staging: _write_jsonl(staging / file.name, module.records(name)))
     return file
 
 
@@ -370,4 +370,4 @@ def _build_model(staging: Path) -> None:
 
 def ensure_demo_model() -> Path:
     """The demo model's folder, built on first use (a few seconds)."""
-    return _build_atomically(demo_model_dir(), _build_model)
+    return build_atomically(demo_model_dir(), _build_model)

@@ -6,6 +6,9 @@ text as it is generated (transformers' TextIteratorStreamer, generation in its o
 ``stop`` ends a generation at the next token. Answering with the adapter disabled gives the base
 model's answer from the same loaded weights, for side-by-side comparison. The JSON-lines
 server the app drives is in chat_server.py.
+
+An encoder-decoder run (task seq2seq: T5, mT5, mT0) is text to text: the last message is the input as
+it is, with no chat template and no earlier turns, and the answer is what the decoder generates.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from tuiwiz.errors import UserError
 from tuiwiz.post.merge_plan import available_ram_bytes
 from tuiwiz.run.outputs import RunOutput, run_output
+from tuiwiz.tasks import TASKS
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,12 @@ class ChatSource:
     task: str
     label: str
 
+    @property
+    def text_to_text(self) -> bool:
+        """An encoder-decoder: the input goes in as it is and the decoder writes the answer."""
+        task = TASKS.get(self.task)
+        return task is not None and task.model == "seq2seq"
+
 
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -79,12 +89,11 @@ def chat_source(ref: str | Path | RunOutput) -> ChatSource:
     if not isinstance(ref, RunOutput):
         folder = Path(ref).expanduser()
         if (folder / "config.json").exists() and not (folder / "state.json").exists():
-            meta = folder / "tuiwiz.json"
-            task = json.loads(meta.read_text(encoding="utf-8")).get("task", "sft") if meta.exists() else "sft"
-            return ChatSource(folder.resolve(), (), folder.resolve(), task, folder.name)
+            return ChatSource(folder.resolve(), (), folder.resolve(), _folder_task(folder, folder), folder.name)
         if (folder / "adapter_config.json").exists() and not (folder / "state.json").exists():
             base = Path(json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"])
-            return ChatSource(base, ((folder.name, folder.resolve()),), folder.resolve(), "sft", folder.name)
+            return ChatSource(base, ((folder.name, folder.resolve()),), folder.resolve(), _folder_task(folder, base),
+                              folder.name)
         ref = run_output(str(ref))
     source = ref
     if source.is_classifier:
@@ -94,6 +103,19 @@ def chat_source(ref: str | Path | RunOutput) -> ChatSource:
         return ChatSource(source.path, (), source.path, source.task, source.run.run_id)
     return ChatSource(source.base_model, ((source.run.run_id, source.path),), source.path, source.task,
                       source.run.run_id)
+
+
+def _folder_task(folder: Path, weights: Path) -> str:
+    """The task of a model folder: its tuiwiz.json's (a merge or export of a run), else seq2seq for an
+    encoder-decoder's config and sft for any other."""
+    meta = folder / "tuiwiz.json"
+    if meta.exists():
+        return json.loads(meta.read_text(encoding="utf-8")).get("task", "sft")
+    try:
+        config = json.loads((weights / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "sft"
+    return "seq2seq" if config.get("is_encoder_decoder") else "sft"
 
 
 def model_bytes(folder: Path) -> int:
@@ -142,6 +164,9 @@ def _streaming_classes():
         def __call__(self, input_ids, scores, **kwargs):
             return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
+        def __deepcopy__(self, memo):  # peft deep-copies generate's arguments (prompt tuning on T5): stay one
+            return self
+
     class CountingStreamer(TextIteratorStreamer):
         """Counts generated tokens and notes when the first one came."""
 
@@ -153,6 +178,9 @@ def _streaming_classes():
                 self.first = self.first or time.perf_counter()
                 self.tokens += value.numel()
             return super().put(value)
+
+        def __deepcopy__(self, memo):  # as StopOnEvent: the reader waits on this one
+            return self
 
     return StopOnEvent, CountingStreamer
 
@@ -180,7 +208,7 @@ class ChatEngine:
         if budget:  # checked before torch is imported: a refusal comes at once
             check_fits(self.source, device=self.device, memory_budget_mb=self.memory_budget_mb)
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -190,7 +218,8 @@ class ChatEngine:
         kwargs = {"dtype": "auto"}
         if self.device != "cpu":
             kwargs["device_map"] = {"": self.device}
-        model = AutoModelForCausalLM.from_pretrained(self.source.weights, **kwargs)
+        model_class = AutoModelForSeq2SeqLM if self.source.text_to_text else AutoModelForCausalLM
+        model = model_class.from_pretrained(self.source.weights, **kwargs)
         if self.source.adapters:
             from peft import PeftModel
 
@@ -239,10 +268,14 @@ class ChatEngine:
 
     # --- generating ---------------------------------------------------------------
     def prompt_ids(self, messages: list[dict], system: str | None = None) -> dict:
-        """The model inputs for a conversation, with the chat template (or the Alpaca layout without one)."""
+        """The model inputs for a conversation, with the chat template (or the Alpaca layout without one);
+        for an encoder-decoder, the last user message as it is (text to text: no template, no history)."""
+        tok = self.tokenizer
+        if self.source.text_to_text:
+            text = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+            return {k: v.to(self.model.device) for k, v in tok(text, return_tensors="pt").items()}
         if system:
             messages = [{"role": "system", "content": system}, *[m for m in messages if m["role"] != "system"]]
-        tok = self.tokenizer
         if tok.chat_template:
             inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                              return_dict=True)
@@ -291,7 +324,7 @@ class ChatEngine:
                 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
             kwargs = dict(**inputs, streamer=streamer, max_new_tokens=max_new_tokens,
                           stopping_criteria=StoppingCriteriaList([StopOnEvent(self._stop)]),
-                          pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                          pad_token_id=self._pad_token_id(),
                           **sampling, **generate_kwargs)
             failure: list[BaseException] = []
             model = self.model
@@ -335,6 +368,10 @@ class ChatEngine:
                                               self._stop.is_set())
             if failure:
                 raise failure[0]
+
+    def _pad_token_id(self) -> int | None:
+        pad = self.tokenizer.pad_token_id  # T5's is 0: a test for None, not for truth
+        return pad if pad is not None else self.tokenizer.eos_token_id
 
     def answer(self, messages: list[dict], **kwargs) -> str:
         return "".join(self.stream(messages, **kwargs))

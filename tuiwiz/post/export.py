@@ -24,6 +24,7 @@ from tuiwiz.post.hub import push_to_hub
 from tuiwiz.post.modelcard import write_model_card
 from tuiwiz.run.outputs import Progress, RunOutput, run_output
 from tuiwiz.run.rundir import RunDir
+from tuiwiz.tasks import TASKS
 
 FORMATS = ("merged", "adapter", "gguf", "ollama", "onnx", "hub")
 
@@ -57,6 +58,12 @@ def export_run(ref: str | RunDir | RunOutput, format: str, out: str | Path | Non
     if format == "hub":
         location, files, notes = push_to_hub(source, repo, private=private, token=token)
         return ExportResult("hub", location, files, notes, round(time.perf_counter() - started, 3))
+    task = TASKS.get(source.task)
+    if format in ("gguf", "ollama", "onnx") and task is not None and task.model == "seq2seq":
+        made_for = "classifiers" if format == "onnx" else "decoder-only language models, as llama.cpp runs them"
+        raise UserError(f"run {source.run.run_id} trained an encoder-decoder (task {task.name}); {format} export "
+                        f"is for {made_for}", hint="export --format merged (a transformers folder) or adapter, or "
+                        "push it with --format hub", kind="run")
     if format in ("gguf", "ollama", "merged") and source.kind == "prompt":
         raise UserError(f"run {source.run.run_id} trained {source.method}: virtual tokens cannot become weights, "
                         f"so there is no {format} model", hint="export --format adapter keeps them", kind="run")

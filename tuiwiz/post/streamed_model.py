@@ -58,6 +58,9 @@ class StreamedModel:
         self.files = _weight_files(self.folder)
         with init_empty_weights():  # parameters on meta; buffers (rotary frequencies) real
             skeleton = build()
+        # Made on meta, tied weights (T5's shared embedding and head) come out as separate parameters; the
+        # checkpoint holds only the first of them.
+        skeleton.tie_weights()
         prefix = getattr(skeleton, "base_model_prefix", "")
         self._keys: dict[int, str] = {}  # id(parameter) -> checkpoint key; tied weights share one
         missing = []
@@ -131,6 +134,10 @@ class StreamedModel:
         if left:
             raise UserError(f"cannot verify with {self.folder}: weights {left[:3]} are neither in its files "
                             f"nor in the adapter", kind="verify")
+
+    @property
+    def config(self):
+        return self.model.config
 
     def __call__(self, **inputs):
         return self.model(**inputs)

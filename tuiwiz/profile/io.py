@@ -204,7 +204,7 @@ def _hint_for(error: dict) -> str | None:
     return _described(error)
 
 
-_NAMED_FIELD = re.compile(r"\b(model|data|method|training|distributed|output)\.[a-z_]+(\.[a-z_]+)?")
+_NAMED_FIELD = re.compile(r"\b(model|data|method|training|distributed|output|preference|grpo)\.[a-z_]+(\.[a-z_]+)?")
 
 
 def _message_for(error: dict, same_place: list[dict]) -> str:

@@ -19,6 +19,8 @@ from tuiwiz.methods import method
 from tuiwiz.profile.io import DATA_SUFFIXES, LoadedProfile, is_local_data
 from tuiwiz.profile.schema import Profile
 from tuiwiz.run.resources import check_resources
+from tuiwiz.run.reward_checks import check_rewards
+from tuiwiz.tasks import TASKS
 from tuiwiz.units import gib
 
 
@@ -279,12 +281,52 @@ def preflight(loaded: LoadedProfile) -> None:
     """Everything that can be checked before a run dir exists. Raises UserError."""
     source = str(loaded.source) if loaded.source else "<profile>"
     _check_model(loaded.profile, source)
+    _check_architecture(loaded.profile, source)
+    _check_start(loaded.profile, source)
     _check_modules(loaded.profile, source)
     _check_trackers(loaded.profile, source)
     _check_packing(loaded.profile, source)
     _check_data(loaded.profile, source)
+    check_rewards(loaded.profile, source)
     _check_processes(loaded.profile, source)
     _check_resources(loaded.profile)
+
+
+def _check_architecture(profile: Profile, source: str) -> None:
+    """An encoder-decoder task needs an encoder-decoder model, and the other tasks a decoder (or an encoder
+    for classification): told from config.json before any weights load, where the folder is here."""
+    import json
+
+    folder = _model_folder(profile)
+    if folder is None or not (folder / "config.json").is_file() or profile.model.start_from:
+        return
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the runner's own load says what is wrong with it
+    encoder_decoder = bool(config.get("is_encoder_decoder")) if isinstance(config, dict) else False
+    wants = TASKS[profile.task].model
+    if (wants == "seq2seq") != encoder_decoder:
+        kind = config.get("model_type", "?") if isinstance(config, dict) else "?"
+        raise UserError(
+            f"task {profile.task} needs {'an encoder-decoder' if wants == 'seq2seq' else 'a decoder-only'} model; "
+            f"{profile.model.name_or_path} is {'an encoder-decoder' if encoder_decoder else 'a decoder-only'} "
+            f"model ({kind})",
+            hint="seq2seq trains T5, mT5, mT0, BART and their kin ('demo-t5' is built in); the other tasks train "
+                 "decoder-only models such as Llama, Qwen or 'demo'",
+            file=source, field="model.name_or_path", kind="model")
+
+
+def _check_start(profile: Profile, source: str) -> None:
+    """model.start_from names a completed run whose model a later run can load."""
+    if profile.model.start_from is None:
+        return
+    from tuiwiz.run.outputs import earlier_output
+
+    try:
+        earlier_output(profile.model.start_from)
+    except UserError as exc:
+        raise UserError(exc.message, hint=exc.hint, file=source, field="model.start_from", kind="profile") from None
 
 
 # --- chat template -----------------------------------------------------------------

@@ -88,8 +88,10 @@ class LossWatch:
         if grad_norm is not None and not math.isfinite(grad_norm) and not scaled_fp16:
             return NonFiniteLoss(step, grad_norm, "gradient norm", f" (the loss was still {loss:.4g})")
         start = self.start
-        diverging = (start is not None and loss > DIVERGED_OVER_LOWEST * self.lowest
-                     and loss > DIVERGED_OVER_START * start)
+        # Ratios mean something only for a loss with a floor above zero: GRPO's policy-gradient loss
+        # wanders around zero (and below), where "four times the lowest" says nothing.
+        diverging = (start is not None and self.lowest > 0 and start > 0
+                     and loss > DIVERGED_OVER_LOWEST * self.lowest and loss > DIVERGED_OVER_START * start)
         self.above = self.above + 1 if diverging else 0
         if self.above >= PATIENCE:
             return LossDiverged(

@@ -17,6 +17,7 @@ from tuiwiz.profile.schema import Profile
 from tuiwiz.run.event_types import RunEndEvent, RunStartEvent, StatusEvent
 from tuiwiz.run.events import EventWriter
 from tuiwiz.run.rundir import RunDir, update_state
+from tuiwiz.tasks import TASKS
 from tuiwiz.train.arguments import total_steps
 from tuiwiz.train.callbacks import RunnerCallback
 from tuiwiz.train.modeling import Precision, TrainableModel
@@ -36,6 +37,11 @@ class Setup:
     labels: tuple[str, ...] | None = None  # classification's classes
 
 
+def trained_rows(profile: Profile, examples: int) -> int:
+    """What the Trainer's batches count: completions under GRPO (num_generations of each prompt), else examples."""
+    return examples * profile.grpo.num_generations if TASKS[profile.task].generates else examples
+
+
 def run_start(run: RunDir, profile: Profile, setup: Setup, resumed_from: str | None) -> RunStartEvent:
     """What the run trains, with the settings resolved (from the examples the Trainer kept: packing and
     the length filter change their count)."""
@@ -45,7 +51,7 @@ def run_start(run: RunDir, profile: Profile, setup: Setup, resumed_from: str | N
         method=profile.method.type, model=profile.model.name_or_path, model_path=setup.model_path,
         learning_rate=profile.learning_rate, precision=setup.precision.name, device=setup.precision.device,
         dtype=setup.model.dtype, world_size=args.world_size,
-        max_steps=total_steps(profile, len(trainer.train_dataset), args.world_size),
+        max_steps=total_steps(profile, trained_rows(profile, len(trainer.train_dataset)), args.world_size),
         total_train_batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         target_modules=setup.model.target_modules, params_total=setup.model.params_total,
         params_trainable=setup.model.params_trainable, train_examples=len(trainer.train_dataset),
@@ -74,7 +80,9 @@ def train_and_save(run: RunDir, profile: Profile, setup: Setup, callback: Runner
     if stop.requested:
         last = run.last_checkpoint()
         return StatusEvent(status="stopped", step=trainer.state.global_step, checkpoint=str(last) if last else None)
-    if trainer.eval_dataset is not None:
+    evaluated = any("eval_loss" in logged and logged.get("step") == trainer.state.global_step
+                    for logged in trainer.state.log_history)
+    if trainer.eval_dataset is not None and not evaluated:  # the last step's evaluation may have run already
         trainer.evaluate()
     save_output(run, profile, setup)
     metrics = dict(result.metrics)

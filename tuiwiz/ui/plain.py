@@ -97,7 +97,7 @@ def _inspect(name: str):
     try:
         return inspect_model(name, online=True)
     except UserError as exc:
-        if name == "demo" and "not built" in exc.message:
+        if name in ("demo", "demo-t5") and "not built" in exc.message:
             _print("  building the demo model (once, about ten seconds)…")
             ensure_demo_model_subprocess()
             return inspect_model(name, online=True)

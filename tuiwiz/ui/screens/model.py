@@ -20,7 +20,8 @@ from tuiwiz.errors import UserError
 from tuiwiz.ui.screens.base import StepScreen
 from tuiwiz.units import count, size
 
-SHORT = {"demo": "tiny Llama, built here", "minilm": "MiniLM-L6 (BERT)"}
+BUILT_HERE = ("demo", "demo-t5")  # built by `tuiwiz demo` on first use
+SHORT = {"demo": "tiny Llama, built here", "demo-t5": "tiny T5, built here", "minilm": "MiniLM-L6 (BERT)"}
 FOLDER = "\x00folder"
 HUB = "\x00hub"
 
@@ -176,7 +177,7 @@ class ModelScreen(StepScreen):
         try:
             info = inspect_model(name, online=True)  # a hub id not downloaded: its metadata
         except UserError as exc:
-            if name == "demo" and "not built" in exc.message:
+            if name in BUILT_HERE and "not built" in exc.message:
                 self.app.call_from_thread(self._build_demo)
                 return
             self.app.call_from_thread(self._show_error, name, exc)
@@ -197,8 +198,8 @@ class ModelScreen(StepScreen):
             except UserError as exc:
                 self.app.call_from_thread(screen._show_error, "demo", exc)
                 return
-            if screen.is_attached and screen.state.model_name == "demo":
-                self.app.call_from_thread(screen.inspect, "demo")
+            if screen.is_attached and screen.state.model_name in BUILT_HERE:
+                self.app.call_from_thread(screen.inspect, screen.state.model_name)
 
         # The app owns the build: leaving this screen does not cancel it.
         self.app.run_worker(job, thread=True, group="build-demo", exclusive=True, exit_on_error=False)
