@@ -147,3 +147,48 @@ async def test_choosing_dpo_offers_the_newest_sft_run_of_the_model_as_its_start(
     app.state.recommendation = recommend_for(app.state)
     profile = draft_profile(app.state)
     assert (profile.task, profile.model.start_from) == ("dpo", str(older))
+
+
+@pytest.mark.asyncio
+async def test_the_score_screen_scores_each_reply_in_a_child_process_and_lists_them(tmp_path):
+    """The screen's own work (inputs, a child process, its output or its error); the real `tuiwiz score` it
+    runs is tested end to end in tests/test_reward_task.py. Here a child process prints what it would."""
+    import sys
+
+    from textual.app import App
+
+    from tuiwiz.ui.screens.score import ScoreScreen, score_command
+
+    assert score_command("RUN", "p", "c")[-6:] == ["score", "RUN", "--prompt", "p", "--completion", "c"]
+
+    def stand_in(run_path, prompt, completion):
+        if completion == "bad":
+            return [sys.executable, "-c", "import sys; print('error: run x is not a reward model', file=sys.stderr)"
+                                          "; sys.exit(2)"]
+        return [sys.executable, "-c", f"print({len(completion) / 10})"]
+
+    screen = ScoreScreen(str(tmp_path), label="r-1", command=stand_in)
+
+    class Host(App):
+        def on_mount(self):
+            self.push_screen(screen)
+
+    async with Host().run_test(size=SIZE) as pilot:
+        await pilot.press(*"What is two plus three?", "enter", *"Sure! five.", "enter")
+        await wait_for(pilot, lambda: screen.scores, timeout=30)
+        assert screen.scores == [("What is two plus three?", "Sure! five.", 1.1)]
+        assert "+1.1000  What is two plus three? → Sure! five." in str(screen.query_one("#score-results").render())
+        screen.query_one("#score-reply").value = "bad"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "not a reward model" in str(screen.query_one("#score-status").render()),
+                       timeout=30)
+        assert len(screen.scores) == 1
+
+
+def test_a_reward_run_offers_scoring_where_others_offer_chat(tmp_path):
+    from tuiwiz.ui.screens.post_flow import run_afterwards
+
+    for task, wanted in (("reward", "score"), ("dpo", "chat"), ("seq2seq", "text2text"), ("sft", "chat")):
+        path = write_fixture_run(tmp_path, run_id=f"r-{task}", register=False)
+        (path / "profile.yaml").write_text(f"version: 1\ntask: {task}\n")
+        assert run_afterwards(str(path)) == wanted

@@ -8,7 +8,7 @@ from tuiwiz.run.rundir import RunDir
 from tuiwiz.tasks import TASKS
 
 
-def _method_and_task(run: RunDir) -> tuple[str | None, str | None]:
+def method_and_task(run: RunDir) -> tuple[str | None, str | None]:
     import yaml
 
     try:
@@ -21,7 +21,7 @@ def _method_and_task(run: RunDir) -> tuple[str | None, str | None]:
 def next_commands(run: RunDir, status: str) -> list[tuple[str, str]]:
     """(what it does, the command) for each next step that makes sense for this run."""
     rid = run.run_id
-    method, task = _method_and_task(run)
+    method, task = method_and_task(run)
     steps: list[tuple[str, str]] = []
     if status == "completed":
         afterwards = TASKS[task].afterwards if task in TASKS else "chat"

@@ -34,6 +34,18 @@ def offered(what: str, status: str | None, method: str | None) -> bool:
     return status == "completed" and not (what == "merge" and method in (None, "full"))
 
 
+def run_afterwards(run_path: str) -> str:
+    """What the run's task offers once trained (tuiwiz/tasks.py): chat, classify, score or text2text."""
+    from pathlib import Path
+
+    from tuiwiz.run.next_steps import method_and_task
+    from tuiwiz.run.rundir import RunDir
+    from tuiwiz.tasks import TASKS
+
+    _, task = method_and_task(RunDir(Path(run_path)))
+    return TASKS[task].afterwards if task in TASKS else "chat"
+
+
 def _repo_problem(value: str) -> str | None:
     return None if REPO_ID.match(value) else "a repository is user/name (letters, digits, - _ .)"
 
@@ -42,6 +54,11 @@ async def post_action(app, what: str, run_path: str, run_id: str) -> None:
     """Run ``what`` (merge, export or chat) for the completed run at ``run_path``. Call from a worker."""
     from tuiwiz.ui.screens.dialogs import ChoiceDialog, TextDialog
 
+    if what == "chat" and run_afterwards(run_path) == "score":  # a reward model scores; it does not chat
+        from tuiwiz.ui.screens.score import ScoreScreen
+
+        await app.push_screen_wait(ScoreScreen(run_path, label=run_id))
+        return
     if what == "chat":
         from tuiwiz.ui.screens.chat import ChatScreen
 
