@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from tuiwiz.cli.settings import Settings, add_setting_flags, apply_settings, plan_strategy
 from tuiwiz.errors import UserError
 from tuiwiz.methods import METHODS
+from tuiwiz.tasks import TASK_NAMES, TASKS
 from tuiwiz.units import MIB, count, gib, size
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ def add_commands(subparsers) -> None:
     est.add_argument("--gpu-snapshot", "--hardware", dest="gpu_snapshot", metavar="NAME",
                      help="plan for a recorded machine (a name from tuiwiz/plan/snapshots, or `tuiwiz hw --save` "
                           "JSON); default: $TUIWIZ_HARDWARE, else this machine")
+    est.add_argument("--task", choices=TASK_NAMES, help="the training task (default: the profile's, else sft)")
     est.add_argument("--json", action="store_true", help="machine-readable output")
     add_setting_flags(est)
 
@@ -107,7 +109,7 @@ def _cmd_estimate(args) -> int:
 
     from tuiwiz.plan.hardware import probe
     from tuiwiz.plan.memory import Plan, estimate
-    from tuiwiz.plan.recommend import fit_on
+    from tuiwiz.plan.recommend import fit_on, with_task
     from tuiwiz.profile.io import load_profile
     from tuiwiz.profile.schema import Profile
 
@@ -115,7 +117,8 @@ def _cmd_estimate(args) -> int:
     loaded = load_profile(args.profile_file).profile if args.profile_file else None
     model = _model(args, loaded)
     machine = probe(snapshot=args.gpu_snapshot)
-    profile = apply_settings(loaded or Profile(), settings, model)
+    base = loaded or Profile()
+    profile = apply_settings(with_task(base, args.task) if args.task else base, settings, model)
     at = _assumed(machine, settings, profile)
     strategy, notes = plan_strategy(profile, at.device)
     plan = Plan.from_profile(profile, model, device=at.device, bf16=at.bf16, strategy=strategy)
@@ -154,10 +157,14 @@ def _cmd_estimate(args) -> int:
 
 
 _LABELS = {"optimizer": "optimizer states", "optimizer_step": "optimizer step", "overhead": "allocator overhead",
-           "context": "CUDA context"}
+           "context": "CUDA context", "reference": "reference model", "reference_forward": "reference forward",
+           "generation": "generation"}
 _STRATEGIES = {"ddp": "DDP", "zero2": "ZeRO-2", "zero3": "ZeRO-3", "zero3_offload_optimizer": "ZeRO-3, optimizer "
                "offloaded", "zero3_offload_all": "ZeRO-3, parameters and optimizer offloaded"}
-_PHASES = {"activations": "forward/backward", "logits": "forward/backward", "optimizer_step": "optimizer step"}
+_TASK_TERMS = ("reference", "reference_forward", "generation")
+_PHASES = {"activations": "forward/backward", "logits": "forward/backward", "optimizer_step": "optimizer step",
+           "reference_forward": "forward, beside the activations (no gradients)",
+           "generation": "sampling completions, before the forward"}
 
 
 def _settings_line(plan, profile: Profile) -> str:
@@ -167,14 +174,30 @@ def _settings_line(plan, profile: Profile) -> str:
         rank = plan.adalora_init_r if plan.method == "adalora" else plan.lora_r
         what += f" r{rank} on " + (", ".join(plan.lora_targets) if plan.lora_targets else "every linear layer")
     weights = plan.weights_dtype or "weights as the runner loads them"
-    parts = [what, f"micro-batch {plan.micro_batch} × {plan.gradient_accumulation} accumulation steps",
-             f"{plan.seq_len:,} tokens" + (" packed" if profile.data.packing else ""),
+    parts = [TASKS[plan.task].title, what,
+             f"micro-batch {plan.micro_batch} × {plan.gradient_accumulation} accumulation steps",
+             _tokens_text(plan) + (" packed" if profile.data.packing else ""),
              f"{plan.precision} on {weights} weights" if plan.weights_dtype else f"{plan.precision}, {weights}",
              plan.attn_implementation, plan.optimizer,
              "checkpointing " + ("on" if plan.gradient_checkpointing else "off")]
     if plan.strategy != "single":
         parts.append(_STRATEGIES[plan.strategy])
     return " · ".join(parts)
+
+
+def _tokens_text(plan) -> str:
+    """A sequence's tokens as the task counts them."""
+    if TASKS[plan.task].generates:
+        return f"{plan.seq_len:,}-token prompts + {plan.completion_len:,} generated tokens"
+    if TASKS[plan.task].model == "seq2seq":
+        return f"{plan.seq_len:,} input + {plan.decoder_len:,} target tokens"
+    return f"{plan.seq_len:,} tokens"
+
+
+def _activations_text(plan) -> str:
+    sequences = f"{plan.micro_batch} × {plan.sequences_per_example}" if plan.sequences_per_example > 1 \
+        else f"{plan.micro_batch}"
+    return f"{sequences} sequences of {_tokens_text(plan)}"
 
 
 def _console():
@@ -206,8 +229,11 @@ def _print_estimate(model, profile, plan, est, at: Assumed) -> None:
                                                   "overhead": "workspace, malloc slack"}
     grads = "backward and optimizer step" if b.gradients_during_backward else "optimizer step"
     details = {"adapter": f"{count(est.trainable_parameters, digits=2)} trainable, fp32",
-               "activations": f"{plan.micro_batch} × {plan.seq_len:,} tokens"}
+               "activations": _activations_text(plan),
+               "generation": f"KV cache of {plan.generation_batch} completions"}
     for name, value in b.terms().items():
+        if name in _TASK_TERMS and not value:
+            continue  # a task's own term, absent from this one
         when = grads if name == "gradients" else _PHASES.get(name, "the whole step")
         detail = f" ({details[name]})" if name in details and value else ""
         table.add_row(labels.get(name, name.replace("_", " ")), size(value), when + detail)

@@ -286,6 +286,8 @@ def _cmd_probe(path: str, steps: int, allow_truncation: bool, write: str | None)
               f"{outcome}")
     for change in result.changes:
         print(f"stepped down: {change}")
+    for note in result.notes:
+        print(f"note: {note}")
     budget = f"{result.budget_mb:,.0f} MiB {'free on the GPU' if result.device == 'cuda' else 'of RAM available'}"
     if not result.fits:
         hint = (f"{result.needs_consent}; rerun with --allow-truncation to accept" if result.needs_consent

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from tuiwiz.cli.settings import Settings, add_setting_flags, apply_settings, takes
 from tuiwiz.errors import UserError
+from tuiwiz.tasks import TASK_NAMES
 from tuiwiz.units import MIB, count, gib
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def add_commands(subparsers) -> None:
     rec.add_argument("--data", metavar="D", help="dataset file: its token lengths set the max length")
     rec.add_argument("--hardware", "--gpu-snapshot", metavar="SNAPSHOT",
                      help="plan for a recorded machine (name or JSON file)")
-    rec.add_argument("--task", choices=("sft", "pretrain", "classification"), default="sft")
+    rec.add_argument("--task", choices=TASK_NAMES, default="sft")
     rec.add_argument("--target-batch", type=int, default=16, help="effective batch size to reach (default 16)")
     rec.add_argument("--experts", action="store_true", help="also IA3, AdaLoRA, prefix/p-tuning, BitFit")
     rec.add_argument("--json", action="store_true", help="machine-readable output")
@@ -155,7 +156,8 @@ def _cmd_inspect(args) -> int:
          else f"{info.name} ({info.source}: {info.path})"),
         ("architecture", f"{info.architecture or '?'} ({info.model_type})"),
         ("parameters", f"{info.num_parameters:,} ({_count(info.num_parameters)}, from {info.parameter_source})"),
-        ("shape", f"{info.num_layers} layers, hidden {info.hidden_size}, {info.num_heads} heads "
+        ("shape", (f"{info.num_layers} encoder + {info.num_decoder_layers} decoder layers" if info.encoder_decoder
+                   else f"{info.num_layers} layers") + f", hidden {info.hidden_size}, {info.num_heads} heads "
                   f"({info.num_kv_heads} key/value), head dim {info.head_dim}, MLP {info.intermediate_size}"),
         ("vocabulary", f"{info.vocab_size:,}{', tied embeddings' if info.tie_word_embeddings else ''}"),
         ("context", f"{info.context_length:,} tokens" if info.context_length else "?"),
@@ -295,14 +297,15 @@ def _constrained(options, settings: Settings, machine, model, args) -> list:
 def _cmd_recommend(args) -> int:
     from tuiwiz.plan.hardware import probe
     from tuiwiz.plan.modelinfo import inspect_model
-    from tuiwiz.plan.recommend import recommend, to_profile
+    from tuiwiz.plan.recommend import recommend, to_profile, with_task
     from tuiwiz.profile.schema import Profile
 
     settings = Settings.from_args(args)
     machine = _on_gpus(probe(snapshot=args.hardware), settings.gpus)
     model = inspect_model(args.model, online=True)
     stats, warnings = _data_stats(args, model, settings.seq_len)
-    apply_settings(Profile(task=args.task), settings, model, distributed=False)  # a flag that fits no method fails here
+    # a flag that fits no method fails here
+    apply_settings(with_task(Profile(), args.task), settings, model, distributed=False)
     experts = args.experts or settings.method not in (None, *_EVERYDAY_METHODS) or settings.offload == "all"
     result = recommend(machine, model, stats, args.task, target_batch=args.target_batch, experts=experts)
     warnings += result.warnings

@@ -65,7 +65,17 @@ _FAMILIES = {
     "qwen3": ("decoder", True), "gemma": ("decoder", True), "gemma2": ("decoder", True),
     "phi3": ("phi3", False), "gpt2": ("gpt2", True), "bert": ("bert", True), "roberta": ("bert", True),
     "gpt_neox": ("gpt_neox", False), "qwen": ("qwen", False),
+    # transformers 5 ties T5's and mT5's LM head to the shared embedding whatever the config says (T5Config
+    # forces tie_word_embeddings; the config's value only decides whether decoder outputs are scaled)
+    "t5": ("t5", True), "mt5": ("t5", True),
 }
+ENCODER_DECODER = ("t5",)  # families whose models have an encoder and a decoder stack (task seq2seq)
+# Checkpoint tensors the loaded model does not hold, by model type: T5's LM head and per-stack embeddings are
+# tied to ``shared`` (a flan-T5 checkpoint still stores its own lm_head.weight).
+_T5_TIED = ("lm_head.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+TIED_ON_LOAD = {"t5": _T5_TIED, "mt5": _T5_TIED}
+# Two-dimensional ``*.weight`` tensors that are embeddings, not linear layers LoRA could target.
+NOT_LINEAR = ("relative_attention_bias",)
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ class _Dims:
     vocab: int
     tie: bool
     context: int | None
+    decoder_layers: int = 0  # encoder-decoder models: the decoder's blocks (``layers`` are the encoder's)
+    dropout: float = 0.0  # dropout on hidden states in training (T5's dropout_rate; decoders here have none)
 
 
 def _dims(config: dict, model_type: str) -> _Dims:
@@ -89,12 +101,16 @@ def _dims(config: dict, model_type: str) -> _Dims:
     if not all(isinstance(v, int) and v > 0 for v in (hidden, layers, heads, vocab)):
         raise KeyError("hidden_size/num_hidden_layers/num_attention_heads/vocab_size")
     kv = _get(config, "num_key_value_heads", "num_kv_heads", "n_head_kv", default=heads)
-    head_dim = _get(config, "head_dim", "kv_channels", default=hidden // heads)
-    inter = _get(config, "intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", default=4 * hidden)
+    head_dim = _get(config, "head_dim", "kv_channels", "d_kv", default=hidden // heads)
+    inter = _get(config, "intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "d_ff", default=4 * hidden)
     if model_type == "qwen":  # Qwen (1)'s intermediate_size counts both halves: w1 and w2 are each half as wide
         inter //= 2
     tie = config.get("tie_word_embeddings", _FAMILIES.get(model_type, ("", True))[1])
     context = _get(config, "max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+    if _FAMILIES.get(model_type, ("",))[0] in ENCODER_DECODER:
+        return _Dims(layers, hidden, heads, kv, head_dim, inter, vocab, True, context,
+                     decoder_layers=_get(config, "num_decoder_layers", default=layers),
+                     dropout=float(_get(config, "dropout_rate", default=0.1)))
     return _Dims(layers, hidden, heads, kv, head_dim, inter, vocab, bool(tie), context)
 
 
@@ -204,6 +220,26 @@ def _bert_layout(config: dict, model_type: str, d: _Dims) -> _Layout:
     return _Layout(tuple(linears), embeddings, 0, other, other_bias, False)
 
 
+def _t5_layout(config: dict, model_type: str, d: _Dims) -> _Layout:
+    """T5 and mT5 (modeling_t5.py): bias-free q/k/v/o self-attention in both stacks, cross-attention (EncDecAttention)
+    in the decoder's, a ReLU (wi) or gated (wi_0, wi_1) MLP, scale-only layer norms, and a relative position bias in
+    each stack's first block. Paths as the weights name them after the block and layer numbers."""
+    H, inter, inner = d.hidden, d.intermediate, d.heads * d.head_dim
+    enc, dec = d.layers, d.decoder_layers
+    both = enc + dec
+    linears = [LinearLayer(f"SelfAttention.{p}", H, inner, both, False) for p in "qkv"]
+    linears.append(LinearLayer("SelfAttention.o", inner, H, both, False))
+    linears += [LinearLayer(f"EncDecAttention.{p}", H, inner, dec, False) for p in "qkv"]
+    linears.append(LinearLayer("EncDecAttention.o", inner, H, dec, False))
+    gated = str(config.get("feed_forward_proj", "relu")).startswith("gated-")
+    ups = ("wi_0", "wi_1") if gated else ("wi",)
+    linears += [LinearLayer(f"DenseReluDense.{p}", H, inter, both, False) for p in ups]
+    linears.append(LinearLayer("DenseReluDense.wo", inter, H, both, False))
+    norms = (2 * enc + 1 + 3 * dec + 1) * H  # a norm before each sublayer, and each stack's final one
+    buckets = int(config.get("relative_attention_num_buckets", 32))
+    return _Layout(tuple(linears), d.vocab * H, 0, norms + 2 * buckets * d.heads, 0, gated)
+
+
 def _generic_layout(config: dict, model_type: str, d: _Dims) -> _Layout:
     """Unknown architecture: assume a gated MLP and untied head, so the guess errs high."""
     layout = _decoder_layout({}, "llama", d)
@@ -211,7 +247,7 @@ def _generic_layout(config: dict, model_type: str, d: _Dims) -> _Layout:
 
 
 _LAYOUTS = {"decoder": _decoder_layout, "phi3": _phi3_layout, "gpt2": _gpt2_layout, "bert": _bert_layout,
-            "gpt_neox": _gpt_neox_layout, "qwen": _qwen_layout}
+            "gpt_neox": _gpt_neox_layout, "qwen": _qwen_layout, "t5": _t5_layout}
 
 
 def _with_sequence_classifier(layout: _Layout, config: dict, d: _Dims) -> _Layout:
@@ -262,4 +298,6 @@ IA3_TARGETS = {
     "bert": (("key", "value", "output.dense"), ("output.dense",)),
     "roberta": (("key", "value", "output.dense"), ("output.dense",)),
     "gpt_neox": (("query_key_value", "dense_4h_to_h"), ("dense_4h_to_h",)),
+    "t5": (("k", "v", "wo"), ("wo",)),
+    "mt5": (("k", "v", "wo"), ("wo",)),
 }

@@ -14,128 +14,33 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from tuiwiz.errors import UserError
-from tuiwiz.methods import METHOD_NAMES, METHODS
+from tuiwiz.methods import METHODS
+from tuiwiz.plan.activations import (
+    attention_implementation,
+    eager_scores_bytes,
+    encoder_decoder_bytes,
+    head_bytes,
+    layer_activation_bytes,
+    logits_bytes,
+)
 from tuiwiz.plan.architectures import IA3_TARGETS
+from tuiwiz.plan.fine_tune import (  # Plan and the constants live there; most callers import them from here
+    CONSTANTS,
+    PRECISION_BYTES,
+    STRATEGIES,
+    ZERO,
+    Constants,
+    GiB,
+    MiB,
+    Plan,
+)
 from tuiwiz.plan.modelinfo import ModelInfo
+from tuiwiz.plan.task_costs import task_terms
+from tuiwiz.tasks import TASKS
 from tuiwiz.units import gib
 
-MiB = 1024**2
-GiB = 1024**3
-
-STRATEGIES = ("single", "ddp", "zero2", "zero3", "zero3_offload_optimizer", "zero3_offload_all")
-ZERO = ("zero2", "zero3", "zero3_offload_optimizer", "zero3_offload_all")
-PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-@dataclass(frozen=True)
-class Constants:
-    """Every number of the estimate that is fitted or assumed rather than counted."""
-
-    activation_scale: float  # multiplies the counted saved tensors of the layers (fitted on CPU)
-    cpu_tile_copies: float  # live fp32 copies of a fused-loss tile on CPU (torch fallback, fitted)
-    cpu_runtime: int  # RSS of the trainer process before the model is built (measured)
-    cpu_workspace: int  # what the first training step adds on CPU beyond tensors: kernels, threads (fitted)
-    cpu_allocator_fraction: float  # malloc slack on CPU (fitted)
-    cuda_context: int  # CUDA context, cuBLAS workspaces (assumed; not measurable here)
-    cuda_allocator_fraction: float  # caching-allocator fragmentation (assumed; not measurable here)
-    unknown_architecture_margin: float  # shapes guessed: err high
-    fused_token_chunk: int = 4096  # trl's ChunkedLogProbFunction tile: tokens x vocabulary columns
-    fused_vocab_chunk: int = 32768
-
-
-# Fitted by bench/calibrate.py (bench/results/calibration-cpu.json); CUDA numbers are assumptions.
-CONSTANTS = Constants(
-    activation_scale=1.15,
-    cpu_tile_copies=9.0,
-    cpu_runtime=700 * MiB,
-    cpu_workspace=50 * MiB,
-    cpu_allocator_fraction=0.0,
-    cuda_context=500 * MiB,
-    cuda_allocator_fraction=0.08,
-    unknown_architecture_margin=1.25,
-)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The memory-relevant choices of a fine-tune."""
-
-    method: str = "lora"
-    device: str = "cuda"  # cuda / cpu
-    precision: str = "bf16"  # fp32 / fp16 / bf16
-    micro_batch: int = 1
-    seq_len: int = 512
-    gradient_accumulation: int = 1
-    gradient_checkpointing: bool = False
-    optimizer: str = "adamw_torch"
-    attn_implementation: str = "sdpa"  # eager / sdpa / flash_attention_2
-    strategy: str = "single"
-    task: str = "sft"  # sft / pretrain / classification
-    fused_loss: bool = True  # trl's SFTTrainer fused LM head; False: the model's own loss on full logits
-    lora_r: int = 16
-    lora_targets: tuple[str, ...] | None = None  # None: every linear layer ("all-linear")
-    lora_dropout: float = 0.05
-    use_dora: bool = False
-    qlora_bits: int = 4
-    double_quant: bool = True
-    # QLoRA: the runner calls peft's prepare_model_for_kbit_training, which upcasts every unquantized tensor
-    # (embeddings, norms, LM head) to fp32, and the residual stream with them. False: a 16-bit base stays 16-bit.
-    kbit_upcast: bool = True
-    adalora_init_r: int = 12
-    ia3_targets: tuple[str, ...] | None = None  # None: peft's default for the architecture
-    ia3_feedforward: tuple[str, ...] | None = None
-    num_virtual_tokens: int = 20
-    prefix_projection: bool = False
-    encoder_hidden_size: int | None = None  # p-tuning's MLP width (the runner's default is 128)
-    weights_dtype: str | None = None  # profile.model.dtype when not "auto"
-    save_total_limit: int = 2
-
-    def __post_init__(self) -> None:
-        for name, value, allowed in (("method", self.method, METHOD_NAMES), ("strategy", self.strategy, STRATEGIES),
-                                     ("precision", self.precision, tuple(PRECISION_BYTES))):
-            if value not in allowed:
-                raise ValueError(f"Plan.{name} must be one of {allowed}, not {value!r}")
-        if self.micro_batch < 1 or self.seq_len < 1 or self.gradient_accumulation < 1:
-            raise ValueError("micro_batch, seq_len and gradient_accumulation must be positive")
-
-    @classmethod
-    def from_profile(cls, profile, model: ModelInfo, *, device: str = "cuda", bf16: bool = True,
-                     strategy: str = "single") -> Plan:
-        """The plan a profile describes, with 'auto' settled as the runner settles it."""
-        t, m = profile.training, profile.method
-        precision = t.precision
-        if precision == "auto":
-            precision = "fp32" if device == "cpu" else ("bf16" if bf16 else "fp16")
-        attn = profile.model.attn_implementation
-        kwargs: dict = dict(
-            method=m.type, device=device, precision=precision, micro_batch=t.per_device_train_batch_size,
-            seq_len=profile.data.max_length, gradient_accumulation=t.gradient_accumulation_steps,
-            gradient_checkpointing=t.gradient_checkpointing, optimizer=t.optim,
-            attn_implementation="sdpa" if attn == "auto" else attn, strategy=strategy, task=profile.task,
-            fused_loss=profile.task != "classification",
-            weights_dtype=None if profile.model.dtype == "auto" else profile.model.dtype,
-            save_total_limit=t.save_total_limit or 1,
-        )
-        if m.type in ("lora", "qlora"):
-            targets = None if m.target_modules in ("auto", "all-linear") else tuple(m.target_modules)
-            kwargs.update(lora_r=m.r, lora_targets=targets, lora_dropout=m.lora_dropout, use_dora=m.use_dora)
-        if m.type == "qlora":
-            kwargs.update(qlora_bits=m.bits, double_quant=m.bnb_4bit_use_double_quant)
-        if m.type == "adalora":
-            targets = None if m.target_modules in ("auto", "all-linear") else tuple(m.target_modules)
-            kwargs.update(adalora_init_r=m.init_r, lora_targets=targets, lora_dropout=m.lora_dropout)
-        if m.type == "ia3":
-            kwargs.update(ia3_targets=None if m.target_modules == "auto" else tuple(m.target_modules),
-                          ia3_feedforward=None if m.feedforward_modules == "auto" else tuple(m.feedforward_modules))
-        if METHODS[m.type].family == "prompt":
-            kwargs["num_virtual_tokens"] = m.num_virtual_tokens
-        if m.type == "prefix_tuning":
-            kwargs.update(prefix_projection=m.prefix_projection, encoder_hidden_size=m.encoder_hidden_size)
-        if m.type == "p_tuning":
-            kwargs["encoder_hidden_size"] = m.encoder_hidden_size or 128
-        return cls(**kwargs)
-
+__all__ = ["CONSTANTS", "PRECISION_BYTES", "STRATEGIES", "ZERO", "Breakdown", "Constants", "GiB", "MemoryEstimate",
+           "MiB", "Plan", "estimate", "optimizer_bytes_per_param", "trainable_parameters"]
 
 @dataclass(frozen=True)
 class Breakdown:
@@ -152,16 +57,24 @@ class Breakdown:
     overhead: int  # allocator fragmentation (GPU) or malloc slack (CPU)
     context: int  # CUDA context (GPU) or the Python/torch process itself (CPU)
     gradients_during_backward: bool = True  # False: grads only grow as activations are freed
+    reference: int = 0  # a frozen reference model's second copy of the weights (DPO, KTO, GRPO; full fine-tuning)
+    reference_forward: int = 0  # the reference's forward without gradients, beside the policy's saved activations
+    generation: int = 0  # GRPO's generation phase: the KV cache and sampling (or the reference's scoring)
+
+    @property
+    def forward_backward(self) -> int:
+        grads = self.gradients if self.gradients_during_backward else 0
+        return self.activations + max(self.logits, self.reference_forward) + grads
 
     @property
     def peak_dynamic(self) -> int:
-        forward_backward = self.activations + self.logits + (self.gradients if self.gradients_during_backward else 0)
         stepping = self.gradients + self.optimizer_step
-        return max(forward_backward, stepping)
+        return max(self.forward_backward, stepping, self.generation)
 
     @property
     def static(self) -> int:
-        return self.weights + self.adapter + self.optimizer + self.buffers + self.context + self.overhead
+        return (self.weights + self.adapter + self.optimizer + self.buffers + self.context + self.overhead
+                + self.reference)
 
     @property
     def total(self) -> int:
@@ -193,12 +106,6 @@ class MemoryEstimate:
 # ---------------------------------------------------------------- trainable parameters
 
 
-def _targeted(model: ModelInfo, targets: tuple[str, ...] | None):
-    if targets is None:
-        return model.linear_layers
-    return tuple(layer for layer in model.linear_layers if any(layer.matches(t) for t in targets))
-
-
 def trainable_parameters(model: ModelInfo, plan: Plan) -> int:
     """Exactly what peft (or the runner, for full and BitFit) leaves with requires_grad."""
     m, H = plan.method, model.hidden_size
@@ -207,7 +114,7 @@ def trainable_parameters(model: ModelInfo, plan: Plan) -> int:
     if m == "bitfit":
         return model.bias_parameters
     if m in ("lora", "qlora"):
-        layers = _targeted(model, plan.lora_targets)
+        layers = model.targeted_layers(plan.lora_targets)
         if not layers:
             raise UserError(f"no linear layer of {model.name} matches {list(plan.lora_targets or ())}",
                             field="method.target_modules", kind="profile",
@@ -219,7 +126,7 @@ def trainable_parameters(model: ModelInfo, plan: Plan) -> int:
     if m == "adalora":
         r = plan.adalora_init_r
         return sum(layer.count * r * (layer.in_features + layer.out_features + 1)
-                   for layer in _targeted(model, plan.lora_targets))
+                   for layer in model.targeted_layers(plan.lora_targets))
     if m == "ia3":
         default = IA3_TARGETS.get(model.model_type)
         targets = plan.ia3_targets or (default[0] if default else None)
@@ -229,11 +136,12 @@ def trainable_parameters(model: ModelInfo, plan: Plan) -> int:
                             field="method.target_modules", kind="profile",
                             hint="name them, e.g. " + ", ".join(model.linear_modules[:3]))
         n = 0
-        for layer in _targeted(model, tuple(targets)):
+        for layer in model.targeted_layers(tuple(targets)):
             ff = any(layer.matches(t) for t in feedforward)
             n += layer.count * (layer.in_features if ff else layer.out_features)
         return n
-    v = plan.num_virtual_tokens
+    # peft prepends the virtual tokens to an encoder-decoder's encoder and decoder alike (num_transformer_submodules 2)
+    v = plan.num_virtual_tokens * (2 if model.encoder_decoder else 1)
     if m == "prompt_tuning":
         return v * H
     if m == "p_tuning":
@@ -250,6 +158,23 @@ def trainable_parameters(model: ModelInfo, plan: Plan) -> int:
 
 
 # ---------------------------------------------------------------- terms
+
+
+def check_task_model(model: ModelInfo, task: str) -> None:
+    """A seq2seq task needs an encoder-decoder model and every other task a decoder (or encoder) alone:
+    the runner loads AutoModelForSeq2SeqLM for one and AutoModelForCausalLM or a sequence-score head otherwise."""
+    if (TASKS[task].model == "seq2seq") == model.encoder_decoder or not model.known_architecture:
+        return  # an unknown layout is guessed as a decoder, whatever the task
+    if model.encoder_decoder:
+        raise UserError(f"{model.name} is an encoder-decoder model ({model.model_type}): it trains with task seq2seq, "
+                        f"not {task}", field="task", kind="profile",
+                        hint="set task: seq2seq, or choose a decoder-only model for this task")
+    raise UserError(f"task seq2seq trains an encoder-decoder model (T5, mT5); {model.name} is a "
+                    f"{model.model_type} decoder", field="model.name_or_path", kind="profile",
+                    hint="choose an encoder-decoder model (a T5 or mT5 checkpoint), or another task")
+
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def _weight_bytes(plan: Plan) -> int:
@@ -286,78 +211,10 @@ def optimizer_bytes_per_param(optimizer: str, state_bytes: int) -> float:
     raise UserError(f"unknown optimizer {optimizer}", field="training.optim", kind="profile")
 
 
-def _layer_activation_bytes(model: ModelInfo, plan: Plan, a: int, r: int, c: Constants) -> float:
-    """Bytes saved for backward per token in one transformer block.
-
-    ``a``: activation dtype bytes (the autocast dtype); ``r``: the residual stream's.
-    When they differ, each linear layer keeps its own 16-bit copy of its input.
-    """
-    out = a  # the MLP's intermediate outputs
-    if plan.method == "qlora":
-        # bitsandbytes' Linear4bit saves no input (its weight is frozen) and returns its input's dtype: an fp32
-        # residual stream adds no 16-bit input copies, but makes the MLP's gate, up and activation outputs fp32
-        out, r = r, a
-    H, q, kv, inter = model.hidden_size, model.q_dim, model.kv_dim, model.intermediate_size
-    fused_qkv = any(layer.name in ("qkv_proj", "c_attn", "query_key_value") for layer in model.linear_layers)
-    attn_inputs = 1 if (r == a or fused_qkv) else 3
-    fused_mlp = any(layer.name == "gate_up_proj" for layer in model.linear_layers)
-    mlp_inputs = 1 if (r == a or not model.gated_mlp or fused_mlp) else 2
-    kv_saved = kv if plan.attn_implementation == "flash_attention_2" else q  # sdpa/eager repeat GQA heads
-    norms = (4 if model.model_type == "gemma2" else 2) * (4 + r) * H
-    attention = a * (attn_inputs * H + q + 2 * kv_saved + q + q)  # inputs, q/k/v, output, o_proj input
-    mlp = a * mlp_inputs * H + (3 * out + a) * inter  # gate, up, activation outputs; the down input's copy
-    extra = 0.0
-    if METHODS[plan.method].low_rank:
-        rank = plan.adalora_init_r if plan.method == "adalora" else plan.lora_r
-        mask = 1 if plan.lora_dropout > 0 else 0
-        for layer in _targeted(model, plan.lora_targets):
-            if layer.count == model.num_layers:  # one per block
-                extra += (a + mask) * layer.in_features + a * rank
-    elif plan.method == "ia3":
-        extra = 2 * a * H
-    return (norms + attention + mlp) * c.activation_scale + extra
-
-
-# Architectures whose transformers implementation has no SDPA path: "auto" means eager for them.
-EAGER_ONLY = ("gemma2",)
-
-
-def attention_implementation(model: ModelInfo, plan: Plan) -> str:
-    if plan.attn_implementation == "sdpa" and model.model_type in EAGER_ONLY:
-        return "eager"
-    return plan.attn_implementation
-
-
-def _eager_scores_bytes(model: ModelInfo, plan: Plan, a: int, seq: int) -> int:
-    """Per token per layer: eager attention keeps the softmax (fp32) and its 16-bit cast, heads x keys."""
-    if attention_implementation(model, plan) != "eager":
-        return 0
-    per_score = 4 + (a if a != 4 else 0)
-    return per_score * model.num_heads * seq
-
-
-def _logits_bytes(model: ModelInfo, plan: Plan, tokens: int, a: int, wb: int, lm_head_trained: bool,
-                  c: Constants) -> int:
-    if plan.task == "classification":
-        return 0
-    V, H = model.vocab_size, model.hidden_size
-    if not plan.fused_loss:
-        # logits (a), their fp32 upcast and log-softmax in forward; in backward log-softmax,
-        # its incoming and outgoing gradients (fp32 each): the larger of the two moments
-        return tokens * V * max(a + 8, 12)
-    chunk_tokens, chunk_vocab = min(tokens, c.fused_token_chunk), min(V, c.fused_vocab_chunk)
-    if plan.device == "cpu":
-        tile = chunk_tokens * chunk_vocab * 4 * c.cpu_tile_copies
-    else:
-        tile = chunk_tokens * chunk_vocab * a
-    grads = tokens * H * 4 + (V * H * 4 if lm_head_trained else 0)  # fp32 accumulators of the backward
-    weight_cast = chunk_vocab * H * a if wb != a else 0
-    return int(tile + grads + weight_cast)
-
-
 def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Constants | None = None) -> MemoryEstimate:
     """Peak memory per device for ``plan`` on ``n_gpus`` devices (1 for CPU and single-GPU plans)."""
     c = constants or CONSTANTS
+    check_task_model(model, plan.task)
     n = max(1, n_gpus if plan.strategy != "single" else 1)
     cpu = plan.device == "cpu"
     notes: list[str] = []
@@ -426,32 +283,42 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
     if plan.optimizer.startswith("paged_"):
         notes.append("paged optimizer states can spill to CPU RAM under pressure; counted on the GPU here")
 
-    # activations
-    tokens_per_seq = plan.seq_len + (plan.num_virtual_tokens if METHODS[plan.method].virtual_tokens else 0)
-    tokens = plan.micro_batch * tokens_per_seq
-    kv_len = tokens_per_seq + (plan.num_virtual_tokens if plan.method == "prefix_tuning" else 0)
+    # activations: every sequence of the step (chosen and rejected both, for the pair tasks)
+    sequences = plan.micro_batch * plan.sequences_per_example
+    tokens_per_seq = plan.sequence_len + (plan.num_virtual_tokens if METHODS[plan.method].virtual_tokens else 0)
     # the residual stream is fp32 wherever the embeddings and norms are: full fine-tuning's fp32 weights, and
     # QLoRA's upcast (a real allocation: under it QLoRA can need more than LoRA at long sequences)
     r = 4 if (a == 4 or upcast or (full and wb == 4)) else a
-    layer = _layer_activation_bytes(model, plan, a, r, c) + _eager_scores_bytes(model, plan, a, kv_len)
-    if attention_implementation(model, plan) != plan.attn_implementation:
-        notes.append(f"{model.model_type} has no SDPA attention in transformers: eager attention keeps "
-                     "every layer's attention scores")
-    head = (4 + r + 2 * a) * model.hidden_size  # embeddings out, final norm, LM-head input
-    # the backward pass holds one layer's activation gradients besides what is saved; checkpointing
-    # keeps each layer's input and recomputes one layer at a time
-    if plan.gradient_checkpointing:
-        activations = tokens * (model.num_layers * r * model.hidden_size + 2 * layer + head)
+    lm_head_trained = plan.method == "full"
+    if model.encoder_decoder:
+        seq2seq = encoder_decoder_bytes(model, plan, a, r)
+        target_tokens = sequences * plan.decoder_len
+        activations = sequences * tokens_per_seq * seq2seq.per_input_token + target_tokens * seq2seq.per_target_token
+        logits = int(target_tokens * seq2seq.logits_per_target_token)
+        if plan.precision == "fp16" and not full:  # T5 keeps its MLP output projections (wo) in fp32 under fp16
+            weights += 2 * sum(lr.weight_parameters for lr in model.linear_layers if lr.name == "wo")
     else:
-        activations = tokens * ((model.num_layers + 1) * layer + head)
+        tokens = sequences * tokens_per_seq
+        kv_len = tokens_per_seq + (plan.num_virtual_tokens if plan.method == "prefix_tuning" else 0)
+        layer = layer_activation_bytes(model, plan, a, r, c) + eager_scores_bytes(model, plan, a, kv_len)
+        if attention_implementation(model, plan) != plan.attn_implementation:
+            notes.append(f"{model.model_type} has no SDPA attention in transformers: eager attention keeps "
+                         "every layer's attention scores")
+        head = head_bytes(model, a, r)
+        # the backward pass holds one layer's activation gradients besides what is saved; checkpointing
+        # keeps each layer's input and recomputes one layer at a time
+        if plan.gradient_checkpointing:
+            activations = tokens * (model.num_layers * r * model.hidden_size + 2 * layer + head)
+        else:
+            activations = tokens * ((model.num_layers + 1) * layer + head)
+        logits = logits_bytes(model, plan, sequences * max(tokens_per_seq - 1, 1), a, 4 if upcast else wb,
+                              lm_head_trained, c)
     if not model.known_architecture:
         activations *= c.unknown_architecture_margin
         notes.append(f"unknown architecture {model.model_type}: activations raised by "
                      f"{c.unknown_architecture_margin - 1:.0%}")
-    lm_head_trained = plan.method == "full"
-    head_bytes = 4 if upcast else wb
-    logits = _logits_bytes(model, plan, plan.micro_batch * max(tokens_per_seq - 1, 1), a, head_bytes,
-                           lm_head_trained, c)
+    extra = task_terms(model, plan, weights=weights, a=a, r=r, c=c)
+    notes += extra.notes
 
     if cpu:
         context, workspace, fraction = c.cpu_runtime, c.cpu_workspace, c.cpu_allocator_fraction
@@ -459,10 +326,8 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
         context, workspace, fraction = c.cuda_context, 0, c.cuda_allocator_fraction
     accumulate = plan.gradient_accumulation > 1 or (plan.strategy == "ddp" and n > 1)
     partial = Breakdown(weights, adapter, gradients, optimizer, int(activations), logits, step_temp, buffers, 0,
-                        context, gradients_during_backward=accumulate)
-    overhead = workspace + int(fraction * (partial.total - context))
-    breakdown = Breakdown(weights, adapter, gradients, optimizer, int(activations), logits, step_temp, buffers,
-                          overhead, context, gradients_during_backward=accumulate)
+                        context, accumulate, extra.reference, extra.reference_forward, extra.generation)
+    breakdown = replace(partial, overhead=workspace + int(fraction * (partial.total - context)))
 
     # host RAM and disk
     runtime = c.cpu_runtime

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tuiwiz.errors import UserError
 from tuiwiz.hub_access import is_hub_id, looks_like_path
-from tuiwiz.plan.architectures import LinearLayer, config_layout, text_config
+from tuiwiz.plan.architectures import NOT_LINEAR, TIED_ON_LOAD, LinearLayer, config_layout, text_config
 from tuiwiz.plan.weights import DTYPE_NAMES, is_buffer, linears_from_weights, read_safetensors_header
 
 
@@ -57,6 +57,18 @@ class ModelInfo:
     # every module that holds a weight, by its path (from the safetensors headers; empty from a config
     # alone): what peft's target_modules and modules_to_save may name
     module_paths: tuple[str, ...] = field(default=(), repr=False)
+    num_decoder_layers: int = 0  # an encoder-decoder model's decoder blocks (num_layers are its encoder's); 0: none
+    dropout: float = 0.0  # dropout on hidden states while training (T5's dropout_rate)
+
+    @property
+    def encoder_decoder(self) -> bool:
+        return self.num_decoder_layers > 0
+
+    def targeted_layers(self, targets: tuple[str, ...] | None) -> tuple[LinearLayer, ...]:
+        """The linear layers peft wraps for ``targets`` (None: every linear layer, "all-linear")."""
+        if targets is None:
+            return self.linear_layers
+        return tuple(layer for layer in self.linear_layers if any(layer.matches(t) for t in targets))
 
     def has_module(self, target: str) -> bool | None:
         """Whether ``target`` names a module the way peft matches it (the path, or a suffix of whole
@@ -269,13 +281,15 @@ def complete_from_files(name: str, folder: Path, *, source: str, revision: str |
     warnings = list(info.warnings)
     quant = raw["quantization_config"].get("quant_method") if isinstance(raw.get("quantization_config"),
                                                                            dict) else None
-    params = [t for t in params if not is_buffer(t.name)]
+    tied = TIED_ON_LOAD.get(info.model_type, ())
+    params = [t for t in params if not is_buffer(t.name) and t.name not in tied]
     found: dict = {}
     if params and not quant:
         found = dict(num_parameters=sum(t.numel for t in params), parameter_source="safetensors",
                      bias_parameters=sum(t.numel for t in params if t.name.endswith(".bias")),
                      module_paths=tuple(dict.fromkeys(t.name.rpartition(".")[0] for t in params)))
-        from_weights = linears_from_weights(params, conv1d=info.model_type == "gpt2")
+        from_weights = tuple(lr for lr in linears_from_weights(params, conv1d=info.model_type == "gpt2")
+                             if lr.name not in NOT_LINEAR)
         if from_weights:  # in the table's order where the table knows the module
             order = [layer.path for layer in info.linear_layers]
             found["linear_layers"] = tuple(sorted(
@@ -314,4 +328,5 @@ def model_from_config(config: dict, name: str = "config") -> ModelInfo:
         parameter_source="config" if known else "estimate", config_parameters=layout.total,
         linear_layers=layout.linears, embedding_parameters=layout.embedding, lm_head_parameters=layout.lm_head,
         bias_parameters=layout.bias, gated_mlp=layout.gated_mlp, warnings=tuple(warnings),
+        num_decoder_layers=d.decoder_layers, dropout=d.dropout,
     )

@@ -15,11 +15,13 @@ from dataclasses import dataclass, replace
 from tuiwiz.data.stats import DataStats
 from tuiwiz.errors import UserError
 from tuiwiz.methods import METHODS
+from tuiwiz.plan.fine_tune import FULL_LOGITS_TASKS, task_fields
 from tuiwiz.plan.hardware import Machine
-from tuiwiz.plan.memory import GiB, MemoryEstimate, Plan, estimate
+from tuiwiz.plan.memory import GiB, MemoryEstimate, Plan, check_task_model, estimate
 from tuiwiz.plan.modelinfo import ModelInfo
 from tuiwiz.profile.schema import Profile
-from tuiwiz.units import count, gib
+from tuiwiz.tasks import TASKS
+from tuiwiz.units import count, gib, size
 
 # Fraction of free memory a plan may use: leaves room for the estimate's error and other processes.
 GPU_HEADROOM = 0.92
@@ -207,8 +209,7 @@ def _search(machine, model, cand, seq, target_batch, precision, task):
     """The largest micro-batch that fits; checkpointing only when it buys a 4x larger one or is needed."""
     n = max(1, len(cand.gpus))
     base = Plan(method=cand.method, device="cuda" if cand.gpus else "cpu", precision=precision, seq_len=seq,
-                strategy=cand.strategy, optimizer=_optimizer(cand.method), task=task,
-                fused_loss=task != "classification",
+                strategy=cand.strategy, optimizer=_optimizer(cand.method), **task_fields(task),
                 lora_targets=_lora_targets(model) if METHODS[cand.method].low_rank else None)
     top = 1 << max(0, int(math.log2(max(1, target_batch // n))))
     found = {}
@@ -257,17 +258,42 @@ _STRATEGY_NOTES = {
 
 
 def reason_for(plan: Plan, est: MemoryEstimate, model: ModelInfo) -> str:
-    """Why choose this plan, in one sentence, with what it trains."""
+    """Why choose this plan, in one sentence, with what it trains; then what its task costs."""
     text = _REASONS[plan.method].format(dtype=plan.precision, v=plan.num_virtual_tokens)
     if plan.strategy in _STRATEGY_NOTES:
         text += f"; {_STRATEGY_NOTES[plan.strategy]}"
     share = est.trainable_parameters / max(1, model.num_parameters)
-    return f"{text[0].upper()}{text[1:]} ({count(est.trainable_parameters, digits=1)} trainable, {share:.2%})."
+    cost = task_cost(plan, est)
+    return (f"{text[0].upper()}{text[1:]} ({count(est.trainable_parameters, digits=1)} trainable, {share:.2%})."
+            + (f" {cost}" if cost else ""))
+
+
+def task_cost(plan: Plan, est: MemoryEstimate) -> str:
+    """What the plan's task adds to SFT's memory, in sentences: the recommender's reasons say it where it decides."""
+    task, b = TASKS[plan.task], est.per_device
+    said = []
+    if plan.sequences_per_example > 1:
+        said.append(f"{task.title} scores chosen and rejected together: twice the sequences of SFT at micro-batch "
+                    f"{plan.micro_batch}")
+    if plan.task in FULL_LOGITS_TASKS:
+        said.append(f"{task.title}'s trainer (trl.experimental) computes the full logits of every sequence "
+                    f"({size(b.logits)} at the loss)")
+    if b.reference:
+        fix = "grpo.beta 0 would drop it" if task.generates else "preference.precompute_ref_log_probs would drop it"
+        said.append(f"{METHODS[plan.method].title} {task.title} keeps a second, frozen copy as the reference "
+                    f"({size(b.reference)}): {fix}")
+    elif plan.reference:
+        said.append(f"{task.title}'s reference is the base with the adapter disabled: no second copy")
+    if task.generates:
+        said.append(f"GRPO generates {plan.generation_batch} completions of up to {plan.completion_len} tokens at "
+                    f"once ({size(b.generation)} with their KV cache)")
+    return " ".join(f"{s[0].upper()}{s[1:]}." for s in said)
 
 
 def recommend(machine: Machine, model: ModelInfo, data_stats: DataStats | None, task: str = "sft", *,
               target_batch: int = 16, experts: bool = False) -> Recommendation:
     """Every option for this machine, ranked: those that fit first, in order of preference."""
+    check_task_model(model, task)
     seq, seq_reason, warnings = choose_seq_len(data_stats, model)
     warnings += list(model.warnings)
     if not machine.has_gpu:
@@ -342,14 +368,30 @@ PACKING_MIN_SAVING = 0.2
 
 def _packing(task: str, method: str, plan: Plan, data: DataStats | None) -> tuple[bool, str]:
     """Whether to pack (examples kept apart) and why, from the data's real lengths at this micro-batch."""
-    if task not in ("sft", "pretrain") or METHODS[method].family == "prompt" or data is None:
-        return False, ""  # classification pads short rows; prompt methods add their tokens once per row
+    if not TASKS[task].packs or METHODS[method].family == "prompt" or data is None:
+        return False, ""  # only SFT and pretraining pack; prompt methods add their tokens once per row
     work = data.work(plan.seq_len, plan.micro_batch)
     if work is None or work.packing_saves < PACKING_MIN_SAVING:
         return False, ""
     return True, (f" Packs the examples into rows of {plan.seq_len} tokens, each kept apart: "
                   f"{work.packing_saves:.0%} fewer tokens computed than shuffled batches of {plan.micro_batch} "
                   "padded to their longest.")
+
+
+def task_sections(task: str) -> dict:
+    """What a profile of ``task`` needs beyond the defaults: GRPO's schema asks for a reward, and the one that
+    needs no code is the exact answer against the data's answer column."""
+    from tuiwiz.profile.schema import ExactAnswerReward, GrpoConfig
+
+    return {"grpo": GrpoConfig(rewards=[ExactAnswerReward()])} if TASKS[task].generates else {}
+
+
+def with_task(profile: Profile, task: str) -> Profile:
+    """``profile`` switched to ``task`` (unvalidated: the caller validates), with a reward where GRPO needs one."""
+    update: dict = {"task": task}
+    if TASKS[task].generates and not profile.grpo.rewards:
+        update.update(task_sections(task))
+    return profile.model_copy(update=update)
 
 
 def to_profile(option: Option, model_name: str, data_path: str, task: str = "sft") -> Profile:
@@ -378,6 +420,7 @@ def to_profile(option: Option, model_name: str, data_path: str, task: str = "sft
             learning_rate=option.learning_rate,
         ),
         distributed=distributed,
+        **task_sections(task),
     )
 
 
@@ -387,7 +430,7 @@ class StepDown:
 
     profile: Profile
     reason: str
-    kind: str  # micro_batch / checkpointing / max_length / method
+    kind: str  # reference / micro_batch / checkpointing / max_length / method
     needs_consent: bool = False
 
     def __iter__(self):
@@ -396,7 +439,8 @@ class StepDown:
 
 def step_down(profile: Profile, model: ModelInfo, machine: Machine, *,
               allow_truncation: bool = True) -> StepDown | None:
-    """Halve the micro-batch (same effective batch), then checkpoint, then shorten (consent), then lighten.
+    """Drop a reference copy (its log-probabilities precomputed), halve the micro-batch (same effective batch),
+    then checkpoint, then shorten (consent), then lighten.
 
     None when nothing lighter is left. With ``allow_truncation=False`` the max-length step is skipped.
     """
@@ -416,6 +460,14 @@ def _qlora_is_lighter(profile: Profile, model: ModelInfo, machine: Machine) -> b
 
 def _step_down(profile: Profile, model: ModelInfo, machine: Machine, allow_truncation: bool) -> StepDown | None:
     t = profile.training
+    task = TASKS[profile.task]
+    if (task.reference and not METHODS[profile.method.type].uses_peft
+            and not profile.preference.precompute_ref_log_probs):
+        new = profile.model_copy(update={"preference": profile.preference.model_copy(
+            update={"precompute_ref_log_probs": True})})
+        return StepDown(new, f"preference.precompute_ref_log_probs on: the reference scores the data once before "
+                             f"training, so {task.title} needs no second copy of the model while it trains",
+                        "reference")
     if t.per_device_train_batch_size > 1:
         mb = t.per_device_train_batch_size // 2
         effective = t.per_device_train_batch_size * t.gradient_accumulation_steps

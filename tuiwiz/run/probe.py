@@ -10,6 +10,11 @@ steps down (micro-batch into gradient accumulation, then gradient checkpointing,
 then a shorter max length only with consent, then a lighter method) and tries
 again. The result is recorded in the profile's ``fit`` section.
 
+Nothing in it is SFT's own: each task's recipe pads to ``data.max_length`` where its trainer can
+(``training.pad_to_max_length``), and the probe keeps what a task's memory depends on: GRPO generates
+micro-batch x accumulation completions at once, so its accumulation stays; a precomputed reference scores
+only the rows the probe trains on. ``ProbeResult.notes`` says where the worst case is not what was measured.
+
 The probe's runs live in ``RUNS_DIR/.probes/`` and are removed afterwards.
 """
 
@@ -26,6 +31,11 @@ from tuiwiz.profile.io import LoadedProfile
 from tuiwiz.profile.schema import FitRecord, Profile
 from tuiwiz.run.event_types import ErrorEvent, Event, LogEvent, RunStartEvent, parse_event
 from tuiwiz.run.events import read_events
+from tuiwiz.tasks import TASKS
+
+# trl.experimental's ORPOTrainer and CPOTrainer (SimPO) take no pad_to_multiple_of: each batch is padded to its
+# longest pair, so a probe measures the data's own lengths. Every other task's trainer or collator pads to a length.
+PADS_TO_LONGEST = ("orpo", "simpo")
 
 OOM_KINDS = ("oom_gpu", "oom_cpu")
 
@@ -49,21 +59,40 @@ class ProbeResult:
     attempts: tuple[Attempt, ...] = field(default_factory=tuple)
     changes: tuple[str, ...] = ()
     needs_consent: str | None = None  # a step-down (shorter max length) the user must agree to
+    notes: tuple[str, ...] = ()  # where the measured peak may fall short of the run's worst case
 
     @property
     def last(self) -> Attempt:
         return self.attempts[-1]
 
 
-def _probe_profile(profile: Profile, steps: int) -> Profile:
-    t = profile.training.model_copy(update={
-        "max_steps": steps, "logging_steps": 1, "save_steps": 1_000_000, "eval_steps": None,
-        "pad_to_max_length": True, "gradient_accumulation_steps": 1,
-    })
-    data = profile.data.model_copy(update={"validation_split": 0.0, "validation_path": None})
+def probe_profile(profile: Profile, steps: int) -> Profile:
+    task = TASKS[profile.task]
+    training = {"max_steps": steps, "logging_steps": 1, "save_steps": 1_000_000, "eval_steps": None,
+                "pad_to_max_length": True}
+    if not task.generates:  # GRPO generates micro-batch x accumulation completions at once: keep its count
+        training["gradient_accumulation_steps"] = 1
+    t = profile.training.model_copy(update=training)
+    data = {"validation_split": 0.0, "validation_path": None}
+    if task.reference and profile.preference.precompute_ref_log_probs:
+        # the reference scores every row before training starts: only those the probe trains on
+        rows = steps * t.per_device_train_batch_size * t.gradient_accumulation_steps
+        data["limit"] = min(rows, profile.data.limit or rows)
+    sections = {"training": t, "data": profile.data.model_copy(update=data), "fit": None}
+    if task.generates:
+        sections["grpo"] = profile.grpo.model_copy(update={"log_completions": 0})
     runs_dir = str(Path(profile.output.runs_dir) / ".probes")
-    output = profile.output.model_copy(update={"runs_dir": runs_dir, "run_name": "probe"})
-    return profile.model_copy(update={"training": t, "data": data, "output": output, "fit": None})
+    sections["output"] = profile.output.model_copy(update={"runs_dir": runs_dir, "run_name": "probe"})
+    return profile.model_copy(update=sections)
+
+
+def probe_notes(profile: Profile) -> tuple[str, ...]:
+    """Where a probe of ``profile`` measures less than the run's worst case."""
+    notes = []
+    if profile.task in PADS_TO_LONGEST:
+        notes.append(f"{TASKS[profile.task].title}'s trainer pads each batch to its longest pair, not to "
+                     f"data.max_length: the probe measured the data's own lengths")
+    return tuple(notes)
 
 
 def _measured_peak_mb(events: list[Event], device: str) -> float | None:
@@ -81,7 +110,7 @@ def run_probe_once(profile: Profile, source: Path | None, *, steps: int = 3,
     from tuiwiz.run.follow import follow
     from tuiwiz.run.launch import create_run, start_runner
 
-    probe = _probe_profile(profile, steps)
+    probe = probe_profile(profile, steps)
     run = create_run(LoadedProfile(probe, source))
     if on_run is not None:
         on_run(run)
@@ -128,7 +157,7 @@ def probe(loaded: LoadedProfile, *, steps: int = 3, machine=None, allow_truncati
                                budget_mb=round(budget, 1), probed_at=dt.datetime.now().isoformat(timespec="seconds"),
                                changes=changes)
             return ProbeResult(profile.model_copy(update={"fit": record}), True, device, budget, tuple(attempts),
-                               tuple(changes))
+                               tuple(changes), notes=probe_notes(profile))
         if status != "completed" and not out_of_memory:
             raise UserError(
                 f"the probe run failed: {error.message if error else status}",
@@ -142,4 +171,4 @@ def probe(loaded: LoadedProfile, *, steps: int = 3, machine=None, allow_truncati
             break
         profile, reason = step
         changes.append(reason)
-    return ProbeResult(profile, False, device, budget, tuple(attempts), tuple(changes), consent)
+    return ProbeResult(profile, False, device, budget, tuple(attempts), tuple(changes), consent, probe_notes(profile))

@@ -105,6 +105,8 @@ def build_trainer(profile: Profile, run: RunDir, precision, model, tokenizer, tr
         from trl import GRPOConfig as Config
         from trl import GRPOTrainer as Trainer
     options = {"loss_type": grpo.loss_type} if grpo.loss_type else {}
+    if profile.training.pad_to_max_length:  # the worst case (the probe): every completion runs its full length
+        options["generation_kwargs"] = {"min_new_tokens": grpo.max_completion_length}
     config = Config(
         **training_arguments(profile, precision, run, eval_data is not None), **options,
         num_generations=grpo.num_generations, max_completion_length=grpo.max_completion_length,

@@ -22,7 +22,8 @@ from tuiwiz.units import count, size
 TERMS = (
     ("weights", "weights"), ("adapter", "adapter"), ("gradients", "gradients"), ("optimizer", "optimizer states"),
     ("activations", "activations"), ("logits", "logits / loss"), ("optimizer_step", "optimizer step"),
-    ("buffers", "buffers"), ("overhead", "allocator slack"), ("context", "CUDA context" ),
+    ("buffers", "buffers"), ("reference", "reference model"), ("reference_forward", "reference forward"),
+    ("generation", "generation (KV cache)"), ("overhead", "allocator slack"), ("context", "CUDA context"),
 )
 
 

@@ -1,0 +1,207 @@
+"""What a forward pass holds, per token: the tensors a block saves for backward, a forward's transient working
+set without gradients (a reference model scoring, generation), and the loss head's tiles or logits.
+
+Decoder-only blocks are counted term by term (docs/fit.md); T5's encoder and decoder blocks by tables measured
+with ``torch.autograd.graph.saved_tensors_hooks`` on T5 layers of varied shapes (exact for those shapes).
+Pure Python: tuiwiz/plan/memory.py and task_costs.py add these up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuiwiz.methods import METHODS
+from tuiwiz.plan.fine_tune import Constants, Plan
+from tuiwiz.plan.modelinfo import ModelInfo
+from tuiwiz.tasks import TASKS
+
+
+def layer_activation_bytes(model: ModelInfo, plan: Plan, a: int, r: int, c: Constants) -> float:
+    """Bytes saved for backward per token in one decoder-only transformer block.
+
+    ``a``: activation dtype bytes (the autocast dtype); ``r``: the residual stream's.
+    When they differ, each linear layer keeps its own 16-bit copy of its input.
+    """
+    out = a  # the MLP's intermediate outputs
+    if plan.method == "qlora":
+        # bitsandbytes' Linear4bit saves no input (its weight is frozen) and returns its input's dtype: an fp32
+        # residual stream adds no 16-bit input copies, but makes the MLP's gate, up and activation outputs fp32
+        out, r = r, a
+    H, q, kv, inter = model.hidden_size, model.q_dim, model.kv_dim, model.intermediate_size
+    fused_qkv = any(layer.name in ("qkv_proj", "c_attn", "query_key_value") for layer in model.linear_layers)
+    attn_inputs = 1 if (r == a or fused_qkv) else 3
+    fused_mlp = any(layer.name == "gate_up_proj" for layer in model.linear_layers)
+    mlp_inputs = 1 if (r == a or not model.gated_mlp or fused_mlp) else 2
+    kv_saved = kv if plan.attn_implementation == "flash_attention_2" else q  # sdpa/eager repeat GQA heads
+    norms = (4 if model.model_type == "gemma2" else 2) * (4 + r) * H
+    attention = a * (attn_inputs * H + q + 2 * kv_saved + q + q)  # inputs, q/k/v, output, o_proj input
+    mlp = a * mlp_inputs * H + (3 * out + a) * inter  # gate, up, activation outputs; the down input's copy
+    extra = 0.0
+    if METHODS[plan.method].low_rank:
+        for layer in model.targeted_layers(plan.lora_targets):
+            if layer.count == model.num_layers:  # one per block
+                extra += lora_input_bytes(plan, a, layer.in_features)
+    elif plan.method == "ia3":
+        extra = 2 * a * H
+    return (norms + attention + mlp) * c.activation_scale + extra
+
+
+def lora_input_bytes(plan: Plan, a: int, in_features: int) -> float:
+    """Per token, what one LoRA-wrapped layer saves: its dropout's output and mask (without dropout, A saves the
+    layer's input, which the block's count holds already) and A's output."""
+    rank = plan.adalora_init_r if plan.method == "adalora" else plan.lora_r
+    dropout = plan.lora_dropout > 0 and not plan.dropout_off
+    return (a + 1 if dropout else 0) * in_features + a * rank
+
+
+# Architectures whose transformers implementation has no SDPA path: "auto" means eager for them.
+EAGER_ONLY = ("gemma2",)
+
+
+def attention_implementation(model: ModelInfo, plan: Plan) -> str:
+    if plan.attn_implementation == "sdpa" and model.model_type in EAGER_ONLY:
+        return "eager"
+    return plan.attn_implementation
+
+
+def eager_scores_bytes(model: ModelInfo, plan: Plan, a: int, seq: int) -> int:
+    """Per token per layer: eager attention keeps the softmax (fp32) and its 16-bit cast, heads x keys."""
+    if attention_implementation(model, plan) != "eager":
+        return 0
+    per_score = 4 + (a if a != 4 else 0)
+    return per_score * model.num_heads * seq
+
+
+def head_bytes(model: ModelInfo, a: int, r: int) -> int:
+    """Per token outside the blocks: the embeddings' output, the final norm, the LM head's input."""
+    return (4 + r + 2 * a) * model.hidden_size
+
+
+def logits_bytes(model: ModelInfo, plan: Plan, tokens: int, a: int, wb: int, lm_head_trained: bool,
+                 c: Constants) -> int:
+    """The loss head at its peak over ``tokens`` scored positions, backward included."""
+    if TASKS[plan.task].model == "sequence_score":
+        return 0  # a score head (hidden x labels): no vocabulary-wide logits
+    V, H = model.vocab_size, model.hidden_size
+    if not plan.fused_loss:
+        # logits (a), their fp32 upcast and log-softmax in forward; in backward log-softmax,
+        # its incoming and outgoing gradients (fp32 each): the larger of the two moments
+        return tokens * V * max(a + 8, 12)
+    chunk_tokens, chunk_vocab = min(tokens, c.fused_token_chunk), min(V, c.fused_vocab_chunk)
+    if plan.device == "cpu":
+        tile = chunk_tokens * chunk_vocab * 4 * c.cpu_tile_copies
+    else:
+        tile = chunk_tokens * chunk_vocab * a
+    grads = tokens * H * 4 + (V * H * 4 if lm_head_trained else 0)  # fp32 accumulators of the backward
+    weight_cast = chunk_vocab * H * a if wb != a else 0
+    return int(tile + grads + weight_cast)
+
+
+def forward_tile_bytes(model: ModelInfo, plan: Plan, tokens: int, a: int, c: Constants) -> int:
+    """The fused head's forward alone (no backward follows: a reference model's log-probabilities)."""
+    chunk_tokens, chunk_vocab = min(tokens, c.fused_token_chunk), min(model.vocab_size, c.fused_vocab_chunk)
+    if plan.device == "cpu":
+        return int(chunk_tokens * chunk_vocab * 4 * c.cpu_forward_tile_copies)
+    return chunk_tokens * chunk_vocab * a  # the Triton kernel folds each tile in place
+
+
+def no_grad_forward_bytes(model: ModelInfo, plan: Plan, tokens: int, a: int, r: int, c: Constants, *,
+                          scored: bool = True) -> int:
+    """A forward under torch.no_grad over ``tokens``: nothing is saved, so the peak is one block's working set
+    (bounded by what it would save) and, where every position is ``scored``, the loss head's forward tile."""
+    layer = layer_activation_bytes(model, plan, a, r, c) + eager_scores_bytes(model, plan, a, plan.sequence_len)
+    tile = forward_tile_bytes(model, plan, tokens, a, c) if scored else 0
+    return int(tokens * (layer + head_bytes(model, a, r)) + tile)
+
+
+# ---------------------------------------------------------------- T5 (seq2seq)
+
+
+@dataclass(frozen=True)
+class _T5Layer:
+    """Bytes one T5 block saves for backward per token: coefficients of the shapes they multiply."""
+
+    hidden: float  # x d_model
+    inner: float  # x heads * d_kv
+    ff: float  # x d_ff, ReLU MLP (wi)
+    ff_gated: float  # x d_ff, gated-GELU MLP (wi_0, wi_1: gelu_new keeps four d_ff tensors)
+    self_scores: float  # x heads x the keys it attends (the position-bias mask; softmax and dropout under dropout)
+    heads: float = 0.0  # x heads (SDPA's log-sum-exp)
+    cross_scores: float = 0.0  # decoder: x heads x encoder tokens
+    encoder_inner: float = 0.0  # decoder: per encoder token, cross-attention's keys and values
+
+
+# Counted with saved_tensors_hooks on T5ForConditionalGeneration (SDPA, transformers 5.25, torch 2.13 CPU) for
+# d_model 64/128, d_kv 16/32, d_ff 256/512, 32/64 input and 16/32 target tokens, micro-batch 1/2: a least-squares
+# fit with no residual. Keyed by (activation bytes, dropout on). 16-bit: weights loaded in bf16 under autocast.
+T5_ENCODER_LAYER = {
+    (4, False): _T5Layer(hidden=24, inner=16, ff=4, ff_gated=28, self_scores=4, heads=2),
+    (4, True): _T5Layer(hidden=32, inner=16, ff=12, ff_gated=32, self_scores=12, heads=2),
+    (2, False): _T5Layer(hidden=20, inner=14, ff=2, ff_gated=14, self_scores=4, heads=2),
+    (2, True): _T5Layer(hidden=24, inner=14, ff=6, ff_gated=16, self_scores=12, heads=2),
+}
+T5_DECODER_LAYER = {
+    (4, False): _T5Layer(hidden=36, inner=24, ff=4, ff_gated=28, self_scores=4, heads=7, cross_scores=4,
+                         encoder_inner=8),
+    (4, True): _T5Layer(hidden=48, inner=24, ff=12, ff_gated=32, self_scores=12, heads=3, cross_scores=12,
+                        encoder_inner=8),
+    (2, False): _T5Layer(hidden=30, inner=18, ff=2, ff_gated=14, self_scores=4, heads=7, cross_scores=2,
+                         encoder_inner=4),
+    (2, True): _T5Layer(hidden=36, inner=20, ff=6, ff_gated=16, self_scores=12, heads=3, cross_scores=12,
+                        encoder_inner=8),
+}
+
+
+@dataclass(frozen=True)
+class EncoderDecoderActivations:
+    """Per encoder token and per decoder token, what a T5 step saves for backward (the blocks, embeddings and
+    norms), and the LM head's logits over the decoder tokens."""
+
+    per_input_token: float
+    per_target_token: float
+    logits_per_target_token: float
+
+
+def encoder_decoder_bytes(model: ModelInfo, plan: Plan, a: int, r: int) -> EncoderDecoderActivations:
+    """T5: encoder blocks over the input, decoder blocks (self-attention, cross-attention over the input, MLP)
+    over the target; the decoder's keys and values of the encoder output count per input token."""
+    H, inner, ff, heads = model.hidden_size, model.q_dim, model.intermediate_size, model.num_heads
+    Ti, Tt = plan.seq_len, plan.decoder_len
+    dropout = model.dropout > 0
+    enc, dec = T5_ENCODER_LAYER[(a, dropout)], T5_DECODER_LAYER[(a, dropout)]
+
+    def block(t: _T5Layer, keys: int) -> float:
+        mlp = t.ff_gated if model.gated_mlp else t.ff
+        return t.hidden * H + t.inner * inner + mlp * ff + t.self_scores * heads * keys + t.heads * heads
+
+    encoder = block(enc, Ti)
+    decoder = block(dec, Tt) + dec.cross_scores * heads * Ti
+    cross_kv = dec.encoder_inner * inner  # per input token, per decoder block
+    if r != a:  # fp32 weights under 16-bit autocast (full fine-tuning on a GPU): fp32 norms, a cast per linear input
+        ups = 2 if model.gated_mlp else 1
+        encoder += (r - a) * 2 * H + a * (3 + ups) * H
+        decoder += (r - a) * 3 * H + a * (4 + ups) * H
+        cross_kv += 2 * a * H
+    targets = model.targeted_layers(plan.lora_targets) if METHODS[plan.method].low_rank else ()
+    for layer in targets:  # LoRA's saved inputs, by where each wrapped layer runs
+        extra = lora_input_bytes(plan, a, layer.in_features)
+        if layer.path.startswith("EncDecAttention."):
+            if layer.name in ("k", "v"):
+                cross_kv += extra
+            else:
+                decoder += extra
+        else:  # SelfAttention and DenseReluDense run in every block of both stacks
+            encoder += extra
+            decoder += extra
+    if plan.gradient_checkpointing:  # each block keeps its input; one block is recomputed at a time
+        per_input = model.num_layers * r * H + 2 * encoder + model.num_decoder_layers * cross_kv
+        per_target = model.num_decoder_layers * r * H + 2 * decoder
+    else:
+        # every block's saved tensors and nothing more: a step of the 4 + 4-layer T5 in tests/test_memory_tasks.py
+        # peaks at what its blocks save (the first block's gradients replace the loss's, no block's are added)
+        per_input = model.num_layers * encoder + model.num_decoder_layers * cross_kv
+        per_target = model.num_decoder_layers * decoder
+    # the LM head's logits are not upcast before CrossEntropyLoss (T5ForConditionalGeneration.forward): at the
+    # loss's backward the saved log-softmax, its incoming and its outgoing gradient
+    return EncoderDecoderActivations(per_input + head_bytes(model, a, r), per_target + head_bytes(model, a, r),
+                                     3 * a * model.vocab_size)
