@@ -47,7 +47,7 @@ TASK_DATASETS = {
     "seq2seq": ("seq2seq", "text-to-text pairs for the demo T5 (seq2seq)"),
     "seq2seq-heldout": ("seq2seq", "held-out text-to-text pairs (evaluation)"),
 }
-TASK_DATA_VERSION = 1
+TASK_DATA_VERSION = 2
 
 # name, sound, colour, home, food
 ANIMALS = (

@@ -513,6 +513,16 @@ class Profile(_Strict):
                 raise ValueError(f"preference.loss_type applies to task dpo or kto, not {self.task}")
             if loss not in allowed:
                 raise ValueError(f"preference.loss_type {loss} is not one of task {self.task}'s: {', '.join(allowed)}")
+        if self.task == "kto" and (loss or "kto") == "kto" and self.training.per_device_train_batch_size < 2:
+            raise ValueError("task kto estimates its KL term from the other examples of a micro-batch: set "
+                             "training.per_device_train_batch_size to 2 or more")
+        if self.task == "dpo" and loss == "exo_pair" and self.preference.label_smoothing == 0:
+            raise ValueError("preference.label_smoothing must be above 0 for loss_type exo_pair (its paper uses "
+                             "1e-3)")
+        limit = self.preference.max_prompt_length
+        if TASKS[self.task].preference and limit is not None and limit >= self.data.max_length:
+            raise ValueError(f"preference.max_prompt_length={limit} leaves no room for the reply within "
+                             f"data.max_length={self.data.max_length}: keep it below (unset, it is half of it)")
         grpo = self.grpo
         if grpo.loss_type is not None and grpo.loss_type not in GRPO_LOSSES:
             raise ValueError(f"grpo.loss_type {grpo.loss_type} is not one of {', '.join(GRPO_LOSSES)}")

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from tuiwiz.data.datasets import LoadedData
+from tuiwiz.data.preference_prompts import check_prompt_lengths_light
 from tuiwiz.demo.builtin import is_builtin, resolve_builtin
 from tuiwiz.errors import UserError
 from tuiwiz.hub_access import hub_repo_info, is_hub_id, looks_like_path
@@ -126,6 +127,7 @@ def _check_data(profile: Profile, source: str) -> None:
         loaded[field_name] = data
         if folder is not None:
             check_chat_template(data, folder, field=field_name)
+            check_prompt_lengths_light(profile, data, folder)
             if field_name == "data.path":
                 _check_lengths(profile, data, folder)
     if len(loaded) == 2:

@@ -1,0 +1,180 @@
+"""DPO, KTO, ORPO and SimPO on the demo model: the real CLI and runner, real TRL.
+
+DPO after an SFT run (model.start_from) moves the greedy answers to held-out questions toward the chosen
+style; under LoRA its reference is the same weights with the adapter disabled (one model load), under full
+fine-tuning a second, frozen copy. KTO, ORPO and SimPO train from their shipped profiles and log their own
+metrics. Bad preference data is tests/test_preference_data.py's.
+"""
+
+import json
+
+import pytest
+import yaml
+
+from tuiwiz.run.events import read_events
+from tuiwiz.run.rundir import RunDir, read_state
+from tuiwiz.tasks import TASKS
+
+from .support.processes import run_cli
+from .support.runs import generate, only_run, write_profile
+
+pytestmark = pytest.mark.slow
+
+STYLE = "Sure!"  # how every chosen reply of the demo's preference data begins (tuiwiz/demo/preference.py)
+
+
+def held_out_questions() -> list[str]:
+    from tuiwiz.demo.preference import records
+
+    return [r["prompt"] for r in records("preference-heldout")]
+
+
+def styled_share(output, questions: list[str]) -> tuple[int, list[str]]:
+    """How many greedy answers of a run's output (an adapter on its base) begin with the chosen style."""
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    model = AutoPeftModelForCausalLM.from_pretrained(output).eval()
+    answers = []
+    for question in questions:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        answers.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    return sum(a.startswith(STYLE) for a in answers), answers
+
+
+def events_of(run: RunDir, kind: str) -> list[dict]:
+    return [e for e in read_events(run.events) if e["type"] == kind]
+
+
+def test_dpo_after_sft_moves_held_out_answers_to_the_chosen_style(tmp_path, trained_run):
+    sft = trained_run("lora")  # LoRA SFT of the demo on demo:alpaca (tests/support/trained_runs.py)
+    profile = tmp_path / "dpo.yaml"
+    profile.write_text(yaml.safe_dump({
+        "task": "dpo", "model": {"name_or_path": "demo", "start_from": str(sft.path)},
+        "data": {"path": "demo:preference", "validation_path": "demo:preference-heldout", "max_length": 128},
+        "method": {"type": "lora", "r": 16, "lora_alpha": 32, "lora_dropout": 0.0},
+        "preference": {"beta": 0.02},
+        "training": {"num_train_epochs": 2, "learning_rate": 1e-3, "per_device_train_batch_size": 8,
+                     "logging_steps": 5, "eval_steps": 10, "save_steps": 1000},
+        "output": {"runs_dir": str(tmp_path / "runs"), "report_to": []},
+    }))
+    result = run_cli("--profile", profile)
+    run = only_run(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
+    assert read_state(run).status == "completed"
+
+    # the reward margin on held-out pairs grows over the run, and the rewards reach the event log
+    margins = [e["eval_rewards/margins"] for e in events_of(run, "eval")]
+    assert len(margins) >= 4 and margins[0] < margins[-1], margins
+    logged = [e["task_metrics"] for e in events_of(run, "log")]
+    assert all(set(TASKS["dpo"].metrics) <= set(m) for m in logged), logged[0]
+    assert logged[0]["rewards/margins"] == 0.0  # step 1: the policy is its reference
+
+    # the output is an adapter on the run's start-model (the SFT adapter merged in), and it generates
+    start_model = run.path / "start-model"
+    assert json.loads((run.output / "tuiwiz.json").read_text())["base_model"] == str(start_model)
+    adapter = json.loads((run.output / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(start_model)
+    generate(run.output)
+
+    questions = held_out_questions()
+    before, answers_before = styled_share(sft.output, questions)
+    after, answers_after = styled_share(run.output, questions)
+    print(f"held-out answers beginning {STYLE!r}: after SFT {before}/{len(questions)}, after DPO "
+          f"{after}/{len(questions)}")
+    assert after >= len(questions) // 2 and after > before, (answers_before, answers_after)
+
+
+def set_up_in_process(tmp_path, method: dict, **preference):
+    """The DPO recipe's setup for a small profile, counting every model loaded from disk meanwhile."""
+    from transformers import PreTrainedModel
+
+    from tuiwiz.profile.schema import Profile
+    from tuiwiz.train.recipes import recipe_for
+
+    profile = Profile(task="dpo", data={"path": "demo:preference", "max_length": 64, "limit": 8}, method=method,
+                      preference=preference, training={"max_steps": 1}, output={"report_to": []})
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir(parents=True)
+    loads = []
+    original = PreTrainedModel.from_pretrained.__func__
+
+    def counting(cls, *args, **kwargs):
+        loads.append(cls.__name__)
+        return original(cls, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PreTrainedModel, "from_pretrained", classmethod(counting))
+        setup = recipe_for("dpo").set_up(profile, run, [])
+    return setup.trainer, loads
+
+
+def test_dpo_reference_under_lora_is_the_base_with_the_adapter_disabled(tmp_path, demo_built):
+    from peft import PeftModel
+
+    trainer, loads = set_up_in_process(tmp_path, {"type": "lora", "lora_dropout": 0.0})
+    assert loads == ["LlamaForCausalLM"]  # one model in memory
+    assert trainer.ref_model is None and isinstance(trainer.model, PeftModel)
+    assert list(trainer.model.peft_config) == ["default"]  # no copy of the adapter as a "ref" adapter either
+
+    # the reference TRL computes (adapter disabled) is the base's own output, while the policy has moved
+    import torch
+
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    with torch.no_grad(), trainer.model.disable_adapter():
+        disabled = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        base = trainer.model.get_base_model()(input_ids=batch["input_ids"],
+                                              attention_mask=batch["attention_mask"]).logits
+    assert torch.equal(disabled, base)
+    ref_chosen, _ = trainer.compute_ref_log_probs(trainer.model, batch)
+    trainer.train()
+    assert torch.allclose(trainer.compute_ref_log_probs(trainer.model, batch)[0], ref_chosen)
+    with torch.no_grad():
+        moved = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert not torch.allclose(moved, base)
+
+
+def test_dpo_reference_under_full_fine_tuning_is_a_second_frozen_copy(tmp_path, demo_built):
+    import torch
+
+    trainer, loads = set_up_in_process(tmp_path / "plain", {"type": "full"})
+    assert loads == ["LlamaForCausalLM", "LlamaForCausalLM"]
+    reference = trainer.ref_model
+    assert reference is not None and reference is not trainer.model and not reference.training
+    assert not any(p.requires_grad for p in reference.parameters())
+    assert all(p.requires_grad for p in trainer.model.parameters())
+    shared = {id(p) for p in trainer.model.parameters()} & {id(p) for p in reference.parameters()}
+    assert not shared
+    for (name, mine), theirs in zip(trainer.model.named_parameters(), reference.parameters()):
+        assert torch.equal(mine, theirs), name  # loaded from the same folder
+
+    # scored once before training instead: no reference stays in memory
+    trainer, loads = set_up_in_process(tmp_path / "precomputed", {"type": "full"}, precompute_ref_log_probs=True)
+    assert loads == ["LlamaForCausalLM"] and trainer.ref_model is None
+    assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(trainer.train_dataset.column_names)
+
+
+@pytest.mark.parametrize("task", ["kto", "orpo", "simpo"])
+def test_kto_orpo_simpo_train_from_their_profiles_log_their_metrics_and_reload(tmp_path, task):
+    profile = write_profile(tmp_path, f"demo-{task}.yaml", training__max_steps=8, training__eval_steps=4,
+                            training__logging_steps=2, output__report_to=[])
+    result = run_cli("--profile", profile)
+    run = only_run(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
+    assert read_state(run).status == "completed"
+    start = events_of(run, "run_start")[0]
+    assert start["task"] == task and start["method"] == "lora"
+    metrics = TASKS[task].metrics
+    logged = [e["task_metrics"] for e in events_of(run, "log")]
+    assert len(logged) >= 4 and all(set(metrics) <= set(m) for m in logged), logged
+    evals = events_of(run, "eval")
+    assert evals and all({f"eval_{name}" for name in metrics} <= set(e) for e in evals), evals[-1]
+    end = events_of(run, "run_end")[-1]
+    assert end["status"] == "completed" and end["metrics"]["tokens_seen"] > 0
+    generate(run.output)

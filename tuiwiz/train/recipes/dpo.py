@@ -1,0 +1,76 @@
+"""Direct preference optimisation with TRL's DPOTrainer, on chosen/rejected pairs.
+
+setup: settings checked -> data -> tokenizer -> every prompt within max_prompt_length -> the policy
+(the base and its adapter config, or the whole model) and its reference (tuiwiz/train/reference.py)
+-> trainer; then train and save (session.py). The loss variants are TRL's, by their names
+(preference.loss_type). KTO (kto.py) sets up the same way with its own trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tuiwiz.profile.schema import Profile
+from tuiwiz.run.event_types import StatusEvent
+from tuiwiz.run.events import EventWriter
+from tuiwiz.run.rundir import RunDir
+from tuiwiz.train.arguments import total_steps, training_arguments, world_size
+from tuiwiz.train.callbacks import RunnerCallback, method_callbacks
+from tuiwiz.train.examples import load_data
+from tuiwiz.train.modeling import load_tokenizer, resolve_precision
+from tuiwiz.train.preference_rows import check_prompts, preference_rows
+from tuiwiz.train.reference import load_policy, load_reference, trained_model
+from tuiwiz.train.session import Setup, train_and_save
+from tuiwiz.train.start import starting_model
+from tuiwiz.train.stop import StopFlag
+
+
+def train(run: RunDir, profile: Profile, *, resume: bool, events: EventWriter | None,
+          stop: StopFlag) -> StatusEvent:
+    callback = RunnerCallback(events, stop)
+    setup = set_up(profile, run, [callback])
+    return train_and_save(run, profile, setup, callback, resume=resume, events=events, stop=stop)
+
+
+def set_up(profile: Profile, run: RunDir, callbacks: list) -> Setup:
+    """Everything from the frozen profile to a ready Trainer."""
+    return set_up_with(build_trainer, profile, run, callbacks)
+
+
+def set_up_with(build: Callable, profile: Profile, run: RunDir, callbacks: list) -> Setup:
+    """The setup of a trainer with a reference model (DPO, KTO), ``build`` making the trainer."""
+    import transformers
+
+    transformers.logging.set_verbosity_warning()
+    precision = resolve_precision(profile)
+    model_path = starting_model(profile, run)
+    train_data, eval_data = load_data(profile)
+    tokenizer = load_tokenizer(model_path, profile)
+    check_prompts(profile, tokenizer, train_data, eval_data)
+    steps = total_steps(profile, len(train_data.records), world_size())
+    policy = load_policy(model_path, profile, precision, tokenizer, steps)
+    reference = load_reference(model_path, profile, precision, policy)
+    trainer = build(profile, run, precision, policy, reference, tokenizer, train_data, eval_data, callbacks)
+    for extra in method_callbacks(profile, trainer.model):  # AdaLoRA's, on the model TRL wrapped
+        trainer.add_callback(extra)
+    return Setup(trainer, tokenizer, model_path, precision, trained_model(trainer, policy), train_data.format)
+
+
+def build_trainer(profile: Profile, run: RunDir, precision, policy, reference, tokenizer, train_data, eval_data,
+                  callbacks):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    settings = profile.preference
+    config = DPOConfig(
+        **training_arguments(profile, precision, run, eval_data is not None), max_length=profile.data.max_length,
+        beta=settings.beta, loss_type=[settings.loss_type or "sigmoid"], label_smoothing=settings.label_smoothing,
+        precompute_ref_log_probs=settings.precompute_ref_log_probs, dataset_num_proc=None,
+        pad_to_multiple_of=profile.data.max_length if profile.training.pad_to_max_length else None,
+    )
+    return DPOTrainer(
+        model=policy.model, ref_model=reference, args=config, peft_config=policy.peft_config,
+        train_dataset=Dataset.from_list(preference_rows(train_data, tokenizer, profile)),
+        eval_dataset=Dataset.from_list(preference_rows(eval_data, tokenizer, profile)) if eval_data else None,
+        processing_class=tokenizer, callbacks=callbacks,
+    )
