@@ -94,6 +94,20 @@ def accuracy(output: Path, sets: dict[str, list[dict]]) -> dict:
     return figures
 
 
+def docs_block(f: dict) -> str:
+    """The block docs/benchmarks.md quotes (tests/test_readme_figures.py checks it is there, unchanged)."""
+    names = {"grpo_prompts": "the sums GRPO sampled on", "held_out": "held out of GRPO (the SFT data has them)",
+             "never_trained": "sums no training data answers"}
+    rows = ["| greedy exact answers | before GRPO (after SFT) | after GRPO |", "|---|---|---|"]
+    for key, name in names.items():
+        before, after = f["before"][key], f["after"][key]
+        rows.append(f"| {name} | {before['right']} of {before['of']} | {after['right']} of {after['of']} |")
+    first, last = f["sampled_reward_first_last"]
+    rows.append(f"| mean sampled reward, first and last log | {first:.3f} | {last:.3f} |")
+    rows.append(f"| wall time | SFT {f['sft_seconds']:.0f} s | GRPO {f['grpo_seconds']:.0f} s |")
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", metavar="FILE", help="write the figures here")

@@ -199,6 +199,30 @@ def speed(work: Path, env: dict, repeats: int, steps: int) -> dict:
     return {"steps": steps, "repeats": repeats, "runs": runs, "steps_per_second": summary, "tuiwiz_over_bare": ratio}
 
 
+def docs_block(f: dict) -> str:
+    """The block docs/benchmarks.md quotes (tests/test_readme_figures.py checks it is there, unchanged)."""
+    style, memory, speed = f["style"], f["memory"], f["speed"]
+    sft, dpo, orpo = style["after_sft"], style["after_dpo"], style["orpo_alone"]
+    margins = list(dpo["eval_margins"].values())
+    rates = speed["steps_per_second"]
+    return "\n".join([
+        "| measured | figure |",
+        "|---|---|",
+        f"| held-out answers beginning \"Sure!\" (of {sft['questions']}) | {sft['begin_with_style']} after SFT, "
+        f"{dpo['begin_with_style']} after DPO, {orpo['begin_with_style']} after ORPO alone; exactly the chosen "
+        f"reply: {dpo['exactly_chosen']} after DPO |",
+        f"| DPO's held-out reward margin, by evaluation | {', '.join(f'{m:.3f}' for m in margins)} |",
+        f"| peak RSS, DPO over the same SFT run (LoRA, micro-batch {memory['micro_batch']}, padded to "
+        f"{memory['padded_length']}) | {memory['plain']['dpo_over_sft']:.2f}x "
+        f"({memory['plain']['dpo_peak_rss_mb']:.0f} / {memory['plain']['sft_peak_rss_mb']:.0f} MiB); with gradient "
+        f"checkpointing {memory['gradient_checkpointing']['dpo_over_sft']:.2f}x (target {memory['target']}x) |",
+        f"| DPO steps/s, tuiwiz vs a bare TRL script ({speed['repeats']} alternating runs of {speed['steps']} steps) "
+        f"| {rates['tuiwiz']['median']:.2f} ({rates['tuiwiz']['range'][0]:.2f}-{rates['tuiwiz']['range'][1]:.2f}) vs "
+        f"{rates['bare_trl']['median']:.2f} ({rates['bare_trl']['range'][0]:.2f}-{rates['bare_trl']['range'][1]:.2f})"
+        f": {speed['tuiwiz_over_bare']:.2f}x |",
+    ]) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)

@@ -36,6 +36,8 @@ GPU_EXAMPLES = {
     "llama3-8b-qlora-24gb.yaml": "llama3-8b",  # Llama 3.1 8B: the same shapes as Llama 3 8B
     "qwen2.5-7b-lora-80gb.yaml": "qwen2.5-7b",
     "qwen2.5-0.5b-full-24gb.yaml": "qwen2.5-0.5b",
+    "qwen2.5-7b-dpo-lora-80gb.yaml": "qwen2.5-7b",
+    "qwen2.5-7b-grpo-lora-80gb.yaml": "qwen2.5-7b",
 }
 
 

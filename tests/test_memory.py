@@ -312,21 +312,16 @@ def test_breakdown_total_and_disk():
 
 def test_plan_from_profiles():
     from tuiwiz.profile.io import load_profile
-    from tuiwiz.profile.pipeline import is_pipeline_text, load_pipeline
+
+    from .support.runs import shipped_profiles
 
     info = model_from_config(load_config("llama3-8b"))
-    for path in sorted((ROOT / "profiles").glob("*.yaml")):
-        if is_pipeline_text(path.read_text()):  # each stage is a profile of its own
-            profiles = [stage.profile for stage in load_pipeline(path).stages]
-        else:
-            profiles = [load_profile(path).profile]
-        for profile in profiles:
-            plan = Plan.from_profile(profile, info, device="cuda", bf16=False)
-            assert plan.method == profile.method.type
-            assert plan.micro_batch == profile.training.per_device_train_batch_size
-            assert plan.seq_len == profile.data.max_length
-            assert plan.precision == (profile.training.precision if profile.training.precision != "auto"
-                                      else "fp16")
+    for _, profile in shipped_profiles():  # a pipeline's stages each a profile of their own
+        plan = Plan.from_profile(profile, info, device="cuda", bf16=False)
+        assert plan.method == profile.method.type
+        assert plan.micro_batch == profile.training.per_device_train_batch_size
+        assert plan.seq_len == profile.data.max_length
+        assert plan.precision == (profile.training.precision if profile.training.precision != "auto" else "fp16")
     cpu = Plan.from_profile(load_profile(ROOT / "profiles" / "quickstart.yaml").profile, info, device="cpu")
     assert cpu.precision == "fp32" and cpu.device == "cpu"
 

@@ -126,12 +126,13 @@ def test_json_schema_lists_every_method():
 
 
 def test_every_shipped_profile_validates():
-    files = sorted(PROFILES.glob("*.yaml"))
-    methods = set()
-    for path in files:
-        loaded = load_profile(path)
-        methods.add(loaded.profile.method.type)
-    assert methods == set(METHOD_NAMES), "one shipped profile per method"
+    from tuiwiz.tasks import TASK_NAMES
+
+    from .support.runs import shipped_profiles
+
+    shipped = shipped_profiles()
+    assert {profile.method.type for _, profile in shipped} == set(METHOD_NAMES), "one shipped profile per method"
+    assert {profile.task for _, profile in shipped} == set(TASK_NAMES), "every task in a shipped profile"
     assert (PROFILES / "quickstart.yaml").exists()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import pytest
+
 from .support import ROOT
 
 
@@ -24,3 +26,12 @@ def test_the_readme_quotes_the_demo_learning_results():
             f"{page}'s demo block is stale: python bench/demo_learning.py --from-json bench/results/demo-learning.json"
     for key in ("exact_count", "held_out_loss", "token_accuracy"):  # what the block says it measured
         assert key in figures["before"] and key in figures["after"]
+
+
+@pytest.mark.parametrize("name, results", [("preference_bench", "preference.json"), ("demo_grpo", "demo-grpo.json"),
+                                           ("demo_tasks", "demo-tasks.json")])
+def test_the_benchmarks_page_quotes_each_task_bench(name, results):
+    figures = json.loads((ROOT / "bench" / "results" / results).read_text(encoding="utf-8"))
+    block = _bench(name).docs_block(figures)
+    assert block in (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8"), \
+        f"docs/benchmarks.md's {name} block is stale: rewrite it from bench/results/{results}"

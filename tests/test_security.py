@@ -39,9 +39,9 @@ from tuiwiz.errors import UserError
 from tuiwiz.profile.io import load_profile, parse_profile_text
 from tuiwiz.profile.schema import Profile
 
-from .support import PROFILES, ROOT
+from .support import ROOT
 from .support.processes import run_cli
-from .support.runs import only_run, write_profile
+from .support.runs import only_run, shipped_profiles, write_profile
 
 PACKAGE = ROOT / "tuiwiz"
 SITE = Path(yaml.__file__).resolve().parent.parent  # site-packages
@@ -78,8 +78,9 @@ def is_true(node) -> bool:
 
 def test_trust_remote_code_is_off_unless_the_profile_sets_it(tmp_path):
     assert Profile().model.trust_remote_code is False
-    for path in PROFILES.glob("*.yaml"):
-        assert load_profile(path).profile.model.trust_remote_code is False, path
+    for path, profile in shipped_profiles():
+        assert profile.model.trust_remote_code is False, path
+        assert profile.grpo.trust_reward_code is False or profile.task != "grpo", path
     # The frozen copy in a run dir says so explicitly.
     from tuiwiz.demo.build import ensure_demo_dataset
     from tuiwiz.run.launch import create_run

@@ -80,3 +80,17 @@ def build_trainer(tmp_path: Path, base: str, **overrides):
     run.path.mkdir()
     setup = recipe_for(profile.task).set_up(profile, run, [])
     return setup.trainer, setup
+
+
+def shipped_profiles() -> list[tuple[Path, object]]:
+    """(file, profile) for every profile in profiles/: a pipeline's file once for each of its stages."""
+    from tuiwiz.profile.io import load_profile
+    from tuiwiz.profile.pipeline import is_pipeline_text, load_pipeline
+
+    found = []
+    for path in sorted(PROFILES.glob("*.yaml")):
+        if is_pipeline_text(path.read_text(encoding="utf-8")):
+            found += [(path, stage.profile) for stage in load_pipeline(path).stages]
+        else:
+            found.append((path, load_profile(path).profile))
+    return found
