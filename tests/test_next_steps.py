@@ -30,3 +30,21 @@ def test_next_commands_follow_the_task(tmp_path, task, method, wanted, unwanted)
         assert text in lines, lines
     for text in unwanted:
         assert text not in lines, lines
+
+
+def test_a_stage_of_a_pipeline_points_at_the_pipeline(tmp_path):
+    from tuiwiz.run.pipeline import PipelineDir, PipelineState, StageState
+
+    folder = tmp_path / "p-1"
+    first = write_fixture_run(folder, run_id="p-1-sft", register=False)
+    stopped = write_fixture_run(folder, run_id="p-1-dpo", status="stopped", register=False)
+    PipelineDir(folder).write(PipelineState("p-1", "stopped", [
+        StageState("sft", "sft", str(first), "completed"), StageState("dpo", "dpo", str(stopped), "stopped"),
+        StageState("grpo", "grpo")]))
+    done = dict((command, what) for what, command in next_commands(RunDir(first), "completed"))
+    assert done["tuiwiz attach p-1"] == "follow the pipeline's next stage (dpo)"
+    halted = dict((command, what) for what, command in next_commands(RunDir(stopped), "stopped"))
+    assert halted["tuiwiz resume p-1"] == "go on with the whole pipeline from this stage"
+    assert "tuiwiz resume p-1-dpo" in halted  # the stage alone, from its checkpoint
+    alone = write_fixture_run(tmp_path, run_id="alone", register=False)
+    assert not any("attach" in command for _, command in next_commands(RunDir(alone), "completed"))

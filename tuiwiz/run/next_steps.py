@@ -3,6 +3,8 @@ the headless summary and `tuiwiz attach` print them, the monitor shows the same.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tuiwiz.methods import METHODS
 from tuiwiz.run.rundir import RunDir
 from tuiwiz.tasks import TASKS
@@ -42,6 +44,30 @@ def next_commands(run: RunDir, status: str) -> list[tuple[str, str]]:
             steps.append(("export it for llama.cpp or Ollama", f"tuiwiz export {rid} --format gguf"))
     elif status in ("stopped", "failed") and run.last_checkpoint() is not None:
         steps.append(("continue from its last checkpoint", f"tuiwiz resume {rid}"))
+    steps += _pipeline_steps(run, status)
     if run.tensorboard.is_dir():
         steps.append(("see its curves in TensorBoard", f"tensorboard --logdir {run.tensorboard}"))
     return steps
+
+
+def _pipeline_steps(run: RunDir, status: str) -> list[tuple[str, str]]:
+    """For a stage of a pipeline (tuiwiz/run/pipeline.py): the pipeline's own next step."""
+    from tuiwiz.run.pipeline import PipelineDir, is_pipeline_dir
+
+    if not is_pipeline_dir(run.path.parent):
+        return []
+    pipe = PipelineDir(run.path.parent)
+    try:
+        stages = pipe.read().stages
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+    names = [s.name for s in stages]
+    mine = next((s.name for s in stages if s.run and Path(s.run) == run.path), None)
+    if mine is None:
+        return []
+    if status == "completed" and mine != names[-1]:
+        later = names[names.index(mine) + 1]
+        return [(f"follow the pipeline's next stage ({later})", f"tuiwiz attach {pipe.pipeline_id}")]
+    if status in ("stopped", "failed"):
+        return [("go on with the whole pipeline from this stage", f"tuiwiz resume {pipe.pipeline_id}")]
+    return []
