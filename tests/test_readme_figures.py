@@ -29,7 +29,7 @@ def test_the_readme_quotes_the_demo_learning_results():
 
 
 @pytest.mark.parametrize("name, results", [("preference_bench", "preference.json"), ("demo_grpo", "demo-grpo.json"),
-                                           ("demo_tasks", "demo-tasks.json")])
+                                           ("demo_tasks", "demo-tasks.json"), ("grpo_vs_trl", "grpo-vs-trl.json")])
 def test_the_benchmarks_page_quotes_each_task_bench(name, results):
     figures = json.loads((ROOT / "bench" / "results" / results).read_text(encoding="utf-8"))
     block = _bench(name).docs_block(figures)
