@@ -192,3 +192,22 @@ def test_a_reward_run_offers_scoring_where_others_offer_chat(tmp_path):
         path = write_fixture_run(tmp_path, run_id=f"r-{task}", register=False)
         (path / "profile.yaml").write_text(f"version: 1\ntask: {task}\n")
         assert run_afterwards(str(path)) == wanted
+
+
+def test_evaluation_curves_of_a_task_come_from_its_eval_events(tmp_path):
+    """seq2seq's exact match and a reward model's held-out accuracy are measured at evaluation, not logged
+    with the loss: the reader draws them from the eval events."""
+    from tuiwiz.ui.screens.monitor import short_metric
+
+    path = write_fixture_run(tmp_path, steps=80, register=False)  # evaluations at steps 40 and 80
+    events = [json.loads(line) for line in (path / "events.jsonl").read_text().splitlines()]
+    for event in events:
+        if event["type"] == "run_start":
+            event["task"] = "seq2seq"
+        if event["type"] == "eval":
+            event.update({"eval_exact_match": event["step"] / 100, "eval_rougeL": event["step"] / 80})
+    (path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    snapshot = _snapshot(path)
+    assert snapshot.task_points["eval_exact_match"] == ((40, 80), (0.4, 0.8))
+    assert snapshot.task_values == {"eval_exact_match": 0.8, "eval_rougeL": 1.0}
+    assert short_metric("eval_exact_match") == "eval exact match" and short_metric("rewards/margins") == "margins"

@@ -45,7 +45,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("pretrain", "continued pretraining", ("text",), "causal", "chat", packs=True),
     Task("classification", "classification", ("classification",), "sequence_score", "classify"),
     Task("reward", "reward model", ("preference",), "sequence_score", "score", sequences_per_example=2,
-         metrics=("accuracy", "margin")),
+         metrics=("accuracy", "margin", "eval_accuracy")),
     Task("dpo", "DPO", ("preference",), "causal", "chat", sequences_per_example=2, reference=True,
          metrics=DPO_METRICS),
     Task("kto", "KTO", ("unpaired", "preference"), "causal", "chat", reference=True,

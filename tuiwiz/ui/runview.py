@@ -231,6 +231,9 @@ class RunReader:
         elif isinstance(event, EvalEvent):
             self.last_eval = event
             self.eval_loss.add(event.step or 0, event.metrics.get("eval_loss"))
+            for name, value in event.metrics.items():  # a task's evaluation curves (seq2seq's exact match, ...)
+                if name in self._task_metrics():
+                    self.task_series.setdefault(name, Series()).add(event.step or 0, value)
         elif isinstance(event, RunStartEvent):
             self.run_start = event
             self.run_end = None

@@ -123,7 +123,8 @@ def status_lines(s: RunSnapshot, width: int) -> Group:
 
 def short_metric(name: str) -> str:
     """A logged metric's name as a legend shows it: ``rewards/margins`` -> ``margins``."""
-    return name.removeprefix("rewards/").removeprefix("completions/").replace("_", " ")
+    name = name.removeprefix("rewards/").removeprefix("completions/")
+    return ("eval " + name[5:] if name.startswith("eval_") else name).replace("_", " ")
 
 
 TASK_COLORS = ("green", "red", "cyan", "yellow", "magenta", "blue")
