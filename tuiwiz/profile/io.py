@@ -334,16 +334,14 @@ def resolve_paths(profile: Profile, base: Path) -> Profile:
     validation = profile.data.validation_path
     if validation and is_local_data(validation):
         validation = _resolve(validation, base)
-    start = profile.model.start_from
-    if start and (start.startswith((".", "/", "~")) or (base / start).exists()):  # a folder, not a run id
-        start = _resolve(start, base)
-    rewards = [
-        reward.model_copy(update={"file": _resolve(reward.file, base)}) if reward.type == "python"
-        else reward.model_copy(update={"path": _resolve(reward.path, base)})
-        if reward.type == "reward_model" and (reward.path.startswith((".", "/", "~")) or (base / reward.path).exists())
-        else reward
-        for reward in profile.grpo.rewards
-    ]
+    def folder(value: str | None) -> str | None:  # a folder relative to the profile, not a run id or stage:NAME
+        return _resolve(value, base) if value and (value.startswith((".", "/", "~")) or (base / value).exists()) \
+            else value
+
+    start = folder(profile.model.start_from)
+    rewards = [reward.model_copy(update={"file": _resolve(reward.file, base)}) if reward.type == "python"
+               else reward.model_copy(update={"path": folder(reward.path)}) if reward.type == "reward_model"
+               else reward for reward in profile.grpo.rewards]
     return profile.model_copy(
         update={
             "model": profile.model.model_copy(update={"name_or_path": model, "start_from": start}),

@@ -147,26 +147,8 @@ def load_pipeline(path: str | Path) -> LoadedPipeline:
             previous = stages[-1].name
             profile = profile.model_copy(update={"model": profile.model.model_copy(
                 update={"start_from": STAGE_REF + previous})})
-        stages.append(Stage(name, _resolved(profile, base)))
+        stages.append(Stage(name, resolve_paths(profile, base)))  # leaves stage:NAME alone: no such folder
     return LoadedPipeline(tuple(stages), path.resolve())
-
-
-def _resolved(profile: Profile, base: Path) -> Profile:
-    """resolve_paths, leaving stage references as they are."""
-    start = profile.model.start_from
-    rewards = profile.grpo.rewards
-    resolved = resolve_paths(profile.model_copy(update={
-        "model": profile.model.model_copy(update={"start_from": None if is_stage_ref(start) else start}),
-        "grpo": profile.grpo.model_copy(update={"rewards": [r for r in rewards if not is_stage_ref(
-            getattr(r, "path", None))]}),
-    }), base)
-    kept = iter(resolved.grpo.rewards)
-    merged_rewards = [r if is_stage_ref(getattr(r, "path", None)) else next(kept) for r in rewards]
-    return resolved.model_copy(update={
-        "model": resolved.model.model_copy(update={"start_from": start if is_stage_ref(start)
-                                                   else resolved.model.start_from}),
-        "grpo": resolved.grpo.model_copy(update={"rewards": merged_rewards}),
-    })
 
 
 def stage_profile(stage: Stage, folders: dict[str, str]) -> LoadedProfile:
