@@ -87,6 +87,24 @@ def test_a_bad_stage_is_named_with_its_line_and_field(tmp_path, stages, line, fi
     assert (error.file, error.line, error.field) == (str(path), line, field), error
 
 
+def test_a_shared_task_section_goes_to_the_stages_that_read_it_and_a_stage_s_own_must_be_read(tmp_path):
+    shared = "preference: {beta: 0.3}\n" + textwrap.dedent("""\
+        stages:
+          - name: sft
+            task: sft
+            data: {path: "demo:alpaca", max_length: 64}
+          - name: dpo
+            task: dpo
+            data: {path: "demo:preference", max_length: 64}
+        """)
+    sft, dpo = (s.profile for s in load_pipeline(_pipeline(tmp_path, shared)).stages)
+    assert (sft.preference.beta, dpo.preference.beta) == (0.1, 0.3)  # the sft stage keeps the defaults
+    own = shared.replace("    task: sft\n", "    task: sft\n    preference: {beta: 0.5}\n")
+    with pytest.raises(UserError) as info:
+        load_pipeline(_pipeline(tmp_path, own))
+    assert info.value.field == "stages[0].preference.beta" and "read by task" in info.value.message
+
+
 def test_a_shared_section_error_points_at_the_shared_line(tmp_path):
     text = SHARED.format(steps=4, runs="runs").replace("r: 8", "r: 0") + TWO_SFT
     with pytest.raises(UserError) as info:

@@ -185,6 +185,14 @@ def test_settings_trl_would_refuse_late_are_refused_when_the_profile_is_read():
             parse_profile_text(text, "p.yaml")
         assert info.value.field == field, info.value
         assert info.value.line is not None and info.value.kind == "profile"
+    # a section the task would ignore is a mistake said at its line, not a setting silently dropped
+    for text, field, line in [("task: sft\npreference:\n  beta: 0.5\n", "preference.beta", 3),
+                              ("grpo:\n  temperature: 0.7\n  rewards: [{type: exact_answer}]\n", "grpo.rewards", 3),
+                              ("task: dpo\ngrpo:\n  num_generations: 8\n", "grpo.num_generations", 3)]:
+        with pytest.raises(UserError) as info:
+            parse_profile_text(text, "p.yaml")
+        assert (info.value.field, info.value.line) == (field, line), info.value
+        assert "remove the" in info.value.message and "task" in info.value.message
     # KTO's unpaired APO loss has no KL term, so one example a micro-batch is enough
     Profile(task="kto", preference={"loss_type": "apo_zero_unpaired"}, training={"per_device_train_batch_size": 1})
 
@@ -211,3 +219,17 @@ def test_cli_refuses_bad_preference_data_with_exit_2_and_no_run(tmp_path, demo_b
     assert f"d.jsonl:{line}: {field}: " in result.stderr, result.stderr
     assert "hint: " in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_switching_task_leaves_no_section_the_new_task_would_ignore():
+    from tuiwiz.plan.recommend import with_task
+    from tuiwiz.profile.io import dump_profile, parse_profile_text
+
+    grpo = Profile(task="grpo", grpo={"rewards": [{"type": "exact_answer"}], "num_generations": 8},
+                   training={"per_device_train_batch_size": 8})
+    dpo = Profile(task="dpo", preference={"beta": 0.5})
+    for base, task in [(grpo, "sft"), (grpo, "dpo"), (dpo, "sft"), (dpo, "grpo")]:
+        switched = with_task(base, task)
+        again = parse_profile_text(dump_profile(switched), "p.yaml")  # the schema accepts it as it is
+        assert again.task == task
+        assert again == Profile.model_validate(switched.model_dump())

@@ -388,9 +388,15 @@ def task_sections(task: str) -> dict:
 
 def with_task(profile: Profile, task: str) -> Profile:
     """``profile`` switched to ``task`` (unvalidated: the caller validates), with a reward where GRPO needs one."""
+    from tuiwiz.profile.schema import GrpoConfig, PreferenceConfig
+
     update: dict = {"task": task}
     if TASKS[task].generates and not profile.grpo.rewards:
         update.update(task_sections(task))
+    if not TASKS[task].generates:  # the schema refuses a section the task would ignore
+        update["grpo"] = GrpoConfig()
+    if not TASKS[task].preference:
+        update["preference"] = PreferenceConfig()
     return profile.model_copy(update=update)
 
 

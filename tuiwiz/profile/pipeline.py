@@ -28,6 +28,7 @@ from tuiwiz.profile.io import (
 )
 from tuiwiz.profile.schema import Profile
 from tuiwiz.profile.yaml_tree import compose, mark_line
+from tuiwiz.tasks import TASKS
 
 STAGE_REF = "stage:"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -70,6 +71,14 @@ def _merged(shared: dict, own: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+def _unread_sections(task: str) -> list[str]:
+    """The task-specific sections a task does not read (none for an unknown task: validation names it)."""
+    known = TASKS.get(task) if isinstance(task, str) else None
+    if known is None:
+        return []
+    return [s for s, reads in (("preference", known.preference), ("grpo", task == "grpo")) if not reads]
 
 
 def _stage_error(exc: ValidationError, root: yaml.Node, stage_node: yaml.Node, index: int, own: dict,
@@ -115,8 +124,12 @@ def parse_pipeline_text(text: str, file: str = "<profile>") -> list[tuple[str, P
             if key in own:
                 raise UserError(f"stage {name} sets {key}:, which the whole pipeline shares",
                                 field=f"stages[{index}].{key}", hint=f"move {key}: to the top level", **where)
+        merged = _merged(shared, own)
+        for section in _unread_sections(merged.get("task", "sft")):
+            if section not in own:  # a shared section the stage's task does not read is not the stage's
+                merged.pop(section, None)
         try:
-            profile = Profile.model_validate(_merged(shared, own))
+            profile = Profile.model_validate(merged)
         except ValidationError as exc:
             raise _stage_error(exc, root, node, index, own, file) from None
         _check_refs(profile, name, seen, index, where)

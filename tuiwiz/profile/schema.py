@@ -506,6 +506,14 @@ class Profile(_Strict):
 
     def _task_settings(self) -> None:
         """The preference: and grpo: sections must suit the task."""
+        readers = {"preference": [t.name for t in TASKS.values() if t.preference], "grpo": ["grpo"]}
+        for section, tasks in readers.items():  # a section the task would ignore is a mistake, said now
+            given, default = getattr(self, section), type(getattr(self, section))()
+            changed = [k for k in type(given).model_fields if getattr(given, k) != getattr(default, k)]
+            if self.task not in tasks and changed:
+                raise ValueError(f"{section}.{changed[0]} is read by task {' or '.join(tasks)} only, and this "
+                                 f"profile's task is {self.task}: set task: to one of those, or remove the "
+                                 f"{section}: section")
         loss = self.preference.loss_type
         if loss is not None:
             allowed = PREFERENCE_LOSSES.get(self.task)
