@@ -251,3 +251,46 @@ def test_a_packed_run_trains(tmp_path, demo_built):
     start = next(e for e in read_events(run.events) if e["type"] == "run_start")
     examples = resolve_demo_uri("demo:alpaca").read_text().count("\n")
     assert start["train_examples"] < examples / 2  # rows of several examples each
+
+
+def test_group_by_length_is_for_unpacked_runs_of_tasks_that_pack():
+    from tuiwiz.profile.io import parse_profile_text
+
+    for text, words in [("data:\n  packing: true\n  group_by_length: true\n", "applies to unpacked runs"),
+                        ("task: dpo\ndata:\n  group_by_length: true\n", "does not apply to task dpo")]:
+        with pytest.raises(UserError) as info:
+            parse_profile_text(text, "p.yaml")
+        assert words in info.value.message and info.value.field == "data.group_by_length", info.value
+        assert info.value.line == text.splitlines().index("  group_by_length: true") + 1
+
+
+def _padding_share(trainer, batches: int) -> float:
+    """The share of the first ``batches`` batches' tokens that are padding."""
+    padded = real = 0
+    for n, batch in enumerate(trainer.get_train_dataloader()):
+        if n == batches:
+            break
+        padded += batch["input_ids"].numel()
+        real += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+    return 1 - real / padded
+
+
+def test_group_by_length_batches_examples_of_similar_length(tmp_path, demo_built):
+    import random
+
+    words = "the cat sat on a mat and saw one red fox run by".split()
+    rng = random.Random(0)
+    data = tmp_path / "varied.jsonl"
+    data.write_text("".join(json.dumps({"instruction": " ".join(rng.choices(words, k=rng.randint(2, 8))),
+                                        "output": " ".join(rng.choices(words, k=rng.randint(1, 50)))}) + "\n"
+                            for _ in range(400)))
+    settings = dict(data__path=str(data), data__max_length=128)
+    shuffled, _ = build_trainer(tmp_path / "shuffled", "quickstart.yaml", **settings)
+    grouped, _ = build_trainer(tmp_path / "grouped", "quickstart.yaml", data__group_by_length=True, **settings)
+    assert grouped.args.train_sampling_strategy == "group_by_length"
+    lengths = [len(row["input_ids"]) for row in grouped.train_dataset]
+    first = next(iter(grouped.get_train_dataloader()))
+    assert first["input_ids"].shape[1] == max(lengths)  # the longest batch first: a too-long one fails at once
+    waste = _padding_share(shuffled, 10), _padding_share(grouped, 10)
+    print(f"padding share of the first 10 batches: shuffled {waste[0]:.2f}, grouped by length {waste[1]:.2f}")
+    assert waste[1] < waste[0] / 2, waste

@@ -105,6 +105,10 @@ class DataConfig(_Strict):
         False, description="Pack several examples into each max_length row, each attending only to itself "
         "(sdpa, eager, flash_attention_2).",
     )
+    group_by_length: bool = Field(
+        False, description="Unpacked runs: batch examples of similar length together (shuffled in groups of 50 "
+        "batches, the longest batch first), so less of each batch is padding.",
+    )
     limit: int | None = Field(None, ge=1, le=10**12, description="Use only the first N rows.")
 
     @model_validator(mode="after")
@@ -491,6 +495,11 @@ class Profile(_Strict):
             )
         if self.data.packing and not task.packs:
             raise ValueError(f"data.packing does not apply to task {self.task} (only to sft and pretrain)")
+        if self.data.packing and self.data.group_by_length:
+            raise ValueError("data.group_by_length applies to unpacked runs: packed rows are all max_length "
+                             "long already. Set data.packing: false, or remove data.group_by_length")
+        if self.data.group_by_length and not task.packs:
+            raise ValueError(f"data.group_by_length does not apply to task {self.task} (only to sft and pretrain)")
         dist = self.distributed
         if self.method.type == "qlora" and dist.strategy == "zero3":
             raise ValueError(
