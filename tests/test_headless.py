@@ -1,6 +1,7 @@
 """`tuiwiz --profile` in the foreground, as a user at a terminal runs it: Ctrl-C, and what it prints."""
 
 import contextlib
+import json
 import math
 import re
 import signal
@@ -9,6 +10,7 @@ import sys
 
 import pytest
 
+from tuiwiz.profile.io import load_profile
 from tuiwiz.run.events import read_events
 from tuiwiz.run.launch import stop_run
 from tuiwiz.run.rundir import RunDir, read_state
@@ -79,6 +81,9 @@ def test_final_output_names_the_output_folder_and_the_train_loss(tmp_path):
     assert lines[done + 1] == f"output: {run.output}"
     assert lines[done + 3] == "next:" and f"  tuiwiz chat {run.run_id}" in lines[done + 4:]  # what to do with it
     assert (run.output / "adapter_config.json").exists()
+    resolved = json.loads(run.trainer_args.read_text())  # the Trainer's own arguments, as it resolved them
+    assert (resolved["max_steps"], resolved["per_device_train_batch_size"]) == (4, 4)
+    assert resolved["learning_rate"] == load_profile(profile).profile.learning_rate
 
 
 def test_a_forced_stop_of_a_followed_run_reads_stopped_not_killed(tmp_path):

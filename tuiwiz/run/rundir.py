@@ -63,6 +63,11 @@ class RunDir:
         return self.path / "output"
 
     @property
+    def trainer_args(self) -> Path:
+        """The Trainer's arguments as it resolved them (TRL's config included), written when training starts."""
+        return self.path / "trainer-args.json"
+
+    @property
     def tensorboard(self) -> Path:
         """TensorBoard's event files (``output.report_to: [tensorboard]``, the default)."""
         return self.path / "tensorboard"

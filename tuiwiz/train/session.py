@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuiwiz import __version__
+from tuiwiz.files import write_text_atomic
 from tuiwiz.profile.schema import Profile
 from tuiwiz.run.event_types import RunEndEvent, RunStartEvent, StatusEvent
 from tuiwiz.run.events import EventWriter
@@ -71,6 +72,7 @@ def train_and_save(run: RunDir, profile: Profile, setup: Setup, callback: Runner
         if resume and checkpoint is None:
             events.emit(StatusEvent(status="loading", message="no checkpoint yet: starting from step 0"))
         events.emit(run_start(run, profile, setup, str(checkpoint) if checkpoint else None), durable=True)
+        write_text_atomic(run.trainer_args, trainer.args.to_json_string())  # what really runs, to compare
         update_state(run, only_from=("loading", "starting"), status="running")
     if stop.poll():
         return StatusEvent(status="stopped", message="stopped before training began; nothing to checkpoint")
