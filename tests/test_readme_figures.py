@@ -35,3 +35,9 @@ def test_the_benchmarks_page_quotes_each_task_bench(name, results):
     block = _bench(name).docs_block(figures)
     assert block in (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8"), \
         f"docs/benchmarks.md's {name} block is stale: rewrite it from bench/results/{results}"
+
+
+def test_the_fit_page_quotes_the_published_points():
+    figures = json.loads((ROOT / "bench" / "results" / "published.json").read_text(encoding="utf-8"))
+    assert _bench("published").docs_block(figures) in (ROOT / "docs" / "fit.md").read_text(encoding="utf-8"), \
+        "docs/fit.md's published-points block is stale: python bench/published.py"

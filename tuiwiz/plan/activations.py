@@ -15,35 +15,81 @@ from tuiwiz.plan.fine_tune import Constants, Plan
 from tuiwiz.plan.modelinfo import ModelInfo
 from tuiwiz.tasks import TASKS
 
+# Families whose blocks normalise with LayerNorm (saves its input; under autocast an fp32 copy) and whose MLP is one
+# up projection with GELU; the others use RMSNorm written in Python (an fp32 copy of the input) and a gated MLP.
+LAYER_NORM_FAMILIES = ("bert", "roberta", "gpt2", "gpt_neox")
 
-def layer_activation_bytes(model: ModelInfo, plan: Plan, a: int, r: int, c: Constants) -> float:
-    """Bytes saved for backward per token in one decoder-only transformer block.
 
-    ``a``: activation dtype bytes (the autocast dtype); ``r``: the residual stream's.
-    When they differ, each linear layer keeps its own 16-bit copy of its input.
+def mask_bytes(plan: Plan, a: int) -> int:
+    """A dropout's saved mask per element: CUDA's fused dropout keeps a bool mask; the CPU kernel multiplies by a
+    noise tensor of the input's dtype."""
+    return a if plan.device == "cpu" else 1
+
+
+def layer_activation_bytes(model: ModelInfo, plan: Plan, a: int, r: int, c: Constants, *,
+                           working_set: bool = False) -> float:
+    """Bytes saved for backward per token in one transformer block (decoder or encoder-only).
+
+    ``a``: activation dtype bytes (the autocast dtype); ``r``: the residual stream's. Autograd saves a linear
+    layer's input only when its weight is trained (mm saves ``self`` only to compute the weight's gradient): under
+    LoRA, IA3 and the prompt methods the frozen projections save nothing, so a block saves its norms' inputs,
+    attention's q/k/v/output, the MLP's activation inputs and what the adapters save. Counted against
+    ``torch.autograd.graph.saved_tensors_hooks`` on Llama 3.2 3B's and BERT-large's layer shapes (docs/fit.md).
+    ``working_set``: a forward without gradients, whose linear layers hold their input beside their output whether
+    their weights train or not.
     """
     out = a  # the MLP's intermediate outputs
     if plan.method == "qlora":
         # bitsandbytes' Linear4bit saves no input (its weight is frozen) and returns its input's dtype: an fp32
-        # residual stream adds no 16-bit input copies, but makes the MLP's gate, up and activation outputs fp32
+        # residual stream makes the MLP's gate, up and activation outputs fp32
         out, r = r, a
     H, q, kv, inter = model.hidden_size, model.q_dim, model.kv_dim, model.intermediate_size
-    fused_qkv = any(layer.name in ("qkv_proj", "c_attn", "query_key_value") for layer in model.linear_layers)
-    attn_inputs = 1 if (r == a or fused_qkv) else 3
-    fused_mlp = any(layer.name == "gate_up_proj" for layer in model.linear_layers)
-    mlp_inputs = 1 if (r == a or not model.gated_mlp or fused_mlp) else 2
+    trained = plan.method == "full" or working_set  # base weights (and norm weights) with gradients
+    layer_norm = model.model_type in LAYER_NORM_FAMILIES
+    n_norms = 4 if model.model_type == "gemma2" else 2
+    if layer_norm:  # native_layer_norm saves its input (fp32 under autocast), mean and rstd
+        norms = n_norms * (4 * H + 8)
+    else:  # RMSNorm casts to fp32 (saved by pow); a trained weight also saves the normalised input
+        norms = n_norms * (4 + (r if trained else 0)) * H
     kv_saved = kv if plan.attn_implementation == "flash_attention_2" else q  # sdpa/eager repeat GQA heads
-    norms = (4 if model.model_type == "gemma2" else 2) * (4 + r) * H
-    attention = a * (attn_inputs * H + q + 2 * kv_saved + q + q)  # inputs, q/k/v, output, o_proj input
-    mlp = a * mlp_inputs * H + (3 * out + a) * inter  # gate, up, activation outputs; the down input's copy
+    # q, k, v and the output (sdpa and flash also keep a log-sum-exp per head, 4 bytes: left out); eager keeps q, k
+    # and v and its scores (eager_scores_bytes), counted here as sdpa's: one head-width tensor more than it holds
+    attention = a * (2 * q + 2 * kv_saved)
+    mlp = (3 * out if model.gated_mlp else out) * inter  # gate, activation, up outputs; or the activation's input
+    if trained:
+        fused_qkv = any(layer.name in ("qkv_proj", "c_attn", "query_key_value") for layer in model.linear_layers)
+        fused_mlp = any(layer.name == "gate_up_proj" for layer in model.linear_layers)
+        attn_inputs = 1 if (r == a or fused_qkv) else 3  # autocast casts the residual once per projection
+        mlp_inputs = 1 if (r == a or not model.gated_mlp or fused_mlp) else 2
+        attention += a * (attn_inputs * H + q)  # the projections' input, the o-projection's input
+        mlp += a * (mlp_inputs * H + inter)  # the up projections' input, the down projection's input
+    if model.dropout > 0 and not plan.dropout_off:  # BERT's hidden dropout after attention and after the MLP
+        mlp += 2 * mask_bytes(plan, a) * H
     extra = 0.0
     if METHODS[plan.method].low_rank:
         for layer in model.targeted_layers(plan.lora_targets):
             if layer.count == model.num_layers:  # one per block
                 extra += lora_input_bytes(plan, a, layer.in_features)
     elif plan.method == "ia3":
-        extra = 2 * a * H
+        extra = ia3_bytes(model, plan, a)
     return (norms + attention + mlp) * c.activation_scale + extra
+
+
+def ia3_bytes(model: ModelInfo, plan: Plan, a: int) -> float:
+    """peft's IA3 multiplies a feed-forward layer's input (saved, in the activation dtype) and the other targets'
+    outputs (cast to the fp32 vector's dtype and saved)."""
+    from tuiwiz.plan.architectures import IA3_TARGETS
+
+    default = IA3_TARGETS.get(model.model_type) or ((), ())
+    targets = plan.ia3_targets or default[0]
+    feedforward = plan.ia3_feedforward or default[1]
+    total = 0.0
+    for layer in model.targeted_layers(tuple(targets)):
+        if layer.count != model.num_layers:
+            continue
+        ff = any(layer.matches(t) for t in feedforward)
+        total += a * layer.in_features if ff else 4 * layer.out_features
+    return total
 
 
 def lora_input_bytes(plan: Plan, a: int, in_features: int) -> float:
@@ -51,7 +97,11 @@ def lora_input_bytes(plan: Plan, a: int, in_features: int) -> float:
     layer's input, which the block's count holds already) and A's output."""
     rank = plan.adalora_init_r if plan.method == "adalora" else plan.lora_r
     dropout = plan.lora_dropout > 0 and not plan.dropout_off
-    return (a + 1 if dropout else 0) * in_features + a * rank
+    if not plan.autocast and a != 4:
+        # a 16-bit model trained without autocast: peft casts each wrapped layer's input to its fp32 adapter's
+        # dtype (_cast_input_dtype), and lora_A saves that fp32 copy, dropout or not
+        return (4 + (mask_bytes(plan, 4) if dropout else 0)) * in_features + 4 * rank
+    return (a + mask_bytes(plan, a) if dropout else 0) * in_features + a * rank
 
 
 # Architectures whose transformers implementation has no SDPA path: "auto" means eager for them.
@@ -68,7 +118,10 @@ def eager_scores_bytes(model: ModelInfo, plan: Plan, a: int, seq: int) -> int:
     """Per token per layer: eager attention keeps the softmax (fp32) and its 16-bit cast, heads x keys."""
     if attention_implementation(model, plan) != "eager":
         return 0
-    per_score = 4 + (a if a != 4 else 0)
+    # the softmax's fp32 output; with attention dropout its mask and output (saved by the product with v), else the
+    # 16-bit cast the product saves
+    dropout = model.attention_dropout > 0 and not plan.dropout_off
+    per_score = 4 + (mask_bytes(plan, a) + a if dropout else (a if a != 4 else 0))
     return per_score * model.num_heads * seq
 
 
@@ -84,9 +137,10 @@ def logits_bytes(model: ModelInfo, plan: Plan, tokens: int, a: int, wb: int, lm_
         return 0  # a score head (hidden x labels): no vocabulary-wide logits
     V, H = model.vocab_size, model.hidden_size
     if not plan.fused_loss:
-        # logits (a), their fp32 upcast and log-softmax in forward; in backward log-softmax,
-        # its incoming and outgoing gradients (fp32 each): the larger of the two moments
-        return tokens * V * max(a + 8, 12)
+        # logits (a), their fp32 upcast and log-softmax in forward; in backward log-softmax, its incoming and
+        # outgoing gradients (fp32 each): the larger of the two moments. Trainer drops the outputs before backward;
+        # a loop that keeps them holds the logits beside the backward's three fp32 copies.
+        return tokens * V * max(a + 8, 12 + (a if plan.keep_outputs else 0))
     chunk_tokens, chunk_vocab = min(tokens, c.fused_token_chunk), min(V, c.fused_vocab_chunk)
     if plan.device == "cpu":
         tile = chunk_tokens * chunk_vocab * 4 * c.cpu_tile_copies
@@ -109,7 +163,8 @@ def no_grad_forward_bytes(model: ModelInfo, plan: Plan, tokens: int, a: int, r: 
                           scored: bool = True) -> int:
     """A forward under torch.no_grad over ``tokens``: nothing is saved, so the peak is one block's working set
     (bounded by what it would save) and, where every position is ``scored``, the loss head's forward tile."""
-    layer = layer_activation_bytes(model, plan, a, r, c) + eager_scores_bytes(model, plan, a, plan.sequence_len)
+    layer = (layer_activation_bytes(model, plan, a, r, c, working_set=True)
+             + eager_scores_bytes(model, plan, a, plan.sequence_len))
     tile = forward_tile_bytes(model, plan, tokens, a, c) if scored else 0
     return int(tokens * (layer + head_bytes(model, a, r)) + tile)
 

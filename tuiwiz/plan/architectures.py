@@ -90,7 +90,8 @@ class _Dims:
     tie: bool
     context: int | None
     decoder_layers: int = 0  # encoder-decoder models: the decoder's blocks (``layers`` are the encoder's)
-    dropout: float = 0.0  # dropout on hidden states in training (T5's dropout_rate; decoders here have none)
+    dropout: float = 0.0  # dropout on hidden states in training (T5's dropout_rate, BERT's hidden_dropout_prob)
+    attention_dropout: float = 0.0  # dropout on attention probabilities (BERT's attention_probs_dropout_prob)
 
 
 def _dims(config: dict, model_type: str) -> _Dims:
@@ -111,6 +112,10 @@ def _dims(config: dict, model_type: str) -> _Dims:
         return _Dims(layers, hidden, heads, kv, head_dim, inter, vocab, True, context,
                      decoder_layers=_get(config, "num_decoder_layers", default=layers),
                      dropout=float(_get(config, "dropout_rate", default=0.1)))
+    if _FAMILIES.get(model_type, ("",))[0] == "bert":
+        return _Dims(layers, hidden, heads, kv, head_dim, inter, vocab, bool(tie), context,
+                     dropout=float(_get(config, "hidden_dropout_prob", default=0.1)),
+                     attention_dropout=float(_get(config, "attention_probs_dropout_prob", default=0.1)))
     return _Dims(layers, hidden, heads, kv, head_dim, inter, vocab, bool(tie), context)
 
 

@@ -102,6 +102,10 @@ class Plan:
     prefix_projection: bool = False
     encoder_hidden_size: int | None = None  # p-tuning's MLP width (the runner's default is 128)
     weights_dtype: str | None = None  # profile.model.dtype when not "auto"
+    # What a training loop other than tuiwiz's runner does (the published measurements in bench/published/ use them):
+    autocast: bool = True  # False: a 16-bit model trained without autocast; peft's fp32 adapters take fp32 inputs
+    keep_outputs: bool = False  # the loop holds the model's outputs (its 16-bit logits) through backward
+    grads_kept: bool = False  # zero_grad(set_to_none=False), torch < 2.0's default: gradients stay between steps
     save_total_limit: int = 2
 
     def __post_init__(self) -> None:

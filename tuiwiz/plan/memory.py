@@ -196,9 +196,14 @@ def _quantized_bytes_per_param(plan: Plan) -> float:
     return 0.5 + ((1 + 4 / 256) / 64 if plan.double_quant else 4 / 64)
 
 
+# Optimizer states per trainable parameter, by the Trainer's optim name (the factored Adafactor is counted per
+# matrix in _adafactor_bytes). adamw_hf is transformers' own AdamW (its default before 4.x's adamw_torch; gone in 5).
+ADAMW = ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "adamw_hf")
+
+
 def optimizer_bytes_per_param(optimizer: str, state_bytes: int) -> float:
     """Optimizer-state bytes per trainable parameter whose dtype has ``state_bytes`` bytes."""
-    if optimizer in ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit"):
+    if optimizer in ADAMW:
         return 2 * state_bytes
     if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
         return 2 + 2 * 4 / 256  # two uint8 states plus an fp32 absmax per 256-value block each
@@ -209,6 +214,31 @@ def optimizer_bytes_per_param(optimizer: str, state_bytes: int) -> float:
     if optimizer == "adafactor":
         return 0.05 * state_bytes  # factored second moments: rows + columns of each matrix
     raise UserError(f"unknown optimizer {optimizer}", field="training.optim", kind="profile")
+
+
+def _adafactor_bytes(model: ModelInfo) -> int:
+    """transformers' Adafactor as the Trainer builds it (beta1 None: no first moment): an fp32 row and column
+    statistic per matrix (linear weights, the embeddings), a full fp32 statistic for every vector (biases, norms)."""
+    matrices = sum(lr.count * (lr.in_features + lr.out_features) for lr in model.linear_layers)
+    matrix_params = model.linear_weight_parameters
+    embeddings = model.vocab_size + model.hidden_size  # the token embedding (+ positions: rows of the same width)
+    vectors = model.num_parameters - matrix_params - model.embedding_parameters - model.lm_head_parameters
+    return 4 * (matrices + embeddings + max(vectors, 0))
+
+
+def _step_temporaries(plan: Plan, trainable: int, largest: int, param_bytes: int, cpu: bool) -> int:
+    """What the optimizer's step allocates beside its states. torch's foreach AdamW (adamw_torch on a GPU) takes
+    the square roots of every state at once; the single-tensor paths (the CPU, transformers' adamw_hf) one tensor
+    at a time; Adafactor its update and the rebuilt second moment of one matrix (fp32); bitsandbytes' kernels and
+    the fused AdamW update in place."""
+    full = METHODS[plan.method].whole_model
+    if plan.optimizer == "adamw_torch" and not cpu:
+        return trainable * param_bytes
+    if cpu or plan.optimizer == "adamw_hf":
+        return 2 * (max(largest, 1) if full else trainable) * param_bytes
+    if plan.optimizer == "adafactor":
+        return 2 * 4 * (largest if full else trainable)
+    return 0
 
 
 def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Constants | None = None) -> MemoryEstimate:
@@ -268,14 +298,8 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
         gradients = T * param_bytes
         optimizer = int(T * optimizer_bytes_per_param(plan.optimizer, param_bytes))
         if plan.method == "full" and plan.optimizer == "adafactor":
-            optimizer = 4 * (sum(lr.count * (lr.in_features + lr.out_features) for lr in model.linear_layers)
-                             + model.vocab_size + model.hidden_size)
-        if plan.optimizer == "adamw_torch" and not cpu:
-            step_temp = T * param_bytes  # foreach AdamW: one temporary the size of all states
-        elif cpu:
-            step_temp = 2 * (max(largest, 1) if full else T) * param_bytes  # single-tensor AdamW, per tensor
-        else:
-            step_temp = 0
+            optimizer = _adafactor_bytes(model)
+        step_temp = _step_temporaries(plan, T, largest, param_bytes, cpu)
         if plan.strategy == "ddp" and n > 1:
             buffers = gradients  # DDP copies gradients into its own buckets
     if plan.method == "qlora":
@@ -313,6 +337,10 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
             activations = tokens * ((model.num_layers + 1) * layer + head)
         logits = logits_bytes(model, plan, sequences * max(tokens_per_seq - 1, 1), a, 4 if upcast else wb,
                               lm_head_trained, c)
+    if full and wb == 4 and a == 2 and plan.autocast:
+        # autocast casts each fp32 linear weight to 16 bits once a forward (its weight cache) and the linear
+        # layers save those copies for backward: all of them live until the backward has passed
+        activations += 2 * model.linear_weight_parameters
     if not model.known_architecture:
         activations *= c.unknown_architecture_margin
         notes.append(f"unknown architecture {model.model_type}: activations raised by "
@@ -324,7 +352,7 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
         context, workspace, fraction = c.cpu_runtime, c.cpu_workspace, c.cpu_allocator_fraction
     else:
         context, workspace, fraction = c.cuda_context, 0, c.cuda_allocator_fraction
-    accumulate = plan.gradient_accumulation > 1 or (plan.strategy == "ddp" and n > 1)
+    accumulate = plan.gradient_accumulation > 1 or (plan.strategy == "ddp" and n > 1) or plan.grads_kept
     partial = Breakdown(weights, adapter, gradients, optimizer, int(activations), logits, step_temp, buffers, 0,
                         context, accumulate, extra.reference, extra.reference_forward, extra.generation)
     breakdown = replace(partial, overhead=workspace + int(fraction * (partial.total - context)))

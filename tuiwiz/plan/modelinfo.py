@@ -58,7 +58,8 @@ class ModelInfo:
     # alone): what peft's target_modules and modules_to_save may name
     module_paths: tuple[str, ...] = field(default=(), repr=False)
     num_decoder_layers: int = 0  # an encoder-decoder model's decoder blocks (num_layers are its encoder's); 0: none
-    dropout: float = 0.0  # dropout on hidden states while training (T5's dropout_rate)
+    dropout: float = 0.0  # dropout on hidden states while training (T5's dropout_rate, BERT's hidden_dropout_prob)
+    attention_dropout: float = 0.0  # dropout on attention probabilities (BERT's attention_probs_dropout_prob)
 
     @property
     def encoder_decoder(self) -> bool:
@@ -328,5 +329,5 @@ def model_from_config(config: dict, name: str = "config") -> ModelInfo:
         parameter_source="config" if known else "estimate", config_parameters=layout.total,
         linear_layers=layout.linears, embedding_parameters=layout.embedding, lm_head_parameters=layout.lm_head,
         bias_parameters=layout.bias, gated_mlp=layout.gated_mlp, warnings=tuple(warnings),
-        num_decoder_layers=d.decoder_layers, dropout=d.dropout,
+        num_decoder_layers=d.decoder_layers, dropout=d.dropout, attention_dropout=d.attention_dropout,
     )
