@@ -9,6 +9,7 @@ import pytest
 from tuiwiz.ui.app import TuiwizApp
 
 from .support.testing import (
+    FIXED_TIME,
     SIZE,
     app_at,
     fixed_clock,
@@ -341,6 +342,48 @@ async def test_runs_screen_lists_attaches_and_deletes(ui_env):
         assert app.screen.run.path == done
         await pilot.press("d")
         await wait_for(pilot, lambda: on(app, "RunsScreen"))
+
+
+async def test_runs_screen_groups_a_pipeline_and_acts_on_it_whole(ui_env):
+    from tuiwiz.run.pipeline import PipelineDir, PipelineState, StageState
+    from tuiwiz.run.rundir import RunDir, register
+
+    lone = write_fixture_run(ui_env / "runs", "demo-lora-20260101-000000-beef", status="completed")
+    folder = ui_env / "runs" / "pipe-20260101-000200-0002"
+    first = write_fixture_run(folder, f"{folder.name}-sft", status="completed")
+    second = write_fixture_run(folder, f"{folder.name}-dpo", status="stopped")
+    PipelineDir(folder).write(PipelineState(folder.name, "stopped", [
+        StageState("sft", "sft", str(first), "completed"), StageState("dpo", "dpo", str(second), "stopped"),
+        StageState("grpo", "grpo")], created=FIXED_TIME + 50))
+    register(RunDir(folder))
+    app = TuiwizApp(offer_attach=False, blink=False, clock=fixed_clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: on(app, "RunsScreen") and len(app.screen.summaries) == 5)
+        lines = screen_text(app).splitlines()
+        order = [next(i for i, line in enumerate(lines) if name in line)
+                 for name in (folder.name[:20], "└ sft ", "└ dpo ", "└ grpo ", lone.name[:20])]
+        assert order == sorted(order), lines  # the pipeline, its stages below it (pending too), then the run
+        screen = app.screen
+        assert "pipeline of 3 stages: sft → dpo → grpo" in screen_text(app)
+        assert screen.selected().task == "pipeline"
+        assert [screen.check_action(a, ()) for a in ("attach", "resume", "stop", "delete")] == [True, True, None, True]
+        assert screen.check_action("post", ("chat",)) is None  # the pipeline's row has no model of its own
+        await pilot.press("down", "down")  # its stopped stage: resume and stop act on the whole pipeline
+        assert screen.selected_path() == str(second)
+        assert [screen.check_action(a, ()) for a in ("resume", "delete")] == [True, None]
+        await pilot.press("down")  # the pending stage: nothing to attach to
+        assert screen.check_action("attach", ()) is None
+        await pilot.press("up", "up", "up", "enter")  # the pipeline's row attaches to its latest started stage
+        await wait_for(pilot, lambda: on(app, "MonitorScreen") and app.screen.snapshot is not None)
+        assert app.screen.run.path == second
+        await pilot.press("d")
+        await wait_for(pilot, lambda: on(app, "RunsScreen"))
+        await pilot.press("x")
+        await wait_for(pilot, lambda: on(app, "ConfirmDialog") and "every stage" in screen_text(app))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: on(app, "RunsScreen") and len(app.screen.summaries) == 1)
+        assert not folder.exists() and lone.exists()
 
 
 async def test_monitor_of_a_finished_run(ui_env):

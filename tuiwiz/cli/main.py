@@ -103,7 +103,7 @@ def _cmd_schema() -> int:
 
 
 def _cmd_runs(as_json: bool, limit: int | None = 20) -> int:
-    from tuiwiz.cli.pipelines import with_pipelines
+    from tuiwiz.run.pipeline import with_pipelines
     from tuiwiz.run.rundir import registered_runs, summarize
 
     summaries = with_pipelines([summarize(run) for run in registered_runs()])

@@ -86,34 +86,3 @@ def resume(pipe, detach: bool) -> int:
         print(pipe.pipeline_id)
         return 0
     return follow_pipeline(pipe)
-
-
-def with_pipelines(summaries: list) -> list:
-    """The runs with each pipeline's row before its stages (pending ones too), stages indented, newest first."""
-    from tuiwiz.run.pipeline import pipeline_status, registered_pipelines
-    from tuiwiz.run.rundir import RunSummary
-
-    by_path = {Path(s.path): s for s in summaries}
-    rows: list[tuple[float, list]] = []
-    in_pipeline: set[Path] = set()
-    for pipe in registered_pipelines():
-        try:
-            state = pipe.read()
-        except (OSError, ValueError, TypeError, KeyError):
-            continue
-        first = by_path.get(Path(state.stages[0].run)) if state.stages[0].run else None
-        group = [RunSummary(pipe.pipeline_id, str(pipe.path), pipeline_status(pipe, state),
-                            first.model if first else None, ">".join(s.task for s in state.stages), "pipeline",
-                            None, None, None, state.created, state.error)]
-        for entry in state.stages:
-            run = by_path.get(Path(entry.run)) if entry.run else None
-            if run is not None:
-                in_pipeline.add(Path(run.path))
-                group.append(RunSummary(**{**run.to_dict(), "run_id": "  " + run.run_id}))
-            else:
-                group.append(RunSummary(f"  {pipe.pipeline_id}-{entry.name}", "", entry.status, None, entry.task,
-                                        entry.task, None, None, None, None, None))
-        rows.append((state.created, group))
-    rows += [(s.started or 0, [s]) for s in summaries if Path(s.path) not in in_pipeline]
-    rows.sort(key=lambda row: row[0], reverse=True)
-    return [s for _, group in rows for s in group]

@@ -21,6 +21,7 @@ from tuiwiz.ui.widgets import StepBar
 from tuiwiz.units import duration, number
 
 REFRESH_SECONDS = 2.0
+PIPELINE = "pipeline"  # the task column of a pipeline's own row (tuiwiz.run.pipeline.with_pipelines)
 
 
 class RunsScreen(ReportsWorkerErrors, Screen[str]):
@@ -52,7 +53,8 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.summaries: dict[str, object] = {}  # path -> RunSummary
+        self.summaries: dict[str, object] = {}  # row key (a folder) -> RunSummary
+        self.pipeline_of: dict[str, str] = {}  # a stage's row key -> its pipeline's folder
 
     def compose(self) -> ComposeResult:
         yield StepBar(title="Runs on this machine")
@@ -73,6 +75,7 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
     def refresh_runs(self) -> None:
+        from tuiwiz.run.pipeline import with_pipelines
         from tuiwiz.run.rundir import registered_runs, summarize
 
         summaries = []
@@ -81,7 +84,7 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
                 summaries.append(summarize(run))
             except OSError:
                 continue  # deleted while we looked
-        self.app.call_from_thread(self._fill, summaries)
+        self.app.call_from_thread(self._fill, with_pipelines(summaries))
 
     def _fill(self, summaries) -> None:
         if not self.is_attached:
@@ -89,19 +92,31 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
         table = self.query_one("#runs-table", DataTable)
         now = getattr(self.app, "clock", time.time)()
         selected = self.selected_path()
-        self.summaries = {s.path: s for s in summaries}
+        self.summaries, self.pipeline_of = {}, {}
+        pipeline = None
         table.clear()
         for s in summaries:
+            if s.task == PIPELINE:
+                pipeline = s.path
+            elif not s.run_id.startswith("  "):
+                pipeline = None
+            key = s.path or f"{pipeline}#{s.run_id.strip()}"  # a pending stage has no folder yet
+            self.summaries[key] = s
+            if pipeline is not None and s.task != PIPELINE:
+                self.pipeline_of[key] = pipeline
             state = Text(s.status, style=STATUS_STYLE.get(s.status.rstrip("?"), ""))
             progress = f"{s.step}/{s.max_steps}" if s.step is not None and s.max_steps else (
                 str(s.step) if s.step is not None else "-")
             started = f"{duration(now - s.started)} ago" if s.started else "-"
-            table.add_row(Text(s.run_id, overflow="ellipsis", no_wrap=True), state, s.model or "?", s.method or "?",
-                          progress, number(s.loss) if s.loss is not None else "-", started, key=s.path)
+            label = s.run_id
+            if key in self.pipeline_of:  # a stage: its name under its pipeline's row, not the long run id again
+                label = "  └ " + s.run_id.strip().removeprefix(Path(self.pipeline_of[key]).name + "-")
+            table.add_row(Text(label, overflow="ellipsis", no_wrap=True), state, s.model or "?", s.method or "?",
+                          progress, number(s.loss) if s.loss is not None else "-", started, key=key)
         if not summaries:
             self.query_one("#runs-detail", Static).update(
                 "No runs yet. n starts the wizard; `tuiwiz --profile profiles/quickstart.yaml` runs the demo.")
-        paths = [s.path for s in summaries]
+        paths = list(self.summaries)
         if selected in paths:
             table.move_cursor(row=paths.index(selected))
         self._describe()
@@ -134,7 +149,14 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
         detail = self.query_one("#runs-detail", Static)
         if s is None:
             return
-        text = Text.assemble((s.run_id, "bold"), f"  {s.task or '?'} · {s.model} · {s.method}")
+        if s.task == PIPELINE:
+            stages = sum(owner == s.path for owner in self.pipeline_of.values())
+            text = Text.assemble((s.run_id, "bold"), f"  pipeline of {stages} stages: {s.method.replace('>', ' → ')}")
+        elif (self.selected_path() or "") in self.pipeline_of:
+            owner = Path(self.pipeline_of[self.selected_path()]).name
+            text = Text.assemble((s.run_id.strip(), "bold"), f"  stage of {owner} · {s.task or '?'} · {s.model or '-'}")
+        else:
+            text = Text.assemble((s.run_id, "bold"), f"  {s.task or '?'} · {s.model} · {s.method}")
         if s.error:
             text.append(f"\n{s.error}", style="red")
         detail.update(text)
@@ -146,6 +168,8 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
 
         s = self.selected() if self.is_mounted else None
         status = s.status.rstrip("?") if s else None
+        if s is not None and (s.task == PIPELINE or self.selected_path() in self.pipeline_of):
+            return self._check_pipeline_action(action, parameters, s, status)
         if action == "attach":
             return s is not None or None
         if action == "resume":
@@ -160,11 +184,53 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
             return len(self.app.screen_stack) > 2 or None
         return True
 
+    def _check_pipeline_action(self, action: str, parameters: tuple[object, ...], s, status: str | None) -> bool | None:
+        """A pipeline stops, resumes and is deleted whole: its stages only attach (and, once completed, offer
+        what a finished run offers)."""
+        from tuiwiz.run.rundir import FINISHED
+
+        pipe = s.path if s.task == PIPELINE else self.pipeline_of[self.selected_path()]
+        whole = self.summaries.get(pipe)
+        whole_status = whole.status.rstrip("?") if whole else None
+        if action == "attach":
+            return (bool(self._stages(pipe)) if s.task == PIPELINE else bool(s.path)) or None
+        if action == "resume":
+            return whole_status in ("stopped", "failed") or None
+        if action == "stop":
+            return whole_status in ("running", "stopping") or None
+        if action == "delete":
+            return (s.task == PIPELINE and whole_status in FINISHED) or None
+        if action == "post":  # a stage's trained model, like a lone run's; the pipeline's row has none
+            if s.task == PIPELINE or not s.path:
+                return None
+            return offered(str(parameters[0]) if parameters else "", status, s.method)
+        if action == "back":
+            return len(self.app.screen_stack) > 2 or None
+        return True
+
+    def _stages(self, pipeline: str) -> list[str]:
+        """The run folders of a pipeline's started stages, first to last."""
+        return [key for key, owner in self.pipeline_of.items() if owner == pipeline and self.summaries[key].path]
+
+    def _pipeline(self):
+        """The selected pipeline, or the pipeline of the selected stage (None for a lone run)."""
+        from tuiwiz.run.pipeline import PipelineDir
+
+        s, key = self.selected(), self.selected_path()
+        if s is None:
+            return None
+        if s.task == PIPELINE:
+            return PipelineDir(Path(s.path))
+        return PipelineDir(Path(self.pipeline_of[key])) if key in self.pipeline_of else None
+
     def _run(self):
         from tuiwiz.run.rundir import RunDir
 
         s = self.selected()
-        return RunDir(Path(s.path)) if s else None
+        if s is not None and s.task == PIPELINE:  # its latest started stage
+            stages = self._stages(s.path)
+            return RunDir(Path(stages[-1])) if stages else None
+        return RunDir(Path(s.path)) if s and s.path else None
 
     def action_attach(self) -> None:
         run = self._run()
@@ -172,6 +238,18 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
             self.app.open_monitor(run)
 
     def action_resume(self) -> None:
+        pipe = self._pipeline()
+        if pipe is not None:
+            from tuiwiz.run.pipeline import start_driver
+
+            try:
+                self.app.processes.append(start_driver(pipe, resume=True))
+            except UserError as exc:
+                self.notify(str(exc), severity="error")
+                return
+            self.notify(f"resumed pipeline {pipe.pipeline_id}: it goes on from its first unfinished stage")
+            self.refresh_runs()
+            return
         run = self._run()
         if run is None:
             return
@@ -188,6 +266,16 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
     async def action_stop(self) -> None:
         from tuiwiz.ui.screens.dialogs import ConfirmDialog
 
+        pipe = self._pipeline()
+        if pipe is not None:
+            if await self.app.push_screen_wait(ConfirmDialog(
+                    "Stop the pipeline?", f"{pipe.pipeline_id}: its running stage saves a checkpoint and stops, "
+                    "and no later stage starts; r resumes it.", yes="Stop", danger=True)):
+                from tuiwiz.run.pipeline import stop_pipeline
+
+                stop_pipeline(pipe)
+                self.refresh_runs()
+            return
         run = self._run()
         if run is None:
             return
@@ -203,6 +291,15 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
     async def action_delete(self) -> None:
         from tuiwiz.ui.screens.dialogs import ConfirmDialog
 
+        pipe = self._pipeline()
+        if pipe is not None:
+            if await self.app.push_screen_wait(ConfirmDialog(
+                    "Delete the pipeline?", f"This deletes {pipe.pipeline_id} and every stage's run in it: "
+                    "checkpoints, trained models, logs. It cannot be undone.", yes="Delete", danger=True)):
+                shutil.rmtree(pipe.path, ignore_errors=True)
+                self.notify(f"deleted {pipe.pipeline_id}")
+                self.refresh_runs()
+            return
         run = self._run()
         if run is None:
             return
