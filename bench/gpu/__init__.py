@@ -1,0 +1,1 @@
+"""The GPU runbook: prepared here, run in one call on a lent GPU machine (docs/gpu-runbook.md)."""
