@@ -137,45 +137,11 @@ def test_killing_the_launcher_leaves_the_run_going(tmp_path):
     assert attached.returncode == 0 and "step 120/120" in attached.stdout
 
 
-def test_auto_recover_resumes_with_a_lighter_setting_after_out_of_memory(tmp_path):
-    profile = write_profile(tmp_path, "quickstart.yaml", training__max_steps=12, training__logging_steps=1,
-                            training__save_steps=2, training__auto_recover=2)
-    # An injected CUDA OOM whenever the micro-batch is above 4 (from step 2 on): the first try fails after
-    # its step-2 checkpoint; the recovery halves the micro-batch into gradient accumulation and resumes.
-    result = run_cli("--profile", profile, env=inject(TUIWIZ_INJECT_OOM_ABOVE_BATCH="4"))
-    run = only_run(tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
-    assert read_state(run).status == "completed"
-    events = read_events(run.events)
-    recovering = [e for e in events if e["type"] == "status" and e["status"] == "recovering"]
-    assert len(recovering) == 1 and "micro-batch" in recovering[0]["message"].lower()
-    assert [e["kind"] for e in events if e["type"] == "error"] == ["oom_gpu"]
-    starts = [e for e in events if e["type"] == "run_start"]
-    assert starts[-1]["resumed_from"].endswith("checkpoint-2")
-    frozen = yaml.safe_load(run.profile.read_text())["training"]
-    assert frozen["per_device_train_batch_size"] == 4 and frozen["gradient_accumulation_steps"] == 2
-    assert (run.path / "profile.before-recovery-1.yaml").exists()
-    assert max(losses(run)) == 12 and "recovering" in result.stdout
-
-
-def test_auto_recover_gives_up_after_its_limit_and_keeps_the_checkpoint(tmp_path):
-    profile = write_profile(tmp_path, "quickstart.yaml", training__max_steps=8, training__logging_steps=1,
-                            training__save_steps=2, training__auto_recover=1)
-    # Out of memory at every micro-batch above 2: the one recovery allowed (8 -> 4) fails as well.
-    result = run_cli("--profile", profile, env=inject(TUIWIZ_INJECT_OOM_ABOVE_BATCH="2"))
-    run = only_run(tmp_path)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    assert read_state(run).status == "failed"
-    events = read_events(run.events)
-    assert len([e for e in events if e["type"] == "status" and e["status"] == "recovering"]) == 1
-    errors = [e for e in events if e["type"] == "error"]
-    assert [e["kind"] for e in errors] == ["oom_gpu", "oom_gpu"]
-    assert errors[-1]["message"].endswith("(after 1 automatic recovery, the most training.auto_recover: 1 allows)")
-    assert errors[-1]["hint"].startswith("the settings tried before are in profile.before-recovery-*.yaml; ")
-    assert "the most training.auto_recover: 1 allows" in result.stdout
-    assert yaml.safe_load(run.profile.read_text())["training"]["per_device_train_batch_size"] == 4
-    assert run.last_checkpoint().name == "checkpoint-2"  # nothing trained is lost
+# Out-of-memory recovery on the CPU, under a real memory limit (it resumes lighter and completes, or gives up
+# after training.auto_recover's limit): tests/test_oom_real.py. The tests below inject a CUDA out-of-memory
+# error (tests/inject): a machine without a GPU cannot run out of GPU memory, and the demo model's full
+# fine-tuning holds only about 15 MB more than LoRA (gradients and Adam states of 1.2M weights), too little
+# for a real limit to tell the two apart.
 
 
 def test_auto_recover_from_full_to_lora_starts_lora_afresh_and_keeps_the_full_checkpoint(tmp_path):

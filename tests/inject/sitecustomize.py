@@ -2,12 +2,22 @@
 PYTHONPATH (Python imports sitecustomize at start-up). Nothing happens unless a variable below is set, and
 nothing is imported until the module it patches is.
 
-TUIWIZ_INJECT_OOM_ABOVE_BATCH=N   a CUDA out-of-memory error from step 2 on while the micro-batch is above N
-TUIWIZ_INJECT_OOM_FULL=1          the same while every weight trains (full fine-tuning)
-TUIWIZ_INJECT_ERROR_RANK=R        a RuntimeError on rank R from step 3 on
+Only for failures a real one cannot reach on a CPU test machine. Running out of RAM is tested for real, under an
+address-space limit (tests/test_oom_real.py: recovery, and giving up after training.auto_recover; and
+tests/test_failures.py: the oom_cpu kind); what is injected here:
+
+TUIWIZ_INJECT_OOM_ABOVE_BATCH=N   a CUDA out-of-memory error from step 2 on while the micro-batch is above N:
+                                  no GPU to run out of. test_lifecycle.py (oom_gpu and its hint without
+                                  auto_recover), test_distributed.py (recovery of a multi-process run: every
+                                  rank out of memory at the same step, for the supervisor's verdict over them)
+TUIWIZ_INJECT_OOM_FULL=1          the same while every weight trains (full fine-tuning): test_lifecycle.py's step
+                                  down from full to LoRA; the demo model's full fine-tuning holds only about 15 MB
+                                  more than LoRA, too little for a real limit to tell apart
+TUIWIZ_INJECT_ERROR_RANK=R        a RuntimeError on rank R from step 3 on: test_distributed.py, one rank failing
+                                  while the others go on
 TUIWIZ_INJECT_ABORT_AFTER_RESULT_RANK=R
                                   rank R aborts (SIGABRT) on its way out, after every rank has finished,
-                                  as a native destructor would
+                                  as a native destructor would: test_distributed.py
 """
 
 import importlib.abc

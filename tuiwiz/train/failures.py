@@ -13,6 +13,7 @@ import re
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from tuiwiz.errors import UserError
 from tuiwiz.run.event_types import ErrorEvent
@@ -205,3 +206,53 @@ def classify(exc: BaseException) -> Failure:
                        "check model.name_or_path; hub models must be in the local cache when offline", tail)
     return Failure("crash", f"{type(exc).__name__}: {exc}", "this looks like a bug; see train.log in the run folder",
                    tail)
+
+
+def oom_kills(pid: int | str = "self") -> int | None:
+    """How many processes the kernel's out-of-memory killer has ended in the memory cgroup of process ``pid``
+    (cgroup v2's memory.events, v1's memory.oom_control: the kernel counts a kill in its victim's cgroup, at
+    that cgroup's limit or for want of the machine's RAM), or None where neither can be read.
+
+    A SIGKILL is the same signal from the kernel and from a user (`kill -9`, a forced stop): only this count,
+    risen while the killed process lived in that cgroup, tells that memory ran out.
+    """
+    try:
+        mounts = cgroup_mounts()
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "" and "cgroup2" in mounts:
+            file = "memory.events"
+            root, mount = mounts["cgroup2"]
+        elif "memory" in controllers.split(",") and "memory" in mounts:
+            file = "memory.oom_control"
+            root, mount = mounts["memory"]
+        else:
+            continue
+        # Without its own cgroup namespace, a container's mount shows only its part of the tree.
+        relative = path[len(root):] if root != "/" and path.startswith(root) else path
+        try:
+            text = (mount / relative.lstrip("/") / file).read_text()
+        except OSError:
+            continue  # cgroup v2 without the memory controller here: try v1's
+        found = re.search(r"^oom_kill (\d+)$", text, re.MULTILINE)
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def cgroup_mounts() -> dict[str, tuple[str, Path]]:
+    """'cgroup2' and v1's 'memory' hierarchy: (the cgroup the mount shows as its root, the mount point)."""
+    mounts: dict[str, tuple[str, Path]] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields, source = left.split(), right.split()
+        if len(fields) < 5 or len(source) < 3:
+            continue
+        if source[0] == "cgroup2":
+            mounts.setdefault("cgroup2", (fields[3], Path(fields[4])))
+        elif source[0] == "cgroup" and "memory" in source[2].split(","):
+            mounts.setdefault("memory", (fields[3], Path(fields[4])))
+    return mounts

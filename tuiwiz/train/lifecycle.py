@@ -96,6 +96,9 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
             traceback.print_exc()
         failure = classify(exc)
         if profile is not None and failure.kind in OOM_KINDS and recovered < profile.training.auto_recover:
+            # The failed step's tensors live on in the traceback's frames; the recovery runs under the same
+            # limit that step ran out of (an address-space limit, or a nearly full RAM): let them go first.
+            traceback.clear_frames(exc.__traceback__)
             lock.release()
             _recover(run, profile, events, failure, recovered)  # replaces this process when it can
             lock.acquire()

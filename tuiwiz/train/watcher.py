@@ -19,9 +19,10 @@ import os
 import signal
 import sys
 
-from tuiwiz.run.event_types import RunEndEvent, StatusEvent
+from tuiwiz.run.event_types import ErrorEvent, RunEndEvent, StatusEvent
 from tuiwiz.run.events import EventWriter
 from tuiwiz.run.rundir import ACTIVE, RunDir, killed_by_signal, update_state
+from tuiwiz.train.failures import oom_kills
 
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 # Signals whose default action dumps core: for these the parent exits 128+N instead of raising them.
@@ -88,6 +89,7 @@ def relay_signals(child: int, *, interrupt: bool) -> None:
 def fork_watcher(run: RunDir) -> int | None:
     """In the child: returns None, and the caller trains. In the parent: waits, returns the exit code."""
     _become_subreaper()
+    kills = oom_kills()  # the child shares our memory cgroup: a kernel kill for want of RAM raises this count
     child = os.fork()
     if child == 0:
         return None
@@ -95,14 +97,19 @@ def fork_watcher(run: RunDir) -> int | None:
     relay_signals(child, interrupt=True)
     status = _wait_for(child)
     if os.WIFSIGNALED(status):
-        record_exit(run, -os.WTERMSIG(status))  # a no-op when the child wrote its end (a forced stop)
+        after = oom_kills() if os.WTERMSIG(status) == signal.SIGKILL else None
+        out_of_memory = kills is not None and after is not None and after > kills
+        # a no-op when the child wrote its end (a forced stop)
+        record_exit(run, -os.WTERMSIG(status), out_of_memory=out_of_memory)
     _end_leftovers()
     _reap_all()
     return exit_like(status)
 
 
-def record_exit(run: RunDir, returncode: int | None) -> bool:
-    """Record that the trainer, our child, ended by signal ``-returncode``: a ``killed`` failure.
+def record_exit(run: RunDir, returncode: int | None, *, out_of_memory: bool = False) -> bool:
+    """Record that the trainer, our child, ended by signal ``-returncode``: a ``killed`` failure, or
+    ``oom_cpu`` when the kernel's out-of-memory killer sent it (its cgroup counted the kill: a user's
+    ``kill -9`` or a forced stop is never called out of memory).
 
     Nothing changes when it had written its final status (a forced stop marks the run stopped first).
     Returns whether it recorded the end.
@@ -110,12 +117,17 @@ def record_exit(run: RunDir, returncode: int | None) -> bool:
     if returncode is None or returncode >= 0:
         return False
     error = killed_by_signal(run, returncode)
+    if out_of_memory:
+        error = ErrorEvent(kind="oom_cpu", message="the kernel's out-of-memory killer ended the trainer (SIGKILL): "
+                           "the machine, or its memory cgroup, ran out of RAM",
+                           hint=f"lower the micro-batch or data.max_length, or close other programs; `tuiwiz resume "
+                           f"{run.run_id}` continues from the last checkpoint", traceback=None)
     if update_state(run, only_from=ACTIVE, status="failed", exit_code=returncode, error=error.message) is None:
         return False
     writer = EventWriter(run.events)  # the trainer, its only other writer, is gone
     try:
         writer.emit(error, durable=True)
-        writer.emit(RunEndEvent(status="failed", error_kind="killed"))
+        writer.emit(RunEndEvent(status="failed", error_kind=error.kind))
         writer.emit(StatusEvent(status="failed"), durable=True)
     finally:
         writer.close()
@@ -128,7 +140,8 @@ def exit_like(status: int) -> int:
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         if number not in CORE_SIGNALS:
-            signal.signal(number, signal.SIG_DFL)
+            if number not in (signal.SIGKILL, signal.SIGSTOP):  # always their default: setting one is an error
+                signal.signal(number, signal.SIG_DFL)
             os.kill(os.getpid(), number)
         return 128 + number
     return os.waitstatus_to_exitcode(status)
