@@ -12,7 +12,14 @@ from tuiwiz.methods import METHODS
 from tuiwiz.plan.hardware import probe
 from tuiwiz.plan.memory import estimate
 from tuiwiz.plan.modelinfo import model_from_config
-from tuiwiz.plan.recommend import choose_seq_len, recommend, step_down, to_profile
+from tuiwiz.plan.recommend import (
+    MIN_STEPS,
+    choose_seq_len,
+    learning_rate_for,
+    recommend,
+    step_down,
+    to_profile,
+)
 from tuiwiz.profile.schema import Profile
 
 from .support import ROOT
@@ -75,7 +82,8 @@ def test_llama3_8b_on_rtx4090_gets_lora_or_qlora_never_full():
 def test_qwen_small_on_h100_gets_full_fine_tuning():
     rec = recommend(probe(snapshot="h100-80gb"), model("qwen2.5-0.5b"), CHAT_2K)
     assert rec.best.key == "full" and rec.best.plan.strategy == "single"
-    assert rec.best.learning_rate == METHODS["full"].learning_rate
+    # full fine-tuning's 2e-5 for a 4096-wide model, times sqrt(4096/896) for this 896-wide one
+    assert rec.best.learning_rate == 4.3e-5 and "√(4096/896)" in rec.best.reason
     assert rec.best.effective_batch == 16
 
 
@@ -144,10 +152,113 @@ def test_to_profile_is_valid_and_matches_the_option(snapshot, name):
         assert (t.per_device_train_batch_size, t.gradient_accumulation_steps) == (
             option.plan.micro_batch, option.plan.gradient_accumulation)
         assert profile.data.max_length == rec.seq_len and t.precision == option.plan.precision
-        assert profile.learning_rate == METHODS[option.plan.method].learning_rate
+        assert profile.learning_rate == option.learning_rate == learning_rate_for(option.plan.method, model(name))[0]
+        assert t.num_train_epochs == option.epochs and option.optimizer_steps >= MIN_STEPS
         if option.plan.method in ("lora", "qlora"):
             assert profile.method.target_modules == list(model(name).linear_modules)
             assert profile.method.lora_alpha == 2 * profile.method.r
+
+
+def test_adapters_learn_faster_than_full_fine_tuning_and_wide_models_slower():
+    """The published rates at 7-8B (full 2e-5, LoRA 2e-4: axolotl's Llama 3 8B examples), scaled by the square
+    root of the width: larger for narrow models, smaller for 70B (the QLoRA paper's 65B: 1e-4)."""
+    rates = {name: {m: learning_rate_for(m, model(name))[0] for m in ("full", "lora", "qlora")}
+             for name in ("qwen2.5-0.5b", "llama3.2-1b", "llama3-8b", "llama3-70b", "bert-base-uncased")}
+    assert rates["llama3-8b"] == {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4}
+    for name, rate in rates.items():
+        assert rate["lora"] == rate["qlora"] == pytest.approx(10 * rate["full"]), name
+    order = [rates[n]["full"] for n in ("qwen2.5-0.5b", "llama3.2-1b", "llama3-8b", "llama3-70b")]
+    assert order == sorted(order, reverse=True) and order[0] > order[-1] * 2
+    assert 1e-4 < rates["llama3-70b"]["lora"] < 2e-4
+    assert 2e-5 <= rates["bert-base-uncased"]["full"] <= 5e-5  # BERT's own fine-tuning grid
+    for method in METHODS:  # every adapter method still above full fine-tuning on a 7-8B model
+        assert method == "full" or learning_rate_for(method, model("llama3-8b"))[0] > rates["llama3-8b"]["full"]
+
+
+def test_a_tiny_model_learns_at_from_scratch_rates_whatever_its_name():
+    """Under 10M parameters a model is a toy or randomly initialised (the demo has 1M): it is told by its size, not
+    its name, and learns at rates like those of training from scratch, far above a pretrained model's."""
+    from .support.configs import tiny
+
+    toy = model_from_config(tiny(load_config("llama3-8b")), "my-llama")
+    assert toy.num_parameters < 10_000_000 and toy.architecture == model("llama3-8b").architecture
+    rate, why = learning_rate_for("full", toy)
+    assert rate == METHODS["full"].tiny_learning_rate == 1e-3 and "randomly initialised" in why
+    assert rate >= 50 * learning_rate_for("full", model("llama3-8b"))[0]
+    assert learning_rate_for("lora", toy)[0] == 2e-3
+    rec = recommend(probe(snapshot="cpu-only"), toy, DataStats.from_lengths([30] * 153))
+    assert rec.best.learning_rate == 1e-3 and "Learning rate 0.001" in rec.best.reason
+
+
+def test_preference_and_rl_tasks_take_smaller_steps():
+    llama = model("llama3-8b")
+    assert learning_rate_for("lora", llama, "dpo")[0] == 1e-5  # LLaMA-Factory's DPO 5e-6 against its SFT 1e-4
+    assert learning_rate_for("lora", llama, "grpo")[0] == 1e-5
+    assert learning_rate_for("lora", llama, "reward")[0] == 2e-4  # a reward model trains like a classifier
+    assert "a twentieth of it for DPO" in learning_rate_for("lora", llama, "dpo")[1]
+
+
+@pytest.mark.parametrize("rows, batch, epochs, steps", [
+    (50, 8, 15, 105),  # small: batch 8, passes enough for 100 steps
+    (153, 8, 5, 100),  # the demo's alpaca data
+    (200, 8, 4, 100),  # the demo's classification data
+    (1000, 16, 3, 189),  # the usual 3 epochs
+    (20_000, 16, 2, 2500),  # 3 passes would take 3,750 steps
+    (100_000, 16, 1, 6250),  # large: one pass
+])
+def test_epochs_follow_the_data_never_a_handful_of_steps(rows, batch, epochs, steps):
+    option = recommend(probe(snapshot="h100-80gb"), model("qwen2.5-0.5b"),
+                       DataStats.from_lengths([100] * rows)).option("lora")
+    assert (option.effective_batch, option.epochs, option.optimizer_steps) == (batch, epochs, steps)
+    assert f"{epochs} epoch" in option.reason and f"{steps:,} optimizer steps" in option.reason
+    assert to_profile(option, "qwen", "train.jsonl").training.num_train_epochs == epochs
+
+
+def test_the_schedule_counts_every_row_when_the_lengths_are_a_sample():
+    """Large data's token lengths are measured on a sample (data/rendering.py: 2,000 rows): the schedule counts the
+    rows there are, packed rows included."""
+    from dataclasses import replace
+
+    qwen, h100 = model("qwen2.5-0.5b"), probe(snapshot="h100-80gb")
+    sample = DataStats.from_lengths([100] * 2000)
+    option = recommend(h100, qwen, replace(sample, rows=100_000)).option("lora")
+    assert (option.epochs, option.optimizer_steps) == (1, 6250) and "100,000 examples" in option.reason
+    varied = DataStats.from_lengths([40 + (i * 97) % 900 for i in range(2000)])
+    packed = [recommend(h100, qwen, stats).option("lora") for stats in (varied, replace(varied, rows=20_000))]
+    assert all(o.packing for o in packed)
+    rows = [int(o.schedule_reason.split(" of ")[1].split(" packed rows")[0].replace(",", "")) for o in packed]
+    assert rows[1] == pytest.approx(10 * rows[0], abs=5)
+
+
+def test_a_schedule_says_what_it_assumes():
+    option = recommend(probe(snapshot="h100-80gb"), model("qwen2.5-0.5b"), DataStats.assumed(512)).option("lora")
+    assert option.epochs == 3 and option.optimizer_steps is None and "the data's size is unknown" in option.reason
+    few = recommend(probe(snapshot="h100-80gb"), model("qwen2.5-0.5b"), DataStats.from_lengths([100] * 12))
+    lora = few.option("lora")
+    assert lora.epochs == 20 and lora.optimizer_steps == 40  # 12 examples: 2 steps a pass at batch 8
+    assert any("only 40 optimizer steps" in w and "more data" in w for w in lora.warnings)
+
+
+def rates_table() -> str:
+    """docs/settings.md's table of learning rates, made from learning_rate_for."""
+    from tuiwiz.units import count
+
+    from .support.configs import tiny
+
+    shapes = [(name, model(name)) for name in ("bert-base-uncased", "qwen2.5-0.5b", "llama3.2-1b", "phi3-mini-4k",
+                                               "llama3-8b", "llama3-70b")]
+    shapes.append(("llama3-8b at toy size", model_from_config(tiny(load_config("llama3-8b")), "toy")))
+    lines = ["<!-- settings-rates: start -->", "| model | parameters | hidden size | full | LoRA | LoRA, DPO |",
+             "|---|---|---|---|---|---|"]
+    for name, info in shapes:
+        rates = [learning_rate_for(m, info, task)[0] for m, task in (("full", "sft"), ("lora", "sft"), ("lora", "dpo"))]
+        lines.append(f"| {name} | {count(info.num_parameters)} | {info.hidden_size} | "
+                     + " | ".join(f"{r:g}" for r in rates) + " |")
+    return "\n".join(lines + ["<!-- settings-rates: end -->"])
+
+
+def test_the_settings_page_quotes_the_rates():
+    assert rates_table() in (ROOT / "docs" / "settings.md").read_text(encoding="utf-8"), rates_table()
 
 
 def test_step_down_sequence():
@@ -171,6 +282,7 @@ def test_step_down_sequence():
         profile = new
     assert kinds == ["micro_batch"] * 3 + ["checkpointing"] + ["max_length"] * 4 + ["method", "method"]
     assert profile.method.type == "qlora" and profile.training.optim == "paged_adamw_8bit"
+    assert profile.learning_rate == learning_rate_for("qlora", info)[0]  # the lighter method's rate for this model
     assert profile.data.max_length == 128 and profile.training.per_device_train_batch_size == 1
 
 

@@ -21,7 +21,14 @@ class Method:
     # frozen base, foldable into it (merge); prompt: virtual tokens before the input, never merged
     family: Family
     uses_peft: bool
-    learning_rate: float  # when the profile leaves training.learning_rate unset
+    # When the profile leaves training.learning_rate unset, and the recommender's starting point: the rate
+    # for a pretrained 7-8B model (hidden size 4096), which it scales by width (docs/settings.md).
+    learning_rate: float
+    # For a model too small to be a useful pretrained one (a toy, or randomly initialised like the demo):
+    # it learns from the data, at rates like those small models train from scratch at. Full fine-tuning's
+    # is nanoGPT's for its smallest model; the others are the rates the demo profiles of each method learn
+    # at (profiles/demo-*.yaml, tests/test_training.py).
+    tiny_learning_rate: float
     low_rank: bool = False  # LoRA-style A and B matrices on each wrapped linear layer
     quantized: bool = False  # the frozen base is loaded in 4 or 8 bits (bitsandbytes)
     virtual_tokens: bool = False  # adds trained tokens to every sequence (prompt and p-tuning)
@@ -38,16 +45,22 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("full", "full fine-tuning", "full", uses_peft=False, learning_rate=2e-5),
-    Method("lora", "LoRA", "adapter", uses_peft=True, learning_rate=2e-4, low_rank=True),
-    Method("qlora", "QLoRA", "adapter", uses_peft=True, learning_rate=2e-4, low_rank=True, quantized=True),
-    Method("prompt_tuning", "prompt tuning", "prompt", uses_peft=True, learning_rate=3e-2, virtual_tokens=True),
-    Method("prefix_tuning", "prefix tuning", "prompt", uses_peft=True, learning_rate=1e-2),
-    Method("p_tuning", "p-tuning", "prompt", uses_peft=True, learning_rate=1e-2, virtual_tokens=True),
-    Method("ia3", "IA3", "adapter", uses_peft=True, learning_rate=3e-3),
-    Method("adalora", "AdaLoRA", "adapter", uses_peft=True, learning_rate=1e-3, low_rank=True),
+    Method("full", "full fine-tuning", "full", uses_peft=False, learning_rate=2e-5, tiny_learning_rate=1e-3),
+    Method("lora", "LoRA", "adapter", uses_peft=True, learning_rate=2e-4, tiny_learning_rate=2e-3,
+           low_rank=True),
+    Method("qlora", "QLoRA", "adapter", uses_peft=True, learning_rate=2e-4, tiny_learning_rate=2e-3,
+           low_rank=True, quantized=True),
+    Method("prompt_tuning", "prompt tuning", "prompt", uses_peft=True, learning_rate=3e-2,
+           tiny_learning_rate=3e-2, virtual_tokens=True),
+    Method("prefix_tuning", "prefix tuning", "prompt", uses_peft=True, learning_rate=1e-2,
+           tiny_learning_rate=3e-2),
+    Method("p_tuning", "p-tuning", "prompt", uses_peft=True, learning_rate=1e-2, tiny_learning_rate=1e-2,
+           virtual_tokens=True),
+    Method("ia3", "IA3", "adapter", uses_peft=True, learning_rate=3e-3, tiny_learning_rate=5e-2),
+    Method("adalora", "AdaLoRA", "adapter", uses_peft=True, learning_rate=1e-3, tiny_learning_rate=2e-3,
+           low_rank=True),
     # BitFit trains the bias terms of the base model itself: its output is a whole model
-    Method("bitfit", "BitFit", "full", uses_peft=False, learning_rate=1e-3),
+    Method("bitfit", "BitFit", "full", uses_peft=False, learning_rate=1e-3, tiny_learning_rate=5e-3),
 )}
 
 METHOD_NAMES = tuple(METHODS)

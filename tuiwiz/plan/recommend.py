@@ -3,7 +3,8 @@
 Pure Python over hardware.Machine, modelinfo.ModelInfo and DataStats (token
 lengths of the dataset). ``recommend`` tries every method and distributed
 strategy, finds the largest micro-batch that fits (gradient checkpointing only
-where it is needed), and says why each rejected option does not fit.
+where it is needed), and says why each rejected option does not fit. Each option also says how fast and how
+long to train: a learning rate by method, model and task, and epochs from the data's size (docs/settings.md).
 ``step_down`` is the next lighter setting after an out-of-memory error.
 """
 
@@ -58,6 +59,10 @@ class Option:
     warnings: tuple[str, ...] = ()
     packing: bool = False  # pack examples into rows of max_length, each kept apart (data.packing)
     packing_note: str = ""  # why it packs, the reason's last sentence when it does
+    epochs: float = 3.0  # training.num_train_epochs
+    optimizer_steps: int | None = None  # what those epochs come to; None when the data's size is unknown
+    rate_reason: str = ""  # why this learning rate, a sentence of the reason
+    schedule_reason: str = ""  # why so many epochs, the reason's last sentence
 
     @property
     def trainable_parameters(self) -> int:
@@ -290,6 +295,116 @@ def task_cost(plan: Plan, est: MemoryEstimate) -> str:
     return " ".join(f"{s[0].upper()}{s[1:]}." for s in said)
 
 
+# ---------------------------------------------------------------- settings that learn (docs/settings.md)
+
+# METHODS' learning rates are those published for pretrained models of this width (7B-8B: Llama 3 8B,
+# Qwen2.5 7B, Mistral 7B); narrower models take larger steps, wider ones smaller, as the square root.
+REFERENCE_HIDDEN = 4096
+WIDTH_SCALE = (0.5, 4.0)  # the most the width moves a rate, down and up
+# Fewer parameters than this: a toy or a randomly initialised model (the demo has 1M), not a pretrained one
+# worth adapting gently; it learns at METHODS' tiny_learning_rate.
+TINY_MODEL = 10_000_000
+# Preference and RL tasks move a policy with small steps: LLaMA-Factory's DPO example takes 5e-6 where its
+# SFT example takes 1e-4. On a tiny model, half: the demo's DPO stage learns at 1e-3 after SFT at 2e-3.
+POLICY_TASK_SCALE = {False: (1 / 20, "a twentieth"), True: (1 / 2, "half")}  # by whether the model is tiny
+MIN_STEPS = 100  # fewer optimizer steps barely move a model: never recommend less where the data allows it
+EPOCHS = 3  # the usual count (LLaMA-Factory's examples, Unsloth's guide): more overfits, fewer underfits
+MAX_EPOCHS = 20  # small data: passes enough for MIN_STEPS, up to this (few-sample BERT fine-tuning's 20)
+LONG_RUN = 3000  # large data: fewer passes once three would exceed this many steps, never under one
+SMALL_DATA_BATCH = 8  # small data trains at this effective batch: twice the updates from the same examples
+
+
+def learning_rate_for(method: str, model: ModelInfo, task: str = "sft") -> tuple[float, str]:
+    """The learning rate for ``method`` on ``model`` for ``task``, and why, in one sentence."""
+    spec = METHODS[method]
+    tiny = model.num_parameters < TINY_MODEL
+    if tiny:
+        lr = spec.tiny_learning_rate
+        why = (f"{count(model.num_parameters)} parameters make a toy or randomly initialised model, which learns "
+               f"at the rates small models train from scratch at")
+    else:
+        lr = spec.learning_rate
+        why = f"{spec.title}'s usual rate for a pretrained model of hidden size {REFERENCE_HIDDEN:,} (7-8B)"
+        if (method == "full" or spec.low_rank) and model.hidden_size and model.hidden_size != REFERENCE_HIDDEN:
+            low, high = WIDTH_SCALE
+            factor = min(high, max(low, math.sqrt(REFERENCE_HIDDEN / model.hidden_size)))
+            lr *= factor
+            why = (f"{spec.title}'s {spec.learning_rate:g} for a pretrained 7-8B model (hidden size "
+                   f"{REFERENCE_HIDDEN:,}), times {factor:.2g} (√({REFERENCE_HIDDEN}/{model.hidden_size})) for "
+                   f"this {'narrower' if model.hidden_size < REFERENCE_HIDDEN else 'wider'} one")
+    if TASKS[task].preference or TASKS[task].generates:
+        scale, part = POLICY_TASK_SCALE[tiny]
+        lr *= scale
+        why += f"; {part} of it for {TASKS[task].title}, which moves a policy in small steps"
+    lr = float(f"{lr:.2g}")
+    return lr, f"Learning rate {lr:g}: {why}."
+
+
+def _steps(examples: int, micro_batch: int, accumulation: int, processes: int, epochs: float) -> int:
+    """Optimizer steps as the Trainer counts them (train/arguments.py's total_steps)."""
+    batches = math.ceil(examples / (micro_batch * processes))
+    return max(1, math.ceil(math.ceil(batches / accumulation) * epochs))
+
+
+def _examples(data: DataStats | None, plan: Plan, packing: bool) -> tuple[int | None, str]:
+    """What one epoch goes through, and its name: the examples, packed rows when packing, GRPO's completions."""
+    if data is None or data.rows <= 0:
+        return None, "examples"
+    if packing and (work := data.work(plan.seq_len, plan.micro_batch)) is not None:
+        return round(work.packed_rows * data.rows / len(data.lengths)), "packed rows"  # lengths may be a sample
+    if TASKS[plan.task].generates:
+        return data.rows * max(1, plan.num_generations), "completions"
+    return data.rows, "examples"
+
+
+def batch_for(data: DataStats | None, target_batch: int) -> int:
+    """The effective batch to plan for: ``target_batch``, or SMALL_DATA_BATCH where the data is too small for
+    MIN_STEPS in EPOCHS at it (more updates from the same examples beat more passes over them)."""
+    if data is None or data.rows <= 0 or target_batch <= SMALL_DATA_BATCH:
+        return target_batch
+    return SMALL_DATA_BATCH if _steps(data.rows, target_batch, 1, 1, EPOCHS) < MIN_STEPS else target_batch
+
+
+@dataclass(frozen=True)
+class Schedule:
+    epochs: float
+    steps: int | None  # None when the data's size is unknown
+    reason: str
+    warning: str | None = None  # when even MAX_EPOCHS make fewer than MIN_STEPS
+
+
+def schedule_for(examples: int | None, plan: Plan, processes: int = 1, target_batch: int | None = None,
+                 noun: str = "examples") -> Schedule:
+    """How many epochs over ``examples``: EPOCHS, more for small data (at least MIN_STEPS), fewer for large
+    (about LONG_RUN at most, one at least)."""
+    batch = plan.micro_batch * plan.gradient_accumulation * processes
+    if not examples:
+        return Schedule(float(EPOCHS), None, f"{EPOCHS} epochs, the usual count: the data's size is unknown, so "
+                                             f"check that they make at least {MIN_STEPS} optimizer steps.")
+
+    def steps(epochs: float) -> int:
+        return _steps(examples, plan.micro_batch, plan.gradient_accumulation, processes, epochs)
+
+    per_epoch = steps(1)
+    if per_epoch * EPOCHS < MIN_STEPS:
+        epochs = min(MAX_EPOCHS, math.ceil(MIN_STEPS / per_epoch))
+        why = "about the fewest that move a model" if steps(epochs) >= MIN_STEPS else \
+            f"fewer than the ~{MIN_STEPS} that move a model, even in {MAX_EPOCHS} passes"
+    elif per_epoch * EPOCHS > LONG_RUN:
+        epochs = max(1, LONG_RUN // per_epoch)
+        why = f"large data: {EPOCHS} passes would take {per_epoch * EPOCHS:,} steps"
+    else:
+        epochs, why = EPOCHS, f"{EPOCHS} passes, the usual count"
+    lowered = f" (not {target_batch}: more updates from few examples)" if target_batch and batch < target_batch else ""
+    reason = (f"{epochs} epoch{'s' if epochs > 1 else ''} of {examples:,} {noun} at batch {batch}{lowered}: "
+              f"{steps(epochs):,} optimizer steps, {why}.")
+    warning = None
+    if steps(epochs) < MIN_STEPS:
+        warning = (f"{examples:,} {noun} make only {steps(epochs)} optimizer steps in {epochs} epochs: more "
+                   f"data would teach the model more than more passes")
+    return Schedule(float(epochs), steps(epochs), reason, warning)
+
+
 def recommend(machine: Machine, model: ModelInfo, data_stats: DataStats | None, task: str = "sft", *,
               target_batch: int = 16, experts: bool = False) -> Recommendation:
     """Every option for this machine, ranked: those that fit first, in order of preference."""
@@ -299,19 +414,21 @@ def recommend(machine: Machine, model: ModelInfo, data_stats: DataStats | None, 
     if not machine.has_gpu:
         warnings.append("no GPU: training runs on the CPU, which suits small models and the demo")
     options = []
+    batch = batch_for(data_stats, target_batch)
     for rank, cand in enumerate(_candidates(machine, model, experts)):
         precision = _precision(machine, cand.gpus)
         option_warnings = []
+        learning_rate, rate_reason = learning_rate_for(cand.method, model, task)
         if cand.method == "qlora" and not cand.gpus:
             plan = Plan(method="qlora", device="cpu", precision="fp32", seq_len=seq, task=task)
             est = estimate(model, plan)
-            options.append((rank, Option(cand.key, cand.title, plan, (), est, (), False, target_batch,
-                                         METHODS["qlora"].learning_rate, None, _REASONS["qlora"] + ".",
+            options.append((rank, Option(cand.key, cand.title, plan, (), est, (), False, batch,
+                                         learning_rate, None, _REASONS["qlora"] + ".",
                                          "on a CPU 4-bit weights save RAM but dequantising makes every step "
                                          "slower; LoRA fits")))
             continue
         try:
-            plan, est, fit, rejected = _search(machine, model, cand, seq, target_batch, precision, task)
+            plan, est, fit, rejected = _search(machine, model, cand, seq, batch, precision, task)
         except UserError as exc:  # e.g. IA3 has no default targets for this architecture
             warnings.append(f"{cand.title}: {exc.message}")
             continue
@@ -321,12 +438,18 @@ def recommend(machine: Machine, model: ModelInfo, data_stats: DataStats | None, 
         n = max(1, len(cand.gpus))
         lora_alpha = 2.0 * plan.lora_r if cand.method in ("lora", "qlora") else None
         packing, packing_reason = _packing(task, cand.method, plan, data_stats)
+        examples, noun = _examples(data_stats, plan, packing)
+        schedule = schedule_for(examples, plan, n, target_batch, noun)
+        if schedule.warning:
+            option_warnings.append(schedule.warning)
         options.append((rank, Option(
             key=cand.key, title=cand.title, plan=plan, gpu_indices=cand.gpus, estimate=est, fit=fit,
             fits=rejected is None, effective_batch=plan.micro_batch * plan.gradient_accumulation * n,
-            learning_rate=METHODS[cand.method].learning_rate, lora_alpha=lora_alpha,
-            reason=reason_for(plan, est, model) + packing_reason, rejected=rejected,
-            warnings=tuple(option_warnings) + est.notes, packing=packing, packing_note=packing_reason,
+            learning_rate=learning_rate, lora_alpha=lora_alpha,
+            reason=f"{reason_for(plan, est, model)}{packing_reason} {rate_reason} {schedule.reason}",
+            rejected=rejected, warnings=tuple(option_warnings) + est.notes, packing=packing,
+            packing_note=packing_reason, epochs=schedule.epochs, optimizer_steps=schedule.steps,
+            rate_reason=rate_reason, schedule_reason=schedule.reason,
         )))
 
     def order(item):
@@ -423,7 +546,7 @@ def to_profile(option: Option, model_name: str, data_path: str, task: str = "sft
         training=TrainingConfig(
             per_device_train_batch_size=plan.micro_batch, gradient_accumulation_steps=plan.gradient_accumulation,
             gradient_checkpointing=plan.gradient_checkpointing, precision=plan.precision, optim=plan.optimizer,
-            learning_rate=option.learning_rate,
+            learning_rate=option.learning_rate, num_train_epochs=option.epochs,
         ),
         distributed=distributed,
         **task_sections(task),
@@ -506,7 +629,7 @@ def _step_down(profile: Profile, model: ModelInfo, machine: Machine, allow_trunc
         old = profile.method
         method = p.QLoraMethod(r=old.r, lora_alpha=old.lora_alpha, lora_dropout=old.lora_dropout,
                                target_modules=old.target_modules, use_dora=old.use_dora, use_rslora=old.use_rslora)
-    training = t.model_copy(update={"learning_rate": METHODS[lighter].learning_rate,
+    training = t.model_copy(update={"learning_rate": learning_rate_for(lighter, model, profile.task)[0],
                                     "optim": "paged_adamw_8bit" if lighter == "qlora" else t.optim})
     new = profile.model_copy(update={"method": method, "training": training})
     return StepDown(new, f"{profile.method.type} → {lighter}: {_REASONS[lighter].format(dtype='16-bit', v='')}",
