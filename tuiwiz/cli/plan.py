@@ -202,7 +202,8 @@ def _option_dict(option) -> dict:
         "lora_alpha": option.lora_alpha, "trainable_parameters": option.trainable_parameters,
         "needed_bytes": option.needed, "per_device": est.per_device.terms(),
         "fit": [asdict(f) for f in option.fit], "cpu_ram_bytes": est.cpu_ram, "disk_total_bytes": est.disk_total,
-        "warnings": list(option.warnings),
+        "warnings": list(option.warnings), "epochs": option.epochs, "optimizer_steps": option.optimizer_steps,
+        "rate_reason": option.rate_reason, "schedule_reason": option.schedule_reason,
     }
 
 
@@ -255,7 +256,7 @@ def _refit(option, settings: Settings, machine, model, args):
     bf16 = all(g.bf16 for g in machine.gpus if g.index in option.gpu_indices)
     for gc in checkpointing:
         for mb in sizes[:1] if settings.micro_batch else sizes:
-            accum = settings.grad_accum or max(1, math.ceil(args.target_batch / (mb * n)))
+            accum = settings.grad_accum or max(1, math.ceil(option.effective_batch / (mb * n)))
             tried = profile.model_copy(update={"training": t.model_copy(update={
                 "per_device_train_batch_size": mb, "gradient_accumulation_steps": accum,
                 "gradient_checkpointing": gc})})
@@ -270,7 +271,7 @@ def _refit(option, settings: Settings, machine, model, args):
     packing = tried.data.packing
     note = option.packing_note if packing and option.packing else \
         f" Packs the examples into rows of {plan.seq_len} tokens, each kept apart (--packing)." if packing else ""
-    reason = reason_for(plan, est, model) + note
+    reason = f"{reason_for(plan, est, model)}{note} {option.rate_reason} {option.schedule_reason}".rstrip()
     return replace(option, plan=plan, estimate=est, fit=fit, fits=rejected is None, rejected=rejected,
                    effective_batch=mb * accum * n, packing=packing, packing_note=note, reason=reason,
                    lora_alpha=2.0 * plan.lora_r if plan.method in ("lora", "qlora") else None,

@@ -146,9 +146,13 @@ class ModelText:
                 hint="token statistics are skipped; training still works", file=path, kind="model",
             )
         try:
-            return Tokenizer.from_file(str(path))
+            tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception for a damaged file
             raise UserError(f"tokenizer.json cannot be read: {exc}", file=path, kind="model") from None
+        # a tokenizer.json may carry fixed padding or truncation (MiniLM's pads to 128): lengths are the text's own
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer
 
     def count(self, texts: list[str]) -> list[int]:
         """Token counts, special tokens written in the text counted as one each (no BOS added)."""
@@ -297,4 +301,7 @@ def token_stats(data_ref: str, model, *, task: str = "sft", columns=None, format
                         hint="download it to a file, or pass --seq-len N", field="--data", kind="data")
     data = load_dataset_file(path, format=format, columns=columns, task=task)
     stats = length_stats(data.records, data.format, ModelText(model.path), max_length=1 << 30)
-    return DataStats.from_lengths(stats.lengths, source=str(path))
+    from dataclasses import replace
+
+    # the lengths may be a sample of a larger set: the row count is the whole set's
+    return replace(DataStats.from_lengths(stats.lengths, source=str(path)), rows=stats.rows)

@@ -158,14 +158,18 @@ def check_data(state: WizardState, max_length: int = 512) -> DataCheck:
 
 def data_stats(state: WizardState):
     """DataStats for the recommender: the measured lengths, or the user's max length as given."""
+    from dataclasses import replace
+
     from tuiwiz.data.stats import DataStats
 
-    if state.max_length:
-        return DataStats.assumed(state.max_length)
     stats = state.length_stats
+    if state.max_length:  # the size of the data still sets the epochs
+        assumed = DataStats.assumed(state.max_length)
+        return replace(assumed, rows=stats.rows) if stats is not None else assumed
     if stats is None or not stats.lengths:
         return None
-    return DataStats.from_lengths(stats.lengths, source=state.data_path)
+    # the lengths may be a sample of a larger set: the row count is the whole set's
+    return replace(DataStats.from_lengths(stats.lengths, source=state.data_path), rows=stats.rows)
 
 
 def suggested_max_length(state: WizardState) -> int:
