@@ -37,9 +37,10 @@ SMALL = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size
 N = 2 * V * H + L * (H * H + 2 * H * KV + H * H + 3 * H * MLP) + (2 * L + 1) * H  # embeddings, head, blocks, norms
 
 # By hand, fp32 on the CPU (activation bytes 4, residual 4), full fine-tuning, SDPA: what one block saves per
-# token: two RMSNorms (fp32 input + output), attention's input, q, k and v (repeated to 4 heads), output and
-# o_proj input, the MLP's input, gate, up and activation outputs and down's input; times activation_scale 1.15.
-BLOCK = (2 * (4 + 4) * H + 4 * (H + H + 2 * H + H + H) + 4 * H + (3 * 4 + 4) * MLP) * 1.15
+# token: two RMSNorms (fp32 input + output), attention's input, q, k and v (repeated to 4 heads), its output (which
+# is o_proj's input: one tensor), the MLP's input, gate, up and activation outputs and down's input; times
+# activation_scale 1.15.
+BLOCK = (2 * (4 + 4) * H + 4 * (H + H + 2 * H + H) + 4 * H + (3 * 4 + 4) * MLP) * 1.15
 HEAD = (4 + 4 + 2 * 4) * H  # embeddings' output, final norm, LM head input
 SAVED = (L + 1) * BLOCK + HEAD  # per token with gradients: every block, one block of backward, the head
 FORWARD = BLOCK + HEAD  # per token under no_grad: one block's working set and the head
@@ -321,8 +322,10 @@ def test_recommend_says_what_dpo_costs_where_it_decides():
     assert "second, frozen copy as the reference" in full.reason and "precompute_ref_log_probs" in full.reason
     assert full.estimate.per_device.reference == llama8b().num_parameters * 4
     sft = recommend(probe_hardware(snapshot="h100-80gb"), llama8b(), DataStats.assumed(1024), "sft").option("lora")
-    at_sft = estimate(llama8b(), replace(sft.plan, **task_fields("dpo"))).per_device  # the same micro-batch
-    no_dropout = estimate(llama8b(), replace(sft.plan, dropout_off=True)).per_device  # as DPOConfig runs it
+    # the same micro-batch, with the model's own logits, which outweigh one block's backward: what is saved alone
+    dpo = {**task_fields("dpo"), "fused_loss": False, "reference": False}
+    at_sft = estimate(llama8b(), replace(sft.plan, **dpo)).per_device
+    no_dropout = estimate(llama8b(), replace(sft.plan, dropout_off=True, fused_loss=False)).per_device  # as DPOConfig
     assert at_sft.activations == pytest.approx(2 * no_dropout.activations, rel=1e-9)
 
 

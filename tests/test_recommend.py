@@ -454,7 +454,7 @@ def test_zero3_with_cpu_offload_when_the_states_exceed_every_gpu_together():
 
 
 def test_parameters_are_offloaded_too_when_the_optimizer_alone_does_not_free_enough():
-    machine = machine_from("rtx4090-24gb", ram_gib=256)
+    machine = machine_from("t4-16gb", ram_gib=256)
     rec = recommend(machine, model("llama3-8b"), CHAT_2K, experts=True)
     assert "GiB per GPU" in rec.option("full-zero3-offload").rejected
     offload_all = rec.option("full-zero3-offload-all")

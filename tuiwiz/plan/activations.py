@@ -52,16 +52,20 @@ def layer_activation_bytes(model: ModelInfo, plan: Plan, a: int, r: int, c: Cons
     else:  # RMSNorm casts to fp32 (saved by pow); a trained weight also saves the normalised input
         norms = n_norms * (4 + (r if trained else 0)) * H
     kv_saved = kv if plan.attn_implementation == "flash_attention_2" else q  # sdpa/eager repeat GQA heads
-    # q, k, v and the output (sdpa and flash also keep a log-sum-exp per head, 4 bytes: left out); eager keeps q, k
-    # and v and its scores (eager_scores_bytes), counted here as sdpa's: one head-width tensor more than it holds
+    # q, k, v and the output, which is also the o-projection's input: sdpa and flash return it in the layout the
+    # o-projection reads, one tensor saved once (and a log-sum-exp per head, 4 bytes: left out). Eager keeps q, k, v
+    # and its scores (eager_scores_bytes) and, when the o-projection trains, its input: counted as sdpa's, one
+    # head-width tensor more than a frozen eager block holds
     attention = a * (2 * q + 2 * kv_saved)
+    if plan.method == "prefix_tuning":  # the virtual tokens' keys and values join every sequence's
+        attention += 2 * a * kv_saved * plan.num_virtual_tokens / plan.sequence_len
     mlp = (3 * out if model.gated_mlp else out) * inter  # gate, activation, up outputs; or the activation's input
     if trained:
         fused_qkv = any(layer.name in ("qkv_proj", "c_attn", "query_key_value") for layer in model.linear_layers)
         fused_mlp = any(layer.name == "gate_up_proj" for layer in model.linear_layers)
         attn_inputs = 1 if (r == a or fused_qkv) else 3  # autocast casts the residual once per projection
         mlp_inputs = 1 if (r == a or not model.gated_mlp or fused_mlp) else 2
-        attention += a * (attn_inputs * H + q)  # the projections' input, the o-projection's input
+        attention += a * attn_inputs * H  # the projections' input
         mlp += a * (mlp_inputs * H + inter)  # the up projections' input, the down projection's input
     if model.dropout > 0 and not plan.dropout_off:  # BERT's hidden dropout after attention and after the MLP
         mlp += 2 * mask_bytes(plan, a) * H
@@ -72,12 +76,15 @@ def layer_activation_bytes(model: ModelInfo, plan: Plan, a: int, r: int, c: Cons
                 extra += lora_input_bytes(plan, a, layer.in_features)
     elif plan.method == "ia3":
         extra = ia3_bytes(model, plan, a)
-    return (norms + attention + mlp) * c.activation_scale + extra
+    # CPU plans: times the factor fitted on whole-process peaks (bench/calibrate.py); a GPU plan counts what autograd
+    # saves and nothing more (docs/fit.md: the backward's peak)
+    scale = c.activation_scale if plan.device == "cpu" else 1.0
+    return (norms + attention + mlp) * scale + extra
 
 
 def ia3_bytes(model: ModelInfo, plan: Plan, a: int) -> float:
-    """peft's IA3 multiplies a feed-forward layer's input (saved, in the activation dtype) and the other targets'
-    outputs (cast to the fp32 vector's dtype and saved)."""
+    """peft's IA3 casts a feed-forward layer's input to its fp32 vector's dtype and multiplies it (the product saves
+    that fp32 copy); it multiplies the other targets' outputs as they are (saved in the activation dtype)."""
     from tuiwiz.plan.architectures import IA3_TARGETS
 
     default = IA3_TARGETS.get(model.model_type) or ((), ())
@@ -88,7 +95,7 @@ def ia3_bytes(model: ModelInfo, plan: Plan, a: int) -> float:
         if layer.count != model.num_layers:
             continue
         ff = any(layer.matches(t) for t in feedforward)
-        total += a * layer.in_features if ff else 4 * layer.out_features
+        total += 4 * layer.in_features if ff else a * layer.out_features
     return total
 
 
@@ -122,6 +129,8 @@ def eager_scores_bytes(model: ModelInfo, plan: Plan, a: int, seq: int) -> int:
     # 16-bit cast the product saves
     dropout = model.attention_dropout > 0 and not plan.dropout_off
     per_score = 4 + (mask_bytes(plan, a) + a if dropout else (a if a != 4 else 0))
+    if plan.softmax_saves_input:  # the softmax's fp32 input too
+        per_score += 4
     return per_score * model.num_heads * seq
 
 
@@ -140,7 +149,8 @@ def logits_bytes(model: ModelInfo, plan: Plan, tokens: int, a: int, wb: int, lm_
         # logits (a), their fp32 upcast and log-softmax in forward; in backward log-softmax, its incoming and
         # outgoing gradients (fp32 each): the larger of the two moments. Trainer drops the outputs before backward;
         # a loop that keeps them holds the logits beside the backward's three fp32 copies.
-        return tokens * V * max(a + 8, 12 + (a if plan.keep_outputs else 0))
+        old_torch = 4 if plan.softmax_saves_input else 0  # log-softmax keeps its fp32 input too
+        return tokens * V * (max(a + 8, 12 + (a if plan.keep_outputs else 0)) + old_torch)
     chunk_tokens, chunk_vocab = min(tokens, c.fused_token_chunk), min(V, c.fused_vocab_chunk)
     if plan.device == "cpu":
         tile = chunk_tokens * chunk_vocab * 4 * c.cpu_tile_copies
@@ -149,6 +159,21 @@ def logits_bytes(model: ModelInfo, plan: Plan, tokens: int, a: int, wb: int, lm_
     grads = tokens * H * 4 + (V * H * 4 if lm_head_trained else 0)  # fp32 accumulators of the backward
     weight_cast = chunk_vocab * H * a if wb != a else 0
     return int(tile + grads + weight_cast)
+
+
+def kept_outputs_bytes(model: ModelInfo, plan: Plan, tokens: int, scored: int, a: int) -> tuple[int, int]:
+    """What a training loop that holds the model's outputs through backward (``Plan.keep_outputs``) keeps beside the
+    saved tensors: (the logits over ``scored`` positions, the key/value cache over ``tokens``). transformers fills a
+    DynamicCache in training whenever ``use_cache`` is on (the configs' default; checkpointing turns it off): every
+    layer's keys and values as the projections return them, before GQA repeats them, prefix tokens included."""
+    if not plan.keep_outputs:
+        return 0, 0
+    logits = 0 if plan.fused_loss or TASKS[plan.task].model == "sequence_score" else scored * model.vocab_size * a
+    cache = 0
+    if not plan.gradient_checkpointing:
+        virtual = plan.num_virtual_tokens / plan.sequence_len if plan.method == "prefix_tuning" else 0
+        cache = int(tokens * (1 + virtual) * 2 * model.kv_dim * a * model.num_layers)
+    return logits, cache
 
 
 def forward_tile_bytes(model: ModelInfo, plan: Plan, tokens: int, a: int, c: Constants) -> int:

@@ -32,13 +32,15 @@ DROPOUT_OFF_TASKS = ("dpo", "kto", "reward", "orpo", "simpo")
 class Constants:
     """Every number of the estimate that is fitted or assumed rather than counted."""
 
-    activation_scale: float  # multiplies the counted saved tensors of the layers (fitted on CPU)
+    # CPU plans only: multiplies the counted saved tensors of the layers, fitted with one more block for the backward
+    # on whole-process peaks (RSS: malloc, CPU kernels' scratch); GPU plans count the saved tensors as they are
+    activation_scale: float
     cpu_tile_copies: float  # live fp32 copies of a fused-loss tile on CPU (torch fallback, fitted)
     cpu_runtime: int  # RSS of the trainer process before the model is built (measured)
     cpu_workspace: int  # what the first training step adds on CPU beyond tensors: kernels, threads (fitted)
     cpu_allocator_fraction: float  # malloc slack on CPU (fitted)
     cuda_context: int  # CUDA context, cuBLAS workspaces (assumed; not measurable here)
-    cuda_allocator_fraction: float  # caching-allocator fragmentation (assumed; not measurable here)
+    cuda_allocator_fraction: float  # caching-allocator slack, a share of the step's dynamic peak (assumed)
     unknown_architecture_margin: float  # shapes guessed: err high
     fused_token_chunk: int = 4096  # trl's ChunkedLogProbFunction tile: tokens x vocabulary columns
     fused_vocab_chunk: int = 32768
@@ -48,7 +50,8 @@ class Constants:
     sampling_copies: float = 3.0  # vocabulary-wide fp32 rows per sequence while sampling a token: logits, scaled, probs
 
 
-# Fitted by bench/calibrate.py (bench/results/calibration-cpu.json); CUDA numbers are assumptions.
+# Fitted by bench/calibrate.py (bench/results/calibration-cpu.json); CUDA numbers are assumptions until the GPU
+# runbook (bench/gpu/) measures them.
 CONSTANTS = Constants(
     activation_scale=1.15,
     cpu_tile_copies=9.0,
@@ -104,8 +107,10 @@ class Plan:
     weights_dtype: str | None = None  # profile.model.dtype when not "auto"
     # What a training loop other than tuiwiz's runner does (the published measurements in bench/published/ use them):
     autocast: bool = True  # False: a 16-bit model trained without autocast; peft's fp32 adapters take fp32 inputs
-    keep_outputs: bool = False  # the loop holds the model's outputs (its 16-bit logits) through backward
+    keep_outputs: bool = False  # the loop holds the model's outputs (16-bit logits, key/value cache) through backward
     grads_kept: bool = False  # zero_grad(set_to_none=False), torch < 2.0's default: gradients stay between steps
+    # torch < 1.11: softmax and log_softmax keep their input for backward beside their output (pytorch#64000)
+    softmax_saves_input: bool = False
     save_total_limit: int = 2
 
     def __post_init__(self) -> None:

@@ -20,6 +20,7 @@ from tuiwiz.plan.activations import (
     eager_scores_bytes,
     encoder_decoder_bytes,
     head_bytes,
+    kept_outputs_bytes,
     layer_activation_bytes,
     logits_bytes,
 )
@@ -314,6 +315,7 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
     # QLoRA's upcast (a real allocation: under it QLoRA can need more than LoRA at long sequences)
     r = 4 if (a == 4 or upcast or (full and wb == 4)) else a
     lm_head_trained = plan.method == "full"
+    backward = 0  # one block's backward on a GPU, a moment apart from the loss head's peak
     if model.encoder_decoder:
         seq2seq = encoder_decoder_bytes(model, plan, a, r)
         target_tokens = sequences * plan.decoder_len
@@ -329,24 +331,34 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
             notes.append(f"{model.model_type} has no SDPA attention in transformers: eager attention keeps "
                          "every layer's attention scores")
         head = head_bytes(model, a, r)
-        # the backward pass holds one layer's activation gradients besides what is saved; checkpointing
-        # keeps each layer's input and recomputes one layer at a time
-        if plan.gradient_checkpointing:
-            activations = tokens * (model.num_layers * r * model.hidden_size + 2 * layer + head)
-        else:
-            activations = tokens * ((model.num_layers + 1) * layer + head)
-        logits = logits_bytes(model, plan, sequences * max(tokens_per_seq - 1, 1), a, 4 if upcast else wb,
-                              lm_head_trained, c)
+        scored = sequences * max(tokens_per_seq - 1, 1)
+        logits = logits_bytes(model, plan, scored, a, 4 if upcast else wb, lm_head_trained, c)
+        # saved for backward: every block's tensors, or under checkpointing each block's input alone
+        ckpt = plan.gradient_checkpointing
+        kept_logits, kept_cache = kept_outputs_bytes(model, plan, tokens, scored, a)
+        activations = tokens * ((model.num_layers * r * model.hidden_size if ckpt else model.num_layers * layer) + head)
+        activations += kept_cache
+        # after the loss, one block's backward at a time: its gradients in flight (at most one of each tensor it saved:
+        # a block more) and, under checkpointing, the block recomputed
+        blocks = tokens * layer * (2 if ckpt else 1)
+        if cpu:  # the CPU calibration's fitted form: those blocks added to the loss head's peak
+            activations += blocks
+        else:  # on a GPU the loss head's peak has passed by then; the step keeps the larger moment (below)
+            backward = blocks + kept_logits
     if full and wb == 4 and a == 2 and plan.autocast:
         # autocast casts each fp32 linear weight to 16 bits once a forward (its weight cache) and the linear
         # layers save those copies for backward: all of them live until the backward has passed
         activations += 2 * model.linear_weight_parameters
     if not model.known_architecture:
         activations *= c.unknown_architecture_margin
+        backward *= c.unknown_architecture_margin
         notes.append(f"unknown architecture {model.model_type}: activations raised by "
                      f"{c.unknown_architecture_margin - 1:.0%}")
     extra = task_terms(model, plan, weights=weights, a=a, r=r, c=c)
     notes += extra.notes
+    # a step peaks at the largest of three moments beside the saved tensors: the loss head's, the reference's forward
+    # and one block's backward; Breakdown adds the activations to the larger of the first two
+    activations += max(0, backward - max(logits, extra.reference_forward))
 
     if cpu:
         context, workspace, fraction = c.cpu_runtime, c.cpu_workspace, c.cpu_allocator_fraction
@@ -355,7 +367,11 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
     accumulate = plan.gradient_accumulation > 1 or (plan.strategy == "ddp" and n > 1) or plan.grads_kept
     partial = Breakdown(weights, adapter, gradients, optimizer, int(activations), logits, step_temp, buffers, 0,
                         context, accumulate, extra.reference, extra.reference_forward, extra.generation)
-    breakdown = replace(partial, overhead=workspace + int(fraction * (partial.total - context)))
+    # CUDA's caching allocator keeps a tensor allocated once (weights, adapters, optimizer states, a reference copy) in
+    # a block of its own size; its slack comes from blocks a step frees and reuses at other sizes: the dynamic peak.
+    # The CPU's fitted slack (0 today) is a share of the whole process.
+    slack_of = partial.total - context if cpu else partial.peak_dynamic
+    breakdown = replace(partial, overhead=workspace + int(fraction * slack_of))
 
     # host RAM and disk
     runtime = c.cpu_runtime

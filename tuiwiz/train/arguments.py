@@ -70,9 +70,10 @@ def training_arguments(profile: Profile, precision: Precision, run: RunDir, has_
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         dataloader_num_workers=0,
-        # transformers' LengthGroupedSampler: shuffled groups of 50 batches, each sorted by length, longest first
-        train_sampling_strategy="group_by_length" if profile.data.group_by_length else "random",
     )
+    if profile.data.group_by_length:  # else the trainer's own (KTO's is sequential: its KL pairs neighbours)
+        # transformers' LengthGroupedSampler: shuffled groups of 50 batches, each sorted by length, longest first
+        kwargs["train_sampling_strategy"] = "group_by_length"
     from tuiwiz.run.distributed import DEEPSPEED_CONFIG, deepspeed_config
 
     if deepspeed_config(profile) is not None:
