@@ -97,7 +97,7 @@ def make_data(folder: Path, rows: int, held_out: int, seed: int = 0) -> tuple[Pa
         while True:
             length = len(tokenizer.apply_chat_template(
                 [{"role": "user", "content": first["instruction"]},
-                 {"role": "assistant", "content": " ".join(parts)}], tokenize=True))
+                 {"role": "assistant", "content": " ".join(parts)}], tokenize=True, return_dict=False))
             if length >= target:
                 break
             parts.append(rng.choice(demo)["output"])
@@ -125,9 +125,9 @@ def held_out_loss(adapter: Path, held_out: Path) -> float:
     for line in held_out.read_text().splitlines():
         r = json.loads(line)
         user = [{"role": "user", "content": r["instruction"]}]
-        prompt = tokenizer.apply_chat_template(user, tokenize=True, add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(user, tokenize=True, add_generation_prompt=True, return_dict=False)
         full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": r["output"]}],
-                                             tokenize=True)[:SETTINGS["max_length"]]
+                                             tokenize=True, return_dict=False)[:SETTINGS["max_length"]]
         ids = torch.tensor([full])
         labels = ids.clone()
         labels[0, :len(prompt)] = -100
