@@ -69,13 +69,13 @@ def test_ddp_lora_matches_one_process_with_the_same_effective_batch(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,offload", [("zero2", False), ("zero3", False), ("zero3", True)])
-def test_deepspeed_zero_full_fine_tuning(tmp_path, strategy, offload):
-    extra = {"distributed__offload_optimizer": True, "distributed__offload_params": True} if offload else {}
-    run = two_ranks(tmp_path, "demo-full.yaml", strategy, training__max_steps=12, training__save_steps=1000, **extra)
+def test_deepspeed_zero3_with_cpu_offload(tmp_path):
+    """ZeRO-2 and ZeRO-3 without offload train in test_stop_checkpoint_and_resume_across_ranks."""
+    extra = {"distributed__offload_optimizer": True, "distributed__offload_params": True}
+    run = two_ranks(tmp_path, "demo-full.yaml", "zero3", training__max_steps=6, training__save_steps=1000, **extra)
     ds = json.loads((run.path / "deepspeed.json").read_text())
-    assert ds["zero_optimization"]["stage"] == (2 if strategy == "zero2" else 3)
-    assert ("offload_param" in ds["zero_optimization"]) == offload
+    assert ds["zero_optimization"]["stage"] == 3
+    assert "offload_param" in ds["zero_optimization"] and "offload_optimizer" in ds["zero_optimization"]
     end = next(e for e in read_events(run.events) if e["type"] == "run_end")
     assert end["engine"] == "DeepSpeedEngine"  # the model was trained inside DeepSpeed's engine
     assert (run.output / "model.safetensors").exists()  # one consolidated model, not ZeRO shards
@@ -246,7 +246,7 @@ def test_impossible_combinations_are_refused_at_validation(tmp_path, text, messa
                                            ("ddp", "quickstart.yaml")])
 def test_stop_checkpoint_and_resume_across_ranks(tmp_path, strategy, base):
     profile = write_profile(tmp_path, base, distributed__strategy=strategy, distributed__num_processes=2,
-                            training__max_steps=60, training__logging_steps=1, training__save_steps=1000)
+                            training__max_steps=30, training__logging_steps=1, training__save_steps=1000)
     started = run_cli("--profile", profile, "--detach")
     assert started.returncode == 0, started.stderr
     run = only_run(tmp_path)
@@ -255,9 +255,11 @@ def test_stop_checkpoint_and_resume_across_ranks(tmp_path, strategy, base):
     assert stopped.returncode == 0 and read_state(run).status == "stopped", stopped.stdout + run.log.read_text()
     checkpoint = run.last_checkpoint()
     k = int(checkpoint.name.split("-")[1])
-    assert 5 <= k < 60
+    assert 5 <= k < 30
     if strategy != "ddp":
         assert (checkpoint / f"global_step{k}").is_dir()  # DeepSpeed's own partitioned states
+        ds = json.loads((run.path / "deepspeed.json").read_text())
+        assert ds["zero_optimization"]["stage"] == int(strategy[-1]) and "offload_param" not in ds["zero_optimization"]
     else:
         assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
     for rank in (0, 1):  # both ranks stopped at the same step
@@ -266,7 +268,11 @@ def test_stop_checkpoint_and_resume_across_ranks(tmp_path, strategy, base):
     resumed = run_cli("resume", run.run_id, timeout=900)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr + run.log.read_text()
     assert read_state(run).status == "completed"
-    assert max(losses(run)) == 60
+    assert max(losses(run)) == 30
+    end = next(e for e in read_events(run.events) if e["type"] == "run_end" and e["status"] == "completed")
+    if strategy != "ddp":
+        assert end["engine"] == "DeepSpeedEngine"  # the model was trained inside DeepSpeed's engine
+        assert (run.output / "model.safetensors").exists()  # one consolidated model, not ZeRO shards
     starts = [e for e in read_events(run.events) if e["type"] == "run_start"]
     assert starts[-1]["resumed_from"].endswith(f"checkpoint-{k}") and starts[-1]["world_size"] == 2
     # every rank left cleanly, or (as a ZeRO-3 rank once did in CI, not reproduced since) died only

@@ -5,7 +5,7 @@ what tuiwiz's estimate says today.
 The demo examples for several processes run on the CPU as gloo ranks. DDP and ZeRO-2 run here for real
 (slow). ZeRO-3 with offload compiles DeepSpeed's CPU Adam into each test session's fresh cache (about
 100 s on 2 cores, then 16 s a run) and tests/test_distributed.py trains it already
-(test_deepspeed_zero_full_fine_tuning), so here it is only validated and its launch printed. The two-node
+(test_deepspeed_zero3_with_cpu_offload), so here it is only validated and its launch printed. The two-node
 example would wait for a machine at 10.0.0.1: its launch is printed, and test_distributed.py trains the
 two-node path on localhost.
 """
