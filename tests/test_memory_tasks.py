@@ -17,7 +17,8 @@ import pytest
 from tuiwiz.cli.main import main
 from tuiwiz.data.stats import DataStats
 from tuiwiz.errors import UserError
-from tuiwiz.plan.fine_tune import Plan, task_fields
+from tuiwiz.plan.activations import layer_activation_bytes
+from tuiwiz.plan.fine_tune import CONSTANTS, Plan, task_fields
 from tuiwiz.plan.hardware import probe as probe_hardware
 from tuiwiz.plan.memory import estimate, trainable_parameters
 from tuiwiz.plan.modelinfo import inspect_model, model_from_config
@@ -86,6 +87,42 @@ def test_dpo_under_lora_disables_the_adapter_instead_of_copying_and_precomputing
     profile = Profile.model_validate({"task": "dpo", "method": {"type": "full"},
                                       "preference": {"precompute_ref_log_probs": True}})
     assert Plan.from_profile(profile, small(), device="cpu").reference is False
+
+
+@pytest.mark.parametrize("targets", [None, ("q_proj", "v_proj"), ("o_proj", "up_proj", "down_proj")])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_lora_without_dropout_saves_the_inputs_its_frozen_layers_do_not(precision, targets):
+    """DPOConfig's disable_dropout sets LoRA's dropout p to 0 and the dropout returns its input: the frozen base layer
+    saves nothing, so lora_A keeps that input for its weight's gradient. fp32: the tensor itself, once for the layers
+    that read it (q, k and v; gate and up; down), none for o_proj (attention's output, counted); bf16 under autocast:
+    each layer's own 16-bit cast of peft's fp32 cast. A middle block against saved_tensors_hooks: within 2% (the
+    rotary tables and the attention mask, shared by the batch, are left out of the count, and so are autocast's
+    16-bit copies of the fp32 adapters, 2 B a parameter whatever the tokens: taken off the measured bytes)."""
+    import peft
+    import torch
+    import transformers
+
+    from .support.step_memory import saved_in_block
+
+    config = transformers.LlamaConfig(**{k: v for k, v in LLAMA.items() if k not in ("architectures", "model_type")})
+    torch.manual_seed(0)
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    model = peft.get_peft_model(transformers.LlamaForCausalLM(config).to(dtype), peft.LoraConfig(
+        task_type="CAUSAL_LM", r=16, lora_dropout=0.05, target_modules=list(targets) if targets else "all-linear"))
+    for module in model.modules():  # trl's disable_dropout_in_model
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    ids = torch.randint(0, config.vocab_size, (2, 64))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        block = model.get_base_model().model.layers[1]
+        saved = saved_in_block(model, block, input_ids=ids)
+    if precision == "bf16":
+        saved -= 2 * sum(p.numel() for p in block.parameters() if p.requires_grad)
+    p = Plan(method="lora", device="cpu" if precision == "fp32" else "cuda", precision=precision, lora_r=16,
+             lora_targets=targets, **{k: v for k, v in task_fields("dpo").items() if k != "fused_loss"})
+    a = 4 if precision == "fp32" else 2
+    unscaled = replace(CONSTANTS, activation_scale=1.0)
+    assert saved / 128 == pytest.approx(layer_activation_bytes(LLAMA_INFO, p, a, a, unscaled), rel=0.02)
 
 
 def test_kto_puts_one_sequence_an_example_through_and_the_reference_beside_it():

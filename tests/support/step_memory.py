@@ -1,6 +1,6 @@
 """Peak memory of real training steps on the CPU, measured in a fresh process (``python -m tests.support.step_memory
 CASES.json``): TRL's own trainers (SFT, DPO, reward, GRPO) on a small random Llama, transformers' Seq2SeqTrainer on
-a small random T5, each stepping a few times.
+a small random T5, each stepping a few times. ``saved_in_block`` counts what one block saves, in this process.
 
 A step's peak is the resident set's high-water mark (VmHWM, reset through /proc/self/clear_refs as the step begins)
 minus the resident set at that moment: what the step adds on top of weights and optimizer states. The parent sets
@@ -212,6 +212,31 @@ def _trl_trainer(kind, case, model, tokenizer, work, phases, n_rows, result):
 
     trainer._generate_and_score_completions = measured
     return trainer
+
+
+def saved_in_block(model, block, **inputs) -> int:
+    """A training forward of ``model`` on ``inputs`` in this process: the bytes of the tensors ``block`` saves for
+    backward (parameters left out, a storage counted once), by torch.autograd.graph.saved_tensors_hooks."""
+    import torch
+
+    model.train()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    inside = [False]
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if inside[0] and storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    hooks = [block.register_forward_pre_hook(lambda *_: inside.__setitem__(0, True)),
+             block.register_forward_hook(lambda *_: inside.__setitem__(0, False))]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(**inputs)
+    for hook in hooks:
+        hook.remove()
+    return sum(saved.values())
 
 
 def measure(cases: list[dict], tmp_path: Path, timeout: int = 240) -> list[dict]:

@@ -71,9 +71,10 @@ def layer_activation_bytes(model: ModelInfo, plan: Plan, a: int, r: int, c: Cons
         mlp += 2 * mask_bytes(plan, a) * H
     extra = 0.0
     if METHODS[plan.method].low_rank:
-        for layer in model.targeted_layers(plan.lora_targets):
-            if layer.count == model.num_layers:  # one per block
-                extra += lora_input_bytes(plan, a, layer.in_features)
+        wrapped = [layer for layer in model.targeted_layers(plan.lora_targets) if layer.count == model.num_layers]
+        extra = sum(lora_input_bytes(plan, a, layer.in_features) for layer in wrapped)
+        if not trained:  # not in a no-grad forward's working set, whose inputs are counted above
+            extra += lora_kept_input_bytes(plan, a, wrapped)
     elif plan.method == "ia3":
         extra = ia3_bytes(model, plan, a)
     # CPU plans: times the factor fitted on whole-process peaks (bench/calibrate.py); a GPU plan counts what autograd
@@ -99,16 +100,41 @@ def ia3_bytes(model: ModelInfo, plan: Plan, a: int) -> float:
     return total
 
 
+def lora_dropout_on(plan: Plan) -> bool:
+    """LoRA's dropout runs (a p of 0, or a trainer's disable_dropout, returns the input itself)."""
+    return plan.lora_dropout > 0 and not plan.dropout_off
+
+
 def lora_input_bytes(plan: Plan, a: int, in_features: int) -> float:
-    """Per token, what one LoRA-wrapped layer saves: its dropout's output and mask (without dropout, A saves the
-    layer's input, which the block's count holds already) and A's output."""
+    """Per token, what one LoRA-wrapped layer saves: its dropout's output and mask and A's output (without dropout,
+    what A saves of the layer's input: lora_kept_input_bytes)."""
     rank = plan.adalora_init_r if plan.method == "adalora" else plan.lora_r
-    dropout = plan.lora_dropout > 0 and not plan.dropout_off
+    dropout = lora_dropout_on(plan)
     if not plan.autocast and a != 4:
         # a 16-bit model trained without autocast: peft casts each wrapped layer's input to its fp32 adapter's
         # dtype (_cast_input_dtype), and lora_A saves that fp32 copy, dropout or not
         return (4 + (mask_bytes(plan, 4) if dropout else 0)) * in_features + 4 * rank
     return (a + mask_bytes(plan, a) if dropout else 0) * in_features + a * rank
+
+
+# Output projections: their input is attention's output, which a block's attention term counts already
+ATTENTION_OUTPUTS = ("self_attn.o_proj", "attn.c_proj", "attention.dense", "attention.output.dense",
+                     "SelfAttention.o", "EncDecAttention.o")
+
+
+def lora_kept_input_bytes(plan: Plan, a: int, wrapped) -> float:
+    """Per token and block, the inputs LoRA's A saves for its weight's gradient when dropout is off (TRL's
+    disable_dropout for DPO, KTO, ORPO, SimPO and reward models; or lora_dropout 0) and the frozen base layer saves
+    none. Under 16-bit autocast each wrapped layer's own 16-bit cast of peft's fp32 cast; in fp32 the tensor itself,
+    once per tensor read (q, k and v read one normalised hidden state, gate and up another, down the MLP's
+    product), none for an output projection (attention's output)."""
+    if lora_dropout_on(plan) or (not plan.autocast and a != 4):  # dropout's copies, or fp32 casts: lora_input_bytes
+        return 0.0
+    if a != 4:
+        return float(a * sum(layer.in_features for layer in wrapped))
+    inputs = {(layer.path.rsplit(".", 1)[0], layer.in_features) for layer in wrapped
+              if layer.path not in ATTENTION_OUTPUTS}
+    return float(a * sum(width for _, width in inputs))
 
 
 # Architectures whose transformers implementation has no SDPA path: "auto" means eager for them.
