@@ -357,5 +357,24 @@ def _report(args, out: Path, results: list[dict], seconds: int) -> int:
     return 0
 
 
+def docs_block(report: dict) -> str:
+    """The table and summary docs/fit.md quotes (tests/test_readme_figures.py checks it is there, unchanged)."""
+    lines = ["| architecture (shrunk) | method | seq | micro-batch | ckpt | attention | loss | measured MiB | "
+             "estimate MiB | error |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        p = r["point"]
+        arch = p["arch"] + (" (held out)" if p.get("held_out") else "")
+        lines.append(f"| {arch} | {p['method']} | {p['seq']} | {p['mb']} | {'on' if p['gc'] else 'off'} | "
+                     f"{p['attn']} | {'fused' if p['fused'] else 'full logits'} | {r['measured'] / 2**20:,.0f} | "
+                     f"{r['estimate'] / 2**20:,.0f} | {r['error']:+.1%} |")
+    s, held = report["summary"], report["summary"].get("held_out")
+    under = [r["error"] for r in report["results"] if r["error"] < 0]
+    lines += ["", f"All {s['points']} points: mean absolute error {s['mean_abs_error']:.1%}, worst "
+              f"{s['max_abs_error']:.1%}, {s['underestimates']} underestimates"
+              + (f" (worst {min(under):+.1%})" if under else "") + "."
+              + (f" Held out: mean {held['mean_abs_error']:.1%}, worst {held['max_abs_error']:.1%}." if held else "")]
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -205,6 +205,42 @@ def test_seq2seq_counts_the_encoder_over_the_input_and_the_decoder_over_the_targ
     assert b.reference == b.generation == 0
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("target_len", [16, 48])
+def test_t5_blocks_save_what_the_estimate_counts(method, target_len):
+    """The T5 tables count trained weights (full fine-tuning); under LoRA the frozen layers keep neither their inputs
+    nor the norms' normalised inputs, and each wrapped layer's dropout keeps its output and its noise (fp32 on the
+    CPU). A middle block of each stack against saved_tensors_hooks, times the layers: within 1%."""
+    import peft
+    import torch
+    import transformers
+
+    from tuiwiz.plan.activations import encoder_decoder_bytes, head_bytes
+
+    from .support.step_memory import saved_in_block
+
+    cfg = transformers.T5Config(**{k: v for k, v in T5_SMALL.items() if k not in ("architectures", "model_type")})
+    torch.manual_seed(0)
+    model = base = transformers.T5ForConditionalGeneration(cfg)
+    if method == "lora":
+        model = peft.get_peft_model(base, peft.LoraConfig(task_type="SEQ_2_SEQ_LM", r=16, lora_dropout=0.05,
+                                                          target_modules="all-linear"))
+    B, Ti = 2, 64
+    ids = torch.randint(2, cfg.vocab_size, (B, Ti))
+    inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids),
+                  labels=torch.randint(2, cfg.vocab_size, (B, target_len)))
+    encoder = saved_in_block(model, base.encoder.block[1], **inputs)
+    decoder = saved_in_block(model, base.decoder.block[1], **inputs)
+    if method == "full":  # trained k and v keep the encoder's output: one tensor for all decoder blocks, not a block's
+        decoder -= B * Ti * 4 * cfg.d_model
+    info = model_from_config(T5_SMALL)
+    counted = encoder_decoder_bytes(info, plan("seq2seq", method, micro_batch=B, seq_len=Ti, target_len=target_len),
+                                    4, 4)
+    head = head_bytes(info, 4, 4)
+    expected = B * Ti * (counted.per_input_token - head) + B * target_len * (counted.per_target_token - head)
+    assert cfg.num_layers * encoder + cfg.num_decoder_layers * decoder == pytest.approx(expected, rel=0.01)
+
+
 @pytest.mark.parametrize("ff", ["relu", "gated-gelu"])
 @pytest.mark.parametrize("config", ["T5Config", "MT5Config"])
 @pytest.mark.parametrize("tie", [True, False])

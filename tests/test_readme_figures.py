@@ -41,3 +41,12 @@ def test_the_fit_page_quotes_the_published_points():
     figures = json.loads((ROOT / "bench" / "results" / "published.json").read_text(encoding="utf-8"))
     assert _bench("published").docs_block(figures) in (ROOT / "docs" / "fit.md").read_text(encoding="utf-8"), \
         "docs/fit.md's published-points block is stale: python bench/published.py"
+
+
+def test_the_fit_page_quotes_the_cpu_calibration_and_the_benchmarks_page_its_summary():
+    report = json.loads((ROOT / "bench" / "results" / "calibration-cpu.json").read_text(encoding="utf-8"))
+    block = _bench("calibrate").docs_block(report)
+    assert block in (ROOT / "docs" / "fit.md").read_text(encoding="utf-8"), \
+        "docs/fit.md's calibration table is stale: python bench/calibrate.py --reestimate, then quote docs_block"
+    summary = block.strip().splitlines()[-1]
+    assert summary in (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")

@@ -240,6 +240,7 @@ class _T5Layer:
 # Counted with saved_tensors_hooks on T5ForConditionalGeneration (SDPA, transformers 5.25, torch 2.13 CPU) for
 # d_model 64/128, d_kv 16/32, d_ff 256/512, 32/64 input and 16/32 target tokens, micro-batch 1/2: a least-squares
 # fit with no residual. Keyed by (activation bytes, dropout on). 16-bit: weights loaded in bf16 under autocast.
+# Every weight trained (full fine-tuning): frozen_t5_saves is what a frozen base keeps less.
 T5_ENCODER_LAYER = {
     (4, False): _T5Layer(hidden=24, inner=16, ff=4, ff_gated=28, self_scores=4, heads=2),
     (4, True): _T5Layer(hidden=32, inner=16, ff=12, ff_gated=32, self_scores=12, heads=2),
@@ -268,6 +269,19 @@ class EncoderDecoderActivations:
     logits_per_target_token: float
 
 
+def frozen_t5_saves(model: ModelInfo, a: int, dropout: bool, *, norms: int, attentions: int) -> int:
+    """Per token, what a T5 block saves only because its weights train (the tables count full fine-tuning): each
+    norm's normalised input (for its weight), the input of q/k/v (one tensor), of wi (one) and of wo (the dropout's
+    output or the gated product; ReLU's output, which ReLU keeps, without dropout), and o's input (attention's output;
+    without dropout SDPA's, which SDPA keeps). The other differences of a frozen block without dropout (the position
+    bias has no gradient, so SDPA keeps less) are left counted: the high side. With dropout, equal to what
+    saved_tensors_hooks sees a frozen block keep less (fp32 and bf16; tests/test_memory_tasks.py checks fp32 LoRA)."""
+    H, inner, ff = model.hidden_size, model.q_dim, model.intermediate_size
+    wo = ff if (dropout or model.gated_mlp) else 0
+    o = inner if dropout else 0
+    return a * ((norms + attentions + 1) * H + attentions * o + wo)
+
+
 def encoder_decoder_bytes(model: ModelInfo, plan: Plan, a: int, r: int) -> EncoderDecoderActivations:
     """T5: encoder blocks over the input, decoder blocks (self-attention, cross-attention over the input, MLP)
     over the target; the decoder's keys and values of the encoder output count per input token."""
@@ -283,6 +297,9 @@ def encoder_decoder_bytes(model: ModelInfo, plan: Plan, a: int, r: int) -> Encod
     encoder = block(enc, Ti)
     decoder = block(dec, Tt) + dec.cross_scores * heads * Ti
     cross_kv = dec.encoder_inner * inner  # per input token, per decoder block
+    if plan.method != "full":  # the tables count trained weights; frozen ones keep neither input nor normalised input
+        encoder -= frozen_t5_saves(model, a, dropout, norms=2, attentions=1)
+        decoder -= frozen_t5_saves(model, a, dropout, norms=3, attentions=2)
     if r != a:  # fp32 weights under 16-bit autocast (full fine-tuning on a GPU): fp32 norms, a cast per linear input
         ups = 2 if model.gated_mlp else 1
         encoder += (r - a) * 2 * H + a * (3 + ups) * H
