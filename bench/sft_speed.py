@@ -285,7 +285,8 @@ def docs_block(f: dict) -> str:
     lines += ["", f"{f['rows']} training rows of {t['min']} to {t['max']} tokens (median {t['median']:.0f}); "
               f"shuffled batches of {f['settings']['batch']} are {t['padding_share_if_shuffled']:.0%} padding. "
               f"{f['repeats']} rounds, alternating, on {f['cpu_count']} CPUs. Resolved Trainer arguments that "
-              f"differ between the bare script and tuiwiz shuffled (besides output paths and logging): {diff}."]
+              f"differ between the bare script and tuiwiz shuffled (besides output paths, logging, saving and "
+              f"progress reporting): {diff}."]
     return "\n".join(lines) + "\n"
 
 

@@ -50,3 +50,10 @@ def test_the_fit_page_quotes_the_cpu_calibration_and_the_benchmarks_page_its_sum
         "docs/fit.md's calibration table is stale: python bench/calibrate.py --reestimate, then quote docs_block"
     summary = block.strip().splitlines()[-1]
     assert summary in (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name, results", [("sft_speed", "sft-speed.json"), ("startup", "startup.json")])
+def test_the_benchmarks_page_quotes_the_speed_benches(name, results):
+    figures = json.loads((ROOT / "bench" / "results" / results).read_text(encoding="utf-8"))
+    assert _bench(name).docs_block(figures) in (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8"), \
+        f"docs/benchmarks.md's {name} block is stale: python bench/{name}.py --from-json bench/results/{results}"
