@@ -72,7 +72,7 @@ def test_ddp_lora_matches_one_process_with_the_same_effective_batch(tmp_path):
 def test_deepspeed_zero3_with_cpu_offload(tmp_path):
     """ZeRO-2 and ZeRO-3 without offload train in test_stop_checkpoint_and_resume_across_ranks."""
     extra = {"distributed__offload_optimizer": True, "distributed__offload_params": True}
-    run = two_ranks(tmp_path, "demo-full.yaml", "zero3", training__max_steps=6, training__save_steps=1000, **extra)
+    run = two_ranks(tmp_path, "demo-full.yaml", "zero3", training__max_steps=12, training__save_steps=1000, **extra)
     ds = json.loads((run.path / "deepspeed.json").read_text())
     assert ds["zero_optimization"]["stage"] == 3
     assert "offload_param" in ds["zero_optimization"] and "offload_optimizer" in ds["zero_optimization"]
