@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 from pathlib import Path
@@ -264,51 +265,48 @@ class RunsScreen(ReportsWorkerErrors, Screen[str]):
 
     @work
     async def action_stop(self) -> None:
-        from tuiwiz.ui.screens.dialogs import ConfirmDialog
-
+        """Stop the selected run, or the whole pipeline of the selected pipeline or stage."""
         pipe = self._pipeline()
+        run = None if pipe is not None else self._run()
         if pipe is not None:
-            if await self.app.push_screen_wait(ConfirmDialog(
-                    "Stop the pipeline?", f"{pipe.pipeline_id}: its running stage saves a checkpoint and stops, "
-                    "and no later stage starts; r resumes it.", yes="Stop", danger=True)):
-                from tuiwiz.run.pipeline import stop_pipeline
-
-                stop_pipeline(pipe)
-                self.refresh_runs()
+            title, text = "Stop the pipeline?", (f"{pipe.pipeline_id}: its running stage saves a checkpoint and "
+                                                 "stops, and no later stage starts; r resumes it.")
+        elif run is not None:
+            title, text = "Stop the run?", f"{run.run_id} saves a checkpoint and stops; r resumes it."
+        else:
             return
-        run = self._run()
-        if run is None:
-            return
-        if await self.app.push_screen_wait(ConfirmDialog(
-                "Stop the run?", f"{run.run_id} saves a checkpoint and stops; r resumes it.", yes="Stop",
-                danger=True)):
+        if await self._confirm(title, text, "Stop"):
             from tuiwiz.run.launch import stop_run
+            from tuiwiz.run.pipeline import stop_pipeline
 
-            stop_run(run)
+            if pipe is not None:
+                await asyncio.to_thread(stop_pipeline, pipe)
+            else:
+                await asyncio.to_thread(stop_run, run)
             self.refresh_runs()
 
     @work
     async def action_delete(self) -> None:
+        """Delete the selected run's folder, or a pipeline's with every stage's run in it."""
+        pipe = self._pipeline()
+        run = None if pipe is not None else self._run()
+        if pipe is not None:
+            path, name, what = pipe.path, pipe.pipeline_id, "every stage's run in it: checkpoints, trained models, logs"
+        elif run is not None:
+            path, name, what = run.path, run.run_id, "everything in its folder: checkpoints, the trained model, logs"
+        else:
+            return
+        kind = "pipeline" if pipe is not None else "run"
+        if await self._confirm(f"Delete the {kind}?", f"This deletes {name} and {what}. It cannot be undone.",
+                               "Delete"):
+            await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)  # gigabytes of checkpoints, off the loop
+            self.notify(f"deleted {name}")
+            self.refresh_runs()
+
+    async def _confirm(self, title: str, text: str, yes: str) -> bool:
         from tuiwiz.ui.screens.dialogs import ConfirmDialog
 
-        pipe = self._pipeline()
-        if pipe is not None:
-            if await self.app.push_screen_wait(ConfirmDialog(
-                    "Delete the pipeline?", f"This deletes {pipe.pipeline_id} and every stage's run in it: "
-                    "checkpoints, trained models, logs. It cannot be undone.", yes="Delete", danger=True)):
-                shutil.rmtree(pipe.path, ignore_errors=True)
-                self.notify(f"deleted {pipe.pipeline_id}")
-                self.refresh_runs()
-            return
-        run = self._run()
-        if run is None:
-            return
-        if await self.app.push_screen_wait(ConfirmDialog(
-                "Delete the run?", f"This deletes {run.run_id} and everything in its folder: checkpoints, "
-                "the trained model, logs. It cannot be undone.", yes="Delete", danger=True)):
-            shutil.rmtree(run.path, ignore_errors=True)
-            self.notify(f"deleted {run.run_id}")
-            self.refresh_runs()
+        return bool(await self.app.push_screen_wait(ConfirmDialog(title, text, yes=yes, danger=True)))
 
     @work
     async def action_post(self, what: str) -> None:
