@@ -33,6 +33,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.vs_trl import BARE  # noqa: E402  (the bare TRL script: the same for both benches)
+
 MODES = ("bare_trl", "tuiwiz", "tuiwiz_packed", "tuiwiz_grouped")
 SETTINGS = {"epochs": 1, "lr": 2e-3, "batch": 8, "max_length": 512, "r": 8, "alpha": 16, "warmup": 0.05}
 # Differences between the two resolved argument sets that change no work: where files go, how progress is
@@ -41,43 +43,6 @@ IGNORED_ARGS = {"output_dir", "logging_dir", "run_name", "report_to", "hub_token
                 "disable_tqdm", "logging_first_step", "logging_nan_inf_filter", "save_strategy", "save_steps",
                 "save_total_limit", "logging_steps", "trackio_space_id", "project", "dataset_num_proc",
                 "include_num_input_tokens_seen"}
-
-BARE = r'''
-import json, sys
-from datasets import Dataset
-from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-from trl import SFTConfig, SFTTrainer
-
-model_dir, data_file, out_dir, settings = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-set_seed(42)
-tokenizer = AutoTokenizer.from_pretrained(model_dir)
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
-rows = []
-for line in open(data_file):
-    r = json.loads(line)
-    rows.append({"prompt": [{"role": "user", "content": r["instruction"]}],
-                 "completion": [{"role": "assistant", "content": r["output"]}]})
-config = SFTConfig(
-    output_dir=out_dir, num_train_epochs=settings["epochs"], learning_rate=settings["lr"],
-    per_device_train_batch_size=settings["batch"], lr_scheduler_type="cosine", warmup_steps=settings["warmup"],
-    logging_steps=5, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, bf16=False,
-    max_length=settings["max_length"], completion_only_loss=True, seed=42, data_seed=42,
-    include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
-    gradient_checkpointing=settings["gradient_checkpointing"], optim=settings["optim"],
-    weight_decay=settings["weight_decay"], max_grad_norm=settings["max_grad_norm"],
-)
-lora = LoraConfig(task_type="CAUSAL_LM", r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=0.0,
-                  target_modules="all-linear")
-trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                     peft_config=lora)
-open(out_dir + ".args.json", "w").write(trainer.args.to_json_string())
-result = trainer.train()
-trainer.save_model(out_dir)
-runtime = result.metrics["train_runtime"]
-print(json.dumps({"train_runtime": runtime, "tokens_per_second": trainer.state.num_input_tokens_seen / runtime,
-                  "train_loss": result.metrics["train_loss"], "steps": trainer.state.global_step}))
-'''
 
 
 def make_data(folder: Path, rows: int, held_out: int, seed: int = 0) -> tuple[Path, Path, list[int]]:

@@ -43,7 +43,7 @@ config = SFTConfig(
     output_dir=out_dir, num_train_epochs=settings["epochs"], learning_rate=settings["lr"],
     per_device_train_batch_size=settings["batch"], lr_scheduler_type="cosine", warmup_steps=settings["warmup"],
     logging_steps=5, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, bf16=False,
-    max_length=settings["max_length"], completion_only_loss=True, seed=42,
+    max_length=settings["max_length"], completion_only_loss=True, seed=42, data_seed=42,
     include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
     # what tuiwiz resolves, stated: TRL's own defaults differ (gradient checkpointing on, fused AdamW)
     gradient_checkpointing=settings["gradient_checkpointing"], optim=settings["optim"],
@@ -53,11 +53,12 @@ lora = LoraConfig(task_type="CAUSAL_LM", r=settings["r"], lora_alpha=settings["a
                   target_modules="all-linear")
 trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                      peft_config=lora)
+open(out_dir + ".args.json", "w").write(trainer.args.to_json_string())  # resolved, to diff with tuiwiz's
 result = trainer.train()
 trainer.save_model(out_dir)
 runtime = result.metrics["train_runtime"]
-print(json.dumps({"tokens_per_second": trainer.state.num_input_tokens_seen / runtime,
-                  "train_loss": result.metrics["train_loss"]}))
+print(json.dumps({"train_runtime": runtime, "tokens_per_second": trainer.state.num_input_tokens_seen / runtime,
+                  "train_loss": result.metrics["train_loss"], "steps": trainer.state.global_step}))
 '''
 
 
