@@ -62,6 +62,43 @@ def test_a_reward_model_ranks_held_out_pairs_and_scores_them(tmp_path):
     assert [float(v) for v in direct.stdout.split()] == pytest.approx(scores[:2], abs=1e-3)
     assert peft_score(run.output, first["prompt"], first["chosen"]) == pytest.approx(scores[0], abs=1e-3)
 
+    # the Score screen's server: the model loads once, each request is scored as the command scores it
+    served = serve_scores(run.path, [{"prompt": first["prompt"], "completion": first["chosen"]},
+                                     {"prompt": first["prompt"], "completion": ""},
+                                     {"prompt": first["prompt"], "completion": first["rejected"]}])
+    kinds = [e["event"] for e in served]
+    assert kinds.count("loading") == 1 and kinds.count("ready") == 1, served
+    answers = {e["id"]: e for e in served if "id" in e}
+    assert [answers[1]["score"], answers[3]["score"]] == pytest.approx(scores[:2], abs=1e-3)
+    assert answers[2]["event"] == "error" and "completion" in answers[2]["message"]
+    assert served[-1] == {"event": "exit", "code": 0, "stderr": served[-1]["stderr"]}
+
+
+def serve_scores(run_path, requests: list[dict]) -> list[dict]:
+    """The events of a real `tuiwiz score RUN --jsonl` given ``requests`` one after another, then quit."""
+    import queue
+
+    from tuiwiz.post.jsonl_client import JsonlProcess
+
+    events: queue.Queue = queue.Queue()
+    server = JsonlProcess(["score", str(run_path)], events.put)
+    seen = []
+
+    def until(*kinds: str) -> dict:
+        while True:
+            event = events.get(timeout=300)
+            seen.append(event)
+            if event["event"] in (*kinds, "exit"):
+                return event
+
+    assert until("ready")["event"] == "ready", seen
+    for rid, request in enumerate(requests, 1):
+        server.send("score", id=rid, **request)
+        assert until("score", "error").get("id") == rid, seen
+    server.close()
+    until()
+    return seen
+
 
 def peft_score(output, prompt: str, completion: str) -> float:
     """The score as a peft user reloads the adapter, the text rendered by the chat template."""

@@ -149,40 +149,79 @@ async def test_choosing_dpo_offers_the_newest_sft_run_of_the_model_as_its_start(
     assert (profile.task, profile.model.start_from) == ("dpo", str(older))
 
 
-@pytest.mark.asyncio
-async def test_the_score_screen_scores_each_reply_in_a_child_process_and_lists_them(tmp_path):
-    """The screen's own work (inputs, a child process, its output or its error); the real `tuiwiz score` it
-    runs is tested end to end in tests/test_reward_task.py. Here a child process prints what it would."""
-    import sys
+class ScoreServer:
+    """Stands in for JsonlProcess running `tuiwiz score RUN --jsonl` (its real output is tested in
+    tests/test_reward_task.py): ``ready`` when ``loaded`` is set; a reply's score is its length / 10, "bad" is
+    refused as the real server refuses a bad request."""
 
+    def __init__(self):
+        import threading
+
+        self.loaded, self.sent, self.started, self.closed = threading.Event(), [], [], False
+
+    def __call__(self, args, on_event, **kwargs):
+        import threading
+
+        self.started.append(list(args))
+        self.on_event = on_event
+
+        def load():
+            on_event({"event": "loading", "label": args[1]})
+            self.loaded.wait(30)
+            on_event({"event": "ready", "label": args[1], "device": "cpu"})
+
+        threading.Thread(target=load, daemon=True).start()
+        return self
+
+    def send(self, op, **fields):
+        import threading
+
+        self.sent.append({"op": op, **fields})
+        if fields["completion"] == "bad":
+            event = {"event": "error", "id": fields["id"], "kind": "input", "message": "bad request: no", "hint": None}
+        else:
+            event = {"event": "score", "id": fields["id"], "score": len(fields["completion"]) / 10}
+        threading.Thread(target=self.on_event, args=(event,), daemon=True).start()  # as the reader thread does
+        return True
+
+    def close(self, timeout=5.0):
+        self.closed = True
+        return 0
+
+
+@pytest.mark.asyncio
+async def test_the_score_screen_loads_the_model_once_and_scores_each_reply(tmp_path):
     from textual.app import App
 
-    from tuiwiz.ui.screens.score import ScoreScreen, score_command
+    from tuiwiz.ui.screens.score import ScoreScreen, score_args
 
-    assert score_command("RUN", "p", "c")[-6:] == ["score", "RUN", "--prompt", "p", "--completion", "c"]
-
-    def stand_in(run_path, prompt, completion):
-        if completion == "bad":
-            return [sys.executable, "-c", "import sys; print('error: run x is not a reward model', file=sys.stderr)"
-                                          "; sys.exit(2)"]
-        return [sys.executable, "-c", f"print({len(completion) / 10})"]
-
-    screen = ScoreScreen(str(tmp_path), label="r-1", command=stand_in)
+    server = ScoreServer()
+    screen = ScoreScreen(str(tmp_path), label="r-1", process=server)
 
     class Host(App):
         def on_mount(self):
             self.push_screen(screen)
 
     async with Host().run_test(size=SIZE) as pilot:
+        # typed while the model loads: scored once it is ready
         await pilot.press(*"What is two plus three?", "enter", *"Sure! five.", "enter")
+        await pilot.pause(0.2)
+        assert "loading" in str(screen.query_one("#score-status").render()) and not server.sent
+        server.loaded.set()
         await wait_for(pilot, lambda: screen.scores, timeout=30)
         assert screen.scores == [("What is two plus three?", "Sure! five.", 1.1)]
         assert "+1.1000  What is two plus three? → Sure! five." in str(screen.query_one("#score-results").render())
         screen.query_one("#score-reply").value = "bad"
         await pilot.press("enter")
-        await wait_for(pilot, lambda: "not a reward model" in str(screen.query_one("#score-status").render()),
-                       timeout=30)
-        assert len(screen.scores) == 1
+        await wait_for(pilot, lambda: "bad request" in str(screen.query_one("#score-status").render()), timeout=30)
+        screen.query_one("#score-reply").value = "five"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(screen.scores) == 2, timeout=30)
+        assert screen.scores[-1] == ("What is two plus three?", "five", 0.4)
+        assert server.started == [score_args(str(tmp_path))]  # one process, one model load, for every score
+        assert [m["completion"] for m in server.sent] == ["Sure! five.", "bad", "five"]
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: server.closed, timeout=10)
 
 
 def test_a_reward_run_offers_scoring_where_others_offer_chat(tmp_path):

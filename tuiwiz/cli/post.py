@@ -44,6 +44,8 @@ def add_commands(sub) -> None:
     score.add_argument("--completion", action="append", metavar="C", help="a reply to --prompt (repeatable)")
     score.add_argument("--file", metavar="F", help='JSON lines (or JSON, CSV, Parquet): {"prompt", "completion"} or '
                        '{"text"} a record; one score a line, in order')
+    score.add_argument("--jsonl", action="store_true",
+                       help="load the model once and score JSON-line requests on stdin (for the app)")
 
 
 def _print_progress(stage: str, done: int, total: int) -> None:
@@ -121,8 +123,15 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from tuiwiz.post.score import command_items, reward_output, score_items
+    from tuiwiz.post.score import command_items, reward_output, run_jsonl, score_items
 
+    if args.jsonl:
+        if args.text or args.prompt is not None or args.completion or args.file is not None:
+            from tuiwiz.errors import UserError
+
+            raise UserError("--jsonl reads what to score from its input", kind="input",
+                            hint="leave out --text, --prompt, --completion and --file with --jsonl")
+        return run_jsonl(args.run)
     output = reward_output(args.run)  # the run and the input are checked before the model loads
     items = command_items(args.text, args.prompt, args.completion, args.file)
     for value in score_items(output, items):

@@ -8,6 +8,8 @@ file) before the model loads. Light at import: torch comes in with the model.
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,16 +66,86 @@ def read_items(path: Path | str) -> list[ScoreItem]:
     return items
 
 
+class Scorer:
+    """A reward model loaded once, scoring items as they come."""
+
+    def __init__(self, output: RunOutput) -> None:
+        import torch
+
+        from tuiwiz.run.reward_model import load_reward_model
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, self.tokenizer = load_reward_model(output, self.device)
+
+    def score(self, items: list[ScoreItem]) -> list[float]:
+        from tuiwiz.run.reward_model import reward_text, score_texts
+
+        texts = [item.text if item.text is not None else reward_text(self.tokenizer, item.prompt, item.completion)
+                 for item in items]
+        return score_texts(self.model, self.tokenizer, texts)
+
+
 def score_items(output: RunOutput, items: list[ScoreItem]) -> list[float]:
     """The reward model's score of each item, in order."""
-    import torch
+    return Scorer(output).score(items)
 
-    from tuiwiz.run.reward_model import load_reward_model, reward_text, score_texts
 
-    model, tokenizer = load_reward_model(output, "cuda" if torch.cuda.is_available() else "cpu")
-    texts = [item.text if item.text is not None else reward_text(tokenizer, item.prompt, item.completion)
-             for item in items]
-    return score_texts(model, tokenizer, texts)
+def _request_item(request: dict) -> ScoreItem:
+    """The item of a ``score`` request; ValueError names what is wrong."""
+    fields = {name: request.get(name) for name in ("prompt", "completion", "text")}
+    if isinstance(fields["text"], str) and fields["text"].strip():
+        return ScoreItem(text=fields["text"])
+    prompt, completion = fields["prompt"], fields["completion"]
+    if not (isinstance(prompt, str) and prompt.strip()):
+        raise ValueError("'prompt' should be non-empty text (or give 'text')")
+    if not (isinstance(completion, str) and completion.strip()):
+        raise ValueError("'completion' should be non-empty text")
+    return ScoreItem(prompt=prompt, completion=completion)
+
+
+def run_jsonl(ref: str) -> int:
+    """Serve scores over stdin/stdout, a JSON object a line, the model loaded once (the app's Score screen).
+
+    Requests: ``score`` (id, prompt and completion, or text), ``quit``. Events: ``loading``, ``ready``,
+    ``score`` (id, score), ``error`` (with the request's id when it answers one). End of input ends it too.
+    """
+    from tuiwiz.post.jsonl import Channel
+
+    channel = Channel()
+    try:
+        output = reward_output(ref)
+        channel.emit("loading", label=str(output.path))
+        scorer = Scorer(output)
+    except BaseException as exc:
+        channel.error(exc)
+        return exc.exit_code if isinstance(exc, UserError) else 1
+    channel.emit("ready", label=str(output.path), device=scorer.device)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            op = request["op"]
+        except (ValueError, KeyError, TypeError):
+            channel.emit("error", kind="input", message=f"not a request: {line.strip()[:200]}",
+                         hint='one JSON object a line with an "op"')
+            continue
+        if op == "quit":
+            break
+        if op != "score":
+            channel.emit("error", kind="input", message=f"unknown op {op!r}", hint="ops: score, quit")
+            continue
+        rid = request.get("id")
+        try:
+            item = _request_item(request)
+        except ValueError as exc:
+            channel.emit("error", id=rid, kind="input", message=f"bad request: {exc}", hint=None)
+            continue
+        try:
+            channel.emit("score", id=rid, score=scorer.score([item])[0])
+        except Exception as exc:  # what fails while scoring is reported as itself; the server goes on
+            channel.error(exc, id=rid)
+    return 0
 
 
 def command_items(texts: list[str] | None, prompt: str | None, completions: list[str] | None,
