@@ -81,6 +81,12 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
         events.emit(StatusEvent(status="loading", resume=resume))
         profile = load_profile(run.profile).profile
         from tuiwiz.run.distributed import is_distributed
+        from tuiwiz.train.imports import leave_out_unused
+
+        left_out = leave_out_unused(profile)
+        if left_out:
+            print(f"tuiwiz: not importing {', '.join(left_out)}: this run does not use "
+                  f"{'them' if len(left_out) > 1 else 'it'}", flush=True)
 
         if is_distributed(profile):
             from tuiwiz.train.supervisor import supervise

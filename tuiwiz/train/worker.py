@@ -104,7 +104,6 @@ def run_worker(run: RunDir, *, resume: bool) -> int:
 def _run_rank(run: RunDir, rank: int, *, resume: bool) -> int:
     import faulthandler
 
-    from tuiwiz.train.recipes import recipe_for
     from tuiwiz.train.stop import StopFlag
 
     faulthandler.enable(all_threads=True)  # a native crash leaves its Python stack in the rank's log
@@ -126,6 +125,11 @@ def _run_rank(run: RunDir, rank: int, *, resume: bool) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         profile = load_profile(run.profile).profile
+        from tuiwiz.train.imports import leave_out_unused
+
+        leave_out_unused(profile)
+        from tuiwiz.train.recipes import recipe_for
+
         final = recipe_for(profile.task).train(run, profile, resume=resume, events=events, stop=stop)
         _write_result(run, rank, **final.fields())
         reported[0] = True

@@ -1,0 +1,60 @@
+"""The runner leaves out the optional packages a run does not use (tuiwiz/train/imports.py): bitsandbytes
+unless QLoRA, a bitsandbytes optimizer or an already quantized model needs it; wandb unless reported to."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tuiwiz.profile.schema import Profile
+from tuiwiz.train.imports import unused_packages
+
+
+def profile(**fields) -> Profile:
+    return Profile.model_validate({"model": {"name_or_path": "demo"}, **fields})
+
+
+def test_what_a_run_does_not_use_is_left_out():
+    assert unused_packages(profile()) == ["bitsandbytes", "wandb"]
+    assert unused_packages(profile(method={"type": "qlora"})) == ["wandb"]
+    assert unused_packages(profile(training={"optim": "paged_adamw_8bit"})) == ["wandb"]
+    assert unused_packages(profile(training={"optim": "adamw_8bit"})) == ["wandb"]
+    assert unused_packages(profile(output={"report_to": ["wandb"]})) == ["bitsandbytes"]
+
+
+def test_a_quantized_checkpoint_or_a_model_not_found_keeps_bitsandbytes(tmp_path):
+    quantized = tmp_path / "quantized"
+    quantized.mkdir()
+    (quantized / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": {
+        "quant_method": "bitsandbytes", "load_in_4bit": True}}))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert "bitsandbytes" not in unused_packages(profile(model={"name_or_path": str(quantized)}))
+    assert "bitsandbytes" in unused_packages(profile(model={"name_or_path": str(plain)}))
+    assert "bitsandbytes" not in unused_packages(profile(model={"name_or_path": str(tmp_path / "missing")}))
+
+
+@pytest.mark.slow  # imports the whole stack in a fresh interpreter
+def test_left_out_packages_read_as_not_installed_to_the_stack():
+    """In a fresh interpreter: after leave_out_unused, transformers, peft and accelerate take their "not
+    installed" path, and importing the stack (peft, TRL's SFT trainer) imports neither package."""
+    code = """
+import json, sys
+from tuiwiz.profile.schema import Profile
+from tuiwiz.train.imports import leave_out_unused
+left = leave_out_unused(Profile.model_validate({"model": {"name_or_path": "demo"}}))
+import peft, transformers
+from trl import SFTTrainer
+from peft.import_utils import is_bnb_available
+from transformers.integrations import is_wandb_available
+from transformers.utils import is_bitsandbytes_available
+print(json.dumps([left, is_bnb_available(), is_bitsandbytes_available(), is_wandb_available(),
+                  [m for m in ("bitsandbytes", "wandb") if sys.modules.get(m) is not None]]))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [["bitsandbytes", "wandb"], False, False, False, []]
