@@ -1,17 +1,23 @@
-"""One epoch of variable-length SFT: a bare TRL script against tuiwiz unpacked, packed (examples kept apart)
-and grouped by length, alternately, on the same data and settings.
+"""One epoch of variable-length SFT, the ways a user could run it, alternately, on the same data: a bare TRL
+script unpacked and with TRL's own packing; tuiwiz unpacked (the same settings as the bare script: parity),
+packed (examples kept apart), grouped by length, and with what `tuiwiz recommend` chooses for this data.
 
 The data: alpaca-style rows (an instruction and an output made of the demo's answers) whose lengths spread from
 about 25 to 400 tokens, as instruction sets do; a held-out set of the same kind. Settings: the demo model
-(4 layers, width 128), LoRA r8 on every linear layer, micro-batch 8, one epoch, fp32, data.max_length 512.
+(4 layers, width 128), LoRA r8 on every linear layer, micro-batch 8, one epoch, fp32, data.max_length 512. The
+recommended run takes `tuiwiz recommend --method lora --rank 8 --target-batch 8`'s profile for this data as
+written, one epoch.
 
-Each run is one whole command (`tuiwiz --profile`, or `python bare.py`), timed from start to exit. Afterwards,
+Each run is one whole command (`tuiwiz --profile`, or `python bare.py`), timed from start to exit; start-up is
+the time from the command's start to the end of the first optimizer step; training tokens/s are the epoch's
+own tokens (no padding: the same count for every run) over the Trainer's train_runtime; peak RSS is the
+training process's. The load average and the CPU steal share during each run are recorded. Afterwards,
 outside the timing, one evaluator scores every run's adapter the same way: the mean loss per completion token
 over the held-out rows, one row at a time (no padding, no packing), so runs that batched differently are
 compared on the same measure. The bare script's resolved TrainingArguments are diffed against tuiwiz's
 (`trainer-args.json` in its run folder) for the unpacked pair, to show the two did the same work.
 
-    python bench/sft_speed.py --json bench/results/sft-speed.json [--repeats 2] [--rows 1000]
+    python bench/sft_speed.py --json bench/results/sft-speed.json [--repeats 3] [--rows 1000]
     python bench/sft_speed.py --from-json bench/results/sft-speed.json   # print the docs block
 """
 
@@ -35,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.vs_trl import BARE  # noqa: E402  (the bare TRL script: the same for both benches)
 
-MODES = ("bare_trl", "tuiwiz", "tuiwiz_packed", "tuiwiz_grouped")
+MODES = ("bare_trl", "tuiwiz", "trl_packed", "tuiwiz_packed", "tuiwiz_grouped", "tuiwiz_recommended")
 SETTINGS = {"epochs": 1, "lr": 2e-3, "batch": 8, "max_length": 512, "r": 8, "alpha": 16, "warmup": 0.05}
 # Differences between the two resolved argument sets that change no work: where files go, how progress is
 # reported, and names. Anything else that differs is reported.
@@ -121,44 +127,78 @@ def tuiwiz_profile(work: Path, train: Path, mode: str) -> Path:
     return path
 
 
-def run_tuiwiz(work: Path, env: dict, train: Path, mode: str) -> tuple[dict, Path, dict]:
-    profile = tuiwiz_profile(work, train, mode)
-    before = set((work / "runs").iterdir()) if (work / "runs").exists() else set()
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "tuiwiz", "--profile", str(profile)], env=env, cwd=work,
-                            capture_output=True, text=True)
-    wall = time.perf_counter() - start
+def cpu_times() -> tuple[float, float]:
+    """(steal, total) jiffies of all CPUs so far (/proc/stat)."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return fields[7] if len(fields) > 7 else 0.0, sum(fields[:8])
+
+
+def timed(argv: list[str], env: dict, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run one whole command; (its result, {start, wall_s, load, steal_share})."""
+    load = os.getloadavg()[0]
+    steal0, total0 = cpu_times()
+    start = time.time()
+    began = time.perf_counter()
+    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - began
+    steal1, total1 = cpu_times()
     if result.returncode != 0:
         raise SystemExit(result.stdout + result.stderr)
+    return result, {"start": start, "wall_s": wall, "load": load,
+                    "steal_share": (steal1 - steal0) / (total1 - total0) if total1 > total0 else 0.0}
+
+
+def recommended_profile(work: Path, env: dict, train: Path) -> Path:
+    """`tuiwiz recommend`'s profile for this data (LoRA r8, batch 8 as the others), one epoch, written as is."""
+    path = work / "recommended.yaml"
+    result = subprocess.run([sys.executable, "-m", "tuiwiz", "recommend", "--model", "demo", "--data", str(train),
+                             "--method", "lora", "--rank", str(SETTINGS["r"]), "--target-batch",
+                             str(SETTINGS["batch"]), "--write", str(path)], env=env, cwd=work,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(result.stdout + result.stderr)
+    data = yaml.safe_load(path.read_text())
+    data["training"].update(num_train_epochs=SETTINGS["epochs"], save_steps=100_000)
+    data["output"] = {"runs_dir": str(work / "runs"), "report_to": []}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_tuiwiz(work: Path, env: dict, profile: Path) -> tuple[dict, Path, dict]:
+    before = set((work / "runs").iterdir()) if (work / "runs").exists() else set()
+    _, t = timed([sys.executable, "-m", "tuiwiz", "--profile", str(profile)], env, work)
     run = next(p for p in (work / "runs").iterdir() if p not in before and p.is_dir())
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines() if line.strip()]
     end = next(e for e in events if e["type"] == "run_end")
     start_event = next(e for e in events if e["type"] == "run_start")
+    logs = [e for e in events if e["type"] == "log"]
+    first = next(e["time"] for e in logs if e.get("step") == 1)
     m = end["metrics"]
-    return ({"wall_s": wall, "train_runtime": m["train_runtime"], "tokens_per_second": m["train_tokens_per_second"],
-             "train_loss": m["train_loss"], "steps": end["step"], "rows": start_event["train_examples"]},
+    return ({"wall_s": t["wall_s"], "to_first_step_s": first - t["start"], "train_runtime": m["train_runtime"],
+             "train_loss": m["train_loss"], "steps": end["step"], "rows": start_event["train_examples"],
+             "peak_rss_mb": max((e.get("memory") or {}).get("peak_rss_mb", 0) for e in logs),
+             "load": t["load"], "steal_share": t["steal_share"]},
             run / "output", json.loads((run / "trainer-args.json").read_text()))
 
 
-def run_bare(work: Path, env: dict, train: Path, n: int) -> tuple[dict, Path, dict]:
+def run_bare(work: Path, env: dict, train: Path, n: int, packing: bool = False) -> tuple[dict, Path, dict]:
     from tuiwiz.demo.build import demo_model_dir
     from tuiwiz.profile.schema import TrainingConfig
 
     resolved = TrainingConfig()  # the defaults the profile leaves to tuiwiz, stated to the bare script
     settings = {**SETTINGS, "gradient_checkpointing": resolved.gradient_checkpointing, "optim": resolved.optim,
-                "weight_decay": resolved.weight_decay, "max_grad_norm": resolved.max_grad_norm}
+                "weight_decay": resolved.weight_decay, "max_grad_norm": resolved.max_grad_norm, "packing": packing}
     script = work / "bare.py"
     script.write_text(BARE)
-    out = work / f"bare-{n}"
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, str(script), str(demo_model_dir()), str(train), str(out),
-                             json.dumps(settings)], env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(result.stdout + result.stderr)
+    out = work / f"bare-{'packed-' if packing else ''}{n}"
+    result, t = timed([sys.executable, str(script), str(demo_model_dir()), str(train), str(out),
+                       json.dumps(settings)], env)
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    figures["rows"] = sum(1 for _ in train.open())
-    return {"wall_s": wall, **figures}, out, json.loads(Path(str(out) + ".args.json").read_text())
+    return ({"wall_s": t["wall_s"], "to_first_step_s": figures.pop("first_step_at") - t["start"],
+             "train_runtime": figures["train_runtime"], "train_loss": figures["train_loss"],
+             "steps": figures["steps"], "rows": sum(1 for _ in train.open()), "peak_rss_mb": figures["peak_rss_mb"],
+             "load": t["load"], "steal_share": t["steal_share"]},
+            out, json.loads(Path(str(out) + ".args.json").read_text()))
 
 
 def args_diff(bare: dict, ours: dict) -> dict:
@@ -169,15 +209,17 @@ def args_diff(bare: dict, ours: dict) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--held-out", type=int, default=100)
+    parser.add_argument("--modes", default=",".join(MODES), help="comma list (a subset, to try one out)")
     parser.add_argument("--json")
     parser.add_argument("--from-json")
     args = parser.parse_args()
     if args.from_json:
         print(docs_block(json.loads(Path(args.from_json).read_text())), end="")
         return 0
+    modes = tuple(m for m in MODES if m in args.modes.split(","))
     work = Path(tempfile.mkdtemp(prefix="tuiwiz-sft-speed-"))
     env = {**os.environ, "TUIWIZ_CACHE_DIR": str(work / "cache"), "TUIWIZ_STATE_DIR": str(work / "state"),
            "HF_HUB_OFFLINE": "1"}
@@ -186,37 +228,49 @@ def main() -> int:
 
     ensure_demo_model(), ensure_demo_datasets()  # built once, outside the timings
     train, test, lengths = make_data(work, args.rows, args.held_out)
-    runs: dict[str, list[dict]] = {m: [] for m in MODES}
+    real_tokens = sum(min(n, SETTINGS["max_length"]) for n in lengths)
+    recommended = recommended_profile(work, env, train)
+    chosen = yaml.safe_load(recommended.read_text())
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
     diff = None
     for i in range(args.repeats):
-        order = MODES if i % 2 == 0 else tuple(reversed(MODES))
+        order = modes if i % 2 == 0 else tuple(reversed(modes))
         for mode in order:
-            if mode == "bare_trl":
-                figures, adapter, resolved = run_bare(work, env, train, i)
+            if mode in ("bare_trl", "trl_packed"):
+                figures, adapter, resolved = run_bare(work, env, train, i, packing=mode == "trl_packed")
             else:
-                figures, adapter, resolved = run_tuiwiz(work, env, train, mode)
+                profile = recommended if mode == "tuiwiz_recommended" else tuiwiz_profile(work, train, mode)
+                figures, adapter, resolved = run_tuiwiz(work, env, profile)
+            figures["tokens_per_second"] = real_tokens / figures["train_runtime"]
             figures["held_out_loss"] = held_out_loss(adapter, test)
             runs[mode].append(figures)
             if mode in ("bare_trl", "tuiwiz"):
                 runs[mode][-1]["_args"] = resolved
             print(mode, json.dumps({k: v for k, v in figures.items() if k != "_args"}), flush=True)
-        if diff is None:
+        if diff is None and {"bare_trl", "tuiwiz"} <= set(modes):
             diff = args_diff(runs["bare_trl"][-1]["_args"], runs["tuiwiz"][-1]["_args"])
     for mode_runs in runs.values():
         for r in mode_runs:
             r.pop("_args", None)
-    keys = ("wall_s", "train_runtime", "tokens_per_second", "held_out_loss")
+    keys = ("wall_s", "to_first_step_s", "train_runtime", "tokens_per_second", "peak_rss_mb", "train_loss",
+            "held_out_loss")
     median = {m: {k: statistics.median(r[k] for r in rs) for k in keys} | {"steps": rs[0]["steps"],
                                                                            "rows": rs[0]["rows"]}
               for m, rs in runs.items()}
     ranges = {m: {k: [min(r[k] for r in rs), max(r[k] for r in rs)] for k in keys} for m, rs in runs.items()}
-    bare = median["bare_trl"]
+    bare = median.get("bare_trl")
     ratios = {m: {"wall": median[m]["wall_s"] / bare["wall_s"],
-                  "train_runtime": median[m]["train_runtime"] / bare["train_runtime"]} for m in MODES[1:]}
-    out = {"settings": SETTINGS, "rows": args.rows, "held_out": args.held_out,
+                  "train_runtime": median[m]["train_runtime"] / bare["train_runtime"],
+                  "to_first_step": median[m]["to_first_step_s"] / bare["to_first_step_s"]}
+              for m in modes if m != "bare_trl"} if bare else {}
+    every = [r for rs in runs.values() for r in rs]
+    out = {"settings": SETTINGS, "rows": args.rows, "held_out": args.held_out, "real_tokens": real_tokens,
            "token_lengths": {"min": min(lengths), "median": statistics.median(lengths), "max": max(lengths),
                              "padding_share_if_shuffled": padding_share(lengths, SETTINGS["batch"])},
-           "repeats": args.repeats, "cpu_count": os.cpu_count(), "load_before": os.getloadavg()[0],
+           "recommended": {"data": chosen["data"], "training": chosen["training"], "method": chosen["method"]},
+           "repeats": args.repeats, "cpu_count": os.cpu_count(),
+           "load": [min(r["load"] for r in every), max(r["load"] for r in every)],
+           "steal_share": [min(r["steal_share"] for r in every), max(r["steal_share"] for r in every)],
            "runs": runs, "median": median, "range": ranges, "ratio_to_bare": ratios, "args_diff": diff}
     print(json.dumps({"median": median, "ratio_to_bare": ratios, "args_diff": diff}, indent=2))
     if args.json:
@@ -232,26 +286,39 @@ def padding_share(lengths: list[int], batch: int, seed: int = 42) -> float:
     return 1 - sum(order) / padded
 
 
+NAMES = {"bare_trl": "bare TRL script, shuffled", "tuiwiz": "tuiwiz, shuffled (same settings)",
+         "trl_packed": "bare TRL script, `packing=True` (TRL's bfd)", "tuiwiz_packed": "tuiwiz, `data.packing: true`",
+         "tuiwiz_grouped": "tuiwiz, `data.group_by_length: true`",
+         "tuiwiz_recommended": "tuiwiz, what `tuiwiz recommend` chose"}
+
+
 def docs_block(f: dict) -> str:
     """The block docs/benchmarks.md quotes (tests/test_readme_figures.py checks it is there, unchanged)."""
     med, rng, ratio = f["median"], f["range"], f["ratio_to_bare"]
-    names = {"bare_trl": "bare TRL script, shuffled", "tuiwiz": "tuiwiz, shuffled",
-             "tuiwiz_packed": "tuiwiz, `data.packing: true`", "tuiwiz_grouped": "tuiwiz, `data.group_by_length: true`"}
-    lines = ["| run | whole command (median, range) | training time | optimizer steps | held-out loss "
-             "(median, range) | whole command / bare TRL |", "|---|---|---|---|---|---|"]
-    for mode in MODES:
+    lines = ["| run | whole command, s (range) | to first step, s | training, s | training tokens/s | peak RSS, MiB "
+             "| steps | train loss | held-out loss (range) | whole command / bare TRL |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for mode in (m for m in MODES if m in med):
         m, r = med[mode], rng[mode]
         share = "1" if mode == "bare_trl" else f"{ratio[mode]['wall']:.2f}"
-        lines.append(f"| {names[mode]} | {m['wall_s']:.0f} s ({r['wall_s'][0]:.0f} to {r['wall_s'][1]:.0f}) | "
-                     f"{m['train_runtime']:.0f} s | {m['steps']} | {m['held_out_loss']:.3f} "
+        lines.append(f"| {NAMES[mode]} | {m['wall_s']:.1f} ({r['wall_s'][0]:.1f} to {r['wall_s'][1]:.1f}) | "
+                     f"{m['to_first_step_s']:.1f} | {m['train_runtime']:.1f} | {m['tokens_per_second']:,.0f} | "
+                     f"{m['peak_rss_mb']:.0f} | {m['steps']} | {m['train_loss']:.3f} | {m['held_out_loss']:.3f} "
                      f"({r['held_out_loss'][0]:.3f} to {r['held_out_loss'][1]:.3f}) | {share} |")
-    t = f["token_lengths"]
-    diff = ", ".join(f"`{k}` {v[0]!r} vs {v[1]!r}" for k, v in f["args_diff"].items()) or "none"
+    t, rec = f["token_lengths"], f["recommended"]
+    rt = rec["training"]
+    diff = ", ".join(f"`{k}` {v[0]!r} vs {v[1]!r}" for k, v in (f["args_diff"] or {}).items()) or "none"
+    packed = "packing" if rec["data"].get("packing") else ("grouping by length" if rec["data"].get("group_by_length")
+                                                             else "neither packing nor grouping")
     lines += ["", f"{f['rows']} training rows of {t['min']} to {t['max']} tokens (median {t['median']:.0f}); "
               f"shuffled batches of {f['settings']['batch']} are {t['padding_share_if_shuffled']:.0%} padding. "
-              f"{f['repeats']} rounds, alternating, on {f['cpu_count']} CPUs. Resolved Trainer arguments that "
-              f"differ between the bare script and tuiwiz shuffled (besides output paths, logging, saving and "
-              f"progress reporting): {diff}."]
+              f"Medians of {f['repeats']} rounds, alternating, on {f['cpu_count']} CPUs; load average "
+              f"{f['load'][0]:.1f} to {f['load'][1]:.1f}, CPU steal {f['steal_share'][0]:.0%} to "
+              f"{f['steal_share'][1]:.0%} of the time. `tuiwiz recommend` chose {packed}, micro-batch "
+              f"{rt['per_device_train_batch_size']} x {rt.get('gradient_accumulation_steps', 1)} accumulated, "
+              f"learning rate {rt['learning_rate']:g}, max length {rec['data']['max_length']}. "
+              f"Resolved Trainer arguments that differ between the bare script and tuiwiz shuffled (besides output "
+              f"paths, logging, saving and progress reporting): {diff}."]
     return "\n".join(lines) + "\n"
 
 

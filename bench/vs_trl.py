@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 BARE = r'''
-import json, sys, time
+import json, resource, sys, time
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
@@ -48,17 +48,26 @@ config = SFTConfig(
     # what tuiwiz resolves, stated: TRL's own defaults differ (gradient checkpointing on, fused AdamW)
     gradient_checkpointing=settings["gradient_checkpointing"], optim=settings["optim"],
     weight_decay=settings["weight_decay"], max_grad_norm=settings["max_grad_norm"],
+    packing=settings.get("packing", False),  # TRL's own packing (bfd), as a user would turn it on
 )
 lora = LoraConfig(task_type="CAUSAL_LM", r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=0.0,
                   target_modules="all-linear")
 trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                      peft_config=lora)
 open(out_dir + ".args.json", "w").write(trainer.args.to_json_string())  # resolved, to diff with tuiwiz's
+from transformers import TrainerCallback
+class FirstStepTime(TrainerCallback):
+    at = None
+    def on_step_end(self, args, state, control, **kw):
+        FirstStepTime.at = FirstStepTime.at or time.time()
+trainer.add_callback(FirstStepTime())
 result = trainer.train()
 trainer.save_model(out_dir)
 runtime = result.metrics["train_runtime"]
 print(json.dumps({"train_runtime": runtime, "tokens_per_second": trainer.state.num_input_tokens_seen / runtime,
-                  "train_loss": result.metrics["train_loss"], "steps": trainer.state.global_step}))
+                  "train_loss": result.metrics["train_loss"], "steps": trainer.state.global_step,
+                  "first_step_at": FirstStepTime.at,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 '''
 
 

@@ -84,7 +84,8 @@ def test_qwen_small_on_h100_gets_full_fine_tuning():
     assert rec.best.key == "full" and rec.best.plan.strategy == "single"
     # full fine-tuning's 2e-5 for a 4096-wide model, times sqrt(4096/896) for this 896-wide one
     assert rec.best.learning_rate == 4.3e-5 and "√(4096/896)" in rec.best.reason
-    assert rec.best.effective_batch == 16
+    # lengths of 300 to 2,000 pack, about 1.75 examples a row: 9 rows a step hold the 16 examples planned for
+    assert rec.best.packing and rec.best.effective_batch == 9 and "keeps about the 16 examples" in rec.best.reason
 
 
 def test_llama3_8b_on_8x_a100_can_do_full_with_zero():

@@ -4,6 +4,7 @@ work, and says by how much; not where lengths are even, for classification, or f
 from __future__ import annotations
 
 import random
+import re
 
 from tuiwiz.data.stats import DataStats
 from tuiwiz.plan.hardware import probe
@@ -25,7 +26,8 @@ def test_varied_lengths_turn_isolated_packing_on_with_the_saving_said():
     rec = recommend(probe(snapshot="h100-80gb"), qwen(), VARIED, experts=True)
     best = rec.best
     assert best.packing and to_profile(best, "Qwen/Qwen2.5-0.5B", "train.jsonl").data.packing
-    work = VARIED.work(best.plan.seq_len, best.plan.micro_batch)
+    unpacked_batch = int(re.search(r"than shuffled batches of (\d+) padded", best.reason).group(1))
+    work = VARIED.work(best.plan.seq_len, unpacked_batch)  # the saving is said against the unpacked batch
     assert work.packing_saves >= PACKING_MIN_SAVING
     assert f"{work.packing_saves:.0%} fewer tokens computed" in best.reason
     prompt = [o for o in rec.options if o.plan.method in ("prompt_tuning", "prefix_tuning", "p_tuning")]
@@ -57,3 +59,33 @@ def test_the_data_step_says_what_packing_saves_for_sft_and_pretraining_only():
     assert _packing_saves(stats, None, "pretrain") == _packing_saves(stats, 512, "sft")  # its own max length
     assert _packing_saves(stats, 512, "classification") is None
     assert _packing_saves(SimpleNamespace(lengths=[], max_length=512), 512, "sft") is None
+
+
+def test_a_packed_step_holds_about_the_examples_an_unpacked_step_would():
+    """Packed rows hold several examples each: the same row count a step would take several times the examples
+    and make several times fewer steps an epoch (bench/sft_speed.py measured the held-out loss that costs)."""
+    rec = recommend(probe(snapshot="h100-80gb"), qwen(), VARIED, target_batch=16)
+    best = rec.best
+    assert best.packing
+    work = VARIED.work(best.plan.seq_len, best.plan.micro_batch)
+    per_row = len(VARIED.lengths) / work.packed_rows
+    rows = best.plan.micro_batch * best.plan.gradient_accumulation
+    assert 1 < per_row and abs(rows * per_row - 16) <= per_row  # about 16 examples a step
+    assert f"A row holds {per_row:.1f} examples on average" in best.reason
+    unpacked_steps = -(-len(VARIED.lengths) // 16)
+    packed_steps = -(-work.packed_rows // rows)
+    assert abs(packed_steps - unpacked_steps) / unpacked_steps < 0.25
+    profile = to_profile(best, "Qwen/Qwen2.5-0.5B", "train.jsonl")
+    assert profile.training.per_device_train_batch_size * profile.training.gradient_accumulation_steps == rows
+
+
+def test_unpacked_methods_group_by_length_where_padding_would_waste_work():
+    rec = recommend(probe(snapshot="h100-80gb"), qwen(), VARIED, experts=True)
+    prompt = rec.option("prompt_tuning")
+    assert prompt is not None and not prompt.packing and prompt.group_by_length
+    assert "Groups examples of like length into batches" in prompt.reason
+    profile = to_profile(prompt, "Qwen/Qwen2.5-0.5B", "train.jsonl")
+    assert profile.data.group_by_length and not profile.data.packing
+    assert not any(o.group_by_length for o in rec.options if o.packing)
+    even = recommend(probe(snapshot="h100-80gb"), qwen(), EVEN, experts=True)
+    assert not any(o.group_by_length or o.packing for o in even.options)
