@@ -4,6 +4,10 @@ items, and the wall time of each whole command (2-core CPU here; a fresh cache, 
 - demo-dpo.yaml (SFT then DPO): greedy answers to the 27 held-out preference questions, after the SFT
   stage and after the DPO stage: how many begin "Sure!" (the chosen style) and how many are the chosen
   reply exactly; the DPO stage's held-out reward margin at its first and last evaluation.
+- demo-kto.yaml, demo-simpo.yaml (SFT then KTO, SFT then SimPO): the same, for their preference stage; KTO's
+  margin is its eval rewards of the desirable completions over the undesirable ones.
+- demo-orpo.yaml (ORPO straight from the demo model): the held-out answers of the untrained demo model and after
+  ORPO; ORPO's held-out reward margin at its first and last evaluation.
 - demo-reward.yaml: the reward model's held-out pairwise accuracy (27 pairs).
 - demo-seq2seq.yaml: held-out exact match and ROUGE-L of the untrained demo T5 and of the trained run
   (80 held-out questions, greedy).
@@ -66,10 +70,13 @@ def _evals(run: Path, key: str) -> list[float]:
 def _greedy(output: Path, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
     import torch
     from peft import AutoPeftModelForCausalLM
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(output)
-    model = AutoPeftModelForCausalLM.from_pretrained(output).merge_and_unload().eval()
+    if (Path(output) / "adapter_config.json").exists():
+        model = AutoPeftModelForCausalLM.from_pretrained(output).merge_and_unload().eval()
+    else:  # a whole model: the untrained demo
+        model = AutoModelForCausalLM.from_pretrained(output).eval()
     answers = []
     for prompt in prompts:
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
@@ -88,17 +95,49 @@ def _style(answers: list[str], chosen: list[str]) -> dict:
             "samples": [{"answer": a} for a in answers[:3]]}
 
 
-def dpo(folder: Path, env: dict) -> dict:
+def _held_out() -> tuple[list[str], list[str]]:
     from tuiwiz.demo.preference import records
 
-    seconds, code, log = run_shipped("demo-dpo.yaml", folder, env)
+    held = records("preference-heldout")
+    return [r["prompt"] for r in held], [r["chosen"] for r in held]
+
+
+def _after_sft(profile: str, stage: str, folder: Path, env: dict) -> dict:
+    """A pipeline of an SFT stage then a preference stage: the held-out answers after each stage, and the
+    preference stage's held-out reward margin at its first and last evaluation."""
+    seconds, code, log = run_shipped(profile, folder, env)
     assert code == 0, log
     runs = _stage_runs(folder)
-    held = records("preference-heldout")
-    prompts, chosen = [r["prompt"] for r in held], [r["chosen"] for r in held]
-    margins = _evals(runs["dpo"], "eval_rewards/margins")
+    prompts, chosen = _held_out()
+    margins = _evals(runs[stage], "eval_rewards/margins")
     return {"wall_s": round(seconds, 1), "after_sft": _style(_greedy(runs["sft"] / "output", prompts), chosen),
-            "after_dpo": _style(_greedy(runs["dpo"] / "output", prompts), chosen),
+            f"after_{stage}": _style(_greedy(runs[stage] / "output", prompts), chosen),
+            "eval_margin_first_last": [round(margins[0], 4), round(margins[-1], 4)], "evaluations": len(margins)}
+
+
+def dpo(folder: Path, env: dict) -> dict:
+    return _after_sft("demo-dpo.yaml", "dpo", folder, env)
+
+
+def kto(folder: Path, env: dict) -> dict:
+    return _after_sft("demo-kto.yaml", "kto", folder, env)
+
+
+def simpo(folder: Path, env: dict) -> dict:
+    return _after_sft("demo-simpo.yaml", "simpo", folder, env)
+
+
+def orpo(folder: Path, env: dict) -> dict:
+    """ORPO straight from the demo model: the held-out answers of the demo model itself and after ORPO."""
+    from tuiwiz.demo.build import ensure_demo_model
+
+    seconds, code, log = run_shipped("demo-orpo.yaml", folder, env)
+    assert code == 0, log
+    run = next(p for p in (folder / "runs").iterdir() if not p.name.startswith("."))
+    prompts, chosen = _held_out()
+    margins = _evals(run, "eval_rewards/margins")
+    return {"wall_s": round(seconds, 1), "untrained": _style(_greedy(ensure_demo_model(), prompts), chosen),
+            "after_orpo": _style(_greedy(run / "output", prompts), chosen),
             "eval_margin_first_last": [round(margins[0], 4), round(margins[-1], 4)], "evaluations": len(margins)}
 
 
@@ -168,12 +207,14 @@ def pipeline(folder: Path, env: dict) -> dict:
             "grpo_samples_styled_first_last": [styled(samples[0]), styled(samples[-1])]}
 
 
-BENCHES = {"dpo": dpo, "reward": reward, "seq2seq": seq2seq, "grpo": grpo, "pipeline": pipeline}
+BENCHES = {"dpo": dpo, "kto": kto, "simpo": simpo, "orpo": orpo, "reward": reward, "seq2seq": seq2seq, "grpo": grpo,
+           "pipeline": pipeline}
 
 
 def docs_block(f: dict) -> str:
     """The block docs/benchmarks.md quotes (tests/test_readme_figures.py checks it is there, unchanged)."""
     d, r, s, g, p = f["dpo"], f["reward"], f["seq2seq"], f["grpo"], f["pipeline"]
+    k, sp, o = f["kto"], f["simpo"], f["orpo"]
     lines = [
         "| profile (as shipped) | what moved | held-out items | whole command |",
         "|---|---|---|---|",
@@ -181,6 +222,20 @@ def docs_block(f: dict) -> str:
         f" after SFT, {d['after_dpo']['begin_with_style']} after DPO; held-out reward margin "
         f"{d['eval_margin_first_last'][0]:.3f} at the first evaluation, {d['eval_margin_first_last'][1]:.3f} at the "
         f"last | {d['after_dpo']['questions']} questions | {d['wall_s']:.0f} s |",
+        f"| `demo-kto.yaml` (SFT, then KTO) | greedy answers beginning \"Sure!\": {k['after_sft']['begin_with_style']}"
+        f" after SFT, {k['after_kto']['begin_with_style']} after KTO; held-out reward margin (desirable over "
+        f"undesirable) {k['eval_margin_first_last'][0]:.3f} at the first evaluation, "
+        f"{k['eval_margin_first_last'][1]:.3f} at the last | {k['after_kto']['questions']} questions | "
+        f"{k['wall_s']:.0f} s |",
+        f"| `demo-simpo.yaml` (SFT, then SimPO) | greedy answers beginning \"Sure!\": "
+        f"{sp['after_sft']['begin_with_style']} after SFT, {sp['after_simpo']['begin_with_style']} after SimPO; "
+        f"held-out reward margin {sp['eval_margin_first_last'][0]:.3f} at the first evaluation, "
+        f"{sp['eval_margin_first_last'][1]:.3f} at the last | {sp['after_simpo']['questions']} questions | "
+        f"{sp['wall_s']:.0f} s |",
+        f"| `demo-orpo.yaml` (no SFT stage) | greedy answers beginning \"Sure!\": {o['untrained']['begin_with_style']}"
+        f" untrained, {o['after_orpo']['begin_with_style']} after ORPO; held-out reward margin "
+        f"{o['eval_margin_first_last'][0]:.3f} at the first evaluation, {o['eval_margin_first_last'][1]:.3f} at the "
+        f"last | {o['after_orpo']['questions']} questions | {o['wall_s']:.0f} s |",
         f"| `demo-reward.yaml` | held-out pairwise accuracy {r['eval_accuracy_first_last'][0]:.2f} at the first "
         f"evaluation, {r['eval_accuracy_first_last'][1]:.2f} at the last | {r['pairs']} pairs | {r['wall_s']:.0f} s |",
         f"| `demo-seq2seq.yaml` | exact match {s['untrained']['exact_match']:.2f} untrained, "

@@ -2,11 +2,13 @@
 
 DPO after an SFT run (model.start_from) moves the greedy answers to held-out questions toward the chosen
 style; under LoRA its reference is the same weights with the adapter disabled (one model load), under full
-fine-tuning a second, frozen copy. KTO, ORPO and SimPO train from their shipped profiles and log their own
-metrics. Bad preference data is tests/test_preference_data.py's.
+fine-tuning a second, frozen copy. KTO, ORPO and SimPO train from their shipped profiles' stages and log their
+own metrics; ORPO and SimPO count the tokens they see, across a resume. Bad preference data is
+tests/test_preference_data.py's.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,8 +17,9 @@ from tuiwiz.run.events import read_events
 from tuiwiz.run.rundir import RunDir, read_state
 from tuiwiz.tasks import TASKS
 
+from .support import PROFILES
 from .support.processes import run_cli
-from .support.runs import generate, only_run, write_profile
+from .support.runs import generate, only_run
 
 pytestmark = pytest.mark.slow
 
@@ -160,21 +163,71 @@ def test_dpo_reference_under_full_fine_tuning_is_a_second_frozen_copy(tmp_path, 
     assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(trainer.train_dataset.column_names)
 
 
+def stage_profile(tmp_path, task: str, **training) -> Path:
+    """The shipped demo-TASK.yaml's TASK stage as a profile of its own, straight from the demo model (the
+    pipeline's SFT stage left out: tests/test_pipeline.py chains stages), with some training settings changed."""
+    data = yaml.safe_load((PROFILES / f"demo-{task}.yaml").read_text())
+    stages = data.pop("stages", None)
+    if stages:
+        stage = next(s for s in stages if s["task"] == task)
+        data.update({key: value for key, value in stage.items() if key != "name"})
+    data["training"] = {**data["training"], **training}
+    data["output"] = {"runs_dir": str(tmp_path / "runs"), "report_to": []}
+    path = tmp_path / f"{task}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 @pytest.mark.parametrize("task", ["kto", "orpo", "simpo"])
 def test_kto_orpo_simpo_train_from_their_profiles_log_their_metrics_and_reload(tmp_path, task):
-    profile = write_profile(tmp_path, f"demo-{task}.yaml", training__max_steps=8, training__eval_steps=4,
-                            training__logging_steps=2, output__report_to=[])
+    profile = stage_profile(tmp_path, task, max_steps=8, eval_steps=4, logging_steps=2)
     result = run_cli("--profile", profile)
     run = only_run(tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr + run.log.read_text()
+    log = run.log.read_text()
+    assert result.returncode == 0, result.stdout + result.stderr + log
     assert read_state(run).status == "completed"
     start = events_of(run, "run_start")[0]
     assert start["task"] == task and start["method"] == "lora"
     metrics = TASKS[task].metrics
-    logged = [e["task_metrics"] for e in events_of(run, "log")]
+    logs = events_of(run, "log")
+    logged = [e["task_metrics"] for e in logs]
     assert len(logged) >= 4 and all(set(metrics) <= set(m) for m in logged), logged
     evals = events_of(run, "eval")
     assert evals and all({f"eval_{name}" for name in metrics} <= set(e) for e in evals), evals[-1]
     end = events_of(run, "run_end")[-1]
     assert end["status"] == "completed" and end["metrics"]["tokens_seen"] > 0
+    tokens = [e["tokens_seen"] for e in logs]
+    assert tokens == sorted(tokens) and tokens[-1] == end["metrics"]["tokens_seen"], tokens
+    assert "Tried to track the number of tokens seen" not in log  # the Trainer's own count, at every step
     generate(run.output)
+
+
+@pytest.mark.parametrize("task", ["orpo", "simpo"])
+def test_orpo_and_simpo_count_every_chosen_and_rejected_token_seen_across_a_resume(tmp_path, demo_built, task):
+    """Their batches have no input_ids, which is what the Trainer counts: tuiwiz counts the chosen and
+    rejected sequences (prompt included, padding not). One epoch sees every row once, in any order."""
+    from tuiwiz.profile.schema import Profile
+    from tuiwiz.train.recipes import recipe_for
+
+    def set_up(name: str):
+        profile = Profile(task=task, data={"path": "demo:preference", "max_length": 64, "limit": 8},
+                          method={"type": "lora", "lora_dropout": 0.0},
+                          training={"num_train_epochs": 1, "per_device_train_batch_size": 4, "save_steps": 1,
+                                    "logging_steps": 1},
+                          output={"report_to": []})
+        run = RunDir(tmp_path / name)
+        run.path.mkdir(parents=True)
+        return recipe_for(task).set_up(profile, run, []).trainer, run
+
+    trainer, run = set_up("whole")
+    rows = trainer.train_dataset
+    every_token = sum(len(row["chosen_input_ids"]) + len(row["rejected_input_ids"]) for row in rows)
+    trainer.train()
+    assert trainer.state.global_step == 2 and trainer.state.num_input_tokens_seen == every_token
+    logged = [e["num_input_tokens_seen"] for e in trainer.state.log_history if "loss" in e]
+    assert logged[-1] == every_token and 0 < logged[0] < every_token, logged  # every log carries the count
+
+    # resumed after the first step: the count goes on from the checkpoint's, to the same total
+    resumed, _ = set_up("resumed")
+    resumed.train(resume_from_checkpoint=str(run.checkpoints / "checkpoint-1"))
+    assert resumed.state.num_input_tokens_seen == every_token

@@ -60,8 +60,8 @@ def build_trainer(profile: Profile, run: RunDir, precision, model, tokenizer, tr
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     config = ORPOConfig(
-        **training_arguments(profile, precision, run, eval_data is not None), max_length=profile.data.max_length,
-        beta=profile.preference.beta, dataset_num_proc=None,
+        **pair_token_arguments(training_arguments(profile, precision, run, eval_data is not None)),
+        max_length=profile.data.max_length, beta=profile.preference.beta, dataset_num_proc=None,
     )
     return counting_pair_tokens(ORPOTrainer)(
         model=model, args=config, train_dataset=Dataset.from_list(preference_rows(train_data, tokenizer, profile)),
@@ -70,17 +70,27 @@ def build_trainer(profile: Profile, run: RunDir, precision, model, tokenizer, tr
     )
 
 
+def pair_token_arguments(arguments: dict) -> dict:
+    """The Trainer's own count of tokens seen switched off: it counts ``input_ids``, which ORPO's and CPO's batches
+    do not have (it would warn at every step and count none); ``counting_pair_tokens`` counts them instead."""
+    return {**arguments, "include_num_input_tokens_seen": "no"}
+
+
 def counting_pair_tokens(trainer_class):
-    """``trainer_class`` counting the tokens of each chosen and rejected sequence (prompt included) as tokens seen:
-    the Trainer counts ``input_ids``, which ORPO's and CPO's batches do not have (they would report none)."""
+    """``trainer_class`` counting the non-padding tokens of each chosen and rejected sequence (prompt included) into
+    ``state.num_input_tokens_seen``, summed over the ranks. The state is saved with each checkpoint and loaded on
+    resume, so the count goes on from there; every log carries it, as the Trainer's own count would."""
     import torch
 
     class CountingPairTokens(trainer_class):
-        def _track_num_input_tokens(self, inputs):
-            if self.args.include_num_input_tokens_seen == "no":
-                return
+        def training_step(self, model, inputs, num_items_in_batch=None):
             masks = [inputs[key] for key in ("chosen_attention_mask", "rejected_attention_mask") if key in inputs]
             tokens = torch.as_tensor(sum(int(mask.sum()) for mask in masks), device=self.args.device)
-            self.state.num_input_tokens_seen += self.accelerator.gather(tokens).sum().item()
+            self.state.num_input_tokens_seen += int(self.accelerator.gather(tokens).sum())
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def log(self, logs, start_time=None):
+            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen  # in place, as the Trainer adds it
+            return super().log(logs, start_time)
 
     return CountingPairTokens

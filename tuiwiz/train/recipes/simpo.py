@@ -14,7 +14,7 @@ from tuiwiz.run.rundir import RunDir
 from tuiwiz.train.arguments import training_arguments
 from tuiwiz.train.callbacks import RunnerCallback
 from tuiwiz.train.preference_rows import preference_rows
-from tuiwiz.train.recipes.orpo import counting_pair_tokens, set_up_with
+from tuiwiz.train.recipes.orpo import counting_pair_tokens, pair_token_arguments, set_up_with
 from tuiwiz.train.session import Setup, train_and_save
 from tuiwiz.train.stop import StopFlag
 
@@ -37,9 +37,9 @@ def build_trainer(profile: Profile, run: RunDir, precision, model, tokenizer, tr
 
     settings = profile.preference
     config = CPOConfig(
-        **training_arguments(profile, precision, run, eval_data is not None), max_length=profile.data.max_length,
-        loss_type="simpo", cpo_alpha=0.0, beta=settings.beta, simpo_gamma=settings.simpo_gamma,
-        label_smoothing=settings.label_smoothing, dataset_num_proc=None,
+        **pair_token_arguments(training_arguments(profile, precision, run, eval_data is not None)),
+        max_length=profile.data.max_length, loss_type="simpo", cpo_alpha=0.0, beta=settings.beta,
+        simpo_gamma=settings.simpo_gamma, label_smoothing=settings.label_smoothing, dataset_num_proc=None,
     )
     return counting_pair_tokens(CPOTrainer)(
         model=model, args=config, train_dataset=Dataset.from_list(preference_rows(train_data, tokenizer, profile)),
