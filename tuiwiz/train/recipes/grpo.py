@@ -107,8 +107,12 @@ def build_trainer(profile: Profile, run: RunDir, precision, model, tokenizer, tr
     options = {"loss_type": grpo.loss_type} if grpo.loss_type else {}
     if profile.training.pad_to_max_length:  # the worst case (the probe): every completion runs its full length
         options["generation_kwargs"] = {"min_new_tokens": grpo.max_completion_length}
+    # TRL counts the prompt and completion tokens into state.num_input_tokens_seen itself; the Trainer's own
+    # count looks for input_ids, which GRPO's batches lack, and would warn at every step
+    arguments = {**training_arguments(profile, precision, run, eval_data is not None),
+                 "include_num_input_tokens_seen": "no"}
     config = Config(
-        **training_arguments(profile, precision, run, eval_data is not None), **options,
+        **arguments, **options,
         num_generations=grpo.num_generations, max_completion_length=grpo.max_completion_length,
         temperature=grpo.temperature, beta=grpo.beta, reward_weights=weights,
         log_completions=False,  # SamplesCallback shows them; TRL's own would print tables into the log
