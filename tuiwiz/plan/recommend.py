@@ -216,7 +216,8 @@ def _search(machine, model, cand, seq, target_batch, precision, task):
     n = max(1, len(cand.gpus))
     base = Plan(method=cand.method, device="cuda" if cand.gpus else "cpu", precision=precision, seq_len=seq,
                 strategy=cand.strategy, optimizer=_optimizer(cand.method), **task_fields(task),
-                lora_targets=_lora_targets(model) if METHODS[cand.method].low_rank else None)
+                lora_targets=_lora_targets(model) if METHODS[cand.method].low_rank else None,
+                **({"lora_dropout": 0.0} if METHODS[cand.method].low_rank else {}))
     top = 1 << max(0, int(math.log2(max(1, target_batch // n))))
     found = {}
     for gc in (False, True):
@@ -270,8 +271,11 @@ def reason_for(plan: Plan, est: MemoryEstimate, model: ModelInfo) -> str:
         text += f"; {_STRATEGY_NOTES[plan.strategy]}"
     share = est.trainable_parameters / max(1, model.num_parameters)
     cost = task_cost(plan, est)
+    dropout = (" LoRA dropout 0, peft's and LLaMA-Factory's default: a dropout draws a mask over every adapted "
+               "layer's input and keeps a copy of it, which costs time and memory at every step."
+               if METHODS[plan.method].low_rank and plan.lora_dropout == 0 else "")
     return (f"{text[0].upper()}{text[1:]} ({count(est.trainable_parameters, digits=1)} trainable, {share:.2%})."
-            + (f" {cost}" if cost else ""))
+            + dropout + (f" {cost}" if cost else ""))
 
 
 def task_cost(plan: Plan, est: MemoryEstimate) -> str:
@@ -482,12 +486,13 @@ def _method_config(option: Option):
     if plan.method == "full":
         return p.FullMethod()
     if plan.method == "lora":
-        return p.LoraMethod(r=plan.lora_r, lora_alpha=option.lora_alpha or 2 * plan.lora_r, target_modules=targets)
+        return p.LoraMethod(r=plan.lora_r, lora_alpha=option.lora_alpha or 2 * plan.lora_r, target_modules=targets,
+                            lora_dropout=plan.lora_dropout)
     if plan.method == "qlora":
         return p.QLoraMethod(r=plan.lora_r, lora_alpha=option.lora_alpha or 2 * plan.lora_r,
-                             target_modules=targets, bits=plan.qlora_bits)
+                             target_modules=targets, bits=plan.qlora_bits, lora_dropout=plan.lora_dropout)
     if plan.method == "adalora":
-        return p.AdaLoraMethod(target_modules=targets)
+        return p.AdaLoraMethod(target_modules=targets, lora_dropout=plan.lora_dropout)
     return {"prompt_tuning": p.PromptTuningMethod, "prefix_tuning": p.PrefixTuningMethod,
             "p_tuning": p.PTuningMethod, "ia3": p.IA3Method, "bitfit": p.BitFitMethod}[plan.method]()
 
