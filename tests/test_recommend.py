@@ -476,3 +476,13 @@ def test_offload_without_the_cpu_ram_for_it_is_rejected_with_why():
     tight = recommend(machine_from("a100-40gb", gpus=2, ram_gib=200), model("llama3-8b"), CHAT_2K)
     assert "200 GiB available (170 GiB usable: the estimate keeps 15% spare)" in tight.option(
         "full-zero3-offload").rejected
+
+
+def test_low_rank_options_recommend_dropout_zero_and_say_why():
+    rec = recommend(probe(snapshot="rtx4090-24gb"), model("llama3-8b"), CHAT_2K)
+    for key in ("lora", "qlora"):
+        option = rec.option(key)
+        assert option.plan.lora_dropout == 0.0 and "LoRA dropout 0" in option.reason
+        assert to_profile(option, "llama", "train.jsonl").method.lora_dropout == 0.0
+        assert option.estimate == estimate(model("llama3-8b"), option.plan)  # the estimate is of dropout 0
+    assert "dropout" not in rec.option("full").reason
