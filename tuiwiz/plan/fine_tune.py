@@ -95,9 +95,10 @@ class Plan:
     use_dora: bool = False
     qlora_bits: int = 4
     double_quant: bool = True
-    # QLoRA: the runner calls peft's prepare_model_for_kbit_training, which upcasts every unquantized tensor
-    # (embeddings, norms, LM head) to fp32, and the residual stream with them. False: a 16-bit base stays 16-bit.
-    kbit_upcast: bool = True
+    # QLoRA with method.upcast_non_quantized: peft's prepare_model_for_kbit_training upcasts every unquantized tensor
+    # (embeddings, norms, LM head) to fp32, and the residual stream with them. False (the runner's default): they
+    # stay in the 16-bit dtype they load in, as under LoRA.
+    kbit_upcast: bool = False
     adalora_init_r: int = 12
     ia3_targets: tuple[str, ...] | None = None  # None: peft's default for the architecture
     ia3_feedforward: tuple[str, ...] | None = None
@@ -164,7 +165,8 @@ class Plan:
             targets = None if m.target_modules in ("auto", "all-linear") else tuple(m.target_modules)
             kwargs.update(lora_r=m.r, lora_targets=targets, lora_dropout=m.lora_dropout, use_dora=m.use_dora)
         if m.type == "qlora":
-            kwargs.update(qlora_bits=m.bits, double_quant=m.bnb_4bit_use_double_quant)
+            kwargs.update(qlora_bits=m.bits, double_quant=m.bnb_4bit_use_double_quant,
+                          kbit_upcast=m.upcast_non_quantized)
         if m.type == "adalora":
             targets = None if m.target_modules in ("auto", "all-linear") else tuple(m.target_modules)
             kwargs.update(adalora_init_r=m.init_r, lora_targets=targets, lora_dropout=m.lora_dropout)

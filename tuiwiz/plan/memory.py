@@ -2,8 +2,9 @@
 
 Pure Python. Each term is counted the way the runner really trains (see
 tuiwiz/train/modeling.py): full fine-tuning under mixed precision keeps fp32
-weights and autocasts to 16 bits; peft upcasts adapters to fp32; QLoRA's
-``prepare_model_for_kbit_training`` upcasts every non-quantized tensor to fp32;
+weights and autocasts to 16 bits; peft upcasts adapters to fp32; QLoRA keeps its
+non-quantized tensors 16-bit unless ``method.upcast_non_quantized`` asks for peft's
+``prepare_model_for_kbit_training``, which upcasts them to fp32 (``Plan.kbit_upcast``);
 trl's SFTTrainer scores tokens through a fused, tiled LM head instead of
 materialising the logits. The fitted and assumed constants live in CONSTANTS;
 docs/fit.md says which are measured (bench/calibrate.py) and which are not.

@@ -144,6 +144,11 @@ class QLoraMethod(_LoraParams):
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
     bnb_4bit_use_double_quant: bool = True
     bnb_4bit_compute_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    upcast_non_quantized: bool = Field(
+        False, description="Cast the weights left unquantized (embeddings, norms, LM head) to fp32, as peft's "
+        "prepare_model_for_kbit_training does: more memory (an fp32 residual stream); off, they stay in the "
+        "16-bit dtype they load in, as LoRA's base does.",
+    )
 
 
 class _VirtualTokens(_Strict):

@@ -172,6 +172,20 @@ def peft_config(profile: Profile, task_type: str, total_steps: int, model_path: 
     return None
 
 
+def prepare_quantized(model, profile: Profile):
+    """A QLoRA base before its adapter: as loaded (its unquantized tensors in the 16-bit dtype LoRA's base trains
+    in: LLaMA-Factory's default, no upcast_layernorm), or with ``method.upcast_non_quantized`` through peft's
+    prepare_model_for_kbit_training, which casts them to fp32, and the residual stream with them. get_peft_model
+    freezes the base either way, and the runner's non-reentrant checkpointing needs no input-grad hook."""
+    if not profile.method.upcast_non_quantized:
+        return model
+    import peft
+
+    return peft.prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=profile.training.gradient_checkpointing
+    )
+
+
 def apply_method(model, profile: Profile, total_steps: int, model_path: str):
     """Freeze and wrap the model as the method says. Returns the model to train."""
     task_type = PEFT_TASK_TYPES[TASKS[profile.task].model]
@@ -194,9 +208,7 @@ def apply_method(model, profile: Profile, total_steps: int, model_path: str):
     import peft
 
     if kind == "qlora":
-        model = peft.prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=profile.training.gradient_checkpointing
-        )
+        model = prepare_quantized(model, profile)
     config = peft_config(profile, task_type, total_steps, model_path)
     return peft.get_peft_model(model, config)
 
