@@ -149,7 +149,7 @@ def run_point(point: dict, checkpoint: str) -> dict:
         model.to("cuda")
     if point["fused"]:
         add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
-    if method == "qlora":
+    if method == "qlora" and point.get("upcast"):  # peft's fp32 upcast, as `method.upcast_non_quantized: true`
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=point["gc"])
     if method in ("lora", "qlora"):
         model = peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32,

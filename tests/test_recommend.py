@@ -297,15 +297,18 @@ def test_step_down_without_consent_and_on_cpu():
     assert step.kind == "method" and step.profile.method.type == "qlora"
 
 
-def test_step_down_skips_qlora_where_it_needs_more_than_lora():
-    """At 32k tokens QLoRA's fp32 activations outweigh its 4-bit weights (memory.py): no lighter method is left."""
-    info = model("llama3-8b")
+def test_step_down_offers_qlora_only_where_it_needs_less_than_lora():
+    """QLoRA keeps its unquantized weights in 16-bit (method.upcast_non_quantized false): lighter than LoRA at any
+    length, so a step down offers it at 2k tokens and at 32k. (With peft's fp32 upcast its activations at 32k
+    outweigh its 4-bit weights: tests/test_memory.py.)"""
+    info, machine = model("llama3-8b"), probe(snapshot="h100-80gb")
     profile = Profile.model_validate({"method": {"type": "lora"}, "data": {"max_length": 32768},
                                       "training": {"per_device_train_batch_size": 1,
                                                    "gradient_checkpointing": True}})
-    assert step_down(profile, info, probe(snapshot="h100-80gb"), allow_truncation=False) is None
-    short = profile.model_copy(update={"data": profile.data.model_copy(update={"max_length": 2048})})
-    assert step_down(short, info, probe(snapshot="h100-80gb"), allow_truncation=False).profile.method.type == "qlora"
+    for length in (32768, 2048):
+        at = profile.model_copy(update={"data": profile.data.model_copy(update={"max_length": length})})
+        step = step_down(at, info, machine, allow_truncation=False)
+        assert step.profile.method.type == "qlora" and not step.profile.method.upcast_non_quantized
 
 
 HEAVY = ("torch", "transformers", "peft", "trl", "bitsandbytes", "deepspeed", "datasets", "textual")
