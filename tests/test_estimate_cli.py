@@ -122,6 +122,16 @@ def test_flags_alone_several_gpus_and_zero(capsys):
     assert code == 0 and report["plan"]["device"] == "cpu" and report["plan"]["precision"] == "fp32"
 
 
+def test_qlora_estimates_the_16_bit_path_unless_told_to_upcast(capsys):
+    base = ["estimate", "--config", LLAMA, "--method", "qlora", "--seq-len", "2048", "--micro-batch", "1",
+            "--gpus", "1", "--json"]  # on a GPU: on the CPU QLoRA computes in fp32 either way
+    reports = [json.loads(run(capsys, *base, *extra)[1]) for extra in ([], ["--upcast-non-quantized"])]
+    assert [r["plan"]["kbit_upcast"] for r in reports] == [False, True]
+    for report in reports:
+        assert_reports(report, Plan(**{k: tuple(v) if isinstance(v, list) else v for k, v in report["plan"].items()}))
+    assert reports[1]["total"] > reports[0]["total"]
+
+
 @pytest.mark.parametrize("argv, flag, shown", [
     (["--precision", "bf61"], "--precision", "did you mean 'bf16'?"),
     (["--weights-dtype", "bf16"], "--weights-dtype", "bfloat16"),
@@ -137,6 +147,7 @@ def test_flags_alone_several_gpus_and_zero(capsys):
     (["--offload", "all"], "--offload", "--zero 3"),
     (["--zero", "2", "--offload", "all"], "--offload", "--zero 3"),
     (["--method", "full", "--gpus", "2", "--zero", "3", "--optimizer", "adamw_8bit"], "--optimizer", "own AdamW"),
+    (["--method", "lora", "--upcast-non-quantized"], "--upcast-non-quantized", "applies to --method qlora"),
 ])
 def test_a_bad_value_exits_2_naming_the_flag(capsys, argv, flag, shown):
     code, out, err = run(capsys, "estimate", "--config", LLAMA, *argv)

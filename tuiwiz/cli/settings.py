@@ -32,6 +32,8 @@ FLAGS = {
     "--optimizer": ("training.optim", "NAME", None),
     "--attn": ("model.attn_implementation", "IMPL", None),
     "--packing": ("data.packing", None, "rows filled to --seq-len (the estimate counts every row full)"),
+    "--upcast-non-quantized": ("method.upcast_non_quantized", None,
+                               "QLoRA: cast the weights left unquantized to fp32, as peft's k-bit preparation does"),
     "--gpus": ("distributed.num_processes", "N", "how many GPUs (0: the CPU)"),
     "--zero": ("distributed.strategy", "STAGE", None),
     "--offload": ("distributed.offload_optimizer", "WHAT", "with --zero (default none)"),
@@ -87,6 +89,7 @@ class Settings:
     optimizer: str | None = None
     attn: str | None = None
     packing: bool | None = None
+    upcast_non_quantized: bool | None = None
     gpus: int | None = None
     zero: str | None = None
     offload: str | None = None
@@ -182,6 +185,11 @@ def apply_settings(profile: Profile, settings: Settings, model: ModelInfo, *, di
     if settings.target_modules is not None:
         method["target_modules"] = settings.target_modules if isinstance(settings.target_modules, str) \
             else _checked_targets(settings.target_modules, model, kind)
+    if settings.upcast_non_quantized is not None:
+        if "upcast_non_quantized" not in _method_fields(kind):
+            raise UserError(f"{METHODS[kind].title} quantizes nothing to leave unquantized",
+                            field="--upcast-non-quantized", hint="--upcast-non-quantized applies to --method qlora")
+        method["upcast_non_quantized"] = settings.upcast_non_quantized
     data["method"] = method
     for flag, (where, _, _) in FLAGS.items():
         section, key = where.split(".")
