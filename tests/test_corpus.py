@@ -52,6 +52,8 @@ class Bad:
 PROFILES = [
     Bad("unknown-key.yaml", "unknown key 'epochs'", 3, "training.epochs", "num_train_epochs", cli=True),
     Bad("typo-method-key.yaml", "unknown key 'lora_alpah'", 3, "method.lora_alpah", "did you mean 'lora_alpha'?"),
+    Bad("upcast-on-lora.yaml", "unknown key 'upcast_non_quantized'", 3, "method.upcast_non_quantized",
+        "valid keys here: r, lora_alpha"),
     Bad("typo-section.yaml", "unknown key 'modle'", 1, "modle", "did you mean 'model'?"),
     Bad("wrong-type-int.yaml", "Input should be a valid integer", 2, "training.per_device_train_batch_size",
         cli=True),
