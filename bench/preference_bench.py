@@ -1,14 +1,16 @@
 """Preference tuning on the demo, measured: what DPO after SFT (and ORPO alone) does to held-out answers,
 DPO's memory beside SFT's, and tuiwiz's DPO speed beside a bare TRL DPO script.
 
-- style: the quickstart SFT run, then DPO from it (model.start_from) on demo:preference, then ORPO straight
-  from the demo model (profiles/demo-orpo.yaml). For each, the greedy answers to the held-out questions
-  (demo:preference-heldout): how many begin with the chosen style "Sure!", and how many are exactly the
-  chosen reply. DPO's held-out reward margin at each evaluation.
-- memory: peak RSS of the runner (LogEvent.memory.peak_rss_mb, the process's ru_maxrss) for LoRA SFT on
-  demo:alpaca and LoRA DPO on demo:preference from the demo model, with the same micro-batch and every
-  sequence padded to the same max_length (DPO puts a chosen and a rejected sequence through per example,
-  and scores both again with the adapter disabled for its reference).
+- style: the quickstart SFT run, then DPO from it (model.start_from) with the settings of the DPO stage of
+  profiles/demo-dpo.yaml on demo:preference, then ORPO straight from the demo model (profiles/demo-orpo.yaml).
+  For each, the greedy answers to the held-out questions (demo:preference-heldout): how many begin with the
+  chosen style "Sure!", are exactly the chosen reply, state its fact, and are "Sure!" then the SFT model's own
+  answer; for SFT and DPO the same on the questions DPO trained on. DPO's held-out reward margin at each
+  evaluation.
+- memory: peak RSS of the runner (LogEvent.memory.peak_rss_mb, the process's ru_maxrss; medians of alternating
+  runs) for LoRA SFT on demo:alpaca and LoRA DPO on demo:preference from the demo model, with the same
+  micro-batch and every sequence padded to the same max_length (DPO puts a chosen and a rejected sequence
+  through per example, and scores both again with the adapter disabled for its reference).
 - speed: tuiwiz's DPO and a bare TRL DPOTrainer script with the same settings, alternating, steps per
   second as the Trainer counts them (train_steps_per_second), medians and ranges.
 
@@ -32,8 +34,26 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 STYLE = "Sure!"
 
-# DPO after the quickstart's SFT: what made the style clear on the demo (see docs/preference.md)
-DPO = {"beta": 0.02, "learning_rate": 1e-3, "epochs": 2, "batch": 8, "max_length": 128, "r": 16, "alpha": 32}
+PROFILE = ROOT / "profiles/demo-dpo.yaml"
+
+
+def dpo_stage() -> dict:
+    """The DPO stage of profiles/demo-dpo.yaml, with the sections its stages share: what the bench runs."""
+    data = yaml.safe_load(PROFILE.read_text())
+    stage = next(s for s in data["stages"] if s["task"] == "dpo")
+    return {"method": data["method"], **{k: v for k, v in stage.items() if k != "name"}}
+
+
+def dpo_settings(stage: dict) -> dict:
+    """The settings the memory and speed runs (and the bare TRL script) share with the profile's stage."""
+    training, preference = stage["training"], stage.get("preference", {})
+    return {"beta": preference.get("beta", 0.1), "loss_type": preference.get("loss_type") or "sigmoid",
+            "learning_rate": training["learning_rate"], "epochs": training["num_train_epochs"],
+            "batch": training["per_device_train_batch_size"], "max_length": stage["data"]["max_length"],
+            "r": stage["method"]["r"], "alpha": stage["method"]["lora_alpha"]}
+
+
+DPO = dpo_settings(dpo_stage())
 
 BARE = r'''
 import json, sys
@@ -53,7 +73,8 @@ rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
 config = DPOConfig(
     output_dir=out_dir, max_steps=s["steps"], learning_rate=s["learning_rate"], per_device_train_batch_size=s["batch"],
     lr_scheduler_type="cosine", logging_steps=5, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True,
-    bf16=False, max_length=s["max_length"], beta=s["beta"], seed=42, data_seed=42, dataloader_num_workers=0,
+    bf16=False, max_length=s["max_length"], beta=s["beta"], loss_type=[s["loss_type"]], seed=42, data_seed=42,
+    dataloader_num_workers=0,
     # what tuiwiz resolves, stated: TRL's own defaults differ (gradient checkpointing on)
     gradient_checkpointing=False, optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
 )
@@ -91,31 +112,55 @@ def events(run: Path) -> dict:
                              if e["type"] == "eval" and "eval_rewards/margins" in e}}
 
 
-def held_out_answers(output: Path) -> dict:
-    """The greedy answers of an adapter (on its base) to the held-out questions, scored against the style."""
+def greedy_answers(output: Path, prompts: list[str]) -> list[str]:
+    """The greedy answers of an adapter (on its base) to ``prompts``."""
     import torch
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
 
-    from tuiwiz.demo.preference import records
-
     tokenizer = AutoTokenizer.from_pretrained(output)
     model = AutoPeftModelForCausalLM.from_pretrained(output).eval()
-    styled = exact = 0
-    samples = []
-    pairs = records("preference-heldout")
-    for pair in pairs:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": pair["prompt"]}], add_generation_prompt=True,
+    answers = []
+    for prompt in prompts:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)["input_ids"]
         with torch.no_grad():
             out = model.generate(input_ids=ids, max_new_tokens=24, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-        styled += answer.startswith(STYLE)
-        exact += answer == pair["chosen"]
-        if len(samples) < 4:
-            samples.append({"prompt": pair["prompt"], "answer": answer})
-    return {"questions": len(pairs), "begin_with_style": styled, "exactly_chosen": exact, "samples": samples}
+        answers.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    return answers
+
+
+def scored(answers: list[str], pairs: list[dict], before: list[str] | None = None) -> dict:
+    """How many answers begin with the style, are exactly the chosen reply, state its fact, and (given the
+    answers ``before`` DPO) are the style followed by the words the model answered before: the style without
+    losing a word."""
+    figures = {"questions": len(pairs), "begin_with_style": sum(a.startswith(STYLE) for a in answers),
+               "exactly_chosen": sum(a == p["chosen"] for a, p in zip(answers, pairs, strict=True)),
+               # the right fact, with or without the style: what the model knows of these questions
+               "right_fact": sum(a.removeprefix(STYLE).strip() == p["chosen"].removeprefix(STYLE).strip()
+                                 for a, p in zip(answers, pairs, strict=True))}
+    if before is not None:
+        figures["style_then_own_answer"] = sum(a == f"{STYLE} {b}" for a, b in zip(answers, before, strict=True))
+    return figures
+
+
+def held_out(output: Path, before: list[str] | None = None) -> tuple[dict, list[str]]:
+    """The greedy answers to the held-out questions, scored, with four samples; and the answers themselves."""
+    from tuiwiz.demo.preference import records
+
+    pairs = records("preference-heldout")
+    answers = greedy_answers(output, [p["prompt"] for p in pairs])
+    samples = [{"prompt": p["prompt"], "answer": a} for p, a in zip(pairs[:4], answers)]
+    return {**scored(answers, pairs, before), "samples": samples}, answers
+
+
+def trained_on(output: Path) -> dict:
+    """The same counts on the questions DPO trained on, whose facts the SFT data also teaches."""
+    from tuiwiz.demo.preference import records
+
+    pairs = records("preference")
+    return scored(greedy_answers(output, [p["prompt"] for p in pairs]), pairs)
 
 
 def lora(r: int = DPO["r"], alpha: int = DPO["alpha"]) -> dict:
@@ -126,42 +171,47 @@ def style(work: Path, env: dict) -> dict:
     quickstart = yaml.safe_load((ROOT / "profiles/quickstart.yaml").read_text())
     quickstart["training"]["save_steps"] = 10_000
     sft_run, _ = run_profile(work, env, "sft", quickstart)
+    stage = dpo_stage()
     dpo_run, dpo = run_profile(work, env, "dpo", {
-        "task": "dpo", "model": {"name_or_path": "demo", "start_from": str(sft_run)},
-        "data": {"path": "demo:preference", "validation_path": "demo:preference-heldout",
-                 "max_length": DPO["max_length"]},
-        "method": lora(), "preference": {"beta": DPO["beta"]},
-        "training": {"num_train_epochs": DPO["epochs"], "learning_rate": DPO["learning_rate"],
-                     "per_device_train_batch_size": DPO["batch"], "logging_steps": 5, "eval_steps": 10,
-                     "save_steps": 10_000}})
+        **stage, "model": {"name_or_path": "demo", "start_from": str(sft_run)},
+        "training": {**stage["training"], "save_steps": 10_000}})
     orpo_profile = yaml.safe_load((ROOT / "profiles/demo-orpo.yaml").read_text())
     orpo_profile["training"]["save_steps"] = 10_000
     orpo_run, orpo = run_profile(work, env, "orpo", orpo_profile)
-    return {"dpo_settings": DPO,
-            "after_sft": held_out_answers(sft_run / "output"),
-            "after_dpo": {**held_out_answers(dpo_run / "output"), "eval_margins": dpo["eval_margins"],
-                          "wall_s": dpo["wall_s"]},
-            "orpo_alone": {**held_out_answers(orpo_run / "output"), "eval_margins": orpo["eval_margins"],
+    after_sft, sft_answers = held_out(sft_run / "output")
+    after_dpo, _ = held_out(dpo_run / "output", sft_answers)
+    return {"dpo_settings": DPO, "after_sft": {**after_sft, "trained_questions": trained_on(sft_run / "output")},
+            "after_dpo": {**after_dpo, "eval_margins": dpo["eval_margins"], "wall_s": dpo["wall_s"],
+                          "trained_questions": trained_on(dpo_run / "output")},
+            "orpo_alone": {**held_out(orpo_run / "output", sft_answers)[0], "eval_margins": orpo["eval_margins"],
                            "wall_s": orpo["wall_s"]}}
 
 
-def memory(work: Path, env: dict, steps: int) -> dict:
+def memory(work: Path, env: dict, steps: int, repeats: int) -> dict:
     """Peak RSS of LoRA SFT and LoRA DPO at the same micro-batch and padded length, without and with gradient
     checkpointing (which keeps few activations: what is left to compare is then mostly the model and the libraries,
-    so a reference copy of the model would show there)."""
-    figures = {"steps": steps, "micro_batch": DPO["batch"], "padded_length": DPO["max_length"], "target": 1.15}
+    so a reference copy of the model would show there). A process's peak varies by some tens of MiB from run to run
+    (malloc): SFT and DPO alternate, ``repeats`` times each, and the medians are compared."""
+    from tuiwiz.train.recipes.dpo import CPU_HEAD_TILE_TOKENS
+
+    figures = {"steps": steps, "micro_batch": DPO["batch"], "padded_length": DPO["max_length"], "target": 1.15,
+               "repeats": repeats, "dpo_head_tile_tokens": CPU_HEAD_TILE_TOKENS}
     for checkpointing in (False, True):
         common = {"method": lora(), "training": {
             "max_steps": steps, "per_device_train_batch_size": DPO["batch"], "pad_to_max_length": True,
             "gradient_checkpointing": checkpointing, "save_steps": 10_000, "logging_steps": 5}}
         suffix = "-checkpointing" if checkpointing else ""
-        _, sft = run_profile(work, env, f"mem-sft{suffix}", {
-            "task": "sft", "data": {"path": "demo:alpaca", "max_length": DPO["max_length"]}, **common})
-        _, dpo = run_profile(work, env, f"mem-dpo{suffix}", {
-            "task": "dpo", "data": {"path": "demo:preference", "max_length": DPO["max_length"]}, **common})
+        peaks: dict[str, list[float]] = {"sft": [], "dpo": []}
+        for i in range(repeats):
+            for task in (("sft", "dpo") if i % 2 == 0 else ("dpo", "sft")):
+                data = "demo:alpaca" if task == "sft" else "demo:preference"
+                _, run = run_profile(work, env, f"mem-{task}{suffix}-{i}", {
+                    "task": task, "data": {"path": data, "max_length": DPO["max_length"]}, **common})
+                peaks[task].append(run["peak_rss_mb"])
+        sft, dpo = statistics.median(peaks["sft"]), statistics.median(peaks["dpo"])
         figures["gradient_checkpointing" if checkpointing else "plain"] = {
-            "sft_peak_rss_mb": sft["peak_rss_mb"], "dpo_peak_rss_mb": dpo["peak_rss_mb"],
-            "dpo_over_sft": round(dpo["peak_rss_mb"] / sft["peak_rss_mb"], 3)}
+            "sft_peak_rss_mb": sft, "dpo_peak_rss_mb": dpo, "dpo_over_sft": round(dpo / sft, 3),
+            "sft_runs": peaks["sft"], "dpo_runs": peaks["dpo"]}
     return figures
 
 
@@ -170,7 +220,7 @@ def speed(work: Path, env: dict, repeats: int, steps: int) -> dict:
 
     settings = {**DPO, "steps": steps}
     profile = {"task": "dpo", "data": {"path": "demo:preference", "max_length": DPO["max_length"]}, "method": lora(),
-               "preference": {"beta": DPO["beta"]},
+               "preference": {"beta": DPO["beta"], "loss_type": DPO["loss_type"]},
                "training": {"max_steps": steps, "learning_rate": DPO["learning_rate"], "logging_steps": 5,
                             "per_device_train_batch_size": DPO["batch"], "save_steps": 10_000, "warmup_steps": 0}}
     script = work / "bare_dpo.py"
@@ -203,17 +253,24 @@ def docs_block(f: dict) -> str:
     """The block docs/benchmarks.md quotes (tests/test_readme_figures.py checks it is there, unchanged)."""
     style, memory, speed = f["style"], f["memory"], f["speed"]
     sft, dpo, orpo = style["after_sft"], style["after_dpo"], style["orpo_alone"]
+    trained = dpo["trained_questions"]
     margins = list(dpo["eval_margins"].values())
     rates = speed["steps_per_second"]
     return "\n".join([
         "| measured | figure |",
         "|---|---|",
         f"| held-out answers beginning \"Sure!\" (of {sft['questions']}) | {sft['begin_with_style']} after SFT, "
-        f"{dpo['begin_with_style']} after DPO, {orpo['begin_with_style']} after ORPO alone; exactly the chosen "
-        f"reply: {dpo['exactly_chosen']} after DPO |",
+        f"{dpo['begin_with_style']} after DPO, {orpo['begin_with_style']} after ORPO alone |",
+        f"| DPO's answers that are exactly the chosen reply | {dpo['exactly_chosen']} of {dpo['questions']} held out "
+        f"(the SFT model's facts are right in {sft['right_fact']}); {trained['exactly_chosen']} of "
+        f"{trained['questions']} trained on (right in {sft['trained_questions']['right_fact']}) |",
+        f"| DPO's held-out answers that are \"Sure!\" then the SFT model's own answer | "
+        f"{dpo['style_then_own_answer']} of {dpo['questions']} |",
         f"| DPO's held-out reward margin, by evaluation | {', '.join(f'{m:.3f}' for m in margins)} |",
         f"| peak RSS, DPO over the same SFT run (LoRA, micro-batch {memory['micro_batch']}, padded to "
-        f"{memory['padded_length']}) | {memory['plain']['dpo_over_sft']:.2f}x "
+        f"{memory['padded_length']}; medians of {memory['repeats']} alternating runs; DPO's loss head in "
+        f"{memory['dpo_head_tile_tokens']}-position tiles, SFT's in TRL's 4096) | "
+        f"{memory['plain']['dpo_over_sft']:.2f}x "
         f"({memory['plain']['dpo_peak_rss_mb']:.0f} / {memory['plain']['sft_peak_rss_mb']:.0f} MiB); with gradient "
         f"checkpointing {memory['gradient_checkpointing']['dpo_over_sft']:.2f}x (target {memory['target']}x) |",
         f"| DPO steps/s, tuiwiz vs a bare TRL script ({speed['repeats']} alternating runs of {speed['steps']} steps) "
@@ -225,7 +282,7 @@ def docs_block(f: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each, for memory and speed")
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps of the memory and speed runs")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -243,7 +300,7 @@ def main() -> int:
     out = {"trl": trl.__version__, "cpu_count": os.cpu_count(),
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "style": style(work, env)}
     print(json.dumps(out["style"], indent=2), flush=True)
-    out["memory"] = memory(work, env, args.steps)
+    out["memory"] = memory(work, env, args.steps, args.repeats)
     print(json.dumps(out["memory"], indent=2), flush=True)
     out["speed"] = speed(work, env, args.repeats, args.steps)
     print(json.dumps(out["speed"]["steps_per_second"], indent=2), out["speed"]["tuiwiz_over_bare"])

@@ -42,7 +42,10 @@ class Constants:
     cuda_context: int  # CUDA context, cuBLAS workspaces (assumed; not measurable here)
     cuda_allocator_fraction: float  # caching-allocator slack, a share of the step's dynamic peak (assumed)
     unknown_architecture_margin: float  # shapes guessed: err high
-    fused_token_chunk: int = 4096  # trl's ChunkedLogProbFunction tile: tokens x vocabulary columns
+    # trl's ChunkedLogProbFunction tile: tokens x vocabulary columns. The runner caps it at 256 tokens on CPU
+    # (train/modeling.py's cap_head_tiles); the CPU calibration was measured at 4096, so CPU plans count 4096:
+    # the safe side (947 against 910 MiB for DPO on the demo at micro-batch 8 x 128)
+    fused_token_chunk: int = 4096
     fused_vocab_chunk: int = 32768
     # live fp32 copies of a tile in the fused head's forward without backward (a reference model's scoring):
     # trl's _forward_tile keeps the tile, its transform z, z minus the running max and that difference's exp

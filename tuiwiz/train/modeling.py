@@ -46,6 +46,25 @@ def resolve_precision(profile: Profile) -> Precision:
     return Precision(wanted, "cuda")
 
 
+# TRL's fused loss head (trl.kernels.chunked_logprob: SFT, DPO, KTO, ORPO, SimPO and GRPO score through it)
+# projects TOKEN_CHUNK_SIZE positions at a time onto the vocabulary (up to 32768 columns). On CUDA its Triton
+# kernel folds each tile in place, and large tiles keep the GEMMs fast. On CPU its torch fallback keeps several
+# fp32 copies of a tile alive, the backward's while every activation is still held: 4096 positions were most
+# of what DPO's step peaked above SFT's (bench/preference_bench.py).
+CPU_HEAD_TILE_TOKENS = 256
+
+
+def cap_head_tiles(precision: Precision) -> None:
+    """On CPU, the fused loss head scores CPU_HEAD_TILE_TOKENS positions a tile instead of TRL's 4096. Each position
+    is scored on its own, so the values do not change (tests/test_dpo_memory.py); on CUDA nothing changes. The tile
+    is TRL's module constant: the test fails if a TRL release renames it."""
+    if precision.device != "cpu":
+        return
+    from trl.kernels import chunked_logprob
+
+    chunked_logprob.TOKEN_CHUNK_SIZE = min(chunked_logprob.TOKEN_CHUNK_SIZE, CPU_HEAD_TILE_TOKENS)
+
+
 def model_location(profile: Profile) -> str:
     """Where the model loads from: the built-in demo's folder, else the profile's folder or hub id."""
     name = profile.model.name_or_path

@@ -4,6 +4,13 @@ setup: settings checked -> data -> tokenizer -> every prompt within max_prompt_l
 (the base and its adapter config, or the whole model) and its reference (tuiwiz/train/reference.py)
 -> trainer; then train and save (session.py). The loss variants are TRL's, by their names
 (preference.loss_type). KTO (kto.py) sets up the same way with its own trainer.
+
+Memory: on CPU the step's peak beyond SFT's was mostly TRL's fused loss head, not a second model: it
+projects up to 4096 positions onto the vocabulary at once and folds that tile with whole-tile torch ops
+(several copies alive, the backward's while every activation is still held), and DPO scores every position
+of twice the micro-batch. modeling.cap_head_tiles() makes the tiles 256 positions on CPU, for every recipe
+that scores through that head: the same log-probabilities (tests/test_dpo_memory.py), a lower peak
+(bench/preference_bench.py).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from tuiwiz.run.rundir import RunDir
 from tuiwiz.train.arguments import total_steps, training_arguments, world_size
 from tuiwiz.train.callbacks import RunnerCallback, method_callbacks
 from tuiwiz.train.examples import load_data
-from tuiwiz.train.modeling import load_tokenizer, resolve_precision
+from tuiwiz.train.modeling import cap_head_tiles, load_tokenizer, resolve_precision
 from tuiwiz.train.preference_rows import check_prompts, preference_rows
 from tuiwiz.train.reference import load_policy, load_reference, trained_model
 from tuiwiz.train.session import Setup, train_and_save
@@ -43,6 +50,7 @@ def set_up_with(build: Callable, profile: Profile, run: RunDir, callbacks: list)
 
     transformers.logging.set_verbosity_warning()
     precision = resolve_precision(profile)
+    cap_head_tiles(precision)
     model_path = starting_model(profile, run)
     train_data, eval_data = load_data(profile)
     tokenizer = load_tokenizer(model_path, profile)
@@ -74,3 +82,4 @@ def build_trainer(profile: Profile, run: RunDir, precision, policy, reference, t
         eval_dataset=Dataset.from_list(preference_rows(eval_data, tokenizer, profile)) if eval_data else None,
         processing_class=tokenizer, callbacks=callbacks,
     )
+

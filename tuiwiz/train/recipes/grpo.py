@@ -22,7 +22,7 @@ from tuiwiz.run.rundir import RunDir
 from tuiwiz.train.arguments import total_steps, training_arguments, world_size
 from tuiwiz.train.callbacks import RunnerCallback, method_callbacks
 from tuiwiz.train.examples import load_data
-from tuiwiz.train.modeling import Precision, load_tokenizer, load_trainable_model, resolve_precision
+from tuiwiz.train.modeling import Precision, cap_head_tiles, load_tokenizer, load_trainable_model, resolve_precision
 from tuiwiz.train.rewards import grpo_rewards
 from tuiwiz.train.session import Setup, train_and_save, trained_rows
 from tuiwiz.train.start import starting_model
@@ -42,6 +42,7 @@ def set_up(profile: Profile, run: RunDir, callbacks: list, events: EventWriter |
 
     transformers.logging.set_verbosity_warning()
     precision = resolve_precision(profile)
+    cap_head_tiles(precision)
     model_path = starting_model(profile, run)
     train_data, eval_data = load_data(profile)
     check_answers(profile, train_data)

@@ -18,7 +18,7 @@ from tuiwiz.run.rundir import RunDir
 from tuiwiz.train.arguments import total_steps, training_arguments, world_size
 from tuiwiz.train.callbacks import RunnerCallback, method_callbacks
 from tuiwiz.train.examples import load_data
-from tuiwiz.train.modeling import load_tokenizer, load_trainable_model, resolve_precision
+from tuiwiz.train.modeling import cap_head_tiles, load_tokenizer, load_trainable_model, resolve_precision
 from tuiwiz.train.preference_rows import check_prompts, preference_rows
 from tuiwiz.train.session import Setup, train_and_save
 from tuiwiz.train.start import starting_model
@@ -44,6 +44,7 @@ def set_up_with(build: Callable, profile: Profile, run: RunDir, callbacks: list)
     transformers.logging.set_verbosity_warning()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # read when trl.experimental is first imported
     precision = resolve_precision(profile)
+    cap_head_tiles(precision)
     model_path = starting_model(profile, run)
     train_data, eval_data = load_data(profile)
     tokenizer = load_tokenizer(model_path, profile)
