@@ -23,6 +23,7 @@ from tuiwiz.train.modeling import (
     count_parameters,
     load_model,
     peft_config,
+    prepare_quantized,
     wrapped_modules,
 )
 
@@ -47,10 +48,7 @@ def load_policy(model_path: str, profile: Profile, precision: Precision, tokeniz
     if not METHODS[profile.method.type].uses_peft:
         return Policy(apply_method(model, profile, total_steps, model_path), None, dtype)  # full, BitFit
     if profile.method.type == "qlora":
-        import peft
-
-        model = peft.prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=profile.training.gradient_checkpointing)
+        model = prepare_quantized(model, profile)  # 16-bit unless method.upcast_non_quantized
     return Policy(model, peft_config(profile, PEFT_TASK_TYPES["causal"], total_steps, model_path), dtype)
 
 
