@@ -1,7 +1,7 @@
 """Task grpo end to end on the demo model: the real CLI samples completions of demo:arithmetic prompts with
 transformers' generate, scores them with the profile's rewards, and trains a few steps (GRPO and RLOO);
 the samples reach the event log with their rewards. Steps and lengths are tiny: this checks the wiring,
-bench/demo_grpo.py measures the learning."""
+bench/demo_grpo.py measures the learning, on the data of profiles/demo-grpo.yaml checked here too."""
 
 import json
 import re
@@ -17,8 +17,6 @@ from tuiwiz.tasks import TASKS
 from .support import PROFILES
 from .support.processes import run_cli
 from .support.runs import generate, only_run
-
-pytestmark = pytest.mark.slow
 
 LAST_WORD = r"(\w+)\W*$"
 
@@ -45,6 +43,7 @@ def completed(result, run: RunDir) -> list[dict]:
     return read_events(run.events)
 
 
+@pytest.mark.slow
 def test_grpo_trains_on_exact_answer_and_format_rewards_and_shows_its_samples(tmp_path):
     rewards = [{"type": "exact_answer", "pattern": LAST_WORD},
                {"type": "format", "pattern": r"^\w+ plus \w+ is \w+\.$", "weight": 0.5}]
@@ -87,6 +86,7 @@ def arithmetic_lines() -> list[str]:
     return resolve_demo_uri("demo:arithmetic").read_text().splitlines()
 
 
+@pytest.mark.slow
 def test_rloo_runs_with_the_same_rewards(tmp_path):
     result = run_cli("--profile", grpo_profile(tmp_path, [{"type": "exact_answer", "pattern": LAST_WORD},
                                                           {"type": "length", "target": 24, "weight": 0.2}],
@@ -115,6 +115,7 @@ def reward_run(tmp_path) -> RunDir:
     return run
 
 
+@pytest.mark.slow
 def test_grpo_with_a_reward_model_and_a_trusted_reward_function(tmp_path, reward_run):
     """RLHF's two parts (a trained reward model, then GRPO against it) with a user's own function beside it,
     which gets the data's answer column as TRL passes it."""
@@ -152,3 +153,35 @@ def test_grpo_with_a_reward_model_and_a_trusted_reward_function(tmp_path, reward
     scored = run_cli("score", reward_run.path, "--prompt", first["prompt"], "--completion", first["completion"])
     assert scored.returncode == 0, scored.stderr
     assert float(scored.stdout) == pytest.approx(first["rewards"]["reward_model"], abs=1e-3)
+
+
+def test_the_demo_grpo_task_splits_pairs_of_number_words_three_ways_and_rewards_the_bigger_one():
+    """profiles/demo-grpo.yaml: SFT on demo:compare-sft, GRPO on demo:compare, demo:compare-heldout for neither.
+    A pair's two orders stay in one part, so no part holds a question another part answers."""
+    from tuiwiz.demo.build import NUMBERS
+    from tuiwiz.demo.compare import questions, records, the_two_words
+    from tuiwiz.profile.pipeline import load_pipeline
+
+    parts = {}
+    for name in ("compare-sft", "compare", "compare-heldout"):
+        rows = questions(name)
+        pairs = [the_two_words(r["prompt"]) for r in rows]
+        assert all(r["answer"] == max(pair, key=NUMBERS.index) for r, pair in zip(rows, pairs))
+        parts[name] = {frozenset(pair) for pair in pairs}
+        assert len(rows) == 2 * len(parts[name])  # both orders of every pair
+        assert sum(r["answer"] == pair[0] for r, pair in zip(rows, pairs)) == len(parts[name])  # first half the time
+    assert not parts["compare-sft"] & parts["compare"] and not parts["compare-heldout"] & (
+        parts["compare-sft"] | parts["compare"])
+    assert len(set().union(*parts.values())) == len(NUMBERS) * (len(NUMBERS) - 1) // 2  # every pair, once
+    assert min(len(p) for p in parts.values()) >= 40
+    assert {w for pair in parts["compare"] for w in pair} == set(NUMBERS)  # GRPO meets every word
+
+    sft = records("compare-sft")  # the reply SFT teaches is what the profile's reward accepts
+    assert [(r["instruction"], r["output"]) for r in sft] == [(q["prompt"], q["answer"] + ".")
+                                                             for q in questions("compare-sft")]
+    stages = {s.name: s.profile for s in load_pipeline(PROFILES / "demo-grpo.yaml").stages}
+    assert stages["sft"].data.path == "demo:compare-sft" and stages["grpo"].data.path == "demo:compare"
+    [reward] = stages["grpo"].grpo.rewards
+    assert reward.type == "exact_answer"
+    for row in sft:  # the pattern takes the answer out of the reply SFT teaches
+        assert re.search(reward.pattern, row["output"]).group(1) == row["output"].rstrip(".")

@@ -44,6 +44,9 @@ TASK_DATASETS = {
     "kto": ("preference", "the preference pairs as single completions labelled desirable or not (KTO)"),
     "arithmetic": ("arithmetic", "addition questions with their answers, checked by exact match (GRPO)"),
     "arithmetic-heldout": ("arithmetic", "held-out addition questions (evaluation)"),
+    "compare": ("compare", "'Which is bigger, seven or three?' with its answer, checked by exact match (GRPO)"),
+    "compare-sft": ("compare", "other pairs of number words with the bigger one as the reply (SFT before GRPO)"),
+    "compare-heldout": ("compare", "pairs that neither SFT nor GRPO trains on (evaluation)"),
     "seq2seq": ("seq2seq", "text-to-text pairs for the demo T5 (seq2seq)"),
     "seq2seq-heldout": ("seq2seq", "held-out text-to-text pairs (evaluation)"),
 }
