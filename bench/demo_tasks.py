@@ -12,7 +12,7 @@ items, and the wall time of each whole command (2-core CPU here; a fresh cache, 
 - demo-seq2seq.yaml: held-out exact match and ROUGE-L of the untrained demo T5 and of the trained run
   (80 held-out questions, greedy).
 - demo-grpo.yaml (SFT then GRPO): the mean sampled reward at the GRPO stage's first and last log
-  (bench/demo_grpo.py measures greedy exact answers on held-out sums).
+  (bench/demo_grpo.py measures greedy exact answers on held-out pairs of number words).
 - demo-pipeline.yaml (SFT, reward model, GRPO): every stage's status and time, the reward model's
   held-out accuracy, the GRPO stage's sampled reward, and the share of its sampled completions that begin
   "Sure!" in its first and last samples.
