@@ -192,10 +192,10 @@ def memory(work: Path, env: dict, steps: int, repeats: int) -> dict:
     checkpointing (which keeps few activations: what is left to compare is then mostly the model and the libraries,
     so a reference copy of the model would show there). A process's peak varies by some tens of MiB from run to run
     (malloc): SFT and DPO alternate, ``repeats`` times each, and the medians are compared."""
-    from tuiwiz.train.recipes.dpo import CPU_HEAD_TILE_TOKENS
+    from tuiwiz.train.modeling import CPU_HEAD_TILE_TOKENS
 
     figures = {"steps": steps, "micro_batch": DPO["batch"], "padded_length": DPO["max_length"], "target": 1.15,
-               "repeats": repeats, "dpo_head_tile_tokens": CPU_HEAD_TILE_TOKENS}
+               "repeats": repeats, "head_tile_tokens": CPU_HEAD_TILE_TOKENS}
     for checkpointing in (False, True):
         common = {"method": lora(), "training": {
             "max_steps": steps, "per_device_train_batch_size": DPO["batch"], "pad_to_max_length": True,
@@ -269,7 +269,7 @@ def docs_block(f: dict) -> str:
         f"| DPO's held-out reward margin, by evaluation | {', '.join(f'{m:.3f}' for m in margins)} |",
         f"| peak RSS, DPO over the same SFT run (LoRA, micro-batch {memory['micro_batch']}, padded to "
         f"{memory['padded_length']}; medians of {memory['repeats']} alternating runs; DPO's loss head in "
-        f"{memory['dpo_head_tile_tokens']}-position tiles, SFT's in TRL's 4096) | "
+        f"{memory['head_tile_tokens']}-position tiles, as SFT's) | "
         f"{memory['plain']['dpo_over_sft']:.2f}x "
         f"({memory['plain']['dpo_peak_rss_mb']:.0f} / {memory['plain']['sft_peak_rss_mb']:.0f} MiB); with gradient "
         f"checkpointing {memory['gradient_checkpointing']['dpo_over_sft']:.2f}x (target {memory['target']}x) |",

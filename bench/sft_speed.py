@@ -296,15 +296,16 @@ def docs_block(f: dict) -> str:
     """The block docs/benchmarks.md quotes (tests/test_readme_figures.py checks it is there, unchanged)."""
     med, rng, ratio = f["median"], f["range"], f["ratio_to_bare"]
     lines = ["| run | whole command, s (range) | to first step, s | training, s | training tokens/s | peak RSS, MiB "
-             "| steps | train loss | held-out loss (range) | whole command / bare TRL |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| steps | train loss | held-out loss (range) | whole command / bare TRL | training / bare TRL |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode in (m for m in MODES if m in med):
         m, r = med[mode], rng[mode]
         share = "1" if mode == "bare_trl" else f"{ratio[mode]['wall']:.2f}"
+        train_share = "1" if mode == "bare_trl" else f"{ratio[mode]['train_runtime']:.2f}"
         lines.append(f"| {NAMES[mode]} | {m['wall_s']:.1f} ({r['wall_s'][0]:.1f} to {r['wall_s'][1]:.1f}) | "
                      f"{m['to_first_step_s']:.1f} | {m['train_runtime']:.1f} | {m['tokens_per_second']:,.0f} | "
                      f"{m['peak_rss_mb']:.0f} | {m['steps']} | {m['train_loss']:.3f} | {m['held_out_loss']:.3f} "
-                     f"({r['held_out_loss'][0]:.3f} to {r['held_out_loss'][1]:.3f}) | {share} |")
+                     f"({r['held_out_loss'][0]:.3f} to {r['held_out_loss'][1]:.3f}) | {share} | {train_share} |")
     t, rec = f["token_lengths"], f["recommended"]
     rt = rec["training"]
     diff = ", ".join(f"`{k}` {v[0]!r} vs {v[1]!r}" for k, v in (f["args_diff"] or {}).items()) or "none"

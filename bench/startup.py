@@ -137,8 +137,11 @@ def profile_runner(work: Path, env: dict, profile: Path) -> dict:
         if func == "<module>" and file.endswith("tuiwiz/train/__main__.py"):
             imports = cumulative
     # -X importtime: the heaviest top-level packages the runner imports (self + children, first level)
-    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import tuiwiz.train.lifecycle; "
-                             "import tuiwiz.train.recipes.sft"], env=env, capture_output=True, text=True)
+    # as the runner does: what the run does not use is left out first (tuiwiz/train/imports.py)
+    code = ("from tuiwiz.profile.io import load_profile; from tuiwiz.train.imports import leave_out_unused; "
+            f"leave_out_unused(load_profile({str(profile)!r}).profile); "
+            "import tuiwiz.train.lifecycle; import tuiwiz.train.recipes.sft")
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", code], env=env, capture_output=True, text=True)
     tops: dict[str, float] = {}  # each package's own import time (self, summed over its modules)
     for line in result.stderr.splitlines():
         parts = line.split("|")
