@@ -52,7 +52,9 @@ def test_the_fit_page_quotes_the_cpu_calibration_and_the_benchmarks_page_its_sum
     assert summary in (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("name, results", [("sft_speed", "sft-speed.json"), ("startup", "startup.json")])
+@pytest.mark.parametrize("name, results", [("sft_speed", "sft-speed.json"), ("startup", "startup.json"),
+                                           ("memory_paths", "memory-paths.json"),
+                                           ("lora_dropout", "lora-dropout.json")])
 def test_the_benchmarks_page_quotes_the_speed_benches(name, results):
     figures = json.loads((ROOT / "bench" / "results" / results).read_text(encoding="utf-8"))
     assert _bench(name).docs_block(figures) in (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8"), \
