@@ -1,13 +1,13 @@
 """Out-of-memory recovery under a real memory limit, on the CPU: no injected exception.
 
-The run: LoRA on the demo model, 24 alpaca rows of the demo data, micro-batch 8, eager attention, 3 steps.
-The eight rows the trainer's seeded sampler deals to step 3 have their answer repeated past data.max_length
+The run: LoRA on the demo model, 48 alpaca rows of the demo data, micro-batch 16, eager attention, 3 steps.
+The sixteen rows the trainer's seeded sampler deals to step 3 have their answer repeated past data.max_length
 (512 tokens), the others are about 30 tokens long; so steps 1 and 2 are light, a checkpoint is saved at
-step 2, and step 3 needs about 1.1 GB more address space than the trainer holds when training starts,
-0.6 GB at micro-batch 4 (see HEADROOM_MB). Once the trainer has loaded, its address space (RLIMIT_AS) is
+step 2, and step 3 needs about 1 GB more address space than the trainer holds when training starts,
+about 0.6 GB at micro-batch 8 (see HEADROOM_MB). Once the trainer has loaded, its address space (RLIMIT_AS) is
 limited to what it holds then plus a headroom, as `ulimit -v` would: step 3 fails in torch's CPU allocator
 ("DefaultCPUAllocator: can't allocate memory") and training.auto_recover halves the micro-batch; the
-resuming trainer (the same process, exec'd, so under the same limit) does step 3 as two micro-batches of 4
+resuming trainer (the same process, exec'd, so under the same limit) does step 3 as two micro-batches of 8
 and completes, or, with a headroom below even that, fails again and gives up.
 
 Why the limit is set on the loaded trainer (prlimit) and not on the launcher: its base, about 2.4 GB of
@@ -40,13 +40,15 @@ from .support.runs import make_profile
 
 pytestmark = pytest.mark.slow
 
-MICRO_BATCH, MAX_LENGTH, LONG_STEP, SEED = 8, 512, 3, 42
+MICRO_BATCH, MAX_LENGTH, LONG_STEP, SEED = 16, 512, 3, 42
 ROWS = LONG_STEP * MICRO_BATCH  # one epoch, the long rows last
-# Address space that step 3 adds to the trainer's at run start, measured here (torch 2.13, transformers
-# 5.25, TRL 1.16): 1135 MB at micro-batch 8 (TRL's chunked log-probabilities take 511 MB in one
-# allocation, the eager attention's scores most of the rest), 606 MB at micro-batch 4. The limit lies
-# between them, about 265 MB from each.
-HEADROOM_MB = 870
+# The headroom above the trainer's address space at run start, found by trying limits here (torch 2.13,
+# transformers 5.25, TRL 1.16, the fused loss head in 256-position tiles on the CPU: train/modeling.py):
+# step 3 at micro-batch 16 fails under 950 MB of headroom and not under 1150; resumed at micro-batch 8 it
+# completes with 680 MB and not with 560. HEADROOM_MB lies between, about 130 MB from each bound.
+HEADROOM_MB = 820
+# Less than step 3 needs even at micro-batch 8 (more than 560 MB), more than the light steps need.
+TIGHT_HEADROOM_MB = 300
 
 
 def _sampler_order(n: int, seed: int) -> list[int]:
@@ -145,31 +147,31 @@ def test_out_of_memory_under_a_real_limit_recovers_lighter_and_completes(tmp_pat
 
     events = read_events(run.events)
     assert "DefaultCPUAllocator: can't allocate memory" in log  # a real allocation failure, in step 3
-    # Steps 1 and 2 at micro-batch 8, then out of memory; the resumed run did step 3, the long rows.
+    # Steps 1 and 2 at micro-batch 16, then out of memory; the resumed run did step 3, the long rows.
     assert _steps_and_errors(events) == [1, 2, "oom_cpu", 3], where
     tokens = {e["step"]: e["tokens_seen"] for e in events if e["type"] == "log"}
-    assert tokens[3] - tokens[2] > 7 * MAX_LENGTH, "the long rows did not come at step 3: has the sampler changed?"
+    assert tokens[3] - tokens[2] > (MICRO_BATCH - 1) * MAX_LENGTH, \
+        "the long rows did not come at step 3: has the sampler changed?"
     [error] = [e for e in events if e["type"] == "error"]
     assert error["message"] == "the machine ran out of RAM" and "lower the micro-batch" in error["hint"]
     [recovering] = [e for e in events if e["type"] == "status" and e["status"] == "recovering"]
     assert recovering["recovery"] == 1 and recovering["kept"] is None
-    assert recovering["message"] == "micro-batch 8 → 4, gradient accumulation 1 → 2 (effective batch 8)"
+    assert recovering["message"] == "micro-batch 16 → 8, gradient accumulation 1 → 2 (effective batch 16)"
     assert recovering["checkpoint"].endswith("checkpoint-2")
     starts = [e for e in events if e["type"] == "run_start"]
     assert starts[0]["resumed_from"] is None and starts[1]["resumed_from"].endswith("checkpoint-2")
     assert [e["status"] for e in events if e["type"] == "run_end"] == ["completed"]
 
     frozen = yaml.safe_load(run.profile.read_text())["training"]
-    assert (frozen["per_device_train_batch_size"], frozen["gradient_accumulation_steps"]) == (4, 2)
+    assert (frozen["per_device_train_batch_size"], frozen["gradient_accumulation_steps"]) == (MICRO_BATCH // 2, 2)
     before = yaml.safe_load((run.path / "profile.before-recovery-1.yaml").read_text())["training"]
     assert before["per_device_train_batch_size"] == MICRO_BATCH
     assert (run.output / "adapter_config.json").is_file()
-    assert "recovering (micro-batch 8 → 4" in output
+    assert "recovering (micro-batch 16 → 8" in output
 
 
 def test_out_of_memory_again_after_the_recoveries_allowed_fails_and_keeps_the_checkpoint(tmp_path, demo_built):
-    # Less headroom than step 3 needs even at micro-batch 4 (606 MB), more than the light steps (about 65 MB).
-    code, output, run, limit = _run_under_limit(tmp_path, 300, auto_recover=1)
+    code, output, run, limit = _run_under_limit(tmp_path, TIGHT_HEADROOM_MB, auto_recover=1)
     where = f"limit {limit >> 20} MB\n{output}\n{run.log.read_text(errors='replace')[-3000:]}"
     assert code == 1, where
     assert "Traceback" not in output
@@ -182,7 +184,7 @@ def test_out_of_memory_again_after_the_recoveries_allowed_fails_and_keeps_the_ch
                                 "(after 1 automatic recovery, the most training.auto_recover: 1 allows)")
     assert error["hint"].startswith("the settings tried before are in profile.before-recovery-*.yaml; ")
     assert "the most training.auto_recover: 1 allows" in output
-    assert yaml.safe_load(run.profile.read_text())["training"]["per_device_train_batch_size"] == 4
+    assert yaml.safe_load(run.profile.read_text())["training"]["per_device_train_batch_size"] == MICRO_BATCH // 2
     assert run.last_checkpoint().name == "checkpoint-2"  # nothing trained is lost
 
 
