@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from importlib.metadata import version
 
+import pytest
+
 from .support.processes import run_cli
 
 
+@pytest.mark.slow  # imports the whole training stack in a child process
 def test_doctor_reports_the_stack_as_installed_and_tries_the_kernels(tmp_path):
     result = run_cli("doctor", "--json", "--runs-dir", tmp_path / "runs", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -23,6 +26,7 @@ def test_doctor_reports_the_stack_as_installed_and_tries_the_kernels(tmp_path):
     assert str(tmp_path / "runs") in checks["disk (runs folder)"]["detail"]
 
 
+@pytest.mark.slow  # imports the whole training stack in a child process
 def test_a_broken_package_is_a_problem_with_its_fix(tmp_path):
     shadow = tmp_path / "shadow"  # a peft that fails on import, found before the real one
     (shadow / "peft").mkdir(parents=True)
