@@ -101,19 +101,13 @@ def test_the_fused_head_equals_the_models_own_loss_and_gradients():
         assert torch.allclose(fused_grads[name], grad, rtol=1e-4, atol=1e-6), name
 
 
-@pytest.mark.slow
-def test_the_runners_sft_never_builds_the_full_logits_and_trains(tmp_path, demo_built, monkeypatch):
-    """The SFT recipe's trainer scores through the fused head: the LM head module never runs forward (its weight
-    is read tile by tile), and the loss falls."""
+def sft_trainer(tmp_path, profile: Profile):
+    """The SFT recipe's ready trainer for ``profile``, and the list its logged losses go to."""
     import transformers
 
     from tuiwiz.run.rundir import RunDir
     from tuiwiz.train.recipes.sft import set_up
 
-    monkeypatch.setenv("TUIWIZ_CACHE_DIR", str(demo_built))
-    profile = Profile(data={"path": "demo:alpaca", "max_length": 64, "limit": 64}, method={"type": "lora"},
-                      training={"max_steps": 6, "per_device_train_batch_size": 8, "learning_rate": 3e-3,
-                                "logging_steps": 1, "save_steps": 1000}, output={"report_to": []})
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     losses = []
@@ -123,7 +117,18 @@ def test_the_runners_sft_never_builds_the_full_logits_and_trains(tmp_path, demo_
             if logs and "loss" in logs:
                 losses.append(logs["loss"])
 
-    trainer = set_up(profile, run, [Losses()]).trainer
+    return set_up(profile, run, [Losses()]).trainer, losses
+
+
+@pytest.mark.slow
+def test_the_runners_sft_never_builds_the_full_logits_and_trains(tmp_path, demo_built, monkeypatch):
+    """The SFT recipe's trainer scores through the fused head: the LM head module never runs forward (its weight
+    is read tile by tile), and the loss falls."""
+    monkeypatch.setenv("TUIWIZ_CACHE_DIR", str(demo_built))
+    profile = Profile(data={"path": "demo:alpaca", "max_length": 64, "limit": 64}, method={"type": "lora"},
+                      training={"max_steps": 6, "per_device_train_batch_size": 8, "learning_rate": 3e-3,
+                                "logging_steps": 1, "save_steps": 1000}, output={"report_to": []})
+    trainer, losses = sft_trainer(tmp_path, profile)
     head_calls = []
     trainer.model.get_output_embeddings().register_forward_hook(lambda *_: head_calls.append(1))
     trainer.train()
@@ -140,24 +145,13 @@ def test_qlora_without_the_upcast_trains_in_16_bit_and_reloads(tmp_path, demo_bu
     import transformers
 
     from tuiwiz.demo.build import demo_model_dir
-    from tuiwiz.run.rundir import RunDir
-    from tuiwiz.train.recipes.sft import set_up
 
     monkeypatch.setenv("TUIWIZ_CACHE_DIR", str(demo_built))
     profile = Profile(model={"name_or_path": "demo", "dtype": "bfloat16"},
                       data={"path": "demo:alpaca", "max_length": 64, "limit": 64}, method={"type": "qlora"},
                       training={"max_steps": 6, "per_device_train_batch_size": 8, "learning_rate": 3e-3,
                                 "logging_steps": 1, "save_steps": 1000}, output={"report_to": []})
-    run = RunDir(tmp_path / "run")
-    run.path.mkdir()
-    losses = []
-
-    class Losses(transformers.TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                losses.append(logs["loss"])
-
-    trainer = set_up(profile, run, [Losses()]).trainer
+    trainer, losses = sft_trainer(tmp_path, profile)
     base = trainer.model.get_base_model()
     quantized = {n for n, p in base.named_parameters() if p.__class__.__name__ == "Params4bit"}
     kept = {n: p.dtype for n, p in base.named_parameters() if n not in quantized and "lora_" not in n}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from tuiwiz.data.stats import DataStats
+from tuiwiz.data.stats import DataStats, Work
 from tuiwiz.errors import UserError
 from tuiwiz.methods import METHODS
 from tuiwiz.plan.fine_tune import FULL_LOGITS_TASKS, task_fields
@@ -442,13 +442,15 @@ def recommend(machine: Machine, model: ModelInfo, data_stats: DataStats | None, 
                                    f"{machine.disk_free_mb / 1024:.0f} GiB free")
         n = max(1, len(cand.gpus))
         lora_alpha = 2.0 * plan.lora_r if cand.method in ("lora", "qlora") else None
-        packing, packing_reason = _packing(task, cand.method, plan, data_stats)
+        # the tokens an epoch computes at this micro-batch, padded and packed (None where packing does not apply)
+        work = data_stats.work(plan.seq_len, plan.micro_batch) if TASKS[task].packs and data_stats else None
+        packing, packing_reason = _packing(cand.method, plan, work)
         if packing:  # rows of many examples: a step of fewer rows keeps the examples (and tokens) per step
-            plan, batch_reason = _packed_batch(plan, data_stats, n)
-            est = estimate(model, plan, n)  # lighter than the searched one, so it fits where that did
-            fit, rejected = fit_on(machine, est, cand.gpus) if rejected is None else (fit, rejected)
+            plan, batch_reason = _packed_batch(plan, work, len(data_stats.lengths), n)
+            est = estimate(model, plan, n)
+            fit, rejected = fit_on(machine, est, cand.gpus)
             packing_reason += batch_reason
-        grouping, grouping_reason = (False, "") if packing else _grouping(task, plan, data_stats)
+        grouping, grouping_reason = _grouping(cand.method, plan, work)
         examples, noun = _examples(data_stats, plan, packing)
         schedule = schedule_for(examples, plan, n, None if packing else target_batch, noun)  # packed: rows
         if schedule.warning:
@@ -502,27 +504,30 @@ def _method_config(option: Option):
 PACKING_MIN_SAVING = 0.2
 
 
-def _packing(task: str, method: str, plan: Plan, data: DataStats | None) -> tuple[bool, str]:
-    """Whether to pack (examples kept apart) and why, from the data's real lengths at this micro-batch."""
-    if not TASKS[task].packs or METHODS[method].family == "prompt" or data is None:
-        return False, ""  # only SFT and pretraining pack; prompt methods add their tokens once per row
-    work = data.work(plan.seq_len, plan.micro_batch)
-    if work is None or work.packing_saves < PACKING_MIN_SAVING:
-        return False, ""
+def _wasteful(work: Work | None) -> bool:
+    """Whether padded batches compute enough padding to be worth avoiding (PACKING_MIN_SAVING)."""
+    return work is not None and work.packing_saves >= PACKING_MIN_SAVING
+
+
+def _packing(method: str, plan: Plan, work: Work | None) -> tuple[bool, str]:
+    """Whether to pack (examples kept apart) and why, from the data's real lengths at this micro-batch: ``work`` is
+    None for the tasks that do not pack and data of unknown lengths."""
+    if METHODS[method].family == "prompt" or not _wasteful(work):
+        return False, ""  # prompt methods add their tokens once per row
     return True, (f" Packs the examples into rows of {plan.seq_len} tokens, each kept apart: "
                   f"{work.packing_saves:.0%} fewer tokens computed than shuffled batches of {plan.micro_batch} "
                   "padded to their longest.")
 
 
-def _packed_batch(plan: Plan, data: DataStats, processes: int) -> tuple[Plan, str]:
+def _packed_batch(plan: Plan, work: Work, examples_measured: int, processes: int) -> tuple[Plan, str]:
     """The micro-batch (and accumulation) in packed rows that holds about the examples the unpacked batch held.
 
     A packed row carries several examples: the same number of rows a step would take several times the
     examples and tokens, and so several times fewer optimizer steps an epoch, at a learning rate chosen for the
     unpacked batch. Measured on variable-length data (bench/sft_speed.py): packed at the unpacked row count,
-    one epoch made a quarter of the steps and a worse held-out loss; at this count it keeps the steps."""
-    work = data.work(plan.seq_len, plan.micro_batch)
-    per_row = len(data.lengths) / work.packed_rows
+    one epoch made a quarter of the steps and a worse held-out loss; at this count it keeps the steps.
+    ``examples_measured``: the examples whose lengths ``work`` counts (a sample of large data)."""
+    per_row = examples_measured / work.packed_rows
     examples = plan.micro_batch * plan.gradient_accumulation * processes
     rows = max(processes, round(examples / per_row))
     micro = max(1, min(plan.micro_batch, rows // processes))
@@ -536,16 +541,13 @@ def _packed_batch(plan: Plan, data: DataStats, processes: int) -> tuple[Plan, st
                     f"{examples} examples a step of the unpacked batch.")
 
 
-def _grouping(task: str, plan: Plan, data: DataStats | None) -> tuple[bool, str]:
-    """Whether an unpacked run groups examples of like length into batches (data.group_by_length), and why:
-    where padded batches would waste as much work as packing is chosen for (prompt methods cannot pack)."""
-    if not TASKS[task].packs or data is None:
+def _grouping(method: str, plan: Plan, work: Work | None) -> tuple[bool, str]:
+    """Whether an unpacked run groups examples of like length into batches (data.group_by_length), and why: the
+    prompt methods, which cannot pack, where padded batches would waste as much as packing is chosen for."""
+    if METHODS[method].family != "prompt" or not _wasteful(work) or plan.micro_batch < 2:
         return False, ""
-    work = data.work(plan.seq_len, plan.micro_batch)
-    if work is None or work.packing_saves < PACKING_MIN_SAVING or plan.micro_batch < 2:
-        return False, ""
-    return True, (f" Groups examples of like length into batches (not packed: {METHODS[plan.method].family} "
-                  f"methods add their tokens once per row): shuffled batches of {plan.micro_batch} would pad "
+    return True, (" Groups examples of like length into batches (prompt methods add their tokens once per row, "
+                  f"so they do not pack): shuffled batches of {plan.micro_batch} would pad "
                   f"{1 - work.real / work.padded:.0%} of their tokens.")
 
 

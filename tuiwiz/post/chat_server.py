@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 import threading
 
 from tuiwiz.errors import UserError
@@ -92,7 +90,7 @@ def run_jsonl(ref: str) -> int:
     Events: ``loading``, ``ready``, ``token``, ``done``, ``adapters``, ``error``. Answers are generated
     in a thread, so a ``stop`` read while one streams ends it at the next token.
     """
-    from tuiwiz.post.jsonl import Channel
+    from tuiwiz.post.jsonl import Channel, read_requests
 
     channel = Channel()
     try:
@@ -105,18 +103,8 @@ def run_jsonl(ref: str) -> int:
     channel.emit("ready", label=engine.source.label, adapters=list(engine.adapters), active=engine.active_adapter,
                  device=str(engine.device), chat_template=bool(engine.tokenizer.chat_template))
     answer = _Answer()
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            request = json.loads(line)
-            op = request["op"]
-        except (ValueError, KeyError, TypeError):
-            channel.emit("error", kind="input", message=f"not a request: {line.strip()[:200]}",
-                         hint='one JSON object a line with an "op"')
-            continue
-        if op == "quit":
-            break
+    for request in read_requests(channel, ("ask", "stop", "add_adapter", "set_adapter")):
+        op = request["op"]
         if op == "stop":
             engine.stop()
         elif op == "ask":
@@ -129,7 +117,7 @@ def run_jsonl(ref: str) -> int:
                 _refuse_busy(channel, request)
         elif op in ("add_adapter", "set_adapter") and answer.busy:  # not while the model is generating
             _refuse_busy(channel, request)
-        elif op in ("add_adapter", "set_adapter"):
+        else:
             try:
                 if op == "add_adapter":
                     engine.add_adapter(request["ref"], request.get("name"))
@@ -138,9 +126,6 @@ def run_jsonl(ref: str) -> int:
                 _adapters_event(engine, channel)
             except BaseException as exc:
                 channel.error(exc)
-        else:
-            channel.emit("error", kind="input", message=f"unknown op {op!r}",
-                         hint="ops: ask, stop, add_adapter, set_adapter, quit")
     engine.stop()
     answer.join()
     return 0

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tuiwiz.errors import UserError
@@ -50,6 +50,27 @@ class Channel:
 
     def progress(self, stage: str, done: int, total: int) -> None:
         self.emit("progress", stage=stage, done=done, total=total)
+
+
+def read_requests(channel: Channel, ops: tuple[str, ...]) -> Iterator[dict]:
+    """The requests on stdin (one JSON object a line with an "op"), until ``quit`` or the end of input. A line
+    that is not a request, or names an op not in ``ops``, is answered with an input error and skipped."""
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            op = request["op"]
+        except (ValueError, KeyError, TypeError):
+            channel.emit("error", kind="input", message=f"not a request: {line.strip()[:200]}",
+                         hint='one JSON object a line with an "op"')
+            continue
+        if op == "quit":
+            return
+        if op not in ops:
+            channel.emit("error", kind="input", message=f"unknown op {op!r}", hint=f"ops: {', '.join(ops)}, quit")
+            continue
+        yield request
 
 
 def _interrupt(signum, frame) -> None:

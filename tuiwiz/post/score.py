@@ -8,8 +8,6 @@ file) before the model loads. Light at import: torch comes in with the model.
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +107,7 @@ def run_jsonl(ref: str) -> int:
     Requests: ``score`` (id, prompt and completion, or text), ``quit``. Events: ``loading``, ``ready``,
     ``score`` (id, score), ``error`` (with the request's id when it answers one). End of input ends it too.
     """
-    from tuiwiz.post.jsonl import Channel
+    from tuiwiz.post.jsonl import Channel, read_requests
 
     channel = Channel()
     try:
@@ -120,21 +118,7 @@ def run_jsonl(ref: str) -> int:
         channel.error(exc)
         return exc.exit_code if isinstance(exc, UserError) else 1
     channel.emit("ready", label=str(output.path), device=scorer.device)
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            request = json.loads(line)
-            op = request["op"]
-        except (ValueError, KeyError, TypeError):
-            channel.emit("error", kind="input", message=f"not a request: {line.strip()[:200]}",
-                         hint='one JSON object a line with an "op"')
-            continue
-        if op == "quit":
-            break
-        if op != "score":
-            channel.emit("error", kind="input", message=f"unknown op {op!r}", hint="ops: score, quit")
-            continue
+    for request in read_requests(channel, ("score",)):
         rid = request.get("id")
         try:
             item = _request_item(request)
