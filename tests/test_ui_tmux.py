@@ -104,7 +104,11 @@ def test_tuiwiz_in_tmux_trains_the_demo(tmp_path, demo_built):
         pane.keys("Enter")
         pane.wait("Chat · demo-lora", "ready on cpu", timeout=120)
         pane.keys("H", "i", "Enter", gap=0.1)
-        pane.wait("you › Hi", "ready · last answer", timeout=90)  # an answer streamed and ended
+        pane.wait("ready · last answer", timeout=90)  # an answer streamed and ended
+        # A long answer (up to 256 tokens from a model trained 3 steps) scrolls the question out of view:
+        # Shift+Tab focuses the transcript, Home scrolls it to the top, where the question is.
+        pane.keys("BTab", "Home")
+        pane.wait("you › Hi", timeout=30)
         pane.keys("Escape")
         pane.wait("COMPLETED")
         pane.keys("C-q")
