@@ -1,5 +1,3 @@
-import sys
+from tuiwiz.cli.main import run
 
-from tuiwiz.cli.main import main
-
-sys.exit(main())
+run()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tuiwiz.ui.app import TuiwizApp
 
-from .testing import Replay, fixed_clock, hold_running, prepared_state, wait_for, write_fixture_run
+from .testing import Replay, fixed_clock, hold_running, prepared_state, screen_text, wait_for, write_fixture_run
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,9 @@ def _post(what: str):
                 field.value = "What sound does the cow make?"
                 await pilot.press("enter")
                 await wait_for(pilot, lambda: len(screen.finished) == 2)
+                # both answers laid out with their notes: a loaded machine can show a finished answer's first
+                # line before the layout pass that makes room for the rest
+                await wait_for(pilot, lambda: screen_text(pilot.app).count("tokens, ") == 2)
             else:
                 from tuiwiz.ui.screens.job import JobScreen
 

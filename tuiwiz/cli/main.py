@@ -7,9 +7,11 @@ import json
 import os
 import sys
 import time
+from typing import NoReturn
 
 from tuiwiz import __version__
 from tuiwiz.errors import UserError
+from tuiwiz.process_exit import end_process
 
 DESCRIPTION = "tuiwiz: fine-tune language models from the terminal."
 EPILOG = """examples:
@@ -355,5 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def run() -> NoReturn:
+    """The `tuiwiz` command: main(), then the end of the process (quick where a command loaded torch)."""
+    end_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

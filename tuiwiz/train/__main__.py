@@ -6,6 +6,7 @@
 import argparse
 import sys
 
+from tuiwiz.process_exit import end_process
 from tuiwiz.train.lifecycle import run_training
 
 
@@ -23,4 +24,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if "--worker" in sys.argv[1:]:  # a rank: torch.distributed's teardown is its own
+        sys.exit(code)
+    end_process(code)
