@@ -1,5 +1,5 @@
-"""The runner ends without the interpreter's teardown (tuiwiz/process_exit.py exit_now, used by the runner and the CLI), yet finishes first what
-that teardown would: threads, thread pools' queued work, exit handlers, buffered output."""
+"""The runner and the CLI end without the interpreter's teardown (tuiwiz/process_exit.py exit_now), yet finish
+first what that teardown would: threads, thread pools' queued work, exit handlers, buffered output."""
 
 import subprocess
 import sys
