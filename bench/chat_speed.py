@@ -14,6 +14,7 @@ OMP_NUM_THREADS=1), so the baseline runs both ways: ``plain_generate`` in the ma
 By default torch gets one thread (--threads), which keeps a shared machine's noise down.
 
     python bench/chat_speed.py [--tokens 128] [--repeats 5] [--json bench/results/chat-speed.json]
+    python bench/chat_speed.py --from-json bench/results/chat-speed.json   # print the docs block
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PROMPT = [{"role": "user", "content": "What sound does the cow make? Answer in one short sentence."}]
+# the engine against plain generate: at least this fraction of its tokens/s, at most these ms added to the
+# first token
+TARGET_THROUGHPUT_RATIO, TARGET_ADDED_FIRST_TOKEN_MS = 0.95, 10
 
 
 def build(folder: Path) -> tuple[Path, Path]:
@@ -75,13 +79,56 @@ class FirstToken:
         pass
 
 
+def docs_block(f: dict) -> str:
+    """The block docs/benchmarks.md quotes (tests/test_readme_figures.py checks it is there, unchanged)."""
+    m, machine, engine = f["model"], f["machine"], f["engine"]
+    main, thread = f["plain_generate"], f["plain_generate_thread"]
+    threads = machine["torch_threads"]
+    lines = [
+        f"A {m['parameters_m']:.0f}M-parameter Llama in {m['dtype'].removeprefix('torch.')} (adapter: {m['adapter']}); "
+        f"{f['tokens']} new tokens greedily, {threads} torch thread{'s' if threads != 1 else ''} on "
+        f"{machine['cpus']} CPUs (load average {machine['load_average_at_start']:.2f} at the start); medians of "
+        f"{f['repeats']} alternating runs:",
+        "",
+        "| generating | tokens/s | first token, ms |",
+        "|---|---|---|",
+        f"| tuiwiz's chat engine (it generates in a worker thread) | {engine['tokens_per_second']:.1f} "
+        f"| {engine['first_token_ms']:.1f} |",
+        f"| `generate` in the main thread | {main['tokens_per_second']:.1f} | {main['first_token_ms']:.1f} |",
+        f"| `generate` in a worker thread | {thread['tokens_per_second']:.1f} | {thread['first_token_ms']:.1f} |",
+    ]
+    against = {  # baseline: (throughput ratio, ms added to the first token)
+        "`generate` in the main thread": (f["throughput_ratio_vs_main_thread"],
+                                          engine["first_token_ms"] - main["first_token_ms"]),
+        "`generate` in a worker thread": (f["throughput_ratio_vs_thread"], f["added_first_token_ms_vs_thread"]),
+    }
+    met = [name for name, (ratio, added) in against.items()
+           if ratio >= TARGET_THROUGHPUT_RATIO and added <= TARGET_ADDED_FIRST_TOKEN_MS]
+    verdict = "met against both" if len(met) == len(against) else \
+        f"met against {met[0]} only" if met else "not met"
+    lines += [
+        "",
+        "The engine against " + "; against ".join(
+            f"{name}: {ratio:.3f} of the throughput, first token {added:+.1f} ms"
+            for name, (ratio, added) in against.items()) + ". "
+        f"Targets: at least {TARGET_THROUGHPUT_RATIO:g} of the throughput and at most "
+        f"{TARGET_ADDED_FIRST_TOKEN_MS:g} ms added to the first token: {verdict}. "
+        f"The engine's first text piece comes at {engine['first_text_piece_ms']:.0f} ms.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", default="1", help="OMP_NUM_THREADS for torch (default 1)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "chat-speed.json"))
+    parser.add_argument("--from-json", metavar="FILE", help="print the docs block of a results file")
     args = parser.parse_args()
+    if args.from_json:
+        print(docs_block(json.loads(Path(args.from_json).read_text())), end="")
+        return 0
     os.environ["OMP_NUM_THREADS"] = args.threads  # before torch is imported
     load = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="tuiwiz-chat-bench-") as tmp:

@@ -6,6 +6,7 @@ event and the whole command's wall time. DeepSpeed's ops are compiled once befor
 timing (a warm-up run), as a user's second run would find them.
 
     python bench/distributed.py [--steps 60] [--json OUT.json]
+    python bench/distributed.py --from-json bench/results/distributed.json   # print the docs block
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--json")
+    parser.add_argument("--from-json", metavar="FILE", help="print the docs block of a results file")
     args = parser.parse_args()
+    if args.from_json:
+        print(docs_block(json.loads(Path(args.from_json).read_text())), end="")
+        return 0
     work = Path(tempfile.mkdtemp(prefix="tuiwiz-dist-"))
     env = {**os.environ, "TUIWIZ_CACHE_DIR": str(work / "cache"), "TUIWIZ_STATE_DIR": str(work / "state"),
            "HF_HUB_OFFLINE": "1"}
@@ -75,6 +80,48 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
+
+
+LABELS = {  # a configuration's name in the results file, as the docs' table shows it
+    "lora 1 process": "LoRA, 1 process", "lora DDP 2 ranks": "LoRA, DDP 2 ranks",
+    "full 1 process": "full, 1 process", "full DDP 2 ranks": "full, DDP 2 ranks",
+    "full ZeRO-2": "full, ZeRO-2", "full ZeRO-3": "full, ZeRO-3",
+    "full ZeRO-3 offload": "full, ZeRO-3 + optimizer and parameter offload",
+}
+
+
+def docs_block(f: dict) -> str:
+    """The block docs/benchmarks.md quotes (tests/test_readme_figures.py checks it is there, unchanged)."""
+    lines = [
+        f"{f['steps']} optimizer steps a configuration, on {f['cpu_count']} CPU cores.",
+        "",
+        "| configuration | tokens/s | wall (s) | final train loss |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {LABELS.get(r['config'], r['config'])} | {r['tokens_per_second']:,.0f} | {r['wall_s']:.1f} "
+              f"| {r['train_loss']:.4f} |" for r in f["runs"]]
+    by = {r["config"]: r for r in f["runs"]}
+
+    def speed(a: str, b: str) -> str:
+        return f"{by[a]['tokens_per_second'] / by[b]['tokens_per_second']:.2f}x"
+
+    several = [r["train_loss"] for r in f["runs"] if r["config"].startswith("full") and r["config"] != "full 1 process"]
+    if len(set(several)) == 1:
+        losses = f"The {len(several)} full fine-tuning runs of several processes end at the same train loss, " \
+                 f"{several[0]:.4f}"
+    else:
+        losses = "The full fine-tuning runs of several processes end at train losses " + \
+                 ", ".join(f"{x:.4f}" for x in several)
+    lines += [
+        "",
+        f"DDP's tokens/s are {speed('lora DDP 2 ranks', 'lora 1 process')} one process's with LoRA, "
+        f"{speed('full DDP 2 ranks', 'full 1 process')} with full fine-tuning; against full DDP's, ZeRO-2's are "
+        f"{speed('full ZeRO-2', 'full DDP 2 ranks')}, ZeRO-3's {speed('full ZeRO-3', 'full DDP 2 ranks')} "
+        f"({speed('full ZeRO-3', 'full ZeRO-2')} ZeRO-2's) and ZeRO-3's with offload "
+        f"{speed('full ZeRO-3 offload', 'full DDP 2 ranks')} ({speed('full ZeRO-3 offload', 'full ZeRO-3')} "
+        f"ZeRO-3's). {losses}; the single process at {by['full 1 process']['train_loss']:.4f}.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

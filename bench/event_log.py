@@ -8,6 +8,7 @@
    does, and records the reader's peak RSS growth (bounded memory).
 
     python bench/event_log.py [--steps 1000000] [--json OUT.json]
+    python bench/event_log.py --from-json bench/results/event-log.json   # print the docs block
 """
 
 from __future__ import annotations
@@ -90,11 +91,27 @@ def follow_fast_writer(folder: Path, seconds: float = 5.0, rate: int = 5000, kee
             "rss_growth_mb": round((peak - base) / 2**20, 1)}
 
 
+def docs_block(f: dict) -> str:
+    """The block docs/benchmarks.md quotes (tests/test_readme_figures.py checks it is there, unchanged)."""
+    follow = f["follow_fast_writer"]
+    return (
+        f"A log of {f['steps']:,} logged steps ({f['log_mb']:.0f} MiB of `events.jsonl`), on {f['cpu_count']} CPUs: "
+        f"`tuiwiz runs` summarises the run in {f['summarize_s_median'] * 1000:.0f} ms (median); a full parse of its "
+        f"{f['events_parsed']:,} events takes {f['full_parse_s']:.0f} s. Following a writer at about "
+        f"{follow['events_per_second']:,} events a second ({follow['events']:,} events), the reader's resident "
+        f"memory grew by {follow['rss_growth_mb']:.1f} MiB.\n"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--json")
+    parser.add_argument("--from-json", metavar="FILE", help="print the docs block of a results file")
     args = parser.parse_args()
+    if args.from_json:
+        print(docs_block(json.loads(Path(args.from_json).read_text())), end="")
+        return 0
     folder = Path(tempfile.mkdtemp(prefix="tuiwiz-events-"))
     run = RunDir(folder / "long-run")
     size = write_long_log(run, args.steps)

@@ -14,6 +14,7 @@ sampled every 5 ms from /proc/self/status. The model is built in a subprocess to
 stays small. The merged tensors of tuiwiz and peft are compared tensor by tensor.
 
     python bench/merge_memory.py [--workdir DIR] [--json bench/results/merge-memory.json]
+    python bench/merge_memory.py --from-json bench/results/merge-memory.json   # print the docs block
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 LAYERS, HIDDEN, INTERMEDIATE, VOCAB, SHARD = 24, 1024, 2816, 32000, "200MB"
 RANK, ALPHA = 16, 32
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TARGET_RATIO = 0.5  # the whole command's peak RSS, at most this fraction of peft's
 
 
 def _status_kb(field: str) -> int:
@@ -158,13 +160,58 @@ def compare(first: Path, second: Path) -> float:
     return worst
 
 
+def docs_block(f: dict) -> str:
+    """The block docs/benchmarks.md quotes (tests/test_readme_figures.py checks it is there, unchanged)."""
+    m, runs = f["model"], f["runs"]
+    whole, alone, peft = runs["tuiwiz"], runs["tuiwiz-merge"], runs["peft"]
+    lines = [
+        f"A {m['parameters_m']:.0f}M-parameter random Llama in {m['dtype']}, {m['shards']} shards "
+        f"({m['total_mb']:,.0f} MiB), {m['adapter']}; {f['machine']['cpus']} CPUs.",
+        "",
+        "| merging | peak RSS, MiB | peak private (anonymous) memory, MiB | seconds |",
+        "|---|---|---|---|",
+    ]
+    for label, r in (("`tuiwiz merge`, the merge itself", alone),
+                     ("peft `merge_and_unload` + `save_pretrained`", peft),
+                     ("`tuiwiz merge`, the whole command: merge, then its verification", whole)):
+        lines.append(f"| {label} | {r['peak_rss_mb']:,.0f} | {r['peak_anon_mb']:,.0f} | {r['seconds']:.1f} |")
+    ratio = f["ratio_peak_rss_with_verification_vs_peft"]
+    verdict = "met" if ratio <= TARGET_RATIO else "not met"
+
+    def same(diff: float) -> str:
+        return "identical to peft's" if diff == 0 else f"within {diff:.2g} of peft's"
+
+    whole_diff, alone_diff = f["max_abs_diff_tuiwiz_vs_peft"], f["max_abs_diff_merge_phase_vs_peft"]
+    tensors = f"The merged tensors are {same(whole_diff)}, from the whole command and from the merge alone." \
+        if whole_diff == alone_diff else \
+        f"The whole command's merged tensors are {same(whole_diff)}, the merge alone's {same(alone_diff)}."
+
+    lines += [
+        "",
+        f"The whole command peaks at {ratio:.2f} of peft's resident memory and "
+        f"{f['ratio_peak_anon_with_verification_vs_peft']:.2f} of its private memory (target: at most "
+        f"{TARGET_RATIO:g} of the resident: {verdict}); the merge alone at "
+        f"{f['ratio_peak_rss_merge_phase_vs_peft']:.2f} and {f['ratio_peak_anon_merge_phase_vs_peft']:.2f}. "
+        f"{tensors} The merged model's logits are within "
+        f"{whole['max_diff']:.2g} of base + adapter's, and differ from the bare base's by up to "
+        f"{whole['changed_diff']:.2f} (the adapter's effect). Within the whole command the merge phase peaked at "
+        f"{whole['merge_phase_sampled_peak_rss_mb']:,.0f} MiB in {whole['merge_seconds']:.1f} s, the verification "
+        f"at {whole['verify_phase_sampled_peak_rss_mb']:,.0f} MiB in {whole['verify_seconds']:.1f} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", help="keeps the built model between runs (default: a temp folder)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "merge-memory.json"))
     parser.add_argument("--child", nargs=3, metavar=("MODE", "RUN", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--build", metavar="WORKDIR", help=argparse.SUPPRESS)
+    parser.add_argument("--from-json", metavar="FILE", help="print the docs block of a results file")
     args = parser.parse_args()
+    if args.from_json:
+        print(docs_block(json.loads(Path(args.from_json).read_text())), end="")
+        return 0
     if args.build:
         print(build(Path(args.build)))
         return 0

@@ -11,6 +11,7 @@
 Writes bench/results/ui-events.json.
 
     python bench/ui_events.py [--steps 1000000] [--trials 5]
+    python bench/ui_events.py --from-json bench/results/ui-events.json   # print the docs block
 """
 
 from __future__ import annotations
@@ -140,13 +141,36 @@ async def flood(path: Path, seconds: float) -> dict:
             "dialog_push_median_s": round(statistics.median(pushes), 3), "last_step_shown": last_step}
 
 
+def docs_block(f: dict) -> str:
+    """The block docs/benchmarks.md quotes (tests/test_readme_figures.py checks it is there, unchanged)."""
+    flood = f["flood"]
+    verdict = "met" if f["monitor_first_frame_median_s"] < f["target_open_s"] else "not met"
+    return (
+        f"A run with {f['steps']:,} logged steps ({f['events_jsonl_mib']:,} MiB of `events.jsonl`), on "
+        f"{f['cpu_count']} CPUs: "
+        f"the monitor's reader opens it in {f['reader_open_median_s']:.3f} s median ({f['reader_open_max_s']:.3f} "
+        f"worst), and the monitor's first frame comes in {f['monitor_first_frame_median_s']:.3f} s median "
+        f"({f['monitor_first_frame_max_s']:.3f} worst; target: under {f['target_open_s']:g} s: {verdict}). "
+        f"A writer flooding the open monitor for {flood['seconds']:.1f} s at about "
+        f"{flood['events_per_second_approx']:,} events a second: the charts redraw {flood['redraws_per_second']:.2f} "
+        f"times a second ({flood['chart_redraws']} redraws), the log widget holds {flood['log_widget_lines']:,} lines, "
+        f"the event loop wakes {flood['event_loop_lag_median_s'] * 1000:.0f} ms late median "
+        f"({flood['event_loop_lag_max_s'] * 1000:.0f} ms worst), and a dialog opens over the monitor in "
+        f"{flood['dialog_push_median_s'] * 1000:.0f} ms median.\n"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--flood-seconds", type=float, default=5.0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ui-events.json"))
+    parser.add_argument("--from-json", metavar="FILE", help="print the docs block of a results file")
     args = parser.parse_args()
+    if args.from_json:
+        print(docs_block(json.loads(Path(args.from_json).read_text(encoding="utf-8"))), end="")
+        return 0
     with tempfile.TemporaryDirectory() as home:
         os.environ.update(TUIWIZ_STATE_DIR=os.path.join(home, "state"), TUIWIZ_CACHE_DIR=os.path.join(home, "cache"),
                           TUIWIZ_HARDWARE=os.environ.get("TUIWIZ_HARDWARE", "cpu-only"), TEXTUAL_ANIMATIONS="none")

@@ -8,6 +8,7 @@ the same way, trials interleaved, for reference. Writes the medians to
 bench/results/ui-startup.json.
 
     python bench/ui_startup.py [--trials 10]
+    python bench/ui_startup.py --from-json bench/results/ui-startup.json   # print the docs block
 """
 
 from __future__ import annotations
@@ -94,11 +95,38 @@ def _strip(data: bytes) -> bytes:
     return re.sub(rb"\x1b\[[0-9;?<>=]*[ -/]*[@-~]|\x1b[()][0-9A-B]|\x1b[=>]", b"", data)
 
 
+def docs_block(f: dict) -> str:
+    """The block docs/benchmarks.md quotes (tests/test_readme_figures.py checks it is there, unchanged)."""
+    tuiwiz, hello = f["results"]["tuiwiz"], f["results"]["textual-hello-world"]
+    probed = tuiwiz["hardware_probed"]
+
+    def row(label: str, r: dict) -> str:
+        return f"| {label} | {r['median_s']:.3f} ({r['min_s']:.3f} to {r['max_s']:.3f}) |"
+
+    verdict = "met" if probed["median_s"] <= f["target_s"] else "not met"
+    return "\n".join([
+        f"Timed: {f['what']}; `TUIWIZ_HARDWARE={f['hardware']}`. Median of {probed['trials']} interleaved trials "
+        f"on {f['cpu_count']} CPUs (load average {f['load_average_1m']:.2f}), Python {f['python']}.",
+        "",
+        "| from spawning the process to | seconds, median (range) |",
+        "|---|---|",
+        row("tuiwiz: the Hardware screen showing the probed hardware", probed),
+        row("tuiwiz: its first frame, drawn before the probe", tuiwiz["first_frame"]),
+        row("a Textual hello-world: its first frame", hello["first_frame"]),
+        "",
+        f"Target for the Hardware screen showing the probed hardware: {f['target_s']:g} s on the median: {verdict}.",
+    ]) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ui-startup.json"))
+    parser.add_argument("--from-json", metavar="FILE", help="print the docs block of a results file")
     args = parser.parse_args()
+    if args.from_json:
+        print(docs_block(json.loads(Path(args.from_json).read_text(encoding="utf-8"))), end="")
+        return 0
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "TERM": "xterm-256color", "COLORTERM": "truecolor", "TEXTUAL_ANIMATIONS": "none",
                "TUIWIZ_STATE_DIR": os.path.join(home, "state"), "TUIWIZ_CACHE_DIR": os.path.join(home, "cache"),

@@ -54,7 +54,11 @@ def test_the_fit_page_quotes_the_cpu_calibration_and_the_benchmarks_page_its_sum
 
 @pytest.mark.parametrize("name, results", [("sft_speed", "sft-speed.json"), ("startup", "startup.json"),
                                            ("memory_paths", "memory-paths.json"),
-                                           ("lora_dropout", "lora-dropout.json")])
+                                           ("lora_dropout", "lora-dropout.json"),
+                                           ("distributed", "distributed.json"),
+                                           ("merge_memory", "merge-memory.json"),
+                                           ("chat_speed", "chat-speed.json"), ("event_log", "event-log.json"),
+                                           ("ui_startup", "ui-startup.json"), ("ui_events", "ui-events.json")])
 def test_the_benchmarks_page_quotes_the_speed_benches(name, results):
     figures = json.loads((ROOT / "bench" / "results" / results).read_text(encoding="utf-8"))
     assert _bench(name).docs_block(figures) in (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8"), \
