@@ -201,17 +201,27 @@ def memory(work: Path, env: dict, steps: int, repeats: int) -> dict:
             "max_steps": steps, "per_device_train_batch_size": DPO["batch"], "pad_to_max_length": True,
             "gradient_checkpointing": checkpointing, "save_steps": 10_000, "logging_steps": 5}}
         suffix = "-checkpointing" if checkpointing else ""
-        peaks: dict[str, list[float]] = {"sft": [], "dpo": []}
+        # without checkpointing, also SFT at twice the micro-batch: as many sequences a step as DPO's chosen and
+        # rejected, so that what is left between the two is what DPO adds beyond its second sequence
+        kinds = ("sft", "dpo") if checkpointing else ("sft", "dpo", "sft_twice")
+        peaks: dict[str, list[float]] = {kind: [] for kind in kinds}
         for i in range(repeats):
-            for task in (("sft", "dpo") if i % 2 == 0 else ("dpo", "sft")):
+            for kind in (kinds if i % 2 == 0 else kinds[::-1]):
+                task = "dpo" if kind == "dpo" else "sft"
                 data = "demo:alpaca" if task == "sft" else "demo:preference"
-                _, run = run_profile(work, env, f"mem-{task}{suffix}-{i}", {
-                    "task": task, "data": {"path": data, "max_length": DPO["max_length"]}, **common})
-                peaks[task].append(run["peak_rss_mb"])
+                batch = DPO["batch"] * (2 if kind == "sft_twice" else 1)
+                _, run = run_profile(work, env, f"mem-{kind}{suffix}-{i}", {
+                    "task": task, "data": {"path": data, "max_length": DPO["max_length"]}, **common,
+                    "training": {**common["training"], "per_device_train_batch_size": batch}})
+                peaks[kind].append(run["peak_rss_mb"])
         sft, dpo = statistics.median(peaks["sft"]), statistics.median(peaks["dpo"])
-        figures["gradient_checkpointing" if checkpointing else "plain"] = {
-            "sft_peak_rss_mb": sft, "dpo_peak_rss_mb": dpo, "dpo_over_sft": round(dpo / sft, 3),
-            "sft_runs": peaks["sft"], "dpo_runs": peaks["dpo"]}
+        entry = {"sft_peak_rss_mb": sft, "dpo_peak_rss_mb": dpo, "dpo_over_sft": round(dpo / sft, 3),
+                 "sft_runs": peaks["sft"], "dpo_runs": peaks["dpo"]}
+        if "sft_twice" in peaks:
+            twice = statistics.median(peaks["sft_twice"])
+            entry.update(sft_twice_micro_batch=batch, sft_twice_peak_rss_mb=twice,
+                         dpo_over_sft_twice=round(dpo / twice, 3), sft_twice_runs=peaks["sft_twice"])
+        figures["gradient_checkpointing" if checkpointing else "plain"] = entry
     return figures
 
 
@@ -272,7 +282,11 @@ def docs_block(f: dict) -> str:
         f"{memory['head_tile_tokens']}-position tiles, as SFT's) | "
         f"{memory['plain']['dpo_over_sft']:.2f}x "
         f"({memory['plain']['dpo_peak_rss_mb']:.0f} / {memory['plain']['sft_peak_rss_mb']:.0f} MiB); with gradient "
-        f"checkpointing {memory['gradient_checkpointing']['dpo_over_sft']:.2f}x (target {memory['target']}x) |",
+        f"checkpointing {memory['gradient_checkpointing']['dpo_over_sft']:.2f}x (target {memory['target']}x)"
+        + (f"; against SFT at micro-batch {memory['plain']['sft_twice_micro_batch']} (as many sequences a step as "
+           f"DPO's chosen and rejected) {memory['plain']['dpo_over_sft_twice']:.2f}x "
+           f"({memory['plain']['sft_twice_peak_rss_mb']:.0f} MiB)" if "sft_twice_peak_rss_mb" in memory["plain"]
+           else "") + " |",
         f"| DPO steps/s, tuiwiz vs a bare TRL script ({speed['repeats']} alternating runs of {speed['steps']} steps) "
         f"| {rates['tuiwiz']['median']:.2f} ({rates['tuiwiz']['range'][0]:.2f}-{rates['tuiwiz']['range'][1]:.2f}) vs "
         f"{rates['bare_trl']['median']:.2f} ({rates['bare_trl']['range'][0]:.2f}-{rates['bare_trl']['range'][1]:.2f})"

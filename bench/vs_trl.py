@@ -5,6 +5,7 @@ Reports training tokens per second (tokens seen / train_runtime, as both count
 them) and whole-command wall time, per run and as medians, and their ratios.
 
     python bench/vs_trl.py [--repeats 3] [--json OUT.json]
+    python bench/vs_trl.py --from-json bench/results/vs-trl.json   # print the docs block
 """
 
 from __future__ import annotations
@@ -63,15 +64,17 @@ class FirstStepTime(TrainerCallback):
 trainer.add_callback(FirstStepTime())
 result = trainer.train()
 trainer.save_model(out_dir)
+saved_at = time.time()  # what follows is the interpreter's exit
 runtime = result.metrics["train_runtime"]
 print(json.dumps({"train_runtime": runtime, "tokens_per_second": trainer.state.num_input_tokens_seen / runtime,
                   "train_loss": result.metrics["train_loss"], "steps": trainer.state.global_step,
-                  "first_step_at": FirstStepTime.at,
+                  "first_step_at": FirstStepTime.at, "saved_at": saved_at,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 '''
 
 
 def run_tuiwiz(work: Path, env: dict, profile: Path) -> dict:
+    load = os.getloadavg()[0]
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "tuiwiz", "--profile", str(profile)], env=env,
                             capture_output=True, text=True)
@@ -82,7 +85,7 @@ def run_tuiwiz(work: Path, env: dict, profile: Path) -> dict:
     end = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()
            if '"run_end"' in line][-1]
     return {"wall_s": wall, "tokens_per_second": end["metrics"]["train_tokens_per_second"],
-            "train_loss": end["metrics"]["train_loss"]}
+            "train_loss": end["metrics"]["train_loss"], "load": load}
 
 
 def run_bare(work: Path, env: dict, settings: dict) -> dict:
@@ -90,6 +93,7 @@ def run_bare(work: Path, env: dict, settings: dict) -> dict:
 
     script = work / "bare.py"
     script.write_text(BARE)
+    load = os.getloadavg()[0]
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, str(script), str(demo_model_dir()), str(ensure_demo_dataset("alpaca")),
@@ -97,14 +101,43 @@ def run_bare(work: Path, env: dict, settings: dict) -> dict:
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(result.stdout + result.stderr)
-    return {"wall_s": wall, **json.loads(result.stdout.strip().splitlines()[-1])}
+    return {"wall_s": wall, "load": load, **json.loads(result.stdout.strip().splitlines()[-1])}
+
+
+def docs_block(figures: dict) -> str:
+    """docs/benchmarks.md's table and summary, from the results file this script writes."""
+    runs, median = figures["runs"], figures["median"]
+    loads = [r["load"] for rows in runs.values() for r in rows if "load" in r]
+    where = f", load average {min(loads):.1f} to {max(loads):.1f} at their starts" if loads else ""
+    lines = [f"| run (alternating, {figures['repeats']} pairs{where}) | tuiwiz tokens/s | bare TRL tokens/s | "
+             "tuiwiz wall (s) | bare TRL wall (s) | tuiwiz final loss | bare TRL final loss |",
+             "|---|---|---|---|---|---|---|"]
+    for i, (ours, bare) in enumerate(zip(runs["tuiwiz"], runs["bare_trl"], strict=True), 1):
+        lines.append(f"| {i} | {ours['tokens_per_second']:,.0f} | {bare['tokens_per_second']:,.0f} | "
+                     f"{ours['wall_s']:.1f} | {bare['wall_s']:.1f} | {ours['train_loss']:.7f} | "
+                     f"{bare['train_loss']:.7f} |")
+    lines.append(f"| median | {median['tuiwiz']['tokens_per_second']:,.0f} | "
+                 f"{median['bare_trl']['tokens_per_second']:,.0f} | {median['tuiwiz']['wall_s']:.1f} | "
+                 f"{median['bare_trl']['wall_s']:.1f} | | |")
+    ours_tps = [r["tokens_per_second"] for r in runs["tuiwiz"]]
+    pairs = [o["tokens_per_second"] / b["tokens_per_second"] for o, b in zip(runs["tuiwiz"], runs["bare_trl"])]
+    faster = sum(ratio > 1 for ratio in pairs)
+    lines += ["", f"Throughput ratio (median) {median['throughput_ratio']:.3f}, whole-command wall-time ratio "
+              f"{median['wall_ratio']:.2f}. Pair by pair the throughput ratio runs from {min(pairs):.2f} to "
+              f"{max(pairs):.2f} (tuiwiz faster in {faster} of {len(pairs)}); tuiwiz's own runs spread from "
+              f"{min(ours_tps):,.0f} to {max(ours_tps):,.0f} tokens/s."]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json")
+    parser.add_argument("--from-json", help="print the docs block of a results file and exit")
     args = parser.parse_args()
+    if args.from_json:
+        print(docs_block(json.loads(Path(args.from_json).read_text())), end="")
+        return 0
     work = Path(tempfile.mkdtemp(prefix="tuiwiz-vs-trl-"))
     env = {**os.environ, "TUIWIZ_CACHE_DIR": str(work / "cache"), "TUIWIZ_STATE_DIR": str(work / "state"),
            "HF_HUB_OFFLINE": "1"}
@@ -114,6 +147,7 @@ def main() -> int:
     ensure_demo_model(), ensure_demo_datasets()  # built once, outside the timings
     data = yaml.safe_load((ROOT / "profiles/quickstart.yaml").read_text())
     data["output"]["runs_dir"] = str(work / "runs")
+    data["output"]["report_to"] = []  # as the bare script: tuiwiz's default TensorBoard log is not its work
     data["training"]["save_steps"] = 10_000
     profile = work / "quickstart.yaml"
     profile.write_text(yaml.safe_dump(data))
