@@ -122,6 +122,9 @@ def _runs_app(workdir: Path, then: str | None = None):
         await wait_for(pilot, lambda: _on(pilot, "HardwareScreen") and pilot.app.screen.ready())
         await pilot.press("f2")
         await wait_for(pilot, lambda: _on(pilot, "RunsScreen") and len(pilot.app.screen.summaries) == 3)
+        # the table laid out at its full widths before a dialog covers it (a loaded machine can be a pass late,
+        # and the screen under a dialog keeps the widths it had)
+        await wait_for(pilot, lambda: "completed" in screen_text(pilot.app))
         if then == "delete":
             await pilot.press("x")
             await wait_for(pilot, lambda: _on(pilot, "ConfirmDialog"))
