@@ -51,7 +51,8 @@ def test_the_walk_finds_the_core():
         ["tuiwiz", "profile", "validate", "profiles/quickstart.yaml"],
         ["tuiwiz", "profile", "schema"],
         ["tuiwiz", "hw"],
-        ["tuiwiz", "doctor"],  # the stack is imported in its child process only
+        # the stack is imported in its child process only (seconds: slow-marked, as the other doctor tests)
+        pytest.param(["tuiwiz", "doctor"], marks=pytest.mark.slow),
         ["tuiwiz", "estimate", "--config", "tests/fixtures/configs/llama3-8b.json", "--gpus", "1"],
     ],
 )
