@@ -3,7 +3,7 @@
 When a run ends its final status is already durable, yet CPython's finalization (tearing down the modules of
 torch, transformers, TRL and peft and collecting their objects) took over a second more, and whoever waits for
 the process (the command following a run, the app closing a chat) waits for nothing (bench/sft_speed.py,
-"after the last step"). ``exit_now`` first does what that finalization does that matters, in its order, then
+"after the model is saved"). ``exit_now`` first does what that finalization does that matters, in its order, then
 ends the process.
 """
 

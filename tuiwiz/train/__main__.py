@@ -5,12 +5,13 @@
 
 import argparse
 import sys
+from typing import NoReturn
 
 from tuiwiz.process_exit import end_process
 from tuiwiz.train.lifecycle import run_training
 
 
-def main() -> int:
+def main() -> NoReturn:
     parser = argparse.ArgumentParser(prog="python -m tuiwiz.train")
     parser.add_argument("run_dir")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -19,12 +20,12 @@ def main() -> int:
     parser.add_argument("--recovered", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--watched", action="store_true", help=argparse.SUPPRESS)  # its watcher already waits
     args = parser.parse_args()
-    return run_training(args.run_dir, resume=args.resume, worker=args.worker, node_rank=args.node_rank,
+    code = run_training(args.run_dir, resume=args.resume, worker=args.worker, node_rank=args.node_rank,
                         recovered=args.recovered, watched=args.watched)
+    if args.worker:  # a rank: torch.distributed's teardown is its own
+        sys.exit(code)
+    end_process(code)
 
 
 if __name__ == "__main__":
-    code = main()
-    if "--worker" in sys.argv[1:]:  # a rank: torch.distributed's teardown is its own
-        sys.exit(code)
-    end_process(code)
+    main()
