@@ -315,9 +315,12 @@ def test_plan_from_profile_carries_what_each_task_needs():
         return Plan.from_profile(Profile.model_validate(data), model, device="cpu")
 
     assert (from_profile(task="sft").sequences_per_example, from_profile(task="sft").reference) == (1, False)
-    dpo = from_profile(task="dpo", method={"type": "full"})
+    dpo = from_profile(task="dpo", method={"type": "full"}, preference={"precompute_ref_log_probs": False})
     assert (dpo.sequences_per_example, dpo.reference, dpo.fused_loss, dpo.dropout_off) == (2, True, True, True)
-    assert from_profile(task="kto").sequences_per_example == 1 and from_profile(task="kto").reference
+    # auto: precomputed under full fine-tuning (no copy); under adapters the plan keeps the step's reference forward
+    assert not from_profile(task="dpo", method={"type": "full"}).reference
+    assert from_profile(task="dpo").reference and from_profile(task="kto").reference
+    assert from_profile(task="kto").sequences_per_example == 1
     assert from_profile(task="orpo").fused_loss is False and not from_profile(task="orpo").reference
     grpo = from_profile(task="grpo", data={"max_length": 300},
                         grpo={"rewards": [{"type": "exact_answer"}], "num_generations": 8, "max_completion_length": 99,
@@ -356,9 +359,14 @@ def test_estimate_takes_every_task_and_reports_what_the_api_computes(configs, ca
         assert report["per_device"] == estimate(model, p).per_device.terms()
     main(["estimate", "--config", str(llama), "--task", "dpo", "--method", "full", "--micro-batch", "2",
           "--seq-len", "64"])
+    out = capsys.readouterr().out  # precompute_ref_log_probs auto: scored before training under full fine-tuning
+    assert "reference model" not in out and "2 × 2 sequences of 64 tokens" in out
+    assert "scores the data once before training (preference.precompute_ref_log_probs)" in out
+    kept = llama.parent / "kept.yaml"
+    kept.write_text("task: dpo\npreference: {precompute_ref_log_probs: false}\n")
+    main(["estimate", str(kept), "--config", str(llama), "--method", "full", "--micro-batch", "2", "--seq-len", "64"])
     out = capsys.readouterr().out
-    assert "reference model" in out and "2 × 2 sequences of 64 tokens" in out
-    assert "precompute_ref_log_probs" in out
+    assert "reference model" in out and "precompute_ref_log_probs scores the data with it once" in out
 
 
 def test_estimate_refuses_seq2seq_on_a_decoder_with_exit_2(configs, capsys):
@@ -391,9 +399,11 @@ def test_recommend_says_what_dpo_costs_where_it_decides():
     rec = recommend(probe_hardware(snapshot="h100-80gb"), llama8b(), DataStats.assumed(1024), "dpo")
     lora = rec.option("lora")
     assert "twice the sequences" in lora.reason and "adapter disabled: no second copy" in lora.reason
-    full = rec.option("full")
-    assert "second, frozen copy as the reference" in full.reason and "precompute_ref_log_probs" in full.reason
-    assert full.estimate.per_device.reference == llama8b().num_parameters * 4
+    full = rec.option("full")  # precompute_ref_log_probs auto: no reference in memory under full fine-tuning
+    assert "scores the data once before training" in full.reason and "no second copy" in full.reason
+    assert full.estimate.per_device.reference == 0 and full.estimate.per_device.reference_forward == 0
+    kept = estimate(llama8b(), replace(full.plan, reference=True)).per_device  # what the copy would take
+    assert kept.reference == llama8b().num_parameters * 4
     sft = recommend(probe_hardware(snapshot="h100-80gb"), llama8b(), DataStats.assumed(1024), "sft").option("lora")
     # the same micro-batch, with the model's own logits, which outweigh one block's backward: what is saved alone
     dpo = {**task_fields("dpo"), "fused_loss": False, "reference": False}
@@ -421,9 +431,12 @@ def test_the_new_tasks_never_pack():
 
 def test_step_down_drops_a_full_reference_copy_first():
     profile = Profile.model_validate({"task": "dpo", "method": {"type": "full"},
+                                      "preference": {"precompute_ref_log_probs": False},
                                       "training": {"per_device_train_batch_size": 4}})
     step = step_down(profile, llama8b(), probe_hardware(snapshot="h100-80gb"))
-    assert step.kind == "reference" and step.profile.preference.precompute_ref_log_probs
+    assert step.kind == "reference" and step.profile.preference.precompute_ref_log_probs is True
+    auto = profile.model_copy(update={"preference": Profile().preference})  # auto: precomputed already
+    assert step_down(auto, llama8b(), probe_hardware(snapshot="h100-80gb")).kind == "micro_batch"
     after = step_down(step.profile, llama8b(), probe_hardware(snapshot="h100-80gb"))
     assert after.kind == "micro_batch"
     lora = profile.model_copy(update={"method": Profile().method})

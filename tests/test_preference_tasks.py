@@ -77,7 +77,9 @@ def test_dpo_after_sft_moves_held_out_answers_to_the_chosen_style(tmp_path, trai
     assert len(margins) >= 4 and margins[0] < margins[-1], margins
     logged = [e["task_metrics"] for e in events_of(run, "log")]
     assert all(set(TASKS["dpo"].metrics) <= set(m) for m in logged), logged[0]
-    assert logged[0]["rewards/margins"] == 0.0  # step 1: the policy is its reference
+    # step 1: the policy is its reference (scored before training, in other batches: equal within float error)
+    assert logged[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+    assert "the reference scores the data once before training" in run.log.read_text()  # 2 epochs: auto on
 
     # the output is an adapter on the run's start-model (the SFT adapter merged in), and it generates
     start_model = run.path / "start-model"
@@ -146,7 +148,7 @@ def test_dpo_reference_under_lora_is_the_base_with_the_adapter_disabled(tmp_path
 def test_dpo_reference_under_full_fine_tuning_is_a_second_frozen_copy(tmp_path, demo_built):
     import torch
 
-    trainer, loads = set_up_in_process(tmp_path / "plain", {"type": "full"})
+    trainer, loads = set_up_in_process(tmp_path / "plain", {"type": "full"}, precompute_ref_log_probs=False)
     assert loads == ["LlamaForCausalLM", "LlamaForCausalLM"]
     reference = trainer.ref_model
     assert reference is not None and reference is not trainer.model and not reference.training
@@ -158,9 +160,10 @@ def test_dpo_reference_under_full_fine_tuning_is_a_second_frozen_copy(tmp_path, 
         assert torch.equal(mine, theirs), name  # loaded from the same folder
 
     # scored once before training instead: no reference stays in memory
-    trainer, loads = set_up_in_process(tmp_path / "precomputed", {"type": "full"}, precompute_ref_log_probs=True)
-    assert loads == ["LlamaForCausalLM"] and trainer.ref_model is None
-    assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(trainer.train_dataset.column_names)
+    for folder, setting in (("precomputed", {"precompute_ref_log_probs": True}), ("auto", {})):
+        trainer, loads = set_up_in_process(tmp_path / folder, {"type": "full"}, **setting)
+        assert loads == ["LlamaForCausalLM"] and trainer.ref_model is None, folder
+        assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(trainer.train_dataset.column_names)
 
 
 def stage_profile(tmp_path, task: str, **training) -> Path:

@@ -20,6 +20,7 @@ from tuiwiz.plan.fine_tune import FULL_LOGITS_TASKS, task_fields
 from tuiwiz.plan.hardware import Machine
 from tuiwiz.plan.memory import GiB, MemoryEstimate, Plan, check_task_model, estimate
 from tuiwiz.plan.modelinfo import ModelInfo
+from tuiwiz.plan.reference_scoring import reference_scoring
 from tuiwiz.profile.schema import Profile
 from tuiwiz.tasks import TASKS
 from tuiwiz.units import count, gib, size
@@ -215,7 +216,7 @@ def _search(machine, model, cand, seq, target_batch, precision, task):
     """The largest micro-batch that fits; checkpointing only when it buys a 4x larger one or is needed."""
     n = max(1, len(cand.gpus))
     base = Plan(method=cand.method, device="cuda" if cand.gpus else "cpu", precision=precision, seq_len=seq,
-                strategy=cand.strategy, optimizer=_optimizer(cand.method), **task_fields(task),
+                strategy=cand.strategy, optimizer=_optimizer(cand.method), **task_fields(task, method=cand.method),
                 lora_targets=_lora_targets(model) if METHODS[cand.method].low_rank else None,
                 **({"lora_dropout": 0.0} if METHODS[cand.method].low_rank else {}))
     top = 1 << max(0, int(math.log2(max(1, target_batch // n))))
@@ -294,6 +295,9 @@ def task_cost(plan: Plan, est: MemoryEstimate) -> str:
                     f"({size(b.reference)}): {fix}")
     elif plan.reference:
         said.append(f"{task.title}'s reference is the base with the adapter disabled: no second copy")
+    elif task.reference:
+        said.append(f"{METHODS[plan.method].title} {task.title}'s reference scores the data once before training "
+                    f"(preference.precompute_ref_log_probs auto), so no second copy is in memory")
     if task.generates:
         said.append(f"GRPO generates {plan.generation_batch} completions of up to {plan.completion_len} tokens at "
                     f"once ({size(b.generation)} with their KV cache)")
@@ -642,7 +646,7 @@ def _step_down(profile: Profile, model: ModelInfo, machine: Machine, allow_trunc
     t = profile.training
     task = TASKS[profile.task]
     if (task.reference and not METHODS[profile.method.type].uses_peft
-            and not profile.preference.precompute_ref_log_probs):
+            and not reference_scoring(profile).precompute):
         new = profile.model_copy(update={"preference": profile.preference.model_copy(
             update={"precompute_ref_log_probs": True})})
         return StepDown(new, f"preference.precompute_ref_log_probs on: the reference scores the data once before "

@@ -59,6 +59,9 @@ def task_terms(model: ModelInfo, plan: Plan, *, weights: int, a: int, r: int, c:
                      f"its reference ({size(reference)}): {fix}")
     elif plan.reference:
         notes.append(f"{task.title}'s reference is the base model with the adapter disabled: no second copy")
+    elif task.reference:
+        notes.append(f"{task.title}'s reference scores the data once before training "
+                     f"(preference.precompute_ref_log_probs): no reference in memory while it trains")
     if not task.generates:
         ref_forward = 0
         if plan.reference:

@@ -389,9 +389,11 @@ class PreferenceConfig(_Strict):
         None, ge=1, le=1_048_576,
         description="Longest prompt in tokens; a longer one is a data error naming its line. Unset: half of "
                     "data.max_length.")
-    precompute_ref_log_probs: bool = Field(
-        False, description="DPO, KTO: score the data with the reference once before training, so the reference "
-                           "needs no memory during it (helps full fine-tuning; adapters need no second copy).")
+    precompute_ref_log_probs: bool | Literal["auto"] = Field(
+        "auto", description="DPO, KTO: score the data with the reference once before training, so no reference "
+                            "forward runs in the steps. auto: on under full fine-tuning (no second copy in "
+                            "memory) and, under adapters, where the run trains or evaluates on its rows more "
+                            "than once (less work).")
     simpo_gamma: float = Field(0.5, ge=0, le=100, description="SimPO: the target reward margin.")
     desirable_weight: float = Field(1.0, gt=0, le=1000, description="KTO: weight of desirable completions.")
     undesirable_weight: float = Field(1.0, gt=0, le=1000, description="KTO: weight of undesirable ones.")

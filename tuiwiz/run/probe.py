@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuiwiz.errors import UserError
+from tuiwiz.plan.reference_scoring import reference_scoring
 from tuiwiz.profile.io import LoadedProfile
 from tuiwiz.profile.schema import FitRecord, Profile
 from tuiwiz.run.event_types import ErrorEvent, Event, LogEvent, RunStartEvent, parse_event
@@ -74,7 +75,7 @@ def probe_profile(profile: Profile, steps: int) -> Profile:
         training["gradient_accumulation_steps"] = 1
     t = profile.training.model_copy(update=training)
     data = {"validation_split": 0.0, "validation_path": None}
-    if task.reference and profile.preference.precompute_ref_log_probs:
+    if task.reference and reference_scoring(profile).precompute:
         # the reference scores every row before training starts: only those the probe trains on
         rows = steps * t.per_device_train_batch_size * t.gradient_accumulation_steps
         data["limit"] = min(rows, profile.data.limit or rows)

@@ -39,7 +39,7 @@ class RunnerCallback(TrainerCallback):
         self._last_tokens = 0
         self.start_tokens = 0
 
-    def _emit(self, event: Event, durable: bool = False) -> None:
+    def emit(self, event: Event, durable: bool = False) -> None:
         if self.events is not None:
             self.events.emit(event, durable=durable)
 
@@ -49,7 +49,7 @@ class RunnerCallback(TrainerCallback):
         for logged in state.log_history:  # a resumed run keeps where it began and its lowest loss
             if "loss" in logged and math.isfinite(logged["loss"]):
                 self.watch.observe(float(logged["loss"]))
-        self._emit(StatusEvent(status="running", step=state.global_step, max_steps=state.max_steps))
+        self.emit(StatusEvent(status="running", step=state.global_step, max_steps=state.max_steps))
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.stop.poll():
@@ -67,7 +67,7 @@ class RunnerCallback(TrainerCallback):
             tps = (tokens - self._last_tokens) / elapsed if elapsed > 0 else None
             self._last_time, self._last_tokens = now, tokens
             grad_norm = _number(logs.get("grad_norm"))
-            self._emit(LogEvent(
+            self.emit(LogEvent(
                 step=state.global_step, max_steps=state.max_steps, epoch=round(state.epoch or 0, 4),
                 loss=loss, learning_rate=_number(logs.get("learning_rate")), grad_norm=grad_norm,
                 tokens_seen=tokens, tokens_per_second=round(tps, 1) if tps else None, memory=memory_snapshot(),
@@ -82,12 +82,12 @@ class RunnerCallback(TrainerCallback):
                 control.should_save = False  # never a checkpoint of NaN or blown-up weights
         eval_metrics = {k: v for k, v in logs.items() if k.startswith("eval_")}
         if eval_metrics:
-            self._emit(EvalEvent(step=state.global_step, **eval_metrics))
+            self.emit(EvalEvent(step=state.global_step, **eval_metrics))
         return control
 
     def on_save(self, args, state, control, **kwargs):
         path = f"{args.output_dir}/checkpoint-{state.global_step}"
-        self._emit(CheckpointEvent(step=state.global_step, path=path), durable=True)
+        self.emit(CheckpointEvent(step=state.global_step, path=path), durable=True)
 
 
 _COMMON = {"loss", "grad_norm", "learning_rate", "epoch"}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuiwiz.methods import METHODS
+from tuiwiz.plan.reference_scoring import reference_scoring
 from tuiwiz.profile.schema import Profile
 from tuiwiz.train.modeling import (
     PEFT_TASK_TYPES,
@@ -54,7 +55,7 @@ def load_policy(model_path: str, profile: Profile, precision: Precision, tokeniz
 
 def load_reference(model_path: str, profile: Profile, precision: Precision, policy: Policy):
     """A frozen copy of the starting weights, or None where the trainer needs none in memory."""
-    if policy.peft_config is not None or profile.preference.precompute_ref_log_probs:
+    if policy.peft_config is not None or reference_scoring(profile).precompute:
         return None
     reference = load_model(model_path, profile, precision, None).eval()
     reference.requires_grad_(False)

@@ -15,8 +15,10 @@ that scores through that head: the same log-probabilities (tests/test_dpo_memory
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
+from tuiwiz.plan.reference_scoring import reference_scoring
 from tuiwiz.profile.schema import Profile
 from tuiwiz.run.event_types import StatusEvent
 from tuiwiz.run.events import EventWriter
@@ -70,16 +72,33 @@ def build_trainer(profile: Profile, run: RunDir, precision, policy, reference, t
     from trl import DPOConfig, DPOTrainer
 
     settings = profile.preference
+    train_rows = preference_rows(train_data, tokenizer, profile)
+    eval_rows = preference_rows(eval_data, tokenizer, profile) if eval_data else []
     config = DPOConfig(
         **training_arguments(profile, precision, run, eval_data is not None), max_length=profile.data.max_length,
         beta=settings.beta, loss_type=[settings.loss_type or "sigmoid"], label_smoothing=settings.label_smoothing,
-        precompute_ref_log_probs=settings.precompute_ref_log_probs, dataset_num_proc=None,
+        precompute_ref_log_probs=precompute_reference(profile, len(train_rows), len(eval_rows), callbacks),
+        dataset_num_proc=None,
         pad_to_multiple_of=profile.data.max_length if profile.training.pad_to_max_length else None,
     )
     return DPOTrainer(
         model=policy.model, ref_model=reference, args=config, peft_config=policy.peft_config,
-        train_dataset=Dataset.from_list(preference_rows(train_data, tokenizer, profile)),
-        eval_dataset=Dataset.from_list(preference_rows(eval_data, tokenizer, profile)) if eval_data else None,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_data else None,
         processing_class=tokenizer, callbacks=callbacks,
     )
+
+
+def precompute_reference(profile: Profile, train_rows: int, eval_rows: int, callbacks: list) -> bool:
+    """preference.precompute_ref_log_probs resolved for this run's rows (tuiwiz/plan/reference_scoring.py). The
+    reason goes to the run's log; a precomputing run also says so in its status, since the pass runs before
+    the first step."""
+    scoring = reference_scoring(profile, train_rows=train_rows, eval_rows=eval_rows, world_size=world_size(),
+                                total_steps=total_steps(profile, train_rows, world_size()))
+    print(f"tuiwiz: {scoring.reason}", file=sys.stderr, flush=True)
+    if scoring.precompute:
+        for callback in callbacks:
+            if isinstance(callback, RunnerCallback):
+                callback.emit(StatusEvent(status="loading", message=scoring.reason))
+    return scoring.precompute
 

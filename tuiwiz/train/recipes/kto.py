@@ -14,7 +14,7 @@ from tuiwiz.run.rundir import RunDir
 from tuiwiz.train.arguments import training_arguments
 from tuiwiz.train.callbacks import RunnerCallback
 from tuiwiz.train.preference_rows import unpaired_rows
-from tuiwiz.train.recipes.dpo import set_up_with
+from tuiwiz.train.recipes.dpo import precompute_reference, set_up_with
 from tuiwiz.train.session import Setup, train_and_save
 from tuiwiz.train.stop import StopFlag
 
@@ -37,16 +37,19 @@ def build_trainer(profile: Profile, run: RunDir, precision, policy, reference, t
     from trl import KTOConfig, KTOTrainer
 
     settings = profile.preference
+    train_rows = unpaired_rows(train_data, tokenizer, profile)
+    eval_rows = unpaired_rows(eval_data, tokenizer, profile) if eval_data else []
     config = KTOConfig(
         **training_arguments(profile, precision, run, eval_data is not None), max_length=profile.data.max_length,
         beta=settings.beta, loss_type=settings.loss_type or "kto", desirable_weight=settings.desirable_weight,
-        undesirable_weight=settings.undesirable_weight, precompute_ref_log_probs=settings.precompute_ref_log_probs,
+        undesirable_weight=settings.undesirable_weight,
+        precompute_ref_log_probs=precompute_reference(profile, len(train_rows), len(eval_rows), callbacks),
         dataset_num_proc=None,
         pad_to_multiple_of=profile.data.max_length if profile.training.pad_to_max_length else None,
     )
     return KTOTrainer(
         model=policy.model, ref_model=reference, args=config, peft_config=policy.peft_config,
-        train_dataset=Dataset.from_list(unpaired_rows(train_data, tokenizer, profile)),
-        eval_dataset=Dataset.from_list(unpaired_rows(eval_data, tokenizer, profile)) if eval_data else None,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_data else None,
         processing_class=tokenizer, callbacks=callbacks,
     )

@@ -1,0 +1,69 @@
+"""preference.precompute_ref_log_probs: auto resolves to the cheaper way for the run's rows, a setting the
+profile states is kept (tuiwiz/plan/reference_scoring.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuiwiz.plan.reference_scoring import reference_scoring
+from tuiwiz.profile.schema import Profile
+
+
+def dpo(method: str = "lora", precompute="auto", **training) -> Profile:
+    return Profile.model_validate({"task": "dpo", "method": {"type": method}, "data": {"validation_split": 0.1},
+                                   "preference": {"precompute_ref_log_probs": precompute},
+                                   "training": {"per_device_train_batch_size": 8, **training}})
+
+
+def resolved(profile: Profile, train_rows=160, steps=None, eval_rows=0) -> bool:
+    steps = steps if steps is not None else round(train_rows / 8 * profile.training.num_train_epochs)
+    return reference_scoring(profile, train_rows=train_rows, total_steps=steps, eval_rows=eval_rows).precompute
+
+
+@pytest.mark.parametrize(("training", "eval_rows", "expected"), [
+    ({"num_train_epochs": 1}, 0, False),  # one pass: the same work, and training starts at once
+    ({"num_train_epochs": 1}, 20, False),  # one pass and one evaluation at the epoch's end
+    ({"num_train_epochs": 2}, 0, True),  # the second epoch would score every row again
+    ({"num_train_epochs": 1.5}, 0, True),
+    ({"num_train_epochs": 1, "eval_steps": 5}, 20, True),  # four evaluations of the same 20 rows
+    ({"num_train_epochs": 1, "eval_steps": 20}, 20, False),  # one
+])
+def test_auto_under_adapters_precomputes_where_the_steps_would_score_rows_more_than_once(training, eval_rows,
+                                                                                         expected):
+    assert resolved(dpo(**training), eval_rows=eval_rows) is expected
+
+
+def test_auto_with_max_steps_counts_the_rows_the_steps_take():
+    assert resolved(dpo(max_steps=10), train_rows=1000, steps=10) is False  # 80 of 1000 rows: scoring all is waste
+    assert resolved(dpo(max_steps=300), train_rows=1000, steps=300) is True  # 2400 rows scored in the steps
+
+
+def test_auto_under_full_fine_tuning_always_precomputes_and_says_why():
+    for method in ("full", "bitfit"):
+        scoring = reference_scoring(dpo(method))  # no row counts needed: it is about the second copy
+        assert scoring.precompute and "no second copy" in scoring.reason
+
+
+def test_a_stated_setting_is_kept_whatever_the_counts():
+    assert resolved(dpo("lora", True)) is True
+    assert resolved(dpo("full", False, num_train_epochs=3)) is False
+    assert "is false in the profile" in reference_scoring(dpo("full", False)).reason
+
+
+def test_auto_without_counts_under_adapters_keeps_the_step_scoring():
+    """The planner has no row counts: it counts the reference forward in the step, the heavier case."""
+    assert reference_scoring(dpo()).precompute is False
+
+
+def test_the_reason_names_the_counts():
+    reason = reference_scoring(dpo(num_train_epochs=2), train_rows=160, total_steps=40, eval_rows=20).reason
+    assert "180 rows" in reason and "320 training rows" in reason and "2 evaluation(s) of 20 rows" in reason
+
+
+def test_the_profile_reads_auto_true_and_false_and_refuses_others():
+    from pydantic import ValidationError
+
+    assert Profile().preference.precompute_ref_log_probs == "auto"
+    assert dpo(precompute=True).preference.precompute_ref_log_probs is True
+    with pytest.raises(ValidationError, match="precompute_ref_log_probs"):
+        dpo(precompute="sometimes")

@@ -1,0 +1,67 @@
+"""When DPO's and KTO's reference scores the data once before training instead of at every step.
+
+``preference.precompute_ref_log_probs`` is TRL's switch (DPOConfig, KTOConfig): with it, the trainer scores
+every training (and evaluation) row with the reference before the first step, keeps the scores as dataset
+columns, and puts no reference forward in the step. tuiwiz's ``auto`` (the default) turns it on where that
+does less work or holds less memory, and leaves it off where it would only delay the first step:
+
+- full fine-tuning (and BitFit): always, because otherwise a second, frozen copy of the model is in memory
+  all along; the policy scores the data before it moves, which is the same reference.
+- adapters: the reference is the base with the adapter disabled (no copy), so what counts is work. Scoring
+  in the step costs one no-grad forward per row each time a row is trained on or evaluated; precomputing
+  costs one per row. On when the run trains on its rows more than once (more than one epoch) or evaluates
+  more than once, so that the one pass is cheaper; off for one epoch with one evaluation, where the work is
+  the same and the step-time scoring lets training start at once.
+
+The runner resolves it with the row counts (tuiwiz/train/recipes/dpo.py, kto.py); the planner, which has no
+row counts, treats ``auto`` under adapters as off, the costlier case for memory (the reference forward in
+the step, ``task_costs.reference_forward``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tuiwiz.methods import METHODS
+from tuiwiz.profile.schema import Profile
+
+
+@dataclass(frozen=True)
+class ReferenceScoring:
+    precompute: bool
+    reason: str  # one sentence, for the run's log
+
+
+def reference_scoring(profile: Profile, *, train_rows: int | None = None, total_steps: int | None = None,
+                      world_size: int = 1, eval_rows: int = 0) -> ReferenceScoring:
+    """Whether the reference's log-probabilities are precomputed for ``profile`` (a task with a reference),
+    given how many rows it trains on and evaluates (None where unknown: the planner)."""
+    setting = profile.preference.precompute_ref_log_probs
+    if setting != "auto":
+        return ReferenceScoring(setting, f"preference.precompute_ref_log_probs is {str(setting).lower()} "
+                                         f"in the profile")
+    if not METHODS[profile.method.type].uses_peft:
+        return ReferenceScoring(True, "the reference's scores are precomputed, so no second copy of the model is "
+                                      "in memory while it trains (preference.precompute_ref_log_probs: auto)")
+    if train_rows is None or total_steps is None:
+        return ReferenceScoring(False, "row counts unknown: the reference scores each step")
+    t = profile.training
+    if t.max_steps > 0:  # the dataloader goes round the data as often as the steps need
+        scored = total_steps * t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size
+    else:
+        scored = math.ceil(t.num_train_epochs * train_rows)
+    evaluations = 0
+    if eval_rows:
+        evaluations = math.ceil(total_steps / t.eval_steps) if t.eval_steps else math.ceil(scored / train_rows)
+    in_step = scored + evaluations * eval_rows
+    once = train_rows + eval_rows
+    counts = (f"{scored} training rows" + (f" and {evaluations} evaluation(s) of {eval_rows} rows" if eval_rows
+                                            else ""))
+    if once < in_step:
+        return ReferenceScoring(True, f"the reference scores the data once before training ({once} rows) "
+                                      f"instead of in the steps ({counts}: {in_step} rows); "
+                                      f"preference.precompute_ref_log_probs: auto")
+    return ReferenceScoring(False, f"the reference scores the rows in the steps ({counts}: {in_step} rows), no "
+                                   f"more than precomputing would ({once}); preference.precompute_ref_log_probs: "
+                                   f"auto")
