@@ -10,11 +10,19 @@ DPO's memory beside SFT's, and tuiwiz's DPO speed beside a bare TRL DPO script.
 - memory: peak RSS of the runner (LogEvent.memory.peak_rss_mb, the process's ru_maxrss; medians of alternating
   runs) for LoRA SFT on demo:alpaca and LoRA DPO on demo:preference from the demo model, with the same
   micro-batch and every sequence padded to the same max_length (DPO puts a chosen and a rejected sequence
-  through per example, and scores both again with the adapter disabled for its reference).
-- speed: tuiwiz's DPO and a bare TRL DPOTrainer script with the same settings, alternating, steps per
-  second as the Trainer counts them (train_steps_per_second), medians and ranges.
+  through per example, and scores both with the adapter disabled for its reference). DPO runs as a user gets
+  it (preference.precompute_ref_log_probs auto; which way it resolved is read back from the run's
+  trainer-args.json) and with the reference scored in every step (precompute_ref_log_probs false).
+- reference scoring: the DPO stage of profiles/demo-dpo.yaml after the same SFT run, with the reference's
+  log-probabilities precomputed (what precompute_ref_log_probs auto resolves to there: 2 epochs and 4 evaluations)
+  and scored in the steps, alternating: whole command, train_runtime, the held-out margins (which must agree).
+- speed: tuiwiz's DPO and a bare TRL DPOTrainer script with the same settings (the reference scored the way
+  tuiwiz's auto resolves it for these runs), alternating, steps per second as the Trainer counts them
+  (train_steps_per_second, which leaves out a precomputing pass: it runs before training, in both), medians
+  and ranges, and each whole command's wall time.
 
     python bench/preference_bench.py [--repeats 3] [--json bench/results/preference.json]
+    python bench/preference_bench.py --only scoring --json bench/results/preference.json   # rerun one section
 """
 
 from __future__ import annotations
@@ -74,7 +82,7 @@ config = DPOConfig(
     output_dir=out_dir, max_steps=s["steps"], learning_rate=s["learning_rate"], per_device_train_batch_size=s["batch"],
     lr_scheduler_type="cosine", logging_steps=5, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True,
     bf16=False, max_length=s["max_length"], beta=s["beta"], loss_type=[s["loss_type"]], seed=42, data_seed=42,
-    dataloader_num_workers=0,
+    dataloader_num_workers=0, precompute_ref_log_probs=s["precompute_ref_log_probs"],
     # what tuiwiz resolves, stated: TRL's own defaults differ (gradient checkpointing on)
     gradient_checkpointing=False, optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
 )
@@ -99,7 +107,11 @@ def run_profile(work: Path, env: dict, name: str, data: dict) -> tuple[Path, dic
     if result.returncode != 0:
         raise SystemExit(result.stdout + result.stderr)
     run = max((work / "runs").glob(f"{name}-*"), key=lambda p: p.stat().st_mtime)
-    return run, {"wall_s": round(wall, 2), **events(run)}
+    resolved = json.loads((run / "trainer-args.json").read_text())
+    figures = {"wall_s": round(wall, 2), **events(run)}
+    if "precompute_ref_log_probs" in resolved:  # DPO: how the reference scored, as the run resolved it
+        figures["precompute_ref_log_probs"] = resolved["precompute_ref_log_probs"]
+    return run, figures
 
 
 def events(run: Path) -> dict:
@@ -167,10 +179,15 @@ def lora(r: int = DPO["r"], alpha: int = DPO["alpha"]) -> dict:
     return {"type": "lora", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0}
 
 
-def style(work: Path, env: dict) -> dict:
+def sft_first(work: Path, env: dict) -> Path:
+    """The quickstart's SFT run, which the DPO stage starts from."""
     quickstart = yaml.safe_load((ROOT / "profiles/quickstart.yaml").read_text())
     quickstart["training"]["save_steps"] = 10_000
-    sft_run, _ = run_profile(work, env, "sft", quickstart)
+    return run_profile(work, env, "sft", quickstart)[0]
+
+
+def style(work: Path, env: dict) -> dict:
+    sft_run = sft_first(work, env)
     stage = dpo_stage()
     dpo_run, dpo = run_profile(work, env, "dpo", {
         **stage, "model": {"name_or_path": "demo", "start_from": str(sft_run)},
@@ -185,6 +202,36 @@ def style(work: Path, env: dict) -> dict:
                           "trained_questions": trained_on(dpo_run / "output")},
             "orpo_alone": {**held_out(orpo_run / "output", sft_answers)[0], "eval_margins": orpo["eval_margins"],
                            "wall_s": orpo["wall_s"]}}
+
+
+def scoring(work: Path, env: dict, repeats: int) -> dict:
+    """The demo's DPO stage with the reference precomputed and scored in the steps, alternating."""
+    sft_run, stage = sft_first(work, env), dpo_stage()
+    runs: dict[str, list[dict]] = {"precomputed": [], "in_step": []}
+    for i in range(repeats):
+        for kind in (("precomputed", "in_step") if i % 2 == 0 else ("in_step", "precomputed")):
+            run, figures = run_profile(work, env, f"scoring-{kind}-{i}", {
+                **stage, "model": {"name_or_path": "demo", "start_from": str(sft_run)},
+                "preference": {**stage.get("preference", {}), "precompute_ref_log_probs": kind == "precomputed"},
+                "training": {**stage["training"], "save_steps": 10_000}})
+            found = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+            metrics = [e for e in found if e["type"] == "run_end"][-1]["metrics"]
+            runs[kind].append({"wall_s": figures["wall_s"], "train_runtime": metrics["train_runtime"],
+                               "eval_margins": figures["eval_margins"]})
+            print(kind, json.dumps(runs[kind][-1]), flush=True)
+    # the stage as shipped (auto), once, for the way it resolves
+    _, auto = run_profile(work, env, "scoring-auto", {
+        **stage, "model": {"name_or_path": "demo", "start_from": str(sft_run)},
+        "training": {**stage["training"], "save_steps": 10_000}})
+    medians = {kind: {key: statistics.median(r[key] for r in rows) for key in ("wall_s", "train_runtime")}
+               for kind, rows in runs.items()}
+    return {"repeats": repeats, "runs": runs, "median": medians,
+            "auto_resolved_precompute": auto["precompute_ref_log_probs"],
+            "margins_agree": all(r["eval_margins"] == runs["in_step"][0]["eval_margins"]
+                                 for rows in runs.values() for r in rows),
+            "wall_ratio": round(medians["precomputed"]["wall_s"] / medians["in_step"]["wall_s"], 3),
+            "train_runtime_ratio": round(medians["precomputed"]["train_runtime"] / medians["in_step"]["train_runtime"],
+                                         3)}
 
 
 def memory(work: Path, env: dict, steps: int, repeats: int) -> dict:
@@ -203,20 +250,30 @@ def memory(work: Path, env: dict, steps: int, repeats: int) -> dict:
         suffix = "-checkpointing" if checkpointing else ""
         # without checkpointing, also SFT at twice the micro-batch: as many sequences a step as DPO's chosen and
         # rejected, so that what is left between the two is what DPO adds beyond its second sequence
-        kinds = ("sft", "dpo") if checkpointing else ("sft", "dpo", "sft_twice")
+        # DPO as a user gets it (precompute_ref_log_probs auto) and with the reference scored in every step
+        kinds = ("sft", "dpo") if checkpointing else ("sft", "dpo", "dpo_in_step", "sft_twice")
         peaks: dict[str, list[float]] = {kind: [] for kind in kinds}
+        precomputed = set()
         for i in range(repeats):
             for kind in (kinds if i % 2 == 0 else kinds[::-1]):
-                task = "dpo" if kind == "dpo" else "sft"
+                task = "dpo" if kind.startswith("dpo") else "sft"
                 data = "demo:alpaca" if task == "sft" else "demo:preference"
                 batch = DPO["batch"] * (2 if kind == "sft_twice" else 1)
+                extra = {"preference": {"precompute_ref_log_probs": False}} if kind == "dpo_in_step" else {}
                 _, run = run_profile(work, env, f"mem-{kind}{suffix}-{i}", {
-                    "task": task, "data": {"path": data, "max_length": DPO["max_length"]}, **common,
+                    "task": task, "data": {"path": data, "max_length": DPO["max_length"]}, **common, **extra,
                     "training": {**common["training"], "per_device_train_batch_size": batch}})
                 peaks[kind].append(run["peak_rss_mb"])
+                if kind == "dpo":
+                    precomputed.add(run["precompute_ref_log_probs"])
         sft, dpo = statistics.median(peaks["sft"]), statistics.median(peaks["dpo"])
+        (auto,) = precomputed  # the same data and steps resolve the same way every time
         entry = {"sft_peak_rss_mb": sft, "dpo_peak_rss_mb": dpo, "dpo_over_sft": round(dpo / sft, 3),
-                 "sft_runs": peaks["sft"], "dpo_runs": peaks["dpo"]}
+                 "dpo_precomputed": auto, "sft_runs": peaks["sft"], "dpo_runs": peaks["dpo"]}
+        if "dpo_in_step" in peaks:
+            in_step = statistics.median(peaks["dpo_in_step"])
+            entry.update(dpo_in_step_peak_rss_mb=in_step, dpo_in_step_over_sft=round(in_step / sft, 3),
+                         dpo_in_step_runs=peaks["dpo_in_step"])
         if "sft_twice" in peaks:
             twice = statistics.median(peaks["sft_twice"])
             entry.update(sft_twice_micro_batch=batch, sft_twice_peak_rss_mb=twice,
@@ -228,11 +285,12 @@ def memory(work: Path, env: dict, steps: int, repeats: int) -> dict:
 def speed(work: Path, env: dict, repeats: int, steps: int) -> dict:
     from tuiwiz.demo.build import demo_model_dir, resolve_demo_uri
 
-    settings = {**DPO, "steps": steps}
     profile = {"task": "dpo", "data": {"path": "demo:preference", "max_length": DPO["max_length"]}, "method": lora(),
                "preference": {"beta": DPO["beta"], "loss_type": DPO["loss_type"]},
                "training": {"max_steps": steps, "learning_rate": DPO["learning_rate"], "logging_steps": 5,
                             "per_device_train_batch_size": DPO["batch"], "save_steps": 10_000, "warmup_steps": 0}}
+    precompute = expected_precompute(profile)
+    settings = {**DPO, "steps": steps, "precompute_ref_log_probs": precompute}
     script = work / "bare_dpo.py"
     script.write_text(BARE)
     runs: dict[str, list[dict]] = {"tuiwiz": [], "bare_trl": []}
@@ -240,6 +298,9 @@ def speed(work: Path, env: dict, repeats: int, steps: int) -> dict:
         for name in (("tuiwiz", "bare_trl") if i % 2 == 0 else ("bare_trl", "tuiwiz")):
             if name == "tuiwiz":
                 _, figures = run_profile(work, env, f"speed-{i}", profile)
+                if figures["precompute_ref_log_probs"] != precompute:
+                    raise SystemExit(f"tuiwiz resolved precompute_ref_log_probs {figures['precompute_ref_log_probs']}"
+                                     f", the bare script was given {precompute}: not the same settings")
                 figures = {"steps_per_second": figures["steps_per_second"], "wall_s": figures["wall_s"]}
             else:
                 start = time.perf_counter()
@@ -256,7 +317,21 @@ def speed(work: Path, env: dict, repeats: int, steps: int) -> dict:
                       "range": [min(r["steps_per_second"] for r in rows), max(r["steps_per_second"] for r in rows)]}
                for name, rows in runs.items()}
     ratio = round(summary["tuiwiz"]["median"] / summary["bare_trl"]["median"], 3)
-    return {"steps": steps, "repeats": repeats, "runs": runs, "steps_per_second": summary, "tuiwiz_over_bare": ratio}
+    walls = {name: statistics.median(r["wall_s"] for r in rows) for name, rows in runs.items()}
+    return {"steps": steps, "repeats": repeats, "precompute_ref_log_probs": precompute, "runs": runs,
+            "steps_per_second": summary, "tuiwiz_over_bare": ratio, "wall_s_median": walls}
+
+
+def expected_precompute(profile: dict) -> bool:
+    """What preference.precompute_ref_log_probs auto resolves to for ``profile`` on demo:preference, by the
+    runner's own rule (the runs check that they resolved the same)."""
+    from tuiwiz.demo.preference import records
+    from tuiwiz.plan.reference_scoring import reference_scoring
+    from tuiwiz.profile.schema import Profile
+    from tuiwiz.train.arguments import total_steps
+
+    resolved, rows = Profile.model_validate(profile), len(records("preference"))
+    return reference_scoring(resolved, train_rows=rows, total_steps=total_steps(resolved, rows, 1)).precompute
 
 
 def docs_block(f: dict) -> str:
@@ -281,13 +356,28 @@ def docs_block(f: dict) -> str:
         f"{memory['padded_length']}; medians of {memory['repeats']} alternating runs; DPO's loss head in "
         f"{memory['head_tile_tokens']}-position tiles, as SFT's) | "
         f"{memory['plain']['dpo_over_sft']:.2f}x "
-        f"({memory['plain']['dpo_peak_rss_mb']:.0f} / {memory['plain']['sft_peak_rss_mb']:.0f} MiB); with gradient "
-        f"checkpointing {memory['gradient_checkpointing']['dpo_over_sft']:.2f}x (target {memory['target']}x)"
+        f"({memory['plain']['dpo_peak_rss_mb']:.0f} / {memory['plain']['sft_peak_rss_mb']:.0f} MiB"
+        + (f", reference {'precomputed' if memory['plain']['dpo_precomputed'] else 'scored in the step'} as "
+           f"precompute_ref_log_probs auto resolved it; scored in every step "
+           f"{memory['plain']['dpo_in_step_over_sft']:.2f}x, {memory['plain']['dpo_in_step_peak_rss_mb']:.0f} MiB"
+           if "dpo_in_step_peak_rss_mb" in memory["plain"] else "")
+        + f"); with gradient checkpointing {memory['gradient_checkpointing']['dpo_over_sft']:.2f}x "
+          f"(target {memory['target']}x)"
         + (f"; against SFT at micro-batch {memory['plain']['sft_twice_micro_batch']} (as many sequences a step as "
            f"DPO's chosen and rejected) {memory['plain']['dpo_over_sft_twice']:.2f}x "
            f"({memory['plain']['sft_twice_peak_rss_mb']:.0f} MiB)" if "sft_twice_peak_rss_mb" in memory["plain"]
            else "") + " |",
-        f"| DPO steps/s, tuiwiz vs a bare TRL script ({speed['repeats']} alternating runs of {speed['steps']} steps) "
+        *([f"| the demo's DPO stage (2 epochs, 4 evaluations), reference precomputed vs scored in the steps "
+           f"({f['scoring']['repeats']} alternating runs each; precompute_ref_log_probs auto resolves to "
+           f"{'precomputed' if f['scoring']['auto_resolved_precompute'] else 'in the steps'}) | whole command "
+           f"{f['scoring']['median']['precomputed']['wall_s']:.1f} vs {f['scoring']['median']['in_step']['wall_s']:.1f}"
+           f" s ({f['scoring']['wall_ratio']:.2f}x), training {f['scoring']['median']['precomputed']['train_runtime']:.1f}"
+           f" vs {f['scoring']['median']['in_step']['train_runtime']:.1f} s ({f['scoring']['train_runtime_ratio']:.2f}x);"
+           f" held-out margins {'identical' if f['scoring']['margins_agree'] else 'DIFFERENT'} |"]
+          if "scoring" in f else []),
+        f"| DPO steps/s, tuiwiz vs a bare TRL script ({speed['repeats']} alternating runs of {speed['steps']} steps"
+        + (f", both with precompute_ref_log_probs {str(speed['precompute_ref_log_probs']).lower()}"
+           if "precompute_ref_log_probs" in speed else "") + ") "
         f"| {rates['tuiwiz']['median']:.2f} ({rates['tuiwiz']['range'][0]:.2f}-{rates['tuiwiz']['range'][1]:.2f}) vs "
         f"{rates['bare_trl']['median']:.2f} ({rates['bare_trl']['range'][0]:.2f}-{rates['bare_trl']['range'][1]:.2f})"
         f": {speed['tuiwiz_over_bare']:.2f}x |",
@@ -299,6 +389,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each, for memory and speed")
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps of the memory and speed runs")
     parser.add_argument("--json")
+    parser.add_argument("--only", action="append", choices=("style", "scoring", "memory", "speed"),
+                        help="run these sections and keep the others from the --json file (repeatable)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tuiwiz-preference-"))
     env = {**os.environ, "TUIWIZ_CACHE_DIR": str(work / "cache"), "TUIWIZ_STATE_DIR": str(work / "state"),
@@ -311,13 +403,16 @@ def main() -> int:
         ensure_demo_dataset(name)
     import trl
 
-    out = {"trl": trl.__version__, "cpu_count": os.cpu_count(),
-           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "style": style(work, env)}
-    print(json.dumps(out["style"], indent=2), flush=True)
-    out["memory"] = memory(work, env, args.steps, args.repeats)
-    print(json.dumps(out["memory"], indent=2), flush=True)
-    out["speed"] = speed(work, env, args.repeats, args.steps)
-    print(json.dumps(out["speed"]["steps_per_second"], indent=2), out["speed"]["tuiwiz_over_bare"])
+    out = json.loads(Path(args.json).read_text()) if args.only and args.json and Path(args.json).exists() else {}
+    out.update({"trl": trl.__version__, "cpu_count": os.cpu_count(),
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS")})
+    sections = {"style": lambda: style(work, env), "scoring": lambda: scoring(work, env, args.repeats),
+                "memory": lambda: memory(work, env, args.steps, args.repeats),
+                "speed": lambda: speed(work, env, args.repeats, args.steps)}
+    for name, measure in sections.items():
+        if not args.only or name in args.only:
+            out[name] = measure()
+            print(name, json.dumps(out[name], indent=2), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
