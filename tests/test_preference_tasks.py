@@ -160,10 +160,27 @@ def test_dpo_reference_under_full_fine_tuning_is_a_second_frozen_copy(tmp_path, 
         assert torch.equal(mine, theirs), name  # loaded from the same folder
 
     # scored once before training instead: no reference stays in memory
+    import trl.trainer.dpo_trainer
+
+    from tuiwiz.train.recipes.dpo import unused_weight_hash
+
+    scored_on = []
+    precompute = trl.trainer.dpo_trainer.DPOTrainer._precompute_ref_logps
+
+    def spying(self, dataset, name, batch_size):
+        scored_on.append(dataset.cache_files)
+        return precompute(self, dataset, name, batch_size)
+
     for folder, setting in (("precomputed", {"precompute_ref_log_probs": True}), ("auto", {})):
-        trainer, loads = set_up_in_process(tmp_path / folder, {"type": "full"}, **setting)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(trl.trainer.dpo_trainer.DPOTrainer, "_precompute_ref_logps", spying)
+            trainer, loads = set_up_in_process(tmp_path / folder, {"type": "full"}, **setting)
         assert loads == ["LlamaForCausalLM"] and trainer.ref_model is None, folder
         assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(trainer.train_dataset.column_names)
+        # TRL's weight hash would name a cache file only for data on disk: tuiwiz's is in memory, so it is skipped
+        assert trl.trainer.dpo_trainer.hash_module is unused_weight_hash
+        assert scored_on and all(files == [] for files in scored_on), scored_on
+        scored_on.clear()
 
 
 def stage_profile(tmp_path, task: str, **training) -> Path:

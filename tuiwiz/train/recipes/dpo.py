@@ -97,8 +97,29 @@ def precompute_reference(profile: Profile, train_rows: int, eval_rows: int, call
                                 total_steps=total_steps(profile, train_rows, world_size()))
     print(f"tuiwiz: {scoring.reason}", file=sys.stderr, flush=True)
     if scoring.precompute:
+        skip_weight_hash()
         for callback in callbacks:
             if isinstance(callback, RunnerCallback):
                 callback.emit(StatusEvent(status="loading", message=scoring.reason))
     return scoring.precompute
 
+
+
+def unused_weight_hash(module) -> str:
+    return "tuiwiz-in-memory-datasets"
+
+
+def skip_weight_hash() -> None:
+    """Before precomputing, TRL's DPO and KTO trainers hash every weight of the model with SHA-256
+    (trl.trainer.utils.hash_module), which grows with the model's size, to name the cache file of the scores.
+    datasets uses that name only for a dataset stored on disk; tuiwiz hands TRL datasets built in memory
+    (Dataset.from_list), for which Dataset._get_cache_file_path draws a random name instead, so the hash is
+    never used. It is replaced by a constant (tests/test_preference_tasks.py checks both halves: TRL calls it
+    by this name, and the datasets it precomputes on have no cache files)."""
+    import trl.trainer.dpo_trainer
+    import trl.trainer.kto_trainer
+
+    for module in (trl.trainer.dpo_trainer, trl.trainer.kto_trainer):
+        if not hasattr(module, "hash_module"):
+            raise RuntimeError(f"{module.__name__} no longer imports hash_module: check skip_weight_hash")
+        module.hash_module = unused_weight_hash
