@@ -18,11 +18,16 @@ def profile(**fields) -> Profile:
 
 
 def test_what_a_run_does_not_use_is_left_out():
-    assert unused_packages(profile()) == ["bitsandbytes", "wandb"]
-    assert unused_packages(profile(method={"type": "qlora"})) == ["wandb"]
-    assert unused_packages(profile(training={"optim": "paged_adamw_8bit"})) == ["wandb"]
-    assert unused_packages(profile(training={"optim": "adamw_8bit"})) == ["wandb"]
-    assert unused_packages(profile(output={"report_to": ["wandb"]})) == ["bitsandbytes"]
+    assert unused_packages(profile()) == ["bitsandbytes", "wandb", "deepspeed"]
+    assert unused_packages(profile(method={"type": "qlora"})) == ["wandb", "deepspeed"]
+    assert unused_packages(profile(training={"optim": "paged_adamw_8bit"})) == ["wandb", "deepspeed"]
+    assert unused_packages(profile(training={"optim": "adamw_8bit"})) == ["wandb", "deepspeed"]
+    assert unused_packages(profile(output={"report_to": ["wandb"]})) == ["bitsandbytes", "deepspeed"]
+    # DeepSpeed stays for the ZeRO strategies, and for them alone
+    for strategy in ("zero2", "zero3"):
+        zero = profile(distributed={"strategy": strategy, "num_processes": 2})
+        assert "deepspeed" not in unused_packages(zero)
+    assert "deepspeed" in unused_packages(profile(distributed={"strategy": "ddp", "num_processes": 2}))
 
 
 def test_a_quantized_checkpoint_or_a_model_not_found_keeps_bitsandbytes(tmp_path):
@@ -52,9 +57,15 @@ from trl import SFTTrainer
 from peft.import_utils import is_bnb_available
 from transformers.integrations import is_wandb_available
 from transformers.utils import is_bitsandbytes_available
+from transformers.integrations.deepspeed import is_deepspeed_available
+from accelerate.utils import extract_model_from_parallel
+import torch
+extract_model_from_parallel(torch.nn.Linear(2, 2))  # where accelerate imports DeepSpeed when it is there
 print(json.dumps([left, is_bnb_available(), is_bitsandbytes_available(), is_wandb_available(),
-                  [m for m in ("bitsandbytes", "wandb") if sys.modules.get(m) is not None]]))
+                  bool(is_deepspeed_available()),
+                  [m for m in ("bitsandbytes", "wandb", "deepspeed") if sys.modules.get(m) is not None]]))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == [["bitsandbytes", "wandb"], False, False, False, []]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [["bitsandbytes", "wandb", "deepspeed"], False, False,
+                                                                  False, False, []]

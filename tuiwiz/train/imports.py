@@ -2,11 +2,12 @@
 
 transformers, peft and TRL import some optional packages whenever they are installed: peft imports
 bitsandbytes (which pulls in ``torch._dynamo``, sympy and networkx, and looks for its CPU kernels on the
-hub), TRL imports wandb. A bare TRL script pays for both on every run; tuiwiz knows from the profile
-whether the run needs them. A package the run does not use is entered in ``sys.modules`` as None before the
-stack is imported: ``importlib.util.find_spec`` then answers None, which is how transformers, peft and
-accelerate ask whether it is installed, so they take their "not installed" path. bench/startup.py measures
-the time this saves.
+hub), TRL imports wandb, and accelerate imports DeepSpeed (which picks its accelerator and logs it) whenever
+a trainer asks whether the model is wrapped (``extract_model_from_parallel``). A bare TRL script pays for
+all three on every run; tuiwiz knows from the profile whether the run needs them. A package the run does
+not use is entered in ``sys.modules`` as None before the stack is imported: ``importlib.util.find_spec``
+then answers None, which is how transformers, peft and accelerate ask whether it is installed, so they take
+their "not installed" path. bench/startup.py measures the time this saves.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ def unused_packages(profile: Profile) -> list[str]:
         unused.append("bitsandbytes")
     if "wandb" not in profile.output.report_to:
         unused.append("wandb")
+    from tuiwiz.run.distributed import deepspeed_config
+
+    if deepspeed_config(profile) is None:  # only the ZeRO strategies run through DeepSpeed
+        unused.append("deepspeed")
     return unused
 
 
