@@ -4,10 +4,11 @@
    at step 1) and the bare TRL script of bench/vs_trl.py with a callback that prints the time of step 1.
    tuiwiz's phases come from its own event log's timestamps: the command's start, the runner's first event
    (`loading`), `run_start` (model, data and trainer ready), the first step's log.
-2. A profile of the runner itself: the run folder is made as the CLI makes it, then `python -m cProfile -m
-   tuiwiz.train RUN_DIR` runs it in the foreground; the cumulative time of the calls that make up start-up
-   (imports, model loading, tokenizer, dataset building, the Trainer's construction, the first step) is read
-   from the profile. `python -X importtime` of the same command gives the heaviest imports.
+2. A profile of the runner itself: the run folder is made as the CLI makes it, then `tuiwiz.train RUN_DIR` runs
+   in the foreground under cProfile (written by an exit handler, since the runner ends with os._exit); the
+   cumulative time of the calls that make up start-up (imports, model loading, tokenizer, dataset building,
+   the Trainer's construction, the first step) is read from the profile. `python -X importtime` of the same
+   command gives the heaviest imports.
 
     python bench/startup.py --json bench/results/startup.json [--repeats 3]
     python bench/startup.py --from-json bench/results/startup.json   # print the docs block
@@ -16,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import cProfile  # noqa: F401  (the runner is profiled in a child: python -m cProfile)
 import json
 import os
 import pstats
@@ -111,6 +111,17 @@ def time_bare(work: Path, env: dict) -> dict:
     return {"to_first_step_s": float(found.group(1))}
 
 
+PROFILED_RUNNER = """
+import atexit, cProfile, runpy, sys
+out = sys.argv.pop(1)
+profiler = cProfile.Profile()
+atexit.register(lambda: (profiler.disable(), profiler.dump_stats(out)))
+sys.argv[0] = "tuiwiz.train"
+profiler.enable()
+runpy.run_module("tuiwiz.train", run_name="__main__", alter_sys=True)
+"""
+
+
 def profile_runner(work: Path, env: dict, profile: Path) -> dict:
     """cProfile of the runner in the foreground: the phases' cumulative seconds, and the heaviest imports."""
     from tuiwiz.profile.io import load_profile
@@ -119,9 +130,10 @@ def profile_runner(work: Path, env: dict, profile: Path) -> dict:
     run = create_run(load_profile(profile))
     out = work / "runner.prof"
     began = time.perf_counter()
-    # --watched: train in this process (as after a recovery's exec) rather than in a child of a watcher
-    subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), "-m", "tuiwiz.train", str(run.path),
-                    "--watched"],
+    # --watched: train in this process (as after a recovery's exec) rather than in a child of a watcher. The
+    # runner ends with os._exit once its exit handlers ran (tuiwiz/process_exit.py), before `python -m cProfile`
+    # would write its file: the profile is written by an exit handler instead.
+    subprocess.run([sys.executable, "-c", PROFILED_RUNNER, str(out), str(run.path), "--watched"],
                    env={**env, **RUNNER_ENV}, cwd=run.path, capture_output=True, text=True, check=True)
     total = time.perf_counter() - began
     stats = pstats.Stats(str(out))
