@@ -334,6 +334,17 @@ def expected_precompute(profile: dict) -> bool:
     return reference_scoring(resolved, train_rows=rows, total_steps=total_steps(resolved, rows, 1)).precompute
 
 
+def scoring_row(sc: dict) -> str:
+    """The docs row of the reference scored before training against in the steps."""
+    pre, step = sc["median"]["precomputed"], sc["median"]["in_step"]
+    return (f"| the demo's DPO stage (2 epochs, 4 evaluations), reference precomputed vs scored in the steps "
+            f"({sc['repeats']} alternating runs each; precompute_ref_log_probs auto resolves to "
+            f"{'precomputed' if sc['auto_resolved_precompute'] else 'in the steps'}) | whole command "
+            f"{pre['wall_s']:.1f} vs {step['wall_s']:.1f} s ({sc['wall_ratio']:.2f}x), training "
+            f"{pre['train_runtime']:.1f} vs {step['train_runtime']:.1f} s ({sc['train_runtime_ratio']:.2f}x); "
+            f"held-out margins {'identical' if sc['margins_agree'] else 'DIFFERENT'} |")
+
+
 def docs_block(f: dict) -> str:
     """The block docs/benchmarks.md quotes (tests/test_readme_figures.py checks it is there, unchanged)."""
     style, memory, speed = f["style"], f["memory"], f["speed"]
@@ -367,14 +378,7 @@ def docs_block(f: dict) -> str:
            f"DPO's chosen and rejected) {memory['plain']['dpo_over_sft_twice']:.2f}x "
            f"({memory['plain']['sft_twice_peak_rss_mb']:.0f} MiB)" if "sft_twice_peak_rss_mb" in memory["plain"]
            else "") + " |",
-        *([f"| the demo's DPO stage (2 epochs, 4 evaluations), reference precomputed vs scored in the steps "
-           f"({f['scoring']['repeats']} alternating runs each; precompute_ref_log_probs auto resolves to "
-           f"{'precomputed' if f['scoring']['auto_resolved_precompute'] else 'in the steps'}) | whole command "
-           f"{f['scoring']['median']['precomputed']['wall_s']:.1f} vs {f['scoring']['median']['in_step']['wall_s']:.1f}"
-           f" s ({f['scoring']['wall_ratio']:.2f}x), training {f['scoring']['median']['precomputed']['train_runtime']:.1f}"
-           f" vs {f['scoring']['median']['in_step']['train_runtime']:.1f} s ({f['scoring']['train_runtime_ratio']:.2f}x);"
-           f" held-out margins {'identical' if f['scoring']['margins_agree'] else 'DIFFERENT'} |"]
-          if "scoring" in f else []),
+        *([scoring_row(f["scoring"])] if "scoring" in f else []),
         f"| DPO steps/s, tuiwiz vs a bare TRL script ({speed['repeats']} alternating runs of {speed['steps']} steps"
         + (f", both with precompute_ref_log_probs {str(speed['precompute_ref_log_probs']).lower()}"
            if "precompute_ref_log_probs" in speed else "") + ") "

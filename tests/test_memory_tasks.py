@@ -457,6 +457,12 @@ def test_the_probe_keeps_what_each_task_needs():
     dpo = Profile.model_validate({"task": "dpo", "preference": {"precompute_ref_log_probs": True},
                                   "training": {"per_device_train_batch_size": 2}})
     assert probe_profile(dpo, 3).data.limit == 6  # the reference scores only the rows the probe trains on
+    # auto: precomputed under full fine-tuning (so limited too); under LoRA the probe's few steps score in the step
+    full = dpo.model_copy(update={"preference": Profile().preference,
+                                  "method": Profile(method={"type": "full"}).method})
+    assert probe_profile(full, 3).data.limit == 6
+    lora = dpo.model_copy(update={"preference": Profile().preference})
+    assert probe_profile(lora, 3).data.limit is None
     assert probe_notes(Profile(task="orpo")) and not probe_notes(Profile(task="dpo"))
 
 

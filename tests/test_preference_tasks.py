@@ -171,14 +171,20 @@ def test_dpo_reference_under_full_fine_tuning_is_a_second_frozen_copy(tmp_path, 
         scored_on.append(dataset.cache_files)
         return precompute(self, dataset, name, batch_size)
 
+    import trl.trainer.kto_trainer
+    import trl.trainer.utils
+
     for folder, setting in (("precomputed", {"precompute_ref_log_probs": True}), ("auto", {})):
         with pytest.MonkeyPatch.context() as patch:
+            for module in (trl.trainer.dpo_trainer, trl.trainer.kto_trainer):  # TRL's own, each time
+                patch.setattr(module, "hash_module", trl.trainer.utils.hash_module)
             patch.setattr(trl.trainer.dpo_trainer.DPOTrainer, "_precompute_ref_logps", spying)
             trainer, loads = set_up_in_process(tmp_path / folder, {"type": "full"}, **setting)
+            hashed_with = trl.trainer.dpo_trainer.hash_module
         assert loads == ["LlamaForCausalLM"] and trainer.ref_model is None, folder
         assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(trainer.train_dataset.column_names)
         # TRL's weight hash would name a cache file only for data on disk: tuiwiz's is in memory, so it is skipped
-        assert trl.trainer.dpo_trainer.hash_module is unused_weight_hash
+        assert hashed_with is unused_weight_hash
         assert scored_on and all(files == [] for files in scored_on), scored_on
         scored_on.clear()
 

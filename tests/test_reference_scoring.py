@@ -9,9 +9,11 @@ from tuiwiz.plan.reference_scoring import reference_scoring
 from tuiwiz.profile.schema import Profile
 
 
-def dpo(method: str = "lora", precompute="auto", **training) -> Profile:
+def dpo(method: str = "lora", precompute="auto", processes: int = 1, **training) -> Profile:
+    distributed = {"strategy": "ddp", "num_processes": processes} if processes > 1 else {}
     return Profile.model_validate({"task": "dpo", "method": {"type": method}, "data": {"validation_split": 0.1},
                                    "preference": {"precompute_ref_log_probs": precompute},
+                                   "distributed": distributed,
                                    "training": {"per_device_train_batch_size": 8, **training}})
 
 
@@ -67,3 +69,30 @@ def test_the_profile_reads_auto_true_and_false_and_refuses_others():
     assert dpo(precompute=True).preference.precompute_ref_log_probs is True
     with pytest.raises(ValidationError, match="precompute_ref_log_probs"):
         dpo(precompute="sometimes")
+
+
+def test_several_processes_never_precompute():
+    """TRL 1.x's pass writes its cache file on the first process only, under a name each process draws for data
+    built in memory: auto stays off on several processes, and asking for it is refused, naming the field."""
+    from pydantic import ValidationError
+
+    for method in ("lora", "full"):
+        scoring = reference_scoring(dpo(method, processes=2, num_train_epochs=3), train_rows=160, total_steps=60)
+        assert scoring.precompute is False and "one process only" in scoring.reason
+    with pytest.raises(ValidationError, match="precompute_ref_log_probs: true runs on one process only"):
+        dpo(precompute=True, processes=2)
+    assert dpo(precompute=False, processes=2).preference.precompute_ref_log_probs is False
+
+
+def test_the_plan_and_the_step_down_follow_the_processes():
+    from tuiwiz.plan.fine_tune import task_fields
+    from tuiwiz.plan.hardware import probe as probe_hardware
+    from tuiwiz.plan.recommend import step_down
+
+    from .test_memory_tasks import llama8b
+
+    assert task_fields("dpo", method="full")["reference"] is False  # precomputed: no copy
+    assert task_fields("dpo", method="full", processes=2)["reference"] is True  # a copy on each process
+    several = dpo("full", processes=2, per_device_train_batch_size=4)
+    step = step_down(several, llama8b(), probe_hardware(snapshot="h100-80gb"))
+    assert step.kind != "reference"  # precomputing is not a step it can take there

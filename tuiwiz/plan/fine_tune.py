@@ -162,7 +162,7 @@ class Plan:
             attn_implementation="sdpa" if attn == "auto" else attn, strategy=strategy,
             weights_dtype=None if profile.model.dtype == "auto" else profile.model.dtype,
             save_total_limit=t.save_total_limit or 1,
-            **task_fields(profile.task, profile.preference, profile.grpo, m.type),
+            **task_fields(profile.task, profile.preference, profile.grpo, m.type, profile.distributed.world_size),
         )
         if m.type in ("lora", "qlora"):
             targets = None if m.target_modules in ("auto", "all-linear") else tuple(m.target_modules)
@@ -185,9 +185,9 @@ class Plan:
         return cls(**kwargs)
 
 
-def task_fields(task: str, preference=None, grpo=None, method: str = "lora") -> dict:
-    """The Plan fields ``task`` sets for ``method``, from a profile's ``preference:`` and ``grpo:`` sections (the
-    schema's defaults when None)."""
+def task_fields(task: str, preference=None, grpo=None, method: str = "lora", processes: int = 1) -> dict:
+    """The Plan fields ``task`` sets for ``method`` on ``processes`` processes, from a profile's ``preference:``
+    and ``grpo:`` sections (the schema's defaults when None)."""
     from tuiwiz.profile.schema import GrpoConfig, PreferenceConfig
 
     spec = TASKS[task]
@@ -197,10 +197,13 @@ def task_fields(task: str, preference=None, grpo=None, method: str = "lora") -> 
                         fused_loss=spec.model == "causal" and task not in FULL_LOGITS_TASKS,
                         dropout_off=task in DROPOUT_OFF_TASKS)
     if spec.reference:
-        # precompute_ref_log_probs auto: on under full fine-tuning; under adapters it depends on row counts the
-        # plan does not have, so the plan keeps the reference forward in the step (plan/reference_scoring.py)
+        # precompute_ref_log_probs auto: on under full fine-tuning on one process; under adapters it depends on
+        # row counts the plan does not have, so the plan keeps the reference forward in the step
+        # (plan/reference_scoring.py)
         precompute = preference.precompute_ref_log_probs
-        fields["reference"] = not (precompute if precompute != "auto" else not METHODS[method].uses_peft)
+        if precompute == "auto":
+            precompute = processes == 1 and not METHODS[method].uses_peft
+        fields["reference"] = not precompute
     if spec.generates:
         # TRL loads no reference at beta 0 (GRPOTrainer.__init__), its default and the schema's
         fields.update(reference=grpo.beta > 0, completion_len=grpo.max_completion_length,

@@ -216,7 +216,8 @@ def _search(machine, model, cand, seq, target_batch, precision, task):
     """The largest micro-batch that fits; checkpointing only when it buys a 4x larger one or is needed."""
     n = max(1, len(cand.gpus))
     base = Plan(method=cand.method, device="cuda" if cand.gpus else "cpu", precision=precision, seq_len=seq,
-                strategy=cand.strategy, optimizer=_optimizer(cand.method), **task_fields(task, method=cand.method),
+                strategy=cand.strategy, optimizer=_optimizer(cand.method),
+                **task_fields(task, method=cand.method, processes=n),
                 lora_targets=_lora_targets(model) if METHODS[cand.method].low_rank else None,
                 **({"lora_dropout": 0.0} if METHODS[cand.method].low_rank else {}))
     top = 1 << max(0, int(math.log2(max(1, target_batch // n))))
@@ -290,7 +291,9 @@ def task_cost(plan: Plan, est: MemoryEstimate) -> str:
         said.append(f"{task.title}'s trainer (trl.experimental) computes the full logits of every sequence "
                     f"({size(b.logits)} at the loss)")
     if b.reference:
-        fix = "grpo.beta 0 would drop it" if task.generates else "preference.precompute_ref_log_probs would drop it"
+        fix = ("grpo.beta 0 would drop it" if task.generates
+               else "preference.precompute_ref_log_probs would drop it" if plan.strategy == "single"
+               else "TRL precomputes its scores on one process only, so on several it stays")
         said.append(f"{METHODS[plan.method].title} {task.title} keeps a second, frozen copy as the reference "
                     f"({size(b.reference)}): {fix}")
     elif plan.reference:
@@ -645,7 +648,7 @@ def _qlora_is_lighter(profile: Profile, model: ModelInfo, machine: Machine) -> b
 def _step_down(profile: Profile, model: ModelInfo, machine: Machine, allow_truncation: bool) -> StepDown | None:
     t = profile.training
     task = TASKS[profile.task]
-    if (task.reference and not METHODS[profile.method.type].uses_peft
+    if (task.reference and not METHODS[profile.method.type].uses_peft and profile.distributed.world_size == 1
             and not reference_scoring(profile).precompute):
         new = profile.model_copy(update={"preference": profile.preference.model_copy(
             update={"precompute_ref_log_probs": True})})

@@ -13,6 +13,11 @@ does less work or holds less memory, and leaves it off where it would only delay
   more than once, so that the one pass is cheaper; off for one epoch with one evaluation, where the work is
   the same and the step-time scoring lets training start at once.
 
+Several processes (DDP, ZeRO) never precompute: TRL 1.16's pass names its cache file per process for data
+built in memory (datasets draws a random name), the first process alone writes it, and the others would read
+theirs, which nobody wrote. ``auto`` resolves to off there, and a profile that asks for it is refused
+(schema.py).
+
 The runner resolves it with the row counts (tuiwiz/train/recipes/dpo.py, kto.py); the planner, which has no
 row counts, treats ``auto`` under adapters as off, the costlier case for memory (the reference forward in
 the step, ``task_costs.reference_forward``).
@@ -34,10 +39,14 @@ class ReferenceScoring:
 
 
 def reference_scoring(profile: Profile, *, train_rows: int | None = None, total_steps: int | None = None,
-                      world_size: int = 1, eval_rows: int = 0) -> ReferenceScoring:
+                      eval_rows: int = 0) -> ReferenceScoring:
     """Whether the reference's log-probabilities are precomputed for ``profile`` (a task with a reference),
     given how many rows it trains on and evaluates (None where unknown: the planner)."""
     setting = profile.preference.precompute_ref_log_probs
+    if setting == "auto" and profile.distributed.world_size > 1:
+        return ReferenceScoring(False, "the reference scores each step: TRL 1.x precomputes on one process only "
+                                       "(each rank would read a cache file only the first wrote), and this run has "
+                                       f"{profile.distributed.world_size} (preference.precompute_ref_log_probs: auto)")
     if setting != "auto":
         return ReferenceScoring(setting, f"preference.precompute_ref_log_probs is {str(setting).lower()} "
                                          f"in the profile")
@@ -48,7 +57,7 @@ def reference_scoring(profile: Profile, *, train_rows: int | None = None, total_
         return ReferenceScoring(False, "row counts unknown: the reference scores each step")
     t = profile.training
     if t.max_steps > 0:  # the dataloader goes round the data as often as the steps need
-        scored = total_steps * t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size
+        scored = total_steps * t.per_device_train_batch_size * t.gradient_accumulation_steps
     else:
         scored = math.ceil(t.num_train_epochs * train_rows)
     evaluations = 0

@@ -53,8 +53,10 @@ def task_terms(model: ModelInfo, plan: Plan, *, weights: int, a: int, r: int, c:
     notes: list[str] = []
     reference = weights if reference_copy(plan) else 0
     if reference:
-        fix = ("preference.precompute_ref_log_probs scores the data with it once before training instead"
-               if not task.generates else "grpo.beta 0 needs no reference")
+        fix = ("grpo.beta 0 needs no reference" if task.generates
+               else "preference.precompute_ref_log_probs scores the data with it once before training instead"
+               if plan.strategy == "single" else "TRL precomputes its scores on one process only, so on several "
+               "processes it stays")
         notes.append(f"{task.title} under {METHODS[plan.method].title} keeps a second, frozen copy of the model as "
                      f"its reference ({size(reference)}): {fix}")
     elif plan.reference:

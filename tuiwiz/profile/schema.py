@@ -540,6 +540,11 @@ class Profile(_Strict):
         if self.task == "kto" and (loss or "kto") == "kto" and self.training.per_device_train_batch_size < 2:
             raise ValueError("task kto estimates its KL term from the other examples of a micro-batch: set "
                              "training.per_device_train_batch_size to 2 or more")
+        if (self.task in ("dpo", "kto") and self.preference.precompute_ref_log_probs is True
+                and self.distributed.world_size > 1):
+            raise ValueError(f"preference.precompute_ref_log_probs: true runs on one process only (TRL 1.x: the other "
+                             f"ranks would read a cache file only the first wrote), and this profile runs "
+                             f"{self.distributed.world_size}: set it to auto or false, or distributed.num_processes: 1")
         if self.task == "dpo" and loss == "exo_pair" and self.preference.label_smoothing == 0:
             raise ValueError("preference.label_smoothing must be above 0 for loss_type exo_pair (its paper uses "
                              "1e-3)")

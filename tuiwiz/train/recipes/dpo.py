@@ -16,6 +16,7 @@ that scores through that head: the same log-probabilities (tests/test_dpo_memory
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import Callable
 
 from tuiwiz.plan.reference_scoring import reference_scoring
@@ -93,7 +94,7 @@ def precompute_reference(profile: Profile, train_rows: int, eval_rows: int, call
     """preference.precompute_ref_log_probs resolved for this run's rows (tuiwiz/plan/reference_scoring.py). The
     reason goes to the run's log; a precomputing run also says so in its status, since the pass runs before
     the first step."""
-    scoring = reference_scoring(profile, train_rows=train_rows, eval_rows=eval_rows, world_size=world_size(),
+    scoring = reference_scoring(profile, train_rows=train_rows, eval_rows=eval_rows,
                                 total_steps=total_steps(profile, train_rows, world_size()))
     print(f"tuiwiz: {scoring.reason}", file=sys.stderr, flush=True)
     if scoring.precompute:
@@ -106,7 +107,8 @@ def precompute_reference(profile: Profile, train_rows: int, eval_rows: int, call
 
 
 def unused_weight_hash(module) -> str:
-    return "tuiwiz-in-memory-datasets"
+    """A name no other model's scores share, should a cache file ever be named by it."""
+    return uuid.uuid4().hex
 
 
 def skip_weight_hash() -> None:
@@ -114,7 +116,7 @@ def skip_weight_hash() -> None:
     (trl.trainer.utils.hash_module), which grows with the model's size, to name the cache file of the scores.
     datasets uses that name only for a dataset stored on disk; tuiwiz hands TRL datasets built in memory
     (Dataset.from_list), for which Dataset._get_cache_file_path draws a random name instead, so the hash is
-    never used. It is replaced by a constant (tests/test_preference_tasks.py checks both halves: TRL calls it
+    never used. It is replaced by a random name (tests/test_preference_tasks.py checks both halves: TRL calls it
     by this name, and the datasets it precomputes on have no cache files)."""
     import trl.trainer.dpo_trainer
     import trl.trainer.kto_trainer
