@@ -82,7 +82,7 @@ def test_final_output_names_the_output_folder_and_the_train_loss(tmp_path):
     assert lines[done + 3] == "next:" and f"  tuiwiz chat {run.run_id}" in lines[done + 4:]  # what to do with it
     assert (run.output / "adapter_config.json").exists()
     # what the run does not use is not imported (tuiwiz/train/imports.py), and the run never missed it
-    assert "tuiwiz: not importing bitsandbytes, wandb: this run does not use them" in run.log.read_text()
+    assert "tuiwiz: not importing bitsandbytes, wandb, deepspeed: this run does not use them" in run.log.read_text()
     resolved = json.loads(run.trainer_args.read_text())  # the Trainer's own arguments, as it resolved them
     assert (resolved["max_steps"], resolved["per_device_train_batch_size"]) == (4, 4)
     assert resolved["learning_rate"] == load_profile(profile).profile.learning_rate
