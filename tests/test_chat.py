@@ -10,6 +10,7 @@ import pytest
 from tuiwiz.errors import UserError
 
 from .support import ROOT
+from .support.processes import as_foreground
 from .support.trained_runs import merged_once
 
 QUESTION = [{"role": "user", "content": "What sound does the cow make?"}]
@@ -232,7 +233,8 @@ def test_repl_ctrl_c_stops_the_answer_and_the_repl_goes_on(trained_run):
     for _ in range(tries):
         proc = subprocess.Popen([sys.executable, "-m", "tuiwiz", "chat", str(run.path), "--base", "--temperature",
                                  "1.0", "--max-new-tokens", "3000"], cwd=ROOT, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=0)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=0,
+                                preexec_fn=as_foreground)
         out: list[str] = []
         reader = threading.Thread(target=lambda out=out, proc=proc: out.extend(iter(lambda: proc.stdout.read(1), "")),
                                   daemon=True)

@@ -15,7 +15,7 @@ from tuiwiz.run.events import read_events
 from tuiwiz.run.launch import stop_run
 from tuiwiz.run.rundir import RunDir, read_state
 
-from .support.processes import process_gone, run_cli, wait_for
+from .support.processes import as_foreground, process_gone, run_cli, wait_for
 from .support.runs import last_step, only_run, write_profile
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def followed_run(tmp_path):
                             training__save_steps=1000, training__per_device_train_batch_size=4)
     with open(tmp_path / "out.txt", "w") as out:  # a file, not a pipe nobody drains
         launcher = subprocess.Popen([sys.executable, "-m", "tuiwiz", "--profile", str(profile)],
-                                    stdout=out, stderr=subprocess.STDOUT)
+                                    stdout=out, stderr=subprocess.STDOUT, preexec_fn=as_foreground)
     run = None
     try:
         run = wait_for(lambda: next((RunDir(p) for p in (tmp_path / "runs").glob("quickstart-*")), None))

@@ -37,3 +37,13 @@ def process_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def as_foreground() -> None:
+    """preexec_fn for a command the test then interrupts as a terminal's Ctrl-C would: Ctrl-C's SIGINT back to
+    its default, so that Python raises KeyboardInterrupt. A shell starts background jobs (the suite itself, when
+    launched with `&`) with SIGINT ignored, and an ignored signal stays ignored across exec: the command would
+    then never see the Ctrl-C its test sends, although a terminal's foreground command always does."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
