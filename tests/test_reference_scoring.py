@@ -96,3 +96,15 @@ def test_the_plan_and_the_step_down_follow_the_processes():
     several = dpo("full", processes=2, per_device_train_batch_size=4)
     step = step_down(several, llama8b(), probe_hardware(snapshot="h100-80gb"))
     assert step.kind != "reference"  # precomputing is not a step it can take there
+
+
+# every setting, method and process count a profile accepts (true on several processes is refused: above)
+@pytest.mark.parametrize(("setting", "method", "processes"), [
+    (setting, method, processes) for setting in ("auto", True, False)
+    for method in ("lora", "full", "bitfit", "prompt_tuning") for processes in (1, 2)
+    if not (setting is True and processes > 1)])
+def test_the_plans_rule_is_the_runners_without_counts(setting, method, processes):
+    from tuiwiz.plan.reference_scoring import precomputed_without_counts
+
+    profile = dpo(method, setting, processes)
+    assert precomputed_without_counts(setting, method, processes) is reference_scoring(profile).precompute

@@ -188,6 +188,7 @@ class Plan:
 def task_fields(task: str, preference=None, grpo=None, method: str = "lora", processes: int = 1) -> dict:
     """The Plan fields ``task`` sets for ``method`` on ``processes`` processes, from a profile's ``preference:``
     and ``grpo:`` sections (the schema's defaults when None)."""
+    from tuiwiz.plan.reference_scoring import precomputed_without_counts
     from tuiwiz.profile.schema import GrpoConfig, PreferenceConfig
 
     spec = TASKS[task]
@@ -197,13 +198,7 @@ def task_fields(task: str, preference=None, grpo=None, method: str = "lora", pro
                         fused_loss=spec.model == "causal" and task not in FULL_LOGITS_TASKS,
                         dropout_off=task in DROPOUT_OFF_TASKS)
     if spec.reference:
-        # precompute_ref_log_probs auto: on under full fine-tuning on one process; under adapters it depends on
-        # row counts the plan does not have, so the plan keeps the reference forward in the step
-        # (plan/reference_scoring.py)
-        precompute = preference.precompute_ref_log_probs
-        if precompute == "auto":
-            precompute = processes == 1 and not METHODS[method].uses_peft
-        fields["reference"] = not precompute
+        fields["reference"] = not precomputed_without_counts(preference.precompute_ref_log_probs, method, processes)
     if spec.generates:
         # TRL loads no reference at beta 0 (GRPOTrainer.__init__), its default and the schema's
         fields.update(reference=grpo.beta > 0, completion_len=grpo.max_completion_length,

@@ -21,6 +21,7 @@ from tuiwiz.plan.hardware import Machine
 from tuiwiz.plan.memory import GiB, MemoryEstimate, Plan, check_task_model, estimate
 from tuiwiz.plan.modelinfo import ModelInfo
 from tuiwiz.plan.reference_scoring import reference_scoring
+from tuiwiz.plan.task_costs import reference_copy_fix
 from tuiwiz.profile.schema import Profile
 from tuiwiz.tasks import TASKS
 from tuiwiz.units import count, gib, size
@@ -291,11 +292,8 @@ def task_cost(plan: Plan, est: MemoryEstimate) -> str:
         said.append(f"{task.title}'s trainer (trl.experimental) computes the full logits of every sequence "
                     f"({size(b.logits)} at the loss)")
     if b.reference:
-        fix = ("grpo.beta 0 would drop it" if task.generates
-               else "preference.precompute_ref_log_probs would drop it" if plan.strategy == "single"
-               else "TRL precomputes its scores on one process only, so on several it stays")
         said.append(f"{METHODS[plan.method].title} {task.title} keeps a second, frozen copy as the reference "
-                    f"({size(b.reference)}): {fix}")
+                    f"({size(b.reference)}): {reference_copy_fix(plan)}")
     elif plan.reference:
         said.append(f"{task.title}'s reference is the base with the adapter disabled: no second copy")
     elif task.reference:

@@ -38,6 +38,15 @@ class ReferenceScoring:
     reason: str  # one sentence, for the run's log
 
 
+def precomputed_without_counts(setting: bool | str, method: str, processes: int) -> bool:
+    """``auto`` where the row counts are unknown (the planner's Plan): on for a method that would otherwise hold a
+    second copy, on one process; under adapters the heavier case, the reference scoring in the step.
+    ``reference_scoring`` decides the same without counts (tests/test_reference_scoring.py)."""
+    if setting != "auto":
+        return bool(setting)
+    return processes == 1 and not METHODS[method].uses_peft
+
+
 def reference_scoring(profile: Profile, *, train_rows: int | None = None, total_steps: int | None = None,
                       eval_rows: int = 0) -> ReferenceScoring:
     """Whether the reference's log-probabilities are precomputed for ``profile`` (a task with a reference),

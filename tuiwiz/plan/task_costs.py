@@ -40,6 +40,15 @@ def reference_copy(plan: Plan) -> bool:
     return plan.reference and not METHODS[plan.method].uses_peft
 
 
+def reference_copy_fix(plan: Plan) -> str:
+    """What would drop a reference copy the plan holds, as the estimate's notes and the recommender's reasons say it."""
+    if TASKS[plan.task].generates:
+        return "grpo.beta 0 needs no reference"
+    if plan.strategy == "single":
+        return "preference.precompute_ref_log_probs scores the data with it once before training instead"
+    return "TRL precomputes its scores on one process only, so on several processes it stays"
+
+
 def kv_cache_bytes(model: ModelInfo, sequences: int, tokens: int, r: int) -> int:
     """transformers' DynamicCache: keys and values of every layer, before GQA repeats them, in the dtype the
     hidden states have (the residual stream's: generation runs outside autocast)."""
@@ -53,12 +62,8 @@ def task_terms(model: ModelInfo, plan: Plan, *, weights: int, a: int, r: int, c:
     notes: list[str] = []
     reference = weights if reference_copy(plan) else 0
     if reference:
-        fix = ("grpo.beta 0 needs no reference" if task.generates
-               else "preference.precompute_ref_log_probs scores the data with it once before training instead"
-               if plan.strategy == "single" else "TRL precomputes its scores on one process only, so on several "
-               "processes it stays")
         notes.append(f"{task.title} under {METHODS[plan.method].title} keeps a second, frozen copy of the model as "
-                     f"its reference ({size(reference)}): {fix}")
+                     f"its reference ({size(reference)}): {reference_copy_fix(plan)}")
     elif plan.reference:
         notes.append(f"{task.title}'s reference is the base model with the adapter disabled: no second copy")
     elif task.reference:

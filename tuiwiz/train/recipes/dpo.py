@@ -105,7 +105,6 @@ def precompute_reference(profile: Profile, train_rows: int, eval_rows: int, call
     return scoring.precompute
 
 
-
 def unused_weight_hash(module) -> str:
     """A name no other model's scores share, should a cache file ever be named by it."""
     return uuid.uuid4().hex
