@@ -8,7 +8,8 @@ times one LoRA training step (forward, backward, AdamW; r8 on every linear layer
 with restarted position_ids as tuiwiz packs them) three ways, alternating, on two models with the demo's blocks
 (4 layers, width 128): the demo's own vocabulary and Llama 3's 128,256 tokens (random weights):
 
-- whole logits: the model's own loss over its full logits (transformers' ForCausalLMLoss);
+- whole logits: the runner's loss over the model's whole logits, with the metrics it logs
+  (train/whole_logits.py's whole_logits_loss, what ``training.loss_head: whole`` runs);
 - fused, 256-position tiles: TRL's head as tuiwiz runs it on the CPU (train/modeling.py's cap_head_tiles);
 - fused, 4096-position tiles: TRL's own tile.
 
@@ -69,7 +70,10 @@ def step(model, optimizer, inputs: dict, way: str) -> None:
     from trl.kernels import chunked_logprob
 
     if way == "whole logits":
-        loss = model(**inputs).loss
+        from tuiwiz.train.whole_logits import whole_logits_loss
+
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        loss = whole_logits_loss(logits, inputs["labels"])[0]
     else:
         chunked_logprob.TOKEN_CHUNK_SIZE = 256 if way == "fused, 256-position tiles" else 4096
         out = model(**inputs, fused_lm_head=True)

@@ -1,5 +1,5 @@
 """Two memory paths of the runner on a wide-vocabulary model, measured on the CPU: QLoRA with and without peft's
-fp32 upcast of the unquantized weights, and SFT's loss through TRL's fused LM head against the model's own loss.
+fp32 upcast of the unquantized weights, and SFT's loss through TRL's fused LM head against the model's whole logits.
 
 Each point runs in a fresh process: the SFT recipe's own setup (tuiwiz.train.recipes.sft.set_up: the profile's
 model, method and TRL's SFTTrainer, as the runner builds them) on the demo model's shape widened to Llama 3's
@@ -11,10 +11,10 @@ less the process's own RSS, which the first figure leaves out too).
 - qlora: 4-bit NF4 base loaded from bf16 weights (``model.dtype: bfloat16``), LoRA r16 on every linear layer,
   ``method.upcast_non_quantized`` true (peft's prepare_model_for_kbit_training: embeddings, norms and head in
   fp32) and false (they stay bf16; the runner's default).
-- loss: LoRA in fp32, the runner's SFTTrainer scoring through TRL's fused, tiled LM head (``fused``) against the
-  same trainer with transformers' Trainer.compute_loss, the model's own loss over the full logits (``plain``).
+- loss: LoRA in fp32, the runner's SFT trainer scoring through TRL's fused, tiled LM head (``training.loss_head:
+  fused``) against the runner's cross-entropy over the model's whole logits (``whole``: train/whole_logits.py).
 
-Points alternate (upcast, no upcast, ...; fused, plain, ...) ``--repeats`` times; the figures are medians. This
+Points alternate (upcast, no upcast, ...; fused, whole, ...) ``--repeats`` times; the figures are medians. This
 machine is shared (2 cores): timings are inflated, and only ratios from one run count.
 
     python bench/memory_paths.py --json bench/results/memory-paths.json
@@ -85,15 +85,13 @@ def profile_for(point: dict, model: str) -> dict:
         "training": {"max_steps": int(os.environ.get("MEMORY_PATHS_STEPS", settings["steps"])),
                      "per_device_train_batch_size": settings["batch"],
                      "learning_rate": settings["lr"], "logging_steps": 1, "save_steps": 10_000,
-                     "pad_to_max_length": True},
+                     "pad_to_max_length": True, "loss_head": point["loss"]},
         "output": {"report_to": []},
     }
 
 
 def child(point: dict, model: str, folder: str) -> dict:
     """One point, in this (fresh) process."""
-    import types
-
     import transformers
 
     from tuiwiz.profile.schema import Profile
@@ -112,8 +110,6 @@ def child(point: dict, model: str, folder: str) -> dict:
                 losses.append(round(float(logs["loss"]), 4))
 
     trainer = set_up(profile, run, [Losses()]).trainer
-    if point["loss"] == "plain":  # the model's own loss: transformers' Trainer, full logits upcast to fp32
-        trainer.compute_loss = types.MethodType(transformers.Trainer.compute_loss, trainer)
     lm_head = trainer.model.get_output_embeddings()
     loaded = _status_kb("VmRSS") * 1024
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
@@ -159,7 +155,7 @@ def run_point(point: dict, model: Path, env: dict) -> dict:
 POINTS = {
     "qlora": ({"pair": "qlora", "method": "qlora", "upcast": True, "loss": "fused"},
               {"pair": "qlora", "method": "qlora", "upcast": False, "loss": "fused"}),
-    "loss": ({"pair": "loss", "method": "lora", "loss": "fused"}, {"pair": "loss", "method": "lora", "loss": "plain"}),
+    "loss": ({"pair": "loss", "method": "lora", "loss": "fused"}, {"pair": "loss", "method": "lora", "loss": "whole"}),
 }
 
 
@@ -190,8 +186,8 @@ def docs_block(f: dict) -> str:
     rows = [
         ("QLoRA, unquantized weights upcast to fp32 (`upcast_non_quantized: true`)", "qlora-upcast"),
         ("QLoRA, unquantized weights kept bf16 (the default)", "qlora-16bit"),
-        ("LoRA fp32, the model's own loss over the full logits", "lora-plain"),
-        ("LoRA fp32, TRL's fused LM head (the runner's SFT)", "lora-fused"),
+        ("LoRA fp32, the model's whole logits (`training.loss_head: whole`)", "lora-whole"),
+        ("LoRA fp32, TRL's fused LM head (`training.loss_head: fused`)", "lora-fused"),
     ]
     lines = [
         f"A {f['params_m']:.0f}M-parameter Llama (the demo's blocks, {f['vocab']:,}-token vocabulary), demo:alpaca "
@@ -209,7 +205,7 @@ def docs_block(f: dict) -> str:
     lines += [
         "",
         f"Without the upcast QLoRA's training peak is {p['qlora-16bit'] / p['qlora-upcast']:.2f}× the upcast one's; "
-        f"the fused head's is {p['lora-fused'] / p['lora-plain']:.2f}× the full logits'.",
+        f"the fused head's is {p['lora-fused'] / p['lora-whole']:.2f}× the whole logits'.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -43,7 +43,8 @@ pytestmark = pytest.mark.slow
 MICRO_BATCH, MAX_LENGTH, LONG_STEP, SEED = 16, 512, 3, 42
 ROWS = LONG_STEP * MICRO_BATCH  # one epoch, the long rows last
 # The headroom above the trainer's address space at run start, found by trying limits here (torch 2.13,
-# transformers 5.25, TRL 1.16, the fused loss head in 256-position tiles on the CPU: train/modeling.py):
+# transformers 5.25, TRL 1.16, the fused loss head in 256-position tiles on the CPU: train/modeling.py; the
+# profile states it, since loss_head auto would read the machine's RAM, not this limit, and take the whole logits):
 # step 3 at micro-batch 16 fails under 950 MB of headroom and not under 1150; resumed at micro-batch 8 it
 # completes with 680 MB and not with 560. HEADROOM_MB lies between, about 130 MB from each bound.
 HEADROOM_MB = 820
@@ -106,7 +107,8 @@ def _run_under_limit(tmp_path: Path, headroom_mb: int, auto_recover: int):
         tmp_path, "quickstart.yaml", model={"name_or_path": "demo", "attn_implementation": "eager"},
         data={"path": str(data), "max_length": MAX_LENGTH},
         training={"max_steps": LONG_STEP, "per_device_train_batch_size": MICRO_BATCH, "logging_steps": 1,
-                  "save_steps": 2, "auto_recover": auto_recover, "seed": SEED},
+                  "save_steps": 2, "auto_recover": auto_recover, "seed": SEED,
+                  "loss_head": "fused"},  # the head HEADROOM_MB was found with
     )
     # One OpenMP thread, whatever the machine: each thread more would add its stack and malloc arena
     # after the base is read.

@@ -29,6 +29,8 @@ class Task:
     reference: bool = False
     generates: bool = False  # samples completions during training (GRPO)
     packs: bool = False  # data.packing applies
+    # training.loss_head applies: the recipe can score from the model's whole logits instead of TRL's fused head
+    whole_logits: bool = False
     trl_experimental: bool = False  # its trainer lives in trl.experimental (TRL 1.x)
     metrics: tuple[str, ...] = ()  # the logged numbers the monitor draws, beyond the loss
 
@@ -41,8 +43,9 @@ class Task:
 DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("sft", "supervised fine-tuning", ("messages", "alpaca", "text"), "causal", "chat", packs=True),
-    Task("pretrain", "continued pretraining", ("text",), "causal", "chat", packs=True),
+    Task("sft", "supervised fine-tuning", ("messages", "alpaca", "text"), "causal", "chat", packs=True,
+         whole_logits=True),
+    Task("pretrain", "continued pretraining", ("text",), "causal", "chat", packs=True, whole_logits=True),
     Task("classification", "classification", ("classification",), "sequence_score", "classify"),
     Task("reward", "reward model", ("preference",), "sequence_score", "score", sequences_per_example=2,
          metrics=("accuracy", "margin", "eval_accuracy")),

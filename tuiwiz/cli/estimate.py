@@ -109,7 +109,7 @@ def _cmd_estimate(args) -> int:
 
     from tuiwiz.plan.hardware import probe
     from tuiwiz.plan.memory import Plan, estimate
-    from tuiwiz.plan.recommend import fit_on, with_task
+    from tuiwiz.plan.recommend import fit_on, settle_on, with_task
     from tuiwiz.profile.io import load_profile
     from tuiwiz.profile.schema import Profile
 
@@ -122,6 +122,9 @@ def _cmd_estimate(args) -> int:
     at = _assumed(machine, settings, profile)
     strategy, notes = plan_strategy(profile, at.device)
     plan = Plan.from_profile(profile, model, device=at.device, bf16=at.bf16, strategy=strategy)
+    plan, head = settle_on(machine, plan, profile.training.loss_head, model, at.n)
+    if TASKS[profile.task].whole_logits:
+        notes = notes + [head.reason]
     est = estimate(model, plan, at.n)
     fit, rejected = fit_on(machine, est, at.gpu_indices) if at.gpu_indices or at.device == "cpu" else ((), None)
     # the device with the least room decides

@@ -164,6 +164,8 @@ class Plan:
             save_total_limit=t.save_total_limit or 1,
             **task_fields(profile.task, profile.preference, profile.grpo, m.type, profile.distributed.world_size),
         )
+        if t.loss_head == "whole":  # ``auto`` is the fused head until a caller settles it (plan/loss_head.py)
+            kwargs["fused_loss"] = False
         if m.type in ("lora", "qlora"):
             targets = None if m.target_modules in ("auto", "all-linear") else tuple(m.target_modules)
             kwargs.update(lora_r=m.r, lora_targets=targets, lora_dropout=m.lora_dropout, use_dora=m.use_dora)

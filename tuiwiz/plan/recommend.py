@@ -18,6 +18,7 @@ from tuiwiz.errors import UserError
 from tuiwiz.methods import METHODS
 from tuiwiz.plan.fine_tune import FULL_LOGITS_TASKS, task_fields
 from tuiwiz.plan.hardware import Machine
+from tuiwiz.plan.loss_head import LossHead, settle
 from tuiwiz.plan.memory import GiB, MemoryEstimate, Plan, check_task_model, estimate
 from tuiwiz.plan.modelinfo import ModelInfo
 from tuiwiz.plan.reference_scoring import reference_scoring
@@ -211,6 +212,14 @@ def fit_on(machine: Machine, est: MemoryEstimate,
             text += f" ({ram / GiB:.0f} GiB usable: the estimate keeps {1 - RAM_HEADROOM:.0%} spare)"
         return fits, text
     return fits, None
+
+
+def settle_on(machine: Machine, plan: Plan, setting: str, model: ModelInfo,
+              processes: int = 1) -> tuple[Plan, LossHead]:
+    """``plan`` with ``training.loss_head`` settled for ``machine`` (plan/loss_head.py): the RAM it may use on the
+    CPU, as the runner settles it with the RAM it finds."""
+    usable = int(machine.ram_available_mb * 2**20 * RAM_HEADROOM) if plan.device == "cpu" else None
+    return settle(plan, setting, model, usable, processes)
 
 
 def _search(machine, model, cand, seq, target_batch, precision, task):
@@ -456,6 +465,13 @@ def recommend(machine: Machine, model: ModelInfo, data_stats: DataStats | None, 
             fit, rejected = fit_on(machine, est, cand.gpus)
             packing_reason += batch_reason
         grouping, grouping_reason = _grouping(cand.method, plan, work)
+        plan, head = settle_on(machine, plan, "auto", model, n)
+        head_reason = ""
+        if head.whole:  # on the CPU where they fit: the faster step (the profile keeps loss_head auto)
+            est = estimate(model, plan, n)
+            fit, rejected = fit_on(machine, est, cand.gpus)
+            head_reason = (f" The loss is scored from the model's whole logits ({size(est.per_device.logits)} at "
+                           f"their peak), which the CPU computes faster than TRL's fused head.")
         examples, noun = _examples(data_stats, plan, packing)
         schedule = schedule_for(examples, plan, n, None if packing else target_batch, noun)  # packed: rows
         if schedule.warning:
@@ -464,7 +480,8 @@ def recommend(machine: Machine, model: ModelInfo, data_stats: DataStats | None, 
             key=cand.key, title=cand.title, plan=plan, gpu_indices=cand.gpus, estimate=est, fit=fit,
             fits=rejected is None, effective_batch=plan.micro_batch * plan.gradient_accumulation * n,
             learning_rate=learning_rate, lora_alpha=lora_alpha,
-            reason=f"{reason_for(plan, est, model)}{packing_reason}{grouping_reason} {rate_reason} {schedule.reason}",
+            reason=(f"{reason_for(plan, est, model)}{packing_reason}{grouping_reason}{head_reason} {rate_reason} "
+                    f"{schedule.reason}"),
             rejected=rejected, warnings=tuple(option_warnings) + est.notes, packing=packing,
             packing_note=packing_reason, group_by_length=grouping, epochs=schedule.epochs,
             optimizer_steps=schedule.steps,
@@ -575,6 +592,8 @@ def with_task(profile: Profile, task: str) -> Profile:
         update["grpo"] = GrpoConfig()
     if not TASKS[task].preference:
         update["preference"] = PreferenceConfig()
+    if not TASKS[task].whole_logits:
+        update["training"] = profile.training.model_copy(update={"loss_head": "auto"})
     return profile.model_copy(update=update)
 
 

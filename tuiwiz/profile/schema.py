@@ -274,6 +274,11 @@ class TrainingConfig(_Strict):
     pad_to_max_length: bool = Field(
         False, description="Pad every batch to data.max_length (the probe run measures the worst case so)."
     )
+    loss_head: Literal["auto", "fused", "whole"] = Field(
+        "auto", description="How sft and pretrain score tokens: 'fused', TRL's tiled LM head (the whole logits "
+                            "never exist); 'whole', the model's own logits (faster on the CPU, heavier); 'auto': "
+                            "whole on the CPU where the estimate says they fit, fused otherwise."
+    )
 
     @field_validator("warmup_steps")
     @classmethod
@@ -505,6 +510,10 @@ class Profile(_Strict):
         if self.data.packing and self.data.group_by_length:
             raise ValueError("data.group_by_length applies to unpacked runs: packed rows are all max_length "
                              "long already. Set data.packing: false, or remove data.group_by_length")
+        if self.training.loss_head != "auto" and not task.whole_logits:
+            users = " or ".join(t.name for t in TASKS.values() if t.whole_logits)
+            raise ValueError(f"training.loss_head applies to task {users}, not {self.task}: remove it (this task's "
+                             f"trainer scores its own way)")
         if self.data.group_by_length and not task.packs:
             raise ValueError(f"data.group_by_length does not apply to task {self.task} (only to sft and pretrain)")
         dist = self.distributed

@@ -134,7 +134,7 @@ def probe(loaded: LoadedProfile, *, steps: int = 3, machine=None, allow_truncati
     from tuiwiz.plan.hardware import probe as probe_hardware
     from tuiwiz.plan.memory import Plan, estimate
     from tuiwiz.plan.modelinfo import inspect_model
-    from tuiwiz.plan.recommend import step_down
+    from tuiwiz.plan.recommend import settle_on, step_down
 
     machine = machine or probe_hardware(loaded.profile.output.runs_dir)
     # a hub model not downloaded yet: its shapes from the Hub; the probe's runner downloads it, as the run would
@@ -149,6 +149,7 @@ def probe(loaded: LoadedProfile, *, steps: int = 3, machine=None, allow_truncati
     consent = None
     for _ in range(max_attempts):
         plan = Plan.from_profile(profile, model, device=device, bf16=all(g.bf16 for g in gpus) if gpus else False)
+        plan = settle_on(machine, plan, profile.training.loss_head, model, max(1, len(gpus)))[0]  # as the run will
         est_mb = estimate(model, plan, max(1, len(gpus))).total / 2**20
         status, peak, error = run_probe_once(profile, loaded.source, steps=steps, on_run=on_run)
         attempts.append(Attempt(profile, est_mb, peak, status, error and error.kind, error and error.message))

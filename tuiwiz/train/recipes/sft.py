@@ -31,6 +31,8 @@ def set_up(profile: Profile, run: RunDir, callbacks: list) -> Setup:
     """Everything from the frozen profile to a ready Trainer."""
     import transformers
 
+    from tuiwiz.train.whole_logits import choose_loss_head
+
     transformers.logging.set_verbosity_warning()
     precision = resolve_precision(profile)
     cap_head_tiles(precision)
@@ -40,13 +42,19 @@ def set_up(profile: Profile, run: RunDir, callbacks: list) -> Setup:
     steps = total_steps(profile, len(train_data.records), world_size())
     model = load_trainable_model(model_path, profile, precision, tokenizer, steps)
     callbacks = callbacks + method_callbacks(profile, model.model)
-    trainer = build_trainer(profile, run, precision, model.model, tokenizer, train_data, eval_data, callbacks)
+    whole = choose_loss_head(profile, model_path, precision.device).whole
+    trainer = build_trainer(profile, run, precision, model.model, tokenizer, train_data, eval_data, callbacks,
+                            whole_logits=whole)
     return Setup(trainer, tokenizer, model_path, precision, model, train_data.format)
 
 
-def build_trainer(profile: Profile, run: RunDir, precision, model, tokenizer, train_data, eval_data, callbacks):
+def build_trainer(profile: Profile, run: RunDir, precision, model, tokenizer, train_data, eval_data, callbacks, *,
+                  whole_logits: bool = False):
+    """TRL's SFTTrainer, or its subclass that scores training steps from the whole logits (whole_logits.py)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
+
+    from tuiwiz.train.whole_logits import WholeLogitsSFTTrainer
 
     rows, options = sft_rows(train_data, tokenizer, profile)
     eval_rows = sft_rows(eval_data, tokenizer, profile)[0] if eval_data else None
@@ -56,7 +64,7 @@ def build_trainer(profile: Profile, run: RunDir, precision, model, tokenizer, tr
         packing=profile.data.packing, packing_strategy=packing_strategy(profile), dataset_num_proc=None,
         pad_to_multiple_of=profile.data.max_length if profile.training.pad_to_max_length else None, **options,
     )
-    trainer = SFTTrainer(
+    trainer = (WholeLogitsSFTTrainer if whole_logits else SFTTrainer)(
         model=model, args=config, train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer, callbacks=callbacks,
