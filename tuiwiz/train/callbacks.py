@@ -9,6 +9,7 @@ import psutil
 import torch
 from transformers import TrainerCallback
 
+from tuiwiz.errors import UserError
 from tuiwiz.profile.schema import Profile
 from tuiwiz.run.event_types import CheckpointEvent, EvalEvent, Event, LogEvent, StatusEvent
 from tuiwiz.run.events import EventWriter
@@ -116,6 +117,22 @@ class AdaLoraCallback(TrainerCallback):
 
     def __init__(self, model) -> None:
         self.model = model
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """AdaLoRA's schedule (tinit steps, the rank budget falling, tfinal steps) spans the run's optimizer steps
+        as the Trainer counts them. peft needs a count when the adapter is made, before TRL builds its rows, and
+        that one counts the data's records: packed rows are fewer, and KTO makes two completions of a pair."""
+        tuner = self.model.base_model
+        config = tuner.peft_config[tuner.trainable_adapter_name]
+        if config.tinit + config.tfinal >= state.max_steps:
+            raise UserError(
+                f"AdaLoRA needs tinit + tfinal ({config.tinit} + {config.tfinal}) below the run's "
+                f"{state.max_steps} optimizer steps (as the trainer counts its rows)",
+                hint="lower method.tinit and method.tfinal, or train for more steps", field="method.tinit",
+                kind="profile",
+            )
+        config.total_step = state.max_steps
+        tuner.rankallocator.set_total_step(state.max_steps)  # it reads the same config; set it its own way too
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.model.base_model.update_and_allocate(state.global_step)
