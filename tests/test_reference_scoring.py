@@ -40,6 +40,32 @@ def test_auto_with_max_steps_counts_the_rows_the_steps_take():
     assert resolved(dpo(max_steps=300), train_rows=1000, steps=300) is True  # 2400 rows scored in the steps
 
 
+def test_a_resumed_run_counts_the_steps_it_has_left():
+    three_epochs = dpo(num_train_epochs=3)  # 160 rows, 60 steps: 480 rows in the steps against 160 once
+    assert reference_scoring(three_epochs, train_rows=160, total_steps=60).precompute
+    early = reference_scoring(three_epochs, train_rows=160, total_steps=60, steps_done=20)
+    assert early.precompute and "in the 40 steps left after step 20" in early.reason  # 320 rows left
+    late = reference_scoring(three_epochs, train_rows=160, total_steps=60, steps_done=45)
+    assert not late.precompute and "120 training rows" in late.reason  # 15 steps: fewer rows than one pass
+    by_steps = dpo(max_steps=300)
+    assert reference_scoring(by_steps, train_rows=1000, total_steps=300, steps_done=100).precompute  # 1600 rows
+    assert not reference_scoring(by_steps, train_rows=1000, total_steps=300, steps_done=200).precompute  # 800
+
+
+def test_the_dpo_recipe_reads_the_resumed_step_from_the_run_folder(tmp_path, capsys):
+    from tuiwiz.run.rundir import RunDir
+    from tuiwiz.train.recipes.dpo import precompute_reference
+
+    run = RunDir(tmp_path)
+    three_epochs = dpo(num_train_epochs=3)
+    assert precompute_reference(three_epochs, run, 160, 0, [])  # a fresh run: 60 steps to go
+    checkpoint = run.checkpoints / "checkpoint-45"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    assert not precompute_reference(three_epochs, run, 160, 0, [])
+    assert "after step 45" in capsys.readouterr().err
+
+
 def test_auto_under_full_fine_tuning_always_precomputes_and_says_why():
     for method in ("full", "bitfit"):
         scoring = reference_scoring(dpo(method))  # no row counts needed: it is about the second copy

@@ -48,9 +48,11 @@ def precomputed_without_counts(setting: bool | str, method: str, processes: int)
 
 
 def reference_scoring(profile: Profile, *, train_rows: int | None = None, total_steps: int | None = None,
-                      eval_rows: int = 0) -> ReferenceScoring:
+                      eval_rows: int = 0, steps_done: int = 0) -> ReferenceScoring:
     """Whether the reference's log-probabilities are precomputed for ``profile`` (a task with a reference),
-    given how many rows it trains on and evaluates (None where unknown: the planner)."""
+    given how many rows it trains on and evaluates (None where unknown: the planner). A resumed run counts the
+    ``total_steps - steps_done`` steps it has left: the pass still scores every row, so near the end of a run
+    the steps score fewer."""
     setting = profile.preference.precompute_ref_log_probs
     if setting == "auto" and profile.distributed.world_size > 1:
         return ReferenceScoring(False, "the reference scores each step: TRL 1.x precomputes on one process only "
@@ -65,17 +67,20 @@ def reference_scoring(profile: Profile, *, train_rows: int | None = None, total_
     if train_rows is None or total_steps is None:
         return ReferenceScoring(False, "row counts unknown: the reference scores each step")
     t = profile.training
+    left = max(0, total_steps - steps_done)
     if t.max_steps > 0:  # the dataloader goes round the data as often as the steps need
-        scored = total_steps * t.per_device_train_batch_size * t.gradient_accumulation_steps
+        scored = left * t.per_device_train_batch_size * t.gradient_accumulation_steps
     else:
-        scored = math.ceil(t.num_train_epochs * train_rows)
+        scored = math.ceil(t.num_train_epochs * train_rows * left / max(1, total_steps))
     evaluations = 0
     if eval_rows:
-        evaluations = math.ceil(total_steps / t.eval_steps) if t.eval_steps else math.ceil(scored / train_rows)
+        evaluations = math.ceil(left / t.eval_steps) if t.eval_steps else math.ceil(scored / train_rows)
     in_step = scored + evaluations * eval_rows
     once = train_rows + eval_rows
     counts = (f"{scored} training rows" + (f" and {evaluations} evaluation(s) of {eval_rows} rows" if eval_rows
                                             else ""))
+    if steps_done:
+        counts += f" in the {left} steps left after step {steps_done}"
     if once < in_step:
         return ReferenceScoring(True, f"the reference scores the data once before training ({once} rows) "
                                       f"instead of in the steps ({counts}: {in_step} rows); "

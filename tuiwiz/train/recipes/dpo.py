@@ -78,7 +78,7 @@ def build_trainer(profile: Profile, run: RunDir, precision, policy, reference, t
     config = DPOConfig(
         **training_arguments(profile, precision, run, eval_data is not None), max_length=profile.data.max_length,
         beta=settings.beta, loss_type=[settings.loss_type or "sigmoid"], label_smoothing=settings.label_smoothing,
-        precompute_ref_log_probs=precompute_reference(profile, len(train_rows), len(eval_rows), callbacks),
+        precompute_ref_log_probs=precompute_reference(profile, run, len(train_rows), len(eval_rows), callbacks),
         dataset_num_proc=None,
         pad_to_multiple_of=profile.data.max_length if profile.training.pad_to_max_length else None,
     )
@@ -90,12 +90,14 @@ def build_trainer(profile: Profile, run: RunDir, precision, policy, reference, t
     )
 
 
-def precompute_reference(profile: Profile, train_rows: int, eval_rows: int, callbacks: list) -> bool:
-    """preference.precompute_ref_log_probs resolved for this run's rows (tuiwiz/plan/reference_scoring.py). The
-    reason goes to the run's log; a precomputing run also says so in its status, since the pass runs before
-    the first step."""
+def precompute_reference(profile: Profile, run: RunDir, train_rows: int, eval_rows: int, callbacks: list) -> bool:
+    """preference.precompute_ref_log_probs resolved for this run's rows (tuiwiz/plan/reference_scoring.py), and
+    for the steps it has left when it resumes (a fresh run's folder has no checkpoint). The reason goes to the
+    run's log; a precomputing run also says so in its status, since the pass runs before the first step."""
+    checkpoint = run.last_checkpoint()
     scoring = reference_scoring(profile, train_rows=train_rows, eval_rows=eval_rows,
-                                total_steps=total_steps(profile, train_rows, world_size()))
+                                total_steps=total_steps(profile, train_rows, world_size()),
+                                steps_done=int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint else 0)
     print(f"tuiwiz: {scoring.reason}", file=sys.stderr, flush=True)
     if scoring.precompute:
         skip_weight_hash()

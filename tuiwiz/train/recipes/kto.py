@@ -43,7 +43,7 @@ def build_trainer(profile: Profile, run: RunDir, precision, policy, reference, t
         **training_arguments(profile, precision, run, eval_data is not None), max_length=profile.data.max_length,
         beta=settings.beta, loss_type=settings.loss_type or "kto", desirable_weight=settings.desirable_weight,
         undesirable_weight=settings.undesirable_weight,
-        precompute_ref_log_probs=precompute_reference(profile, len(train_rows), len(eval_rows), callbacks),
+        precompute_ref_log_probs=precompute_reference(profile, run, len(train_rows), len(eval_rows), callbacks),
         dataset_num_proc=None,
         pad_to_multiple_of=profile.data.max_length if profile.training.pad_to_max_length else None,
     )
