@@ -77,26 +77,28 @@ def whole_logits_loss(logits: torch.Tensor, labels: torch.Tensor,
         logits = logits[:, -labels.shape[1]:]  # prompt tuning's virtual tokens come first
     # position i predicts label i + 1; the last predicts nothing (the fused head's labels[:, 1:])
     targets = F.pad(labels, (0, 1), value=-100)[:, 1:].reshape(-1)
-    flat = logits.float().reshape(-1, logits.shape[-1])
-    summed = F.cross_entropy(flat, targets, ignore_index=-100, reduction="sum")
+    # F.cross_entropy is log_softmax then nll_loss; done apart, the log-probabilities it keeps for the backward
+    # also give the logged entropy, without a second pass over the vocabulary
+    log_p = torch.log_softmax(logits.float().reshape(-1, logits.shape[-1]), dim=-1)
+    summed = F.nll_loss(log_p, targets, ignore_index=-100, reduction="sum")
     valid = targets != -100
     count = valid.sum() if num_items_in_batch is None else num_items_in_batch
     loss = summed / torch.as_tensor(count, device=summed.device).clamp(min=1)
-    return loss, _scored(flat.detach(), targets, valid)
+    return loss, _scored(log_p.detach(), targets, valid)
 
 
 @torch.no_grad()
-def _scored(flat: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> Scored:
-    """Entropy and top-1 over the trained positions, a slice of METRIC_SLICE_BYTES of the logits at a time."""
-    entropy = flat.new_zeros(())
-    top1 = torch.zeros((), dtype=torch.long, device=flat.device)
-    step = max(1, METRIC_SLICE_BYTES // (4 * flat.shape[-1]))
-    for start in range(0, flat.shape[0], step):
+def _scored(log_p: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> Scored:
+    """Entropy and top-1 over the trained positions, a slice of METRIC_SLICE_BYTES of the log-probabilities at a
+    time (the most likely token is the logits' argmax)."""
+    entropy = log_p.new_zeros(())
+    top1 = torch.zeros((), dtype=torch.long, device=log_p.device)
+    step = max(1, METRIC_SLICE_BYTES // (4 * log_p.shape[-1]))
+    for start in range(0, log_p.shape[0], step):
         rows = slice(start, start + step)
         keep = valid[rows]
-        piece = flat[rows][keep]  # the trained positions only: prompts and padding cost nothing
-        log_p = torch.log_softmax(piece, dim=-1)
-        entropy -= (log_p.exp() * log_p).sum()
+        piece = log_p[rows][keep]  # the trained positions only: prompts and padding cost nothing
+        entropy -= (piece.exp() * piece).sum()
         top1 += (piece.argmax(-1) == targets[rows][keep]).sum()
     return Scored(entropy, top1, valid.sum())
 
