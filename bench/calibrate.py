@@ -14,6 +14,11 @@ is torch.cuda.max_memory_reserved(); not run on the CPU-only development machine
     python bench/calibrate.py                 # CPU matrix (~5 minutes), writes bench/results/calibration-cpu.json
     python bench/calibrate.py --fit           # also search the constants that fit best
     python bench/calibrate.py --device cuda   # on a GPU machine: bench/results/calibration-cuda.json
+    python bench/calibrate.py --tile 256 --out bench/results/calibration-cpu-256-tiles.json
+
+The CPU constants were fitted with TRL's fused head at its own tile (4096 positions), which is what the CPU
+estimate counts; the runner scores 256 positions a tile on the CPU (train/modeling.py's cap_head_tiles), and
+``--tile 256`` measures the points so (docs/fit.md says what that showed).
 """
 
 from __future__ import annotations
@@ -149,6 +154,10 @@ def run_point(point: dict, checkpoint: str) -> dict:
         model.to("cuda")
     if point["fused"]:
         add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+        if point.get("tile"):  # positions a tile (TRL's module constant, read at each call)
+            from trl.kernels import chunked_logprob
+
+            chunked_logprob.TOKEN_CHUNK_SIZE = point["tile"]
     if method == "qlora" and point.get("upcast"):  # peft's fp32 upcast, as `method.upcast_non_quantized: true`
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=point["gc"])
     if method in ("lora", "qlora"):
@@ -276,6 +285,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--fit", action="store_true", help="search the constants that fit best and print them")
     parser.add_argument("--quick", action="store_true", help="only the first four points")
+    parser.add_argument("--tile", type=int, help="the fused head's positions a tile (default: TRL's own)")
     parser.add_argument("--missing", action="store_true",
                         help="measure only the points that --out does not hold yet, keep the others")
     parser.add_argument("--reestimate", action="store_true",
@@ -291,6 +301,8 @@ def main(argv=None) -> int:
     points = cpu_matrix() if args.device == "cpu" else cuda_matrix()
     if args.quick:
         points = points[:4]
+    if args.tile:
+        points = [{**p, "tile": args.tile} for p in points]
     out = args.out or ROOT / "bench" / "results" / f"calibration-{args.device}.json"
     if args.reestimate:
         previous = json.loads(out.read_text())
