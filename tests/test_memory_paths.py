@@ -121,18 +121,20 @@ def sft_trainer(tmp_path, profile: Profile):
 
 
 @pytest.mark.slow
-def test_the_runners_sft_never_builds_the_full_logits_and_trains(tmp_path, demo_built, monkeypatch):
-    """The SFT recipe's trainer scores through the fused head: the LM head module never runs forward (its weight
-    is read tile by tile), and the loss falls."""
+@pytest.mark.parametrize("head", ["fused", "whole"])
+def test_the_runners_sft_scores_through_the_head_it_states_and_trains(tmp_path, demo_built, monkeypatch, head):
+    """loss_head fused: the SFT recipe's trainer scores through TRL's fused head, and the LM head module never runs
+    forward (its weight is read tile by tile); whole: it runs once a step (train/whole_logits.py). The loss falls
+    either way."""
     monkeypatch.setenv("TUIWIZ_CACHE_DIR", str(demo_built))
     profile = Profile(data={"path": "demo:alpaca", "max_length": 64, "limit": 64}, method={"type": "lora"},
                       training={"max_steps": 6, "per_device_train_batch_size": 8, "learning_rate": 3e-3,
-                                "logging_steps": 1, "save_steps": 1000}, output={"report_to": []})
+                                "logging_steps": 1, "save_steps": 1000, "loss_head": head}, output={"report_to": []})
     trainer, losses = sft_trainer(tmp_path, profile)
     head_calls = []
     trainer.model.get_output_embeddings().register_forward_hook(lambda *_: head_calls.append(1))
     trainer.train()
-    assert head_calls == [] and len(losses) == 6
+    assert len(head_calls) == (0 if head == "fused" else 6) and len(losses) == 6
     assert losses[-1] < losses[0] - 0.3, losses
 
 

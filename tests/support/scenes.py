@@ -182,10 +182,10 @@ def _post(what: str):
                 field = screen.query_one("#chat-input")
                 field.value = "What sound does the cow make?"
                 await pilot.press("enter")
-                await wait_for(pilot, lambda: len(screen.finished) == 2)
+                await wait_for(pilot, lambda: len(screen.finished) == 2, timeout=30)
                 # both answers laid out with their notes: a loaded machine can show a finished answer's first
-                # line before the layout pass that makes room for the rest
-                await wait_for(pilot, lambda: screen_text(pilot.app).count("tokens, ") == 2)
+                # line before the layout pass that makes room for the rest (CI once took over 10 s for it)
+                await wait_for(pilot, lambda: screen_text(pilot.app).count("tokens, ") == 2, timeout=30)
             else:
                 from tuiwiz.ui.screens.job import JobScreen
 
