@@ -365,7 +365,7 @@ def docs_block(f: dict) -> str:
         f"| DPO's held-out reward margin, by evaluation | {', '.join(f'{m:.3f}' for m in margins)} |",
         f"| peak RSS, DPO over the same SFT run (LoRA, micro-batch {memory['micro_batch']}, padded to "
         f"{memory['padded_length']}; medians of {memory['repeats']} alternating runs; DPO's loss head in "
-        f"{memory['head_tile_tokens']}-position tiles, as SFT's) | "
+        f"{memory['head_tile_tokens']}-position tiles; SFT's as training.loss_head auto settles it on the CPU) | "
         f"{memory['plain']['dpo_over_sft']:.2f}x "
         f"({memory['plain']['dpo_peak_rss_mb']:.0f} / {memory['plain']['sft_peak_rss_mb']:.0f} MiB"
         + (f", reference {'precomputed' if memory['plain']['dpo_precomputed'] else 'scored in the step'} as "
