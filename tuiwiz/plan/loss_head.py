@@ -4,7 +4,7 @@
 (trl.kernels.chunked_logprob), which projects a tile of positions onto the vocabulary at a time so that the
 whole logits never exist: on a GPU its Triton kernel keeps a 128k vocabulary's logits out of memory. On the
 CPU the same head runs as torch operations, several passes a tile and the projection again in the backward,
-and is the slower way to score a step (bench/loss_head.py: 1.2x the step at the demo's vocabulary, 2.9x at
+and is the slower way to score a step (bench/loss_head.py: a little at the demo's vocabulary, by far at
 Llama 3's). The model's own whole logits cost tokens x vocabulary x up to 12 bytes more (memory.py's
 ``logits_bytes``, checked against the measured peak by bench/memory_paths.py).
 
@@ -17,8 +17,8 @@ step with them fits the memory the run may use; everywhere else it keeps TRL's f
   this rule reads does not count, so they keep the lighter head.
 
 ``Plan.from_profile`` reads a stated value; ``auto`` there is the fused head, the lighter case, until a caller
-that knows the memory settles it with ``settle`` (the recommender, the estimate command, preflight's RAM check,
-the probe), as the runner does with the RAM it finds (tuiwiz/train/whole_logits.py).
+that knows the memory settles it with ``settle`` (the recommender, the estimate command and the probe, through
+recommend.settle_on), as the runner does with the RAM it finds (tuiwiz/train/whole_logits.py).
 """
 
 from __future__ import annotations

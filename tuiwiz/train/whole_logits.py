@@ -6,11 +6,11 @@ SFTTrainer with one change, made the way TRL asks (subclass it and override ``co
 takes the model's own logits and the cross-entropy over them, each position predicting the next label as the
 fused head's ``labels[:, 1:]`` does, normalised by the same token count (``num_items_in_batch`` under gradient
 accumulation). TRL's ``compute_loss`` computes its logged entropy and token accuracy from the fused head's
-outputs, which this path does not build, so they are computed here from the logits (without gradients, a
-slice of positions at a time so that they add no logits-sized copy to the step's peak) and recorded the same
-way. Evaluation keeps the fused head: it runs at the evaluation batch size, which the step's estimate does not
-bound, and scores the same values (tests/test_whole_logits.py holds the two heads' losses, gradients and metrics
-equal).
+outputs, which this path does not build, so they are computed here from the log-probabilities the loss
+keeps for its backward (without gradients, a slice of positions at a time so that they add no logits-sized
+copy to the step's peak) and recorded the same way. Evaluation keeps the fused head: it runs at the
+evaluation batch size, which the step's estimate does not bound, and scores the same values
+(tests/test_whole_logits.py holds the two heads' losses, gradients and metrics equal).
 """
 
 from __future__ import annotations
