@@ -9,6 +9,10 @@
    cumulative time of the calls that make up start-up (imports, model loading, tokenizer, dataset building,
    the Trainer's construction, the first step) is read from the profile. `python -X importtime` of the same
    command gives the heaviest imports.
+3. The runner imports its recipe and training stack with Python's cyclic collector paused, then freezes what
+   the import made (tuiwiz/train/imports.py `import_recipe`). Alternately, in fresh processes: that import as
+   the runner does it, and the same import with the collector left on (`recipe_for`); each process reports
+   the import's seconds and the seconds its collector ran (a `gc.callbacks` timer).
 
     python bench/startup.py --json bench/results/startup.json [--repeats 3]
     python bench/startup.py --from-json bench/results/startup.json   # print the docs block
@@ -167,6 +171,40 @@ def profile_runner(work: Path, env: dict, profile: Path) -> dict:
             "imports_total_s": round(sum(tops.values()), 2)}
 
 
+GC_IMPORT = """
+import gc, json, sys, time
+from tuiwiz.profile.io import load_profile
+from tuiwiz.train.imports import import_recipe, leave_out_unused
+from tuiwiz.train.recipes import recipe_for
+leave_out_unused(load_profile(sys.argv[1]).profile)
+spent = [0.0, 0.0]
+def timer(phase, info):
+    if phase == "start":
+        spent[1] = time.perf_counter()
+    else:
+        spent[0] += time.perf_counter() - spent[1]
+gc.callbacks.append(timer)
+began = time.perf_counter()
+(import_recipe if sys.argv[2] == "paused" else recipe_for)("sft")
+print(json.dumps({"import_s": time.perf_counter() - began, "collector_s": spent[0]}))
+"""
+
+
+def collector_ab(env: dict, profile: Path, repeats: int) -> dict:
+    """The recipe's import with the collector paused (as the runner does) and left on, alternately."""
+    rows: dict[str, list[dict]] = {"paused": [], "on": []}
+    for i in range(repeats):
+        for name in (("paused", "on") if i % 2 == 0 else ("on", "paused")):
+            result = subprocess.run([sys.executable, "-c", GC_IMPORT, str(profile), name], env=env,
+                                    capture_output=True, text=True, check=True)
+            rows[name].append(json.loads(result.stdout.strip().splitlines()[-1]))
+    median = {name: {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+              for name, runs in rows.items()}
+    return {"runs": rows, "median": median,
+            "range": {name: [round(f(r["import_s"] for r in runs), 2) for f in (min, max)]
+                      for name, runs in rows.items()}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
@@ -198,8 +236,9 @@ def main() -> int:
     out = {"repeats": args.repeats, "cpu_count": os.cpu_count(), "load_before": round(os.getloadavg()[0], 2),
            "runs": rows, "median": median, "range": spread,
            "ratio": round(median["tuiwiz"]["to_first_step_s"] / median["bare_trl"]["to_first_step_s"], 2),
-           "runner_profile": profile_runner(work, env, profile)}
-    print(json.dumps({k: out[k] for k in ("median", "range", "ratio", "runner_profile")}, indent=2))
+           "runner_profile": profile_runner(work, env, profile),
+           "collector": collector_ab(env, profile, args.repeats)}
+    print(json.dumps({k: out[k] for k in ("median", "range", "ratio", "runner_profile", "collector")}, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
@@ -225,6 +264,15 @@ def docs_block(f: dict) -> str:
     ]
     lines += [f"| {name} | {seconds:.2f} |" for name, seconds in p["phases_s"].items()]
     lines += ["", "Heaviest imports: " + ", ".join(f"{k} {v:.1f} s" for k, v in p["imports_s"].items()) + "."]
+    if "collector" in f:
+        c = f["collector"]
+        paused, on = c["median"]["paused"], c["median"]["on"]
+        lines += ["", f"| the runner's recipe import (median of {f['repeats']}, range) | seconds | of which "
+                  "the cyclic collector ran |", "|---|---|---|",
+                  f"| collector paused, then the stack frozen (what the runner does) | {paused['import_s']:.1f} "
+                  f"({c['range']['paused'][0]:.1f} to {c['range']['paused'][1]:.1f}) | {paused['collector_s']:.2f} |",
+                  f"| collector on | {on['import_s']:.1f} ({c['range']['on'][0]:.1f} to {c['range']['on'][1]:.1f}) "
+                  f"| {on['collector_s']:.2f} |"]
     return "\n".join(lines) + "\n"
 
 

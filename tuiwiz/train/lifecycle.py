@@ -81,7 +81,7 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
         events.emit(StatusEvent(status="loading", resume=resume))
         profile = load_profile(run.profile).profile
         from tuiwiz.run.distributed import is_distributed
-        from tuiwiz.train.imports import leave_out_unused
+        from tuiwiz.train.imports import import_recipe, leave_out_unused
 
         left_out = leave_out_unused(profile)
         if left_out:
@@ -93,9 +93,7 @@ def run_training(run_dir: str, *, resume: bool = False, worker: bool = False, no
 
             final = supervise(run, profile, events, resume=resume, node_rank=node_rank, stop=stop)
         else:
-            from tuiwiz.train.recipes import recipe_for
-
-            final = recipe_for(profile.task).train(run, profile, resume=resume, events=events, stop=stop)
+            final = import_recipe(profile.task).train(run, profile, resume=resume, events=events, stop=stop)
         return finish(final, 0)
     except BaseException as exc:  # every failure is recorded, then the process ends
         if not isinstance(exc, RanksFailed):  # the ranks' own logs hold theirs

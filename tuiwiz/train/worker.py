@@ -125,12 +125,10 @@ def _run_rank(run: RunDir, rank: int, *, resume: bool) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         profile = load_profile(run.profile).profile
-        from tuiwiz.train.imports import leave_out_unused
+        from tuiwiz.train.imports import import_recipe, leave_out_unused
 
         leave_out_unused(profile)
-        from tuiwiz.train.recipes import recipe_for
-
-        final = recipe_for(profile.task).train(run, profile, resume=resume, events=events, stop=stop)
+        final = import_recipe(profile.task).train(run, profile, resume=resume, events=events, stop=stop)
         _write_result(run, rank, **final.fields())
         reported[0] = True
     except BaseException as exc:
