@@ -69,3 +69,29 @@ print(json.dumps([left, is_bnb_available(), is_bitsandbytes_available(), is_wand
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [["bitsandbytes", "wandb", "deepspeed"], False, False,
                                                                   False, False, []]
+
+
+@pytest.mark.slow  # imports the whole stack in a fresh interpreter
+def test_the_recipe_imports_with_the_collector_paused_and_the_stack_frozen():
+    """In a fresh interpreter: import_recipe returns the task's recipe module; the collector made no pass
+    while it imported (a gc.callbacks counter), the stack's objects are frozen afterwards, and the collector
+    is on again, as it was (and stays off when it was off)."""
+    code = """
+import gc, json
+from tuiwiz.train.imports import import_recipe
+passes = []
+gc.callbacks.append(lambda phase, info: phase == "start" and passes.append(info["generation"]))
+recipe = import_recipe("sft")
+after = {"name": recipe.__name__, "passes": len(passes), "frozen": gc.get_freeze_count(),
+         "enabled": gc.isenabled()}
+gc.disable()
+import_recipe("dpo")
+after["enabled_when_off"] = gc.isenabled()
+print(json.dumps(after))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["name"] == "tuiwiz.train.recipes.sft"
+    assert seen["passes"] == 1  # the one full pass before the import, none during it
+    assert seen["frozen"] > 100_000  # torch, transformers, TRL, peft: some hundreds of thousands of objects
+    assert seen["enabled"] is True and seen["enabled_when_off"] is False
