@@ -153,3 +153,29 @@ def test_cli_refuses_bad_input_with_exit_2_and_no_run(tmp_path, content, model_l
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("long_rows,short_rows,refused", [(20, 0, True), (20, 1, False), (0, 30, False)])
+def test_preflight_refuses_prompts_that_fill_max_length_only_when_every_one_does(
+        tmp_path, monkeypatch, demo_built, long_rows, short_rows, refused):
+    """The preflight looks at the first rows' prompts before the whole set: a set whose first 16 prompts
+    (and more) are too long but one later row fits passes; a set where none fits is refused, naming the
+    field and the file."""
+    from tuiwiz.demo.build import demo_model_dir
+    from tuiwiz.profile.schema import Profile
+    from tuiwiz.run import preflight
+
+    monkeypatch.setenv("TUIWIZ_CACHE_DIR", str(demo_built))
+    assert long_rows == 0 or long_rows > preflight.PROMPTS_FIRST  # the later row lies past the first look
+    path = tmp_path / "d.jsonl"
+    rows = [{"instruction": LONG, "output": "ok"}] * long_rows + [{"instruction": "hi", "output": "ok"}] * short_rows
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    profile = Profile.model_validate({"model": {"name_or_path": "demo"},
+                                      "data": {"path": str(path), "max_length": 64}})
+    data = load_dataset_file(path, format="auto", task="sft")
+    if refused:
+        with pytest.raises(UserError) as caught:
+            preflight._check_lengths(profile, data, demo_model_dir())
+        assert caught.value.field == "data.max_length" and str(path) in str(caught.value.file)
+    else:
+        preflight._check_lengths(profile, data, demo_model_dir())

@@ -95,3 +95,32 @@ print(json.dumps(after))
     assert seen["passes"] == 1  # the one full pass before the import, none during it
     assert seen["frozen"] > 100_000  # torch, transformers, TRL, peft: some hundreds of thousands of objects
     assert seen["enabled"] is True and seen["enabled_when_off"] is False
+
+
+@pytest.mark.slow  # imports transformers in a fresh interpreter
+def test_transformers_models_folder_is_scanned_once_with_the_same_result():
+    """In a fresh interpreter: after scan_models_once, importing transformers.models finds the folder's scan
+    that transformers' __init__ made (a cache hit, no second miss), and what it finds equals a fresh scan."""
+    code = """
+import json, os
+from tuiwiz.train.imports import scan_models_once
+patched = scan_models_once()
+import transformers.utils.import_utils as iu
+from transformers.utils.import_utils import define_import_structure
+cached = iu.create_import_structure_from_path.__wrapped__  # transformers' own, with its lru_cache
+before = cached.cache_info()
+import transformers.models
+after = cached.cache_info()
+models = os.path.join(os.path.dirname(transformers.__file__), "models", "__init__.py")
+reused = define_import_structure(models)
+cached.cache_clear()
+iu.create_import_structure_from_path = cached  # as transformers has it: a fresh scan
+fresh = define_import_structure(models)
+print(json.dumps({"patched": patched, "new_misses": after.misses - before.misses, "hits": after.hits - before.hits,
+                  "equal": reused == fresh, "objects": sum(len(v) for v in fresh.values())}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["patched"] is True
+    assert seen["hits"] >= 1 and seen["new_misses"] == 0  # transformers.models read nothing again
+    assert seen["equal"] is True and seen["objects"] > 500

@@ -96,6 +96,18 @@ def _finished(run: RunDir, proc: subprocess.Popen | None) -> bool:
     return effective_status(run, state) in FINISHED
 
 
+def _wait(proc: subprocess.Popen | None, seconds: float) -> None:
+    """Until the next look at the run: ``seconds``, or less when the process this command started ends (the
+    command then ends with it rather than up to a poll later)."""
+    if proc is None:
+        time.sleep(seconds)
+        return
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def follow(run: RunDir, proc: subprocess.Popen | None = None, *, out: TextIO | None = None,
            live: bool | None = None, poll: float = 0.25) -> FollowResult:
     """Show a run's events until it ends. Ctrl-C asks it to stop; twice kills it."""
@@ -153,7 +165,7 @@ def follow(run: RunDir, proc: subprocess.Popen | None = None, *, out: TextIO | N
                         say(text)
                 if done:
                     break
-                time.sleep(poll)
+                _wait(proc, poll)
             except KeyboardInterrupt:
                 interrupts += 1
                 if interrupts == 1:

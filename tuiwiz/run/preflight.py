@@ -81,6 +81,9 @@ def _local_model_folder(profile: Profile) -> Path | None:
     return folder if folder is not None and (folder / "tokenizer.json").is_file() else None
 
 
+PROMPTS_FIRST = 16  # rows whose prompts _check_lengths measures before the whole set
+
+
 def _check_lengths(profile: Profile, data, folder: Path) -> None:
     """Refuse data whose every example leaves nothing to learn within max_length."""
     from tuiwiz.data.rendering import ModelText, length_stats
@@ -88,7 +91,14 @@ def _check_lengths(profile: Profile, data, folder: Path) -> None:
     if data.format not in ("alpaca", "messages"):
         return  # text and classification rows are truncated, never emptied
     try:
-        stats = length_stats(data.records, data.format, ModelText(folder), profile.data.max_length)
+        model = ModelText(folder)
+        # One example whose prompt leaves room is enough to pass: the first few rows nearly always show one,
+        # which spares a large set's rendering and tokenizing (a quarter of a second for 1,000 rows here)
+        # before the runner, which does both again, can start.
+        first = [model.render(record, data.format).prompt for record in data.records[:PROMPTS_FIRST]]
+        if any(n < profile.data.max_length for n in model.count(first)):
+            return
+        stats = length_stats(data.records, data.format, model, profile.data.max_length)
     except UserError:
         return  # no fast tokenizer here: the runner checks after tokenizing
     if stats.sampled and stats.prompt_too_long >= stats.rows:
