@@ -4,6 +4,7 @@ unless QLoRA, a bitsandbytes optimizer or an already quantized model needs it; w
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -97,30 +98,67 @@ print(json.dumps(after))
     assert seen["enabled"] is True and seen["enabled_when_off"] is False
 
 
-@pytest.mark.slow  # imports transformers in a fresh interpreter
-def test_transformers_models_folder_is_scanned_once_with_the_same_result():
-    """In a fresh interpreter: after scan_models_once, importing transformers.models finds the folder's scan
-    that transformers' __init__ made (a cache hit, no second miss), and what it finds equals a fresh scan."""
-    code = """
-import json, os
-from tuiwiz.train.imports import scan_models_once
-patched = scan_models_once()
+SCANS = """
+import json, os, sys
+from pathlib import Path
+from tuiwiz.train.models_scan import remember_scans
+remember_scans(Path(sys.argv[1]))
 import transformers.utils.import_utils as iu
 from transformers.utils.import_utils import define_import_structure
-cached = iu.create_import_structure_from_path.__wrapped__  # transformers' own, with its lru_cache
-before = cached.cache_info()
+own = iu.create_import_structure_from_path.__wrapped__  # transformers' own scan, with its lru_cache
 import transformers.models
-after = cached.cache_info()
-models = os.path.join(os.path.dirname(transformers.__file__), "models", "__init__.py")
-reused = define_import_structure(models)
-cached.cache_clear()
-iu.create_import_structure_from_path = cached  # as transformers has it: a fresh scan
-fresh = define_import_structure(models)
-print(json.dumps({"patched": patched, "new_misses": after.misses - before.misses, "hits": after.hits - before.hits,
-                  "equal": reused == fresh, "objects": sum(len(v) for v in fresh.values())}))
+from transformers import AutoModelForCausalLM
+models = os.path.join(os.path.dirname(transformers.__file__), "models")
+used = define_import_structure(os.path.join(models, "__init__.py"))
+calls = own.cache_info().misses  # folders transformers' scan read in this process
+own.cache_clear()
+iu.create_import_structure_from_path = own  # as transformers has it: a fresh scan
+fresh = define_import_structure(os.path.join(models, "__init__.py"))
+print(json.dumps({"own_scans": calls, "equal": used == fresh, "objects": sum(len(v) for v in fresh.values()),
+                  "kept": len(os.listdir(sys.argv[1]))}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    seen = json.loads(out.stdout.strip().splitlines()[-1])
-    assert seen["patched"] is True
-    assert seen["hits"] >= 1 and seen["new_misses"] == 0  # transformers.models read nothing again
-    assert seen["equal"] is True and seen["objects"] > 500
+
+
+@pytest.mark.slow  # imports transformers in fresh interpreters
+def test_transformers_models_scan_is_kept_and_gives_the_same_structure(tmp_path):
+    """The first process scans transformers' models folder once (not twice) and keeps the result; the next
+    one reads nothing of the folder (transformers' own scan never runs); both see the structure a fresh
+    scan gives."""
+    store = tmp_path / "scans"
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", SCANS, str(store)], capture_output=True, text=True, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["equal"] and second["equal"] and first["objects"] > 500
+    assert first["kept"] >= 1 and second["kept"] == first["kept"]  # one file per folder asked for, not per model
+    assert first["own_scans"] > 100  # the models folder and each model's subfolder, once
+    assert second["own_scans"] == 0
+
+
+def test_a_kept_scan_follows_the_folder_and_survives_a_damaged_file(tmp_path):
+    """A model folder added changes the key (rescanned, the new model seen); a damaged kept file is scanned
+    again and rewritten."""
+    from tuiwiz.train import models_scan
+
+    folder = tmp_path / "models"
+    (folder / "alpha").mkdir(parents=True)
+    (folder / "alpha" / "configuration_alpha.py").write_text('__all__ = ["AlphaConfig"]\n')
+    store = tmp_path / "scans"
+    calls = []
+
+    def scan(path):
+        calls.append(path)
+        return {name: {frozenset(): {f"configuration_{name}": {f"{name.title()}Config"}}}
+                for name in sorted(os.listdir(path))}
+
+    first = models_scan._stored(str(folder), scan, store)
+    assert models_scan._stored(str(folder), scan, store) == first and len(calls) == 1  # kept
+    (folder / "beta").mkdir()
+    (folder / "beta" / "configuration_beta.py").write_text('__all__ = ["BetaConfig"]\n')
+    again = models_scan._stored(str(folder), scan, store)
+    assert len(calls) == 2 and "beta" in again and "beta" not in first
+    kept = store / f"{models_scan.scan_key(str(folder))}.marshal"
+    kept.write_bytes(b"\x00broken")
+    assert models_scan._stored(str(folder), scan, store) == again and len(calls) == 3
+    assert models_scan._stored(str(folder), scan, store) == again and len(calls) == 3  # rewritten whole

@@ -16,10 +16,8 @@ again (about a second of a 6-second start on the demo, with a `gc.callbacks` tim
 frozen (``gc.freeze``): later passes, while the model loads and the steps run, skip them. bench/startup.py
 measures this too.
 
-transformers (5.x) reads every file of its ``models`` folder to learn what each model module exports, and does it
-twice in every process: once from its own ``__init__`` and again from ``transformers.models``' (the second under
-another cache key: the ``__init__.py`` file's path rather than the folder's). ``scan_models_once`` makes the
-second one find the first's result (a quarter of a second on this machine, measured by bench/startup.py).
+Before that, transformers' scan of its models folder is wrapped so that it runs once per installation rather
+than twice per process (tuiwiz/train/models_scan.py).
 """
 
 from __future__ import annotations
@@ -74,28 +72,6 @@ def leave_out_unused(profile: Profile) -> list[str]:
     return left_out
 
 
-def scan_models_once() -> bool:
-    """Import transformers, then let ``transformers.models`` reuse the scan of its folder that transformers'
-    ``__init__`` made. The structure returned is the same object the first scan cached (equal to a fresh scan:
-    tests/test_train_imports.py). False, and nothing changed, where transformers is not laid out this way."""
-    import os
-    from pathlib import Path
-
-    import transformers.utils.import_utils as import_utils
-
-    scanned = getattr(import_utils, "create_import_structure_from_path", None)
-    if scanned is None or not hasattr(scanned, "cache_info") or "transformers.models" in sys.modules:
-        return False
-
-    def by_folder(module_path):
-        folder = os.path.dirname(module_path) if os.path.isfile(module_path) else module_path
-        return scanned(Path(folder))
-
-    by_folder.__wrapped__ = scanned  # type: ignore[attr-defined]
-    import_utils.create_import_structure_from_path = by_folder
-    return True
-
-
 def import_recipe(task: str) -> ModuleType:
     """The recipe module for ``task``, imported (with its training stack) while the cyclic collector is
     paused; every object alive afterwards is moved out of the collector's reach (``gc.freeze``), the
@@ -106,7 +82,10 @@ def import_recipe(task: str) -> ModuleType:
     gc.collect()  # what is garbage already goes now (a few ms in the runner), not into the frozen set
     gc.disable()
     try:
-        scan_models_once()
+        from tuiwiz.paths import cache_dir
+        from tuiwiz.train.models_scan import remember_scans
+
+        remember_scans(cache_dir() / "transformers-scans")
         from tuiwiz.train.recipes import recipe_for
 
         return recipe_for(task)
