@@ -283,5 +283,19 @@ def load_trainable_model(model_path: str, profile: Profile, precision: Precision
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model = apply_method(model, profile, total_steps, model_path)
+    fuse_lora(model, profile)
     total, trainable = count_parameters(model)
     return TrainableModel(model, dtype, total, trainable, wrapped_modules(model))
+
+
+def fuse_lora(model, profile: Profile) -> None:
+    """Run ``model``'s plain LoRA layers as one fused function each (tuiwiz/train/fused_lora.py), and say so in
+    the run's log. Not under ZeRO-3, whose hooks on the base layers gather their sharded weights."""
+    if not METHODS[profile.method.type].uses_peft or profile.distributed.strategy == "zero3":
+        return
+    from tuiwiz.train.fused_lora import fuse
+
+    fused, total = fuse(model)
+    if total:
+        print(f"tuiwiz: {fused} of {total} LoRA layers run as one fused function each"
+              + ("" if fused == total else " (the others: peft's own forward)"), flush=True)

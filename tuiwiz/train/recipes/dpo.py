@@ -64,7 +64,7 @@ def set_up_with(build: Callable, profile: Profile, run: RunDir, callbacks: list)
     trainer = build(profile, run, precision, policy, reference, tokenizer, train_data, eval_data, callbacks)
     for extra in method_callbacks(profile, trainer.model):  # AdaLoRA's, on the model TRL wrapped
         trainer.add_callback(extra)
-    return Setup(trainer, tokenizer, model_path, precision, trained_model(trainer, policy), train_data.format)
+    return Setup(trainer, tokenizer, model_path, precision, trained_model(trainer, policy, profile), train_data.format)
 
 
 def build_trainer(profile: Profile, run: RunDir, precision, policy, reference, tokenizer, train_data, eval_data,
