@@ -327,6 +327,11 @@ def docs_block(f: dict) -> str:
               f"learning rate {rt['learning_rate']:g}, max length {rec['data']['max_length']}. "
               f"Resolved Trainer arguments that differ between the bare script and tuiwiz shuffled (besides output "
               f"paths, logging, saving and progress reporting): {diff}."]
+    if "tuiwiz_recommended" in f["runs"] and "bare_trl" in f["runs"]:
+        slowest = max(r["wall_s"] for r in f["runs"]["tuiwiz_recommended"])
+        fastest = min(r["wall_s"] for r in f["runs"]["bare_trl"])
+        lines[-1] += (f" What `tuiwiz recommend` chose, its slowest command over the bare script's fastest: "
+                      f"{slowest / fastest:.3f}x.")
     return "\n".join(lines) + "\n"
 
 

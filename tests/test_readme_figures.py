@@ -53,7 +53,7 @@ def test_the_fit_page_quotes_the_cpu_calibration_and_the_benchmarks_page_its_sum
 
 
 @pytest.mark.parametrize("name, results", [("sft_speed", "sft-speed.json"), ("startup", "startup.json"),
-                                           ("loss_head", "loss-head.json"),
+                                           ("loss_head", "loss-head.json"), ("lora_speed", "lora-speed.json"),
                                            ("memory_paths", "memory-paths.json"),
                                            ("lora_dropout", "lora-dropout.json"),
                                            ("distributed", "distributed.json"),
