@@ -134,3 +134,39 @@ def test_fuse_lora_leaves_zero3_to_peft(demo_built, monkeypatch, capsys, strateg
     said = capsys.readouterr().out
     assert any("forward" in vars(m) for m in model.modules()) is fused
     assert ("28 of 28 LoRA layers run as one fused function each" in said) is fused
+
+
+def _stage_alone(tmp_path, base: str):
+    """The runner's trainer for a shipped pipeline's last stage, run on its own from the demo model."""
+    import yaml
+
+    from tuiwiz.profile.io import load_profile
+    from tuiwiz.run.rundir import RunDir
+    from tuiwiz.train.recipes import recipe_for
+
+    from .support.runs import PROFILES
+
+    data = yaml.safe_load((PROFILES / base).read_text())
+    stage = data.pop("stages")[-1]
+    stage.pop("name")
+    data.update(stage)
+    data["output"] = {"runs_dir": str(tmp_path / "runs")}
+    path = tmp_path / "alone.yaml"
+    path.write_text(yaml.safe_dump(data))
+    profile = load_profile(path).profile
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    setup = recipe_for(profile.task).set_up(profile, run, [])
+    return setup.trainer, setup
+
+
+@pytest.mark.parametrize("base", ["demo-kto.yaml", "demo-orpo.yaml", "demo-reward.yaml", "demo-grpo.yaml",
+                                  "demo-seq2seq.yaml"])
+def test_every_task_trains_its_plain_lora_layers_fused(tmp_path, demo_built, base):
+    """The tasks past SFT: where TRL puts the adapter on (KTO, through DPO's set-up) and where the runner does
+    (the others), every LoRA layer of the model the trainer trains is fused."""
+    pipeline = base in ("demo-kto.yaml", "demo-grpo.yaml")
+    trainer, setup = _stage_alone(tmp_path, base) if pipeline else build_trainer(tmp_path, base)
+    layers = [m for m in trainer.model.modules() if type(m).__name__ == "Linear" and hasattr(m, "lora_A")]
+    assert layers and all("forward" in vars(m) for m in layers)
+    assert setup.model.params_trainable > 0
