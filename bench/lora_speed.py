@@ -1,10 +1,11 @@
 """What fusing each LoRA layer into one autograd function (tuiwiz/train/fused_lora.py) saves in a training step.
 
-One LoRA training step (forward, backward, AdamW; r8 on every linear layer, no dropout, fp32, the loss over the
+One LoRA training step (forward, backward, AdamW; r8 on every linear layer, fp32, the loss over the
 whole logits as the runner scores SFT on the CPU, rows packed with restarted position_ids as tuiwiz packs them:
 2 rows of 448 tokens), two ways, alternating, on the same model and batch: peft's own ``lora.Linear`` forward, and
 the same layers fused as the runner runs them. Two widths: the demo model (4 layers, width 128), and its blocks at
-width 512 (intermediate 1,376; random weights), where the matrix products are a larger share of the step.
+width 512 (intermediate 1,376; random weights), where the matrix products are a larger share of the step; both
+without LoRA dropout (what `tuiwiz recommend` sets), and the demo with the schema's default dropout, 0.05.
 Medians and ranges of the step time over alternating rounds, in one process; the first step's loss of each way,
 which must agree.
 
@@ -30,7 +31,7 @@ EXAMPLES = (100, 120, 90, 138)  # the lengths packed into each row
 WAYS = ("peft's forward", "fused (tuiwiz)")
 
 
-def build(width: int | None, fused: bool):
+def build(width: int | None, fused: bool, dropout: float = 0.0):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -45,7 +46,7 @@ def build(width: int | None, fused: bool):
         config = AutoConfig.from_pretrained(ensure_demo_model())
         config.hidden_size, config.intermediate_size = width, width * 43 // 16
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
     if fused:
         assert fuse(model)[0] > 0
@@ -72,10 +73,15 @@ def step(model, optimizer, inputs: dict) -> float:
     return loss.item()
 
 
-def measure(width: int | None, rounds: int, steps: int) -> dict:
-    pairs = {way: build(width, fused=way == WAYS[1]) for way in WAYS}
+def measure(width: int | None, rounds: int, steps: int, dropout: float = 0.0) -> dict:
+    pairs = {way: build(width, fused=way == WAYS[1], dropout=dropout) for way in WAYS}
     inputs = batch(pairs[WAYS[0]][0].config.vocab_size)
-    first_loss = {way: step(*pair, inputs) for way, pair in pairs.items()}  # also the warm-up
+    import torch
+
+    first_loss = {}
+    for way, pair in pairs.items():  # also the warm-up; seeded alike, so a dropout draws the same masks
+        torch.manual_seed(2)
+        first_loss[way] = step(*pair, inputs)
     times: dict[str, list[float]] = {way: [] for way in WAYS}
     for r in range(rounds):
         for way in (WAYS if r % 2 == 0 else WAYS[::-1]):
@@ -84,21 +90,22 @@ def measure(width: int | None, rounds: int, steps: int) -> dict:
                 step(*pairs[way], inputs)
             times[way].append(round((time.perf_counter() - start) / steps * 1000, 1))
     config = pairs[WAYS[0]][0].config
-    return {"width": config.hidden_size, "layers": config.num_hidden_layers, "ms": times,
+    return {"width": config.hidden_size, "layers": config.num_hidden_layers, "dropout": dropout, "ms": times,
             "median_ms": {way: statistics.median(t) for way, t in times.items()}, "first_loss": first_loss}
 
 
 def docs_block(f: dict) -> str:
-    lines = ["| width | " + " | ".join(f"{way}, ms a step (range)" for way in WAYS) + " | fused / peft |",
-             "|---|" + "---|" * (len(WAYS) + 1)]
+    ways = " | ".join(f"{way}, ms a step (range)" for way in WAYS)
+    lines = [f"| width | LoRA dropout | {ways} | fused / peft |",
+             "|---|---|" + "---|" * (len(WAYS) + 1)]
     for point in f["points"]:
         cells = [f"{point['median_ms'][way]:.0f} ({min(point['ms'][way]):.0f} to {max(point['ms'][way]):.0f})"
                  for way in WAYS]
         ratio = point["median_ms"][WAYS[1]] / point["median_ms"][WAYS[0]]
-        lines.append(f"| {point['width']} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+        lines.append(f"| {point['width']} | {point.get('dropout', 0.0):g} | " + " | ".join(cells) + f" | {ratio:.2f} |")
     lines.append("")
-    losses = "; ".join(f"width {p['width']}: " + " and ".join(f"{v:.6f}" for v in p["first_loss"].values())
-                       for p in f["points"])
+    losses = "; ".join(f"width {p['width']}, dropout {p.get('dropout', 0.0):g}: "
+                       + " and ".join(f"{v:.6f}" for v in p["first_loss"].values()) for p in f["points"])
     lines.append(f"One LoRA step (r8 on every linear layer) of {f['rows']} packed rows of {f['row_length']} tokens, "
                  f"fp32, {f['cpu_count']} CPUs, torch {f['torch']}, peft {f['peft']}; medians of {f['rounds']} "
                  f"alternating rounds of {f['steps']} steps; load average {f['load'][0]:.1f} to {f['load'][1]:.1f}. "
@@ -119,7 +126,8 @@ def main() -> int:
     import torch
 
     load = [os.getloadavg()[0]]
-    points = [measure(None, args.rounds, steps=4), measure(512, args.rounds, steps=2)]
+    points = [measure(None, args.rounds, steps=4), measure(512, args.rounds, steps=2),
+              measure(None, args.rounds, steps=4, dropout=0.05)]
     load.append(os.getloadavg()[0])
     out = {"rows": ROWS, "row_length": ROW_LENGTH, "rounds": args.rounds, "steps": "4 (width 128), 2 (width 512)",
            "cpu_count": os.cpu_count(), "torch": torch.__version__, "peft": peft.__version__,

@@ -84,7 +84,7 @@ def test_the_runner_fuses_lora_and_its_step_equals_peft(tmp_path, demo_built):
 
 def test_what_is_not_the_plain_case_runs_peft(demo_built, monkeypatch):
     """Adapters disabled (DPO's reference pass), merged, or under autocast: the
-    same outputs as peft's own forward. Dropout and DoRA layers are not fused at all."""
+    same outputs as peft's own forward. DoRA layers are not fused at all."""
     import torch
 
     from tuiwiz.train.fused_lora import fuse
@@ -115,8 +115,33 @@ def test_what_is_not_the_plain_case_runs_peft(demo_built, monkeypatch):
         torch.testing.assert_close(model(input_ids=ids).logits, fused_logits, rtol=1e-4, atol=1e-4)
     model.unmerge_adapter()
 
-    assert fuse(_peft_model(demo_built, monkeypatch, lora_dropout=0.1)) == (0, 28)
     assert fuse(_peft_model(demo_built, monkeypatch, lora_dropout=0.0, use_dora=True)) == (0, 28)
+
+
+def test_a_fused_layer_draws_peft_s_dropout_masks(demo_built, monkeypatch):
+    """With LoRA dropout, the fused layer draws its mask as torch's dropout does: under the same seed a training
+    step gives peft's loss and gradients exactly (the same masks), and in evaluation there is no dropout."""
+    import torch
+
+    from tuiwiz.train.fused_lora import fuse
+
+    ids = torch.randint(5, 1000, (2, 24))
+    batch = {"input_ids": ids, "labels": ids}
+    model = _peft_model(demo_built, monkeypatch, lora_dropout=0.3).train()
+    assert fuse(model) == (28, 28)
+    torch.manual_seed(7)
+    fused = _step(model, batch)
+    torch.manual_seed(8)
+    other_masks = _step(model, batch)
+    assert not torch.allclose(fused[0], other_masks[0])  # the masks do change the step
+    _unfuse(model)
+    torch.manual_seed(7)
+    _assert_same(fused, _step(model, batch))
+    with torch.no_grad():
+        model.eval()
+        plain = model(input_ids=ids).logits
+        fuse(model)
+        torch.testing.assert_close(model(input_ids=ids).logits, plain)
 
 
 @pytest.mark.parametrize("strategy,fused", [("single", True), ("zero3", False)])
