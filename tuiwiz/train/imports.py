@@ -12,9 +12,8 @@ their "not installed" path. bench/startup.py measures the time this saves.
 The recipe and its stack are then imported with Python's cyclic garbage collector paused (``import_recipe``).
 Importing torch, transformers, TRL, peft and datasets creates some hundreds of thousands of objects that live
 as long as the process; while they are being created, the collector's full passes scan all of them again and
-again (about a second of a 6-second start on the demo, with a `gc.callbacks` timer). Once imported they are
-frozen (``gc.freeze``): later passes, while the model loads and the steps run, skip them. bench/startup.py
-measures this too.
+again (found with a ``gc.callbacks`` timer). Once imported they are frozen (``gc.freeze``): later passes, while
+the model loads and the steps run, skip them. bench/startup.py measures the import both ways.
 
 Before that, transformers' scan of its models folder is wrapped so that it runs once per installation rather
 than twice per process (tuiwiz/train/models_scan.py).
@@ -75,9 +74,9 @@ def leave_out_unused(profile: Profile) -> list[str]:
 def import_recipe(task: str) -> ModuleType:
     """The recipe module for ``task``, imported (with its training stack) while the cyclic collector is
     paused; every object alive afterwards is moved out of the collector's reach (``gc.freeze``), the
-    import's own garbage with it (some thousand small objects, measured: not worth a full pass over the
-    stack's objects, which takes longer than the stack's import saves). The collector is on again when
-    this returns, as it was before."""
+    import's own garbage with it (small module-level objects, found with ``gc.collect``'s count: not worth
+    a full pass over the stack's objects, which costs about what pausing saves). The collector is on again
+    when this returns, as it was before."""
     was_enabled = gc.isenabled()
     gc.collect()  # what is garbage already goes now (a few ms in the runner), not into the frozen set
     gc.disable()

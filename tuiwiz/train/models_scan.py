@@ -3,8 +3,8 @@
 transformers (5.x) learns what each model module exports by reading every file of its ``models`` folder
 (``create_import_structure_from_path``: some 2,000 files), and a process that imports a model class does it twice:
 once from transformers' ``__init__`` and again from ``transformers.models``' own, under another cache key (the
-``__init__.py`` file's path rather than the folder's). That is about half a second of every runner's start on
-this machine, the same result each time.
+``__init__.py`` file's path rather than the folder's): a part of every runner's start that gives the same result
+each time.
 
 ``remember_scans`` hooks the import of ``transformers.utils.import_utils`` (before transformers' ``__init__`` uses
 it) and wraps that function: a folder is scanned once per process whatever path names it, and its result is kept
