@@ -79,6 +79,92 @@ def test_packed_rows_see_only_their_own_example(attention):
     assert leaked > 1e-2
 
 
+def padding_free_collator():
+    """TRL's collator as flash attention gets it: every packed row of a batch flattened into one, cu_seq_lens."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+
+
+class LeakyCollator:
+    """A collator whose batches let packed examples meet (an attention_mask of ones turns the packed-sequence
+    detection off): what a flash kernel that ignored cu_seq_lens would give."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, features):
+        import torch
+
+        batch = self.inner(features)
+        return {**batch, "attention_mask": torch.ones_like(batch["input_ids"])}
+
+
+@pytest.mark.parametrize("layout", ["rows", "flattened"])
+def test_the_run_time_check_passes_apart_examples_and_catches_a_leak(layout):
+    """The check flash attention gets at setup (it has no mask to read) runs the trainer's collator's batches."""
+    from tuiwiz.train.packing import LEAK_SHARE, PackedRowsCollator, packed_difference
+
+    model = tiny_llama("sdpa")
+    collator = PackedRowsCollator(pad_token_id=0) if layout == "rows" else padding_free_collator()
+    packed, leaked = packed_difference(model, collator)
+    print(f"{layout}: packed vs alone {packed:.1e}, read as one sequence {leaked:.1e}")
+    assert packed < ATOL and leaked > 1e-2
+    packed, leaked = packed_difference(model, LeakyCollator(collator))
+    assert packed > LEAK_SHARE * leaked and leaked > 1e-2
+
+
+def test_flash_packing_is_refused_when_the_batches_leak(monkeypatch):
+    from types import SimpleNamespace
+
+    import transformers.integrations
+
+    from tuiwiz.train.packing import check_packed_batches
+
+    model = tiny_llama("sdpa").train()
+    trainer = SimpleNamespace(model=model, data_collator=padding_free_collator(), accelerator=None)
+    assert check_packed_batches(trainer, "sdpa") is None  # the mask was read at check_isolation
+    line = check_packed_batches(trainer, "flash_attention_2")
+    assert line.startswith("packing: flash_attention_2 keeps packed examples apart: checked on this model")
+    assert model.training  # left as it was found
+
+    with pytest.raises(UserError, match="attend to each other") as info:
+        check_packed_batches(SimpleNamespace(model=model, data_collator=LeakyCollator(padding_free_collator()),
+                                             accelerator=None), "flash_attention_2")
+    assert info.value.field == "data.packing" and "data.packing: false" in info.value.hint
+
+    # ZeRO-3's weights are sharded until training starts: the line says the check did not run
+    monkeypatch.setattr(transformers.integrations, "is_deepspeed_zero3_enabled", lambda: True)
+    assert "not run-checked under DeepSpeed ZeRO-3" in check_packed_batches(trainer, "flash_attention_2")
+
+
+GPU_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+@pytest.mark.parametrize("attention", GPU_IMPLEMENTATIONS)
+def test_packed_examples_stay_apart_on_a_gpu(attention):
+    """Every implementation tuiwiz packs with, on CUDA in bf16, with the collator the runner gives it. Skipped
+    without a GPU (or, for flash, without flash-attn); the GPU runbook runs it (bench/gpu/runbook.py)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from transformers.utils import is_flash_attn_2_available
+
+    if attention == "flash_attention_2" and not is_flash_attn_2_available():
+        pytest.skip("flash-attn is not installed")
+    from transformers import LlamaForCausalLM
+
+    from tuiwiz.train.packing import FLASH, LEAK_SHARE, PackedRowsCollator, packed_difference
+
+    config = tiny_llama("sdpa").config
+    model = LlamaForCausalLM._from_config(config, attn_implementation=attention, dtype=torch.bfloat16).cuda()
+    collator = padding_free_collator() if attention in FLASH else PackedRowsCollator(pad_token_id=0)
+    packed, leaked = packed_difference(model, collator)
+    print(f"{attention} on {torch.cuda.get_device_name()}: packed vs alone {packed:.2e}, leaked {leaked:.2e}")
+    assert leaked > 0.1 and packed <= LEAK_SHARE * leaked
+
+
 def first_batch(trainer, rows: int):
     features = [trainer.train_dataset[i] for i in range(rows)]
     return features, trainer.data_collator(features)
@@ -120,6 +206,10 @@ def test_the_runner_trainer_packs_isolated_rows(tmp_path, demo_built, attention)
     assert difference < ATOL
     # the trainer's own loss (TRL's compute_loss) on the packed batch is the examples' loss
     assert trainer.compute_loss(model, batch).item() == pytest.approx(alone_loss(model, features), abs=ATOL)
+    # the run-time check flash attention gets passes on the trainer's own collator and autocast
+    from tuiwiz.train.packing import check_packed_batches
+
+    assert "checked on this model" in check_packed_batches(trainer, "flash_attention_2")
 
 
 def test_packing_on_or_off_gives_one_example_the_same_loss(tmp_path, demo_built):

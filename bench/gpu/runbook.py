@@ -6,6 +6,7 @@ time is recorded in summary.json and the next one runs. bench/gpu/run.sh install
 What lands in --out (at most 8 files, as the device tool brings back):
   summary.json     the machine, the versions, each step's status, time and output tail
   hw.json          `tuiwiz hw --save`: the NVML snapshot (a --gpu-snapshot for `tuiwiz estimate` elsewhere)
+                   (the steps nvml_test and packing_test, pytest on CUDA, leave their outcome in summary.json)
   matrix.json      bench/gpu/matrix.py: measured peak memory against the estimate, point by point
   runner.json      bench/gpu/runner_check.py train: a QLoRA run through `tuiwiz --profile`, against its estimate
   chat.json        bench/gpu/runner_check.py chat: `tuiwiz chat` on that run
@@ -43,6 +44,7 @@ STEPS = (
     Step("env", 60, None),
     Step("hw", 60, "hw.json"),
     Step("nvml_test", 90, None),
+    Step("packing_test", 60, None),
     Step("matrix", 230, "matrix.json"),
     Step("runner", 120, "runner.json"),
     Step("chat", 60, "chat.json"),
@@ -84,6 +86,9 @@ def commands(args, work: Path) -> dict[str, list[str]]:
         "hw": [py, "-m", "tuiwiz", "hw", "--save", str(out / "hw.json")],
         "nvml_test": [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
                       "tests/test_hardware.py", "-k", "nvml_path_on_a_gpu_machine"],
+        # packed examples apart on CUDA: sdpa, eager, and flash attention where the image has flash-attn
+        "packing_test": [py, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-p", "no:randomly",
+                         "tests/test_packing.py", "-k", "stay_apart_on_a_gpu"],
         "matrix": [py, "-m", "bench.gpu.matrix", "--out", str(out / "matrix.json"), "--log", str(out / "log.txt"),
                    *dry],
         "runner": [py, "-m", "bench.gpu.runner_check", "train", "--work", str(work / "runner"),
@@ -173,7 +178,7 @@ def main(argv=None) -> int:
             if step.name == "env":
                 found = re.search(r"^ENV (.*)$", text, re.M)
                 summary["env"] = json.loads(found.group(1)) if found else None
-            if step.name == "nvml_test":
+            if step.name in ("nvml_test", "packing_test"):
                 record.update(pytest_outcome(text))
                 if record["status"] == "ok" and record["counts"].get("skipped") and not record["counts"].get("passed"):
                     record["status"] = "skipped"

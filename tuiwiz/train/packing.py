@@ -12,7 +12,9 @@ collator then joins the whole batch into ONE row, position_ids restarted at each
 
 TRL's other strategy, "wrapped", lets packed examples attend to each other: tuiwiz never uses it. Where isolation
 cannot be had (the model's own code, a mask built without position_ids) packing is refused: ``check_isolation``
-(and tuiwiz/run/preflight.py, for what the profile already tells).
+(and tuiwiz/run/preflight.py, for what the profile already tells). Flash attention gets no mask to read: the
+batches TRL's collator builds are run through the model at setup (``check_packed_batches``), and packing is
+refused if an example's logits packed differ from its own.
 """
 
 from __future__ import annotations
@@ -124,6 +126,89 @@ def isolation_problem(model, lengths: tuple[int, ...] = (3, 4)) -> str | None:
     example = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
     expected = (example[:, None] == example[None, :]) & torch.ones(total, total, dtype=torch.bool).tril()
     return None if torch.equal(allowed, expected) else "its attention mask does not separate the packed examples"
+
+
+# Example lengths of the run-time check (``packed_difference``): uneven, and the row's later examples are the ones
+# a leak would reach
+CHECK_LENGTHS = (7, 11, 5)
+# Packed examples are apart when their logits differ from the examples' own by at most this share of what a leak
+# (the same row read as one sequence) changes them: rounding in any dtype stays far below it, a leak reaches it whole
+LEAK_SHARE = 0.1
+
+
+@torch.no_grad()
+def packed_difference(model, collator, autocast=None, lengths: tuple[int, ...] = CHECK_LENGTHS) -> tuple[float, float]:
+    """How far each example's logits move when packed as ``collator`` packs it, against the example run alone:
+    (packed, leaked), the largest absolute logit differences over the examples after the first, packed as the
+    collator builds the batch and read as one sequence (no position_ids restarted: what a leak gives on this model).
+
+    Runs ``model`` as training would meet a packed batch (``autocast``: the trainer's), on a few dozen tokens of two
+    packed rows: cheap next to loading the model, and on the very attention kernel the run uses.
+    """
+    import contextlib
+
+    autocast = autocast or contextlib.nullcontext
+    embeddings = model.get_input_embeddings()
+    device, vocab = embeddings.weight.device, embeddings.num_embeddings
+    generator = torch.Generator().manual_seed(0)
+    examples = [torch.randint(4, max(5, min(vocab, 1000)), (n,), generator=generator).tolist() for n in lengths]
+    rows = [examples[:2], examples[2:]]  # two packed rows, as a batch of two meets the collator
+    features = [{"input_ids": [t for e in row for t in e], "labels": [t for e in row for t in e],
+                 "seq_lengths": [len(e) for e in row]} for row in rows]
+    batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value
+             for key, value in collator(features).items() if key != "labels"}
+    training = model.training
+    model.eval()
+    try:
+        with autocast():
+            packed = model(**batch, use_cache=False).logits.float()
+            alone = [model(input_ids=torch.tensor([e], device=device), use_cache=False).logits[0].float()
+                     for e in examples]
+            as_one = [model(input_ids=batch["input_ids"][i:i + 1], use_cache=False).logits[0].float()
+                      for i in range(batch["input_ids"].shape[0])]
+    finally:
+        model.train(training)
+    # where each example sits in the batch: one flattened row (padding-free) or a row each
+    places, flat, start = [], packed.shape[0] == 1, 0
+    for r, row in enumerate(rows):
+        start = start if flat else 0  # flattened: the rows follow each other in one
+        for e in row:
+            places.append((0 if flat else r, start, len(e)))
+            start += len(e)
+    worst_packed = worst_leaked = 0.0
+    for i, (row, start, n) in enumerate(places):
+        if start == 0:  # a row's first example sees nothing before it, leak or not
+            continue
+        mine = alone[i]
+        worst_packed = max(worst_packed, (packed[row, start:start + n] - mine).abs().max().item())
+        worst_leaked = max(worst_leaked, (as_one[row][start:start + n] - mine).abs().max().item())
+    return worst_packed, worst_leaked
+
+
+def check_packed_batches(trainer, attention: str) -> str | None:
+    """Make sure packed examples stay apart in the batches ``trainer`` will train on, by running them
+    (``packed_difference``) where no mask can be read: flash attention, cut at the collator's cu_seq_lens.
+    Raises UserError naming data.packing when they meet; returns the line for the run's log, None where not run
+    (sdpa and eager: ``check_isolation`` read the mask itself)."""
+    if attention not in FLASH:
+        return None
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():  # the weights are sharded until training starts: no forward to run here
+        return (f"packing: {attention} keeps packed examples apart by TRL's cu_seq_lens; not run-checked under "
+                "DeepSpeed ZeRO-3, whose weights are sharded until training starts")
+    accelerator = getattr(trainer, "accelerator", None)
+    packed, leaked = packed_difference(trainer.model, trainer.data_collator,
+                                       accelerator.autocast if accelerator is not None else None)
+    if packed > LEAK_SHARE * leaked:
+        raise UserError(
+            f"data.packing would let packed examples attend to each other: with {attention}, an example's logits "
+            f"packed differ from its own by {packed:.3g}, against {leaked:.3g} when the row is read as one sequence",
+            hint=f"{NO_PACKING}, or model.attn_implementation: sdpa",
+            field="data.packing", kind="profile",
+        )
+    return (f"packing: {attention} keeps packed examples apart: checked on this model, largest logit difference "
+            f"packed vs alone {packed:.2g} (a leak: {leaked:.2g})")
 
 
 def drop_untrained(dataset):

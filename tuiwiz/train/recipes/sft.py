@@ -14,7 +14,7 @@ from tuiwiz.train.arguments import total_steps, training_arguments, world_size
 from tuiwiz.train.callbacks import RunnerCallback, method_callbacks
 from tuiwiz.train.examples import load_data, sft_rows
 from tuiwiz.train.modeling import cap_head_tiles, load_tokenizer, load_trainable_model, resolve_precision
-from tuiwiz.train.packing import FLASH, check_isolation, drop_untrained, use_packed_rows
+from tuiwiz.train.packing import FLASH, check_isolation, check_packed_batches, drop_untrained, use_packed_rows
 from tuiwiz.train.session import Setup, train_and_save
 from tuiwiz.train.start import starting_model
 from tuiwiz.train.stop import StopFlag
@@ -96,3 +96,6 @@ def isolate_packed(trainer, attention: str) -> None:
         print(f"packing: left out {dropped} examples with no trained token within data.max_length", file=sys.stderr)
     if attention not in FLASH:  # flash keeps TRL's collator: one row a batch, cut at cu_seq_lens
         use_packed_rows(trainer)
+    checked = check_packed_batches(trainer, attention)  # flash: no mask to read, so the batches are run
+    if checked:
+        print(checked, file=sys.stderr)
