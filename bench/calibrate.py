@@ -14,11 +14,11 @@ is torch.cuda.max_memory_reserved(); not run on the CPU-only development machine
     python bench/calibrate.py                 # CPU matrix (~5 minutes), writes bench/results/calibration-cpu.json
     python bench/calibrate.py --fit           # also search the constants that fit best
     python bench/calibrate.py --device cuda   # on a GPU machine: bench/results/calibration-cuda.json
-    python bench/calibrate.py --tile 256 --out bench/results/calibration-cpu-256-tiles.json
+    python bench/calibrate.py --reestimate    # the recorded measurements against today's estimate
 
-The CPU constants were fitted with TRL's fused head at its own tile (4096 positions), which is what the CPU
-estimate counts; the runner scores 256 positions a tile on the CPU (train/modeling.py's cap_head_tiles), and
-``--tile 256`` measures the points so (docs/fit.md says what that showed).
+The CPU points run as the runner trains on the CPU: its fused head's tile (CPU_HEAD_TILE_TOKENS positions,
+train/modeling.py's cap_head_tiles) and its fused LoRA layers (train/fused_lora.py); ``--tile N`` measures
+another tile.
 """
 
 from __future__ import annotations
@@ -69,7 +69,11 @@ def cpu_matrix() -> list[dict]:
         dict(arch="phi3-mini-4k", method="lora", seq=512, mb=3, held_out=True),
         dict(arch="qwen2.5-0.5b", method="lora", seq=768, mb=4, gc=True, held_out=True),
     ]
-    return [dict(dict(gc=False, attn="sdpa", fused=True, device="cpu", steps=2), **p) for p in points]
+    # as the runner trains on the CPU: its fused head's tile (train/modeling.py's cap_head_tiles) and its fused LoRA
+    from tuiwiz.plan.fine_tune import CPU_HEAD_TILE_TOKENS
+
+    runner = dict(tile=CPU_HEAD_TILE_TOKENS, fused_lora=True)
+    return [dict(dict(gc=False, attn="sdpa", fused=True, device="cpu", steps=2), **runner, **p) for p in points]
 
 
 def cuda_matrix() -> list[dict]:
@@ -154,7 +158,7 @@ def run_point(point: dict, checkpoint: str) -> dict:
         model.to("cuda")
     if point["fused"]:
         add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
-        if point.get("tile"):  # positions a tile (TRL's module constant, read at each call)
+        if point.get("tile"):  # positions a tile (TRL's module constant, read at each call): the runner's on CPU
             from trl.kernels import chunked_logprob
 
             chunked_logprob.TOKEN_CHUNK_SIZE = point["tile"]
@@ -163,6 +167,10 @@ def run_point(point: dict, checkpoint: str) -> dict:
     if method in ("lora", "qlora"):
         model = peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32,
                                                              lora_dropout=0.05, target_modules="all-linear"))
+        if point.get("fused_lora"):  # the runner's LoRA (train/fused_lora.py; QLoRA's 4-bit layers stay peft's)
+            from tuiwiz.train.fused_lora import fuse
+
+            fuse(model)
     if point["gc"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()

@@ -343,7 +343,7 @@ def test_bert_block_counts_match_what_torch_saves_on_the_cpu():
     ids = torch.randint(0, config["vocab_size"], (2, seq))
     _, saved = _saved_in_block(model, model.bert.encoder.layer[1], input_ids=ids)
     unscaled = dataclasses.replace(CONSTANTS, activation_scale=1.0)
-    counted = layer_activation_bytes(info, plan, 4, 4, unscaled) + eager_scores_bytes(info, plan, 4, seq)
+    counted = layer_activation_bytes(info, plan, 4, 4, unscaled) + eager_scores_bytes(info, plan, 4, seq, unscaled)
     assert saved / (2 * seq) == pytest.approx(counted, rel=0.01)
 
 

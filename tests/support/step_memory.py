@@ -1,6 +1,7 @@
 """Peak memory of real training steps on the CPU, measured in a fresh process (``python -m tests.support.step_memory
 CASES.json``): TRL's own trainers (SFT, DPO, reward, GRPO) on a small random Llama, transformers' Seq2SeqTrainer on
-a small random T5, each stepping a few times. ``saved_in_block`` counts what one block saves, in this process.
+a small random T5, each stepping a few times, with the runner's fused-head tile and fused LoRA. ``saved_in_block``
+counts what one block saves, in this process.
 
 A step's peak is the resident set's high-water mark (VmHWM, reset through /proc/self/clear_refs as the step begins)
 minus the resident set at that moment: what the step adds on top of weights and optimizer states. The parent sets
@@ -103,8 +104,12 @@ def _with_method(model, method: str, task_type: str):
         return model
     import peft
 
-    return peft.get_peft_model(model, peft.LoraConfig(task_type=task_type, r=16, lora_alpha=32, lora_dropout=0.05,
-                                                      target_modules="all-linear"))
+    from tuiwiz.train.fused_lora import fuse
+
+    model = peft.get_peft_model(model, peft.LoraConfig(task_type=task_type, r=16, lora_alpha=32, lora_dropout=0.05,
+                                                       target_modules="all-linear"))
+    fuse(model)  # as the runner trains LoRA (train/modeling.py's fuse_lora)
+    return model
 
 
 def _common(out: Path, case: dict) -> dict:
@@ -121,6 +126,9 @@ def run_case(case: dict, work: Path) -> dict:
     from datasets import Dataset
 
     torch.set_num_threads(1)
+    from tuiwiz.train.modeling import Precision, cap_head_tiles
+
+    cap_head_tiles(Precision("fp32", "cpu"))  # the runner's fused-head tile on the CPU
     phases = Phases()
     kind, T, B = case["kind"], case.get("seq_len", 0), case["micro_batch"]
     n_rows = B * case.get("accumulation", 1) * case["steps"] * 2

@@ -77,10 +77,14 @@ def layer_activation_bytes(model: ModelInfo, plan: Plan, a: int, r: int, c: Cons
             extra += lora_kept_input_bytes(plan, a, wrapped)
     elif plan.method == "ia3":
         extra = ia3_bytes(model, plan, a)
-    # CPU plans: times the factor fitted on whole-process peaks (bench/calibrate.py); a GPU plan counts what autograd
-    # saves and nothing more (docs/fit.md: the backward's peak)
-    scale = c.activation_scale if plan.device == "cpu" else 1.0
-    return (norms + attention + mlp) * scale + extra
+    return (norms + attention + mlp + extra) * cpu_scale(plan, c)
+
+
+def cpu_scale(plan: Plan, c: Constants) -> float:
+    """CPU plans: what a block saves times the factor fitted on whole-process peaks (bench/calibrate.py: the
+    allocator's slack and the CPU kernels' scratch grow with it); a GPU plan counts what autograd saves and nothing
+    more (docs/fit.md: the backward's peak)."""
+    return c.activation_scale if plan.device == "cpu" else 1.0
 
 
 def ia3_bytes(model: ModelInfo, plan: Plan, a: int) -> float:
@@ -147,8 +151,9 @@ def attention_implementation(model: ModelInfo, plan: Plan) -> str:
     return plan.attn_implementation
 
 
-def eager_scores_bytes(model: ModelInfo, plan: Plan, a: int, seq: int) -> int:
-    """Per token per layer: eager attention keeps the softmax (fp32) and its 16-bit cast, heads x keys."""
+def eager_scores_bytes(model: ModelInfo, plan: Plan, a: int, seq: int, c: Constants) -> float:
+    """Per token per layer: eager attention keeps the softmax (fp32) and its 16-bit cast, heads x keys (on the CPU
+    times the fitted scale, as the rest of the block)."""
     if attention_implementation(model, plan) != "eager":
         return 0
     # the softmax's fp32 output; with attention dropout its mask and output (saved by the product with v), else the
@@ -157,12 +162,19 @@ def eager_scores_bytes(model: ModelInfo, plan: Plan, a: int, seq: int) -> int:
     per_score = 4 + (mask_bytes(plan, a) + a if dropout else (a if a != 4 else 0))
     if plan.softmax_saves_input:  # the softmax's fp32 input too
         per_score += 4
-    return per_score * model.num_heads * seq
+    return per_score * model.num_heads * seq * cpu_scale(plan, c)
 
 
 def head_bytes(model: ModelInfo, a: int, r: int) -> int:
     """Per token outside the blocks: the embeddings' output, the final norm, the LM head's input."""
     return (4 + r + 2 * a) * model.hidden_size
+
+
+def head_tile(model: ModelInfo, plan: Plan, tokens: int, c: Constants) -> tuple[int, int]:
+    """The fused head's tile over ``tokens`` scored positions: (positions, vocabulary columns). On the CPU the
+    runner's (fine_tune.CPU_HEAD_TILE_TOKENS positions), elsewhere TRL's own."""
+    chunk = c.cpu_fused_token_chunk if plan.device == "cpu" else c.fused_token_chunk
+    return min(tokens, chunk), min(model.vocab_size, c.fused_vocab_chunk)
 
 
 def logits_bytes(model: ModelInfo, plan: Plan, tokens: int, a: int, wb: int, lm_head_trained: bool,
@@ -177,7 +189,7 @@ def logits_bytes(model: ModelInfo, plan: Plan, tokens: int, a: int, wb: int, lm_
         # a loop that keeps them holds the logits beside the backward's three fp32 copies.
         old_torch = 4 if plan.softmax_saves_input else 0  # log-softmax keeps its fp32 input too
         return tokens * V * (max(a + 8, 12 + (a if plan.keep_outputs else 0)) + old_torch)
-    chunk_tokens, chunk_vocab = min(tokens, c.fused_token_chunk), min(V, c.fused_vocab_chunk)
+    chunk_tokens, chunk_vocab = head_tile(model, plan, tokens, c)
     if plan.device == "cpu":
         tile = chunk_tokens * chunk_vocab * 4 * c.cpu_tile_copies
     else:
@@ -204,7 +216,7 @@ def kept_outputs_bytes(model: ModelInfo, plan: Plan, tokens: int, scored: int, a
 
 def forward_tile_bytes(model: ModelInfo, plan: Plan, tokens: int, a: int, c: Constants) -> int:
     """The fused head's forward alone (no backward follows: a reference model's log-probabilities)."""
-    chunk_tokens, chunk_vocab = min(tokens, c.fused_token_chunk), min(model.vocab_size, c.fused_vocab_chunk)
+    chunk_tokens, chunk_vocab = head_tile(model, plan, tokens, c)
     if plan.device == "cpu":
         return int(chunk_tokens * chunk_vocab * 4 * c.cpu_forward_tile_copies)
     return chunk_tokens * chunk_vocab * a  # the Triton kernel folds each tile in place
@@ -215,7 +227,7 @@ def no_grad_forward_bytes(model: ModelInfo, plan: Plan, tokens: int, a: int, r: 
     """A forward under torch.no_grad over ``tokens``: nothing is saved, so the peak is one block's working set
     (bounded by what it would save) and, where every position is ``scored``, the loss head's forward tile."""
     layer = (layer_activation_bytes(model, plan, a, r, c, working_set=True)
-             + eager_scores_bytes(model, plan, a, plan.sequence_len))
+             + eager_scores_bytes(model, plan, a, plan.sequence_len, c))
     tile = forward_tile_bytes(model, plan, tokens, a, c) if scored else 0
     return int(tokens * (layer + head_bytes(model, a, r)) + tile)
 

@@ -28,12 +28,22 @@ FULL_LOGITS_TASKS = ("orpo", "simpo")
 DROPOUT_OFF_TASKS = ("dpo", "kto", "reward", "orpo", "simpo")
 
 
+# TRL's fused loss head (trl.kernels.chunked_logprob: SFT, DPO, KTO, ORPO, SimPO and GRPO score through it)
+# projects TOKEN_CHUNK_SIZE positions at a time onto the vocabulary (up to 32768 columns). On CUDA its Triton
+# kernel folds each tile in place, and large tiles keep the GEMMs fast. On CPU its torch fallback keeps several
+# fp32 copies of a tile alive, the backward's while every activation is still held: 4096 positions were most
+# of what DPO's step peaked above SFT's (bench/preference_bench.py). The runner scores this many a tile on the CPU
+# (train/modeling.py's cap_head_tiles), and the CPU estimate counts the same.
+CPU_HEAD_TILE_TOKENS = 256
+
+
 @dataclass(frozen=True)
 class Constants:
     """Every number of the estimate that is fitted or assumed rather than counted."""
 
-    # CPU plans only: multiplies the counted saved tensors of the layers, fitted with one more block for the backward
-    # on whole-process peaks (RSS: malloc, CPU kernels' scratch); GPU plans count the saved tensors as they are
+    # CPU plans only: multiplies what each block saves (LoRA's inputs and eager attention's scores included), fitted
+    # with one more block for the backward on whole-process peaks (RSS: malloc, CPU kernels' scratch); GPU plans
+    # count the saved tensors as they are
     activation_scale: float
     cpu_tile_copies: float  # live fp32 copies of a fused-loss tile on CPU (torch fallback, fitted)
     cpu_runtime: int  # RSS of the trainer process before the model is built (measured)
@@ -42,11 +52,10 @@ class Constants:
     cuda_context: int  # CUDA context, cuBLAS workspaces (assumed; not measurable here)
     cuda_allocator_fraction: float  # caching-allocator slack, a share of the step's dynamic peak (assumed)
     unknown_architecture_margin: float  # shapes guessed: err high
-    # trl's ChunkedLogProbFunction tile: tokens x vocabulary columns. The runner caps it at 256 tokens on CPU
-    # (train/modeling.py's cap_head_tiles); the CPU calibration was measured at 4096, so CPU plans count 4096:
-    # the safe side (947 against 910 MiB for DPO on the demo at micro-batch 8 x 128)
+    # trl's ChunkedLogProbFunction tile: tokens x vocabulary columns (TRL's own on CUDA; the runner's on CPU)
     fused_token_chunk: int = 4096
     fused_vocab_chunk: int = 32768
+    cpu_fused_token_chunk: int = CPU_HEAD_TILE_TOKENS
     # live fp32 copies of a tile in the fused head's forward without backward (a reference model's scoring):
     # trl's _forward_tile keeps the tile, its transform z, z minus the running max and that difference's exp
     cpu_forward_tile_copies: float = 4.0
@@ -56,10 +65,10 @@ class Constants:
 # Fitted by bench/calibrate.py (bench/results/calibration-cpu.json); CUDA numbers are assumptions until the GPU
 # runbook (bench/gpu/) measures them.
 CONSTANTS = Constants(
-    activation_scale=1.15,
-    cpu_tile_copies=9.0,
+    activation_scale=1.35,
+    cpu_tile_copies=8.0,
     cpu_runtime=700 * MiB,
-    cpu_workspace=50 * MiB,
+    cpu_workspace=150 * MiB,
     cpu_allocator_fraction=0.0,
     cuda_context=500 * MiB,
     cuda_allocator_fraction=0.08,

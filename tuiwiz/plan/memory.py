@@ -327,7 +327,7 @@ def estimate(model: ModelInfo, plan: Plan, n_gpus: int = 1, *, constants: Consta
     else:
         tokens = sequences * tokens_per_seq
         kv_len = tokens_per_seq + (plan.num_virtual_tokens if plan.method == "prefix_tuning" else 0)
-        layer = layer_activation_bytes(model, plan, a, r, c) + eager_scores_bytes(model, plan, a, kv_len)
+        layer = layer_activation_bytes(model, plan, a, r, c) + eager_scores_bytes(model, plan, a, kv_len, c)
         if attention_implementation(model, plan) != plan.attn_implementation:
             notes.append(f"{model.model_type} has no SDPA attention in transformers: eager attention keeps "
                          "every layer's attention scores")

@@ -10,6 +10,7 @@ import torch
 from tuiwiz.demo.builtin import is_builtin, resolve_builtin
 from tuiwiz.errors import UserError
 from tuiwiz.methods import METHODS
+from tuiwiz.plan.fine_tune import CPU_HEAD_TILE_TOKENS
 from tuiwiz.profile.schema import Profile
 from tuiwiz.tasks import TASKS
 
@@ -46,12 +47,6 @@ def resolve_precision(profile: Profile) -> Precision:
     return Precision(wanted, "cuda")
 
 
-# TRL's fused loss head (trl.kernels.chunked_logprob: SFT, DPO, KTO, ORPO, SimPO and GRPO score through it)
-# projects TOKEN_CHUNK_SIZE positions at a time onto the vocabulary (up to 32768 columns). On CUDA its Triton
-# kernel folds each tile in place, and large tiles keep the GEMMs fast. On CPU its torch fallback keeps several
-# fp32 copies of a tile alive, the backward's while every activation is still held: 4096 positions were most
-# of what DPO's step peaked above SFT's (bench/preference_bench.py).
-CPU_HEAD_TILE_TOKENS = 256
 
 
 def cap_head_tiles(precision: Precision) -> None:
