@@ -47,8 +47,6 @@ def resolve_precision(profile: Profile) -> Precision:
     return Precision(wanted, "cuda")
 
 
-
-
 def cap_head_tiles(precision: Precision) -> None:
     """On CPU, the fused loss head scores CPU_HEAD_TILE_TOKENS positions a tile instead of TRL's 4096. Each position
     is scored on its own, so the values do not change (tests/test_dpo_memory.py); on CUDA nothing changes. The tile
