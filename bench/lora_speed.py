@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-ROWS, ROW_LENGTH = 2, 448  # what `tuiwiz recommend` packs for bench/sft_speed.py's data
-EXAMPLES = (100, 120, 90, 138)  # the lengths packed into each row
+from bench.step_timing import ROW_LENGTH, ROWS, alternating_ms, ms_cells, packed_batch  # noqa: E402
+
 WAYS = ("peft's forward", "fused (tuiwiz)")
 
 
@@ -54,14 +52,6 @@ def build(width: int | None, fused: bool, dropout: float = 0.0):
     return model.train(), optimizer
 
 
-def batch(vocab: int) -> dict:
-    import torch
-
-    ids = torch.randint(0, vocab, (ROWS, ROW_LENGTH), generator=torch.Generator().manual_seed(1))
-    positions = torch.cat([torch.arange(n) for n in EXAMPLES]).repeat(ROWS, 1)[:, :ROW_LENGTH]
-    return {"input_ids": ids, "position_ids": positions, "labels": ids.clone()}
-
-
 def step(model, optimizer, inputs: dict) -> float:
     from tuiwiz.train.whole_logits import whole_logits_loss
 
@@ -75,23 +65,17 @@ def step(model, optimizer, inputs: dict) -> float:
 
 def measure(width: int | None, rounds: int, steps: int, dropout: float = 0.0) -> dict:
     pairs = {way: build(width, fused=way == WAYS[1], dropout=dropout) for way in WAYS}
-    inputs = batch(pairs[WAYS[0]][0].config.vocab_size)
+    inputs = packed_batch(pairs[WAYS[0]][0].config.vocab_size)
     import torch
 
     first_loss = {}
     for way, pair in pairs.items():  # also the warm-up; seeded alike, so a dropout draws the same masks
         torch.manual_seed(2)
         first_loss[way] = step(*pair, inputs)
-    times: dict[str, list[float]] = {way: [] for way in WAYS}
-    for r in range(rounds):
-        for way in (WAYS if r % 2 == 0 else WAYS[::-1]):
-            start = time.perf_counter()
-            for _ in range(steps):
-                step(*pairs[way], inputs)
-            times[way].append(round((time.perf_counter() - start) / steps * 1000, 1))
+    timed = alternating_ms(WAYS, rounds, steps, lambda way: step(*pairs[way], inputs))
     config = pairs[WAYS[0]][0].config
-    return {"width": config.hidden_size, "layers": config.num_hidden_layers, "dropout": dropout, "ms": times,
-            "median_ms": {way: statistics.median(t) for way, t in times.items()}, "first_loss": first_loss}
+    return {"width": config.hidden_size, "layers": config.num_hidden_layers, "dropout": dropout, **timed,
+            "first_loss": first_loss}
 
 
 def docs_block(f: dict) -> str:
@@ -99,8 +83,7 @@ def docs_block(f: dict) -> str:
     lines = [f"| width | LoRA dropout | {ways} | fused / peft |",
              "|---|---|" + "---|" * (len(WAYS) + 1)]
     for point in f["points"]:
-        cells = [f"{point['median_ms'][way]:.0f} ({min(point['ms'][way]):.0f} to {max(point['ms'][way]):.0f})"
-                 for way in WAYS]
+        cells = ms_cells(point, WAYS)
         ratio = point["median_ms"][WAYS[1]] / point["median_ms"][WAYS[0]]
         lines.append(f"| {point['width']} | {point.get('dropout', 0.0):g} | " + " | ".join(cells) + f" | {ratio:.2f} |")
     lines.append("")

@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
-ROWS, ROW_LENGTH = 2, 448  # what `tuiwiz recommend` packs for bench/sft_speed.py's data
-EXAMPLES = (100, 120, 90, 138)  # the lengths packed into each row
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.step_timing import ROW_LENGTH, ROWS, alternating_ms, ms_cells, packed_batch
+
 WIDE_VOCAB = 128_256
 
 
@@ -58,14 +58,6 @@ def build(vocab: int | None):
     return model, optimizer
 
 
-def batch(vocab: int) -> dict:
-    import torch
-
-    ids = torch.randint(0, vocab, (ROWS, ROW_LENGTH), generator=torch.Generator().manual_seed(1))
-    positions = torch.cat([torch.arange(n) for n in EXAMPLES]).repeat(ROWS, 1)[:, :ROW_LENGTH]
-    return {"input_ids": ids, "position_ids": positions, "labels": ids.clone()}
-
-
 def step(model, optimizer, inputs: dict, way: str) -> None:
     from trl.kernels import chunked_logprob
 
@@ -88,26 +80,18 @@ WAYS = ("whole logits", "fused, 256-position tiles", "fused, 4096-position tiles
 
 def measure(vocab: int | None, rounds: int, steps: int = 4) -> dict:
     model, optimizer = build(vocab)
-    inputs = batch(model.config.vocab_size)
+    inputs = packed_batch(model.config.vocab_size)
     for way in WAYS:  # warm-up
         step(model, optimizer, inputs, way)
-    times: dict[str, list[float]] = {way: [] for way in WAYS}
-    for r in range(rounds):
-        for way in (WAYS if r % 2 == 0 else WAYS[::-1]):
-            start = time.perf_counter()
-            for _ in range(steps):
-                step(model, optimizer, inputs, way)
-            times[way].append(round((time.perf_counter() - start) / steps * 1000, 1))
-    return {"vocab": model.config.vocab_size, "ms": times,
-            "median_ms": {way: statistics.median(t) for way, t in times.items()}}
+    return {"vocab": model.config.vocab_size,
+            **alternating_ms(WAYS, rounds, steps, lambda way: step(model, optimizer, inputs, way))}
 
 
 def docs_block(f: dict) -> str:
     lines = ["| vocabulary | " + " | ".join(f"{way}, ms a step (range)" for way in WAYS) + " | fused 256 / whole |",
              "|---|" + "---|" * (len(WAYS) + 1)]
     for point in f["points"]:
-        cells = [f"{point['median_ms'][way]:.0f} ({min(point['ms'][way]):.0f} to {max(point['ms'][way]):.0f})"
-                 for way in WAYS]
+        cells = ms_cells(point, WAYS)
         ratio = point["median_ms"][WAYS[1]] / point["median_ms"][WAYS[0]]
         lines.append(f"| {point['vocab']:,} | " + " | ".join(cells) + f" | {ratio:.2f} |")
     lines.append("")

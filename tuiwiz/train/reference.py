@@ -22,7 +22,6 @@ from tuiwiz.train.modeling import (
     TrainableModel,
     apply_method,
     count_parameters,
-    fuse_lora,
     load_model,
     peft_config,
     prepare_quantized,
@@ -63,9 +62,7 @@ def load_reference(model_path: str, profile: Profile, precision: Precision, poli
     return reference
 
 
-def trained_model(trainer, policy: Policy, profile: Profile) -> TrainableModel:
-    """What run_start reports of the model the trainer trains (the adapter on, under peft). Its plain LoRA
-    layers, put on by the trainer, are fused here (modeling.fuse_lora)."""
-    fuse_lora(trainer.model, profile)
+def trained_model(trainer, policy: Policy) -> TrainableModel:
+    """What run_start reports of the model the trainer trains (the adapter on, under peft)."""
     total, trainable = count_parameters(trainer.model)
     return TrainableModel(trainer.model, policy.dtype, total, trainable, wrapped_modules(trainer.model))

@@ -27,7 +27,7 @@ from tuiwiz.run.rundir import RunDir
 from tuiwiz.train.arguments import total_steps, training_arguments, world_size
 from tuiwiz.train.callbacks import RunnerCallback, method_callbacks
 from tuiwiz.train.examples import load_data
-from tuiwiz.train.modeling import cap_head_tiles, load_tokenizer, resolve_precision
+from tuiwiz.train.modeling import cap_head_tiles, fuse_lora, load_tokenizer, resolve_precision
 from tuiwiz.train.preference_rows import check_prompts, preference_rows
 from tuiwiz.train.reference import load_policy, load_reference, trained_model
 from tuiwiz.train.session import Setup, train_and_save
@@ -64,7 +64,8 @@ def set_up_with(build: Callable, profile: Profile, run: RunDir, callbacks: list)
     trainer = build(profile, run, precision, policy, reference, tokenizer, train_data, eval_data, callbacks)
     for extra in method_callbacks(profile, trainer.model):  # AdaLoRA's, on the model TRL wrapped
         trainer.add_callback(extra)
-    return Setup(trainer, tokenizer, model_path, precision, trained_model(trainer, policy, profile), train_data.format)
+    fuse_lora(trainer.model, profile)  # the LoRA layers TRL put on
+    return Setup(trainer, tokenizer, model_path, precision, trained_model(trainer, policy), train_data.format)
 
 
 def build_trainer(profile: Profile, run: RunDir, precision, policy, reference, tokenizer, train_data, eval_data,
